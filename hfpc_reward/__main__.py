@@ -1,0 +1,5 @@
+import sys
+
+from hfpc_reward.cli import main
+
+sys.exit(main())
