@@ -13,13 +13,16 @@ import sys
 
 # command name -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "check": ("hfpc_reward.consistency.commands", "check product consistency of generated images"),
-    "calibrate-consistency": (
-        "hfpc_reward.consistency.calibrate",
-        "fit consistency thresholds on a labelled manifest",
-    ),
-    "tiny-models": ("hfpc_reward.testing.commands", "write tiny random offline checkpoints and configs"),
     "sample-data": ("hfpc_reward.sample_data", "generate sample product pairs with known ground truth"),
+    "tiny-models": ("hfpc_reward.testing.commands", "write tiny random offline checkpoints and configs"),
+    "check": ("hfpc_reward.consistency.commands", "check product consistency of generated images"),
+    "calibrate-consistency": ("hfpc_reward.consistency.calibrate", "fit consistency thresholds on a manifest"),
+    "finetune-segmenter": ("hfpc_reward.consistency.segmenter_finetune", "fine-tune a segmenter on product masks"),
+    "data": ("hfpc_reward.data_commands", "manifest statistics, fetching, splits and category clusters"),
+    "train-reward": ("hfpc_reward.train_reward", "train the image-referenced reward model"),
+    "eval-reward": ("hfpc_reward.reward_eval", "evaluate a reward model on a labelled manifest"),
+    "calibrate-reward": ("hfpc_reward.reward_calibrate", "pick the reward model's pass threshold"),
+    "score": ("hfpc_reward.score_commands", "score a manifest with both HFPC judges"),
 }
 
 

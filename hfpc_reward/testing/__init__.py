@@ -14,6 +14,9 @@ from pathlib import Path
 # {config_name: dict} of YAML configs (deltas over dataclass defaults) that point at them.
 TINY_BUILDERS: dict[str, str] = {
     "grounded_sam": "hfpc_reward.testing.tiny_detection:write_tiny_grounded_sam",
+    "efficientsam": "hfpc_reward.testing.tiny_efficientsam:write_tiny_efficientsam",
+    "reward_model": "hfpc_reward.testing.tiny_blip:write_tiny_reward_model",
+    "sd_inpaint": "hfpc_reward.testing.tiny_sd:write_tiny_sd_inpaint",
 }
 
 
