@@ -53,6 +53,8 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Iter
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid config: {_first_line(exc)} (key: {exc.full_key})") from None
+    except ValueError as exc:  # a dataclass __post_init__ rejected a value
+        raise ConfigError(f"invalid config: {exc}") from None
 
 
 def config_to_dict(config: Any) -> dict:

@@ -30,3 +30,29 @@ class Detector(Protocol):
 class Segmenter(Protocol):
     def segment(self, images: Sequence[Image.Image], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
         """For image i and its boxes (N_i, 4) xyxy pixels, masks (N_i, H, W) bool at the image's size."""
+
+
+@dataclass
+class OriginalProduct:
+    """The original-side work of a consistency backend, computed once per distinct original."""
+
+    image: Image.Image  # the original, 8-bit RGB
+    mask: np.ndarray  # (H, W) bool product mask of the original, at the original's size
+    source: str  # where the mask came from: "given" | "alpha" | "studio" | "detected" | "fallback"
+    prompt: str  # the product phrase used for detection ("" when the backend does not detect)
+    notes: list[str]  # reasons worth reporting about the original side (e.g. "no product detected")
+    cache: dict  # backend-specific state reused for every generation of this original (embeddings, stats)
+
+
+class MaskFinder(Protocol):
+    """A consistency backend: finds the product mask in the original and in each generated image."""
+
+    def original_products(
+        self, originals: Sequence[Image.Image], masks: Sequence[np.ndarray | None], prompts: Sequence[str | None]
+    ) -> list[OriginalProduct]:
+        """One OriginalProduct per original; `masks[i]` is the user's product mask when given."""
+
+    def generated_masks(
+        self, generated: Sequence[Image.Image], products: Sequence[OriginalProduct]
+    ) -> list[tuple[np.ndarray, list[str]]]:
+        """For generated[i] (already aligned to products[i].image's size): its product mask and notes."""
