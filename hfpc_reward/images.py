@@ -117,6 +117,18 @@ def resize_to(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image if image.size == tuple(size) else image.resize(tuple(size), Image.BICUBIC)
 
 
+def paste_product(generated: Image.Image, original: Image.Image, mask: np.ndarray) -> Image.Image:
+    """The generated image with the original's product pixels (mask True) pasted back, at the original's size.
+
+    Inpainting UNets with 9 input channels re-synthesise the whole image, product included; pasting the
+    product back is how a generator guarantees the product is unchanged.
+    """
+    generated = resize_to(generated.convert("RGB"), original.size)
+    if mask.shape != (original.size[1], original.size[0]):
+        raise ValueError(f"mask of shape {mask.shape} does not match the original's size {original.size}")
+    return Image.composite(original.convert("RGB"), generated, Image.fromarray(mask.astype(np.uint8) * 255))
+
+
 def _open_file(path: Path, max_pixels: int) -> Image.Image:
     if not path.exists():
         raise ImageLoadError(f"{path}: file does not exist")
