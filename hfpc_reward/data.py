@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 KNOWN_FIELDS = ("origin", "generation", "label", "mask", "prompt", "category", "product_id")
 
@@ -151,7 +152,138 @@ def read_jsonl(path: str | Path) -> list[dict]:
 def append_jsonl(path: str | Path, records: Iterable[dict]) -> None:
     """Append records to a JSON Lines file and flush to disk, so an interrupted run loses nothing done."""
     with Path(path).open("a", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+# --- grouping, comparison pairs, splits and statistics (everything is by original) -------------------
+
+DEFAULT_SPLIT_FRACTIONS = {"train": 0.8, "valid": 0.1, "test": 0.1}
+
+
+def group_by_original(rows: Iterable[ManifestRow]) -> dict[str, list[ManifestRow]]:
+    """Rows grouped by their original, originals in order of first appearance, rows in file order."""
+    groups: dict[str, list[ManifestRow]] = {}
+    for row in rows:
+        groups.setdefault(row.origin, []).append(row)
+    return groups
+
+
+def comparison_pairs(rows: Iterable[ManifestRow]) -> list[tuple[ManifestRow, ManifestRow]]:
+    """Every (label 1, label 0) pair of generations of the same original, as (positive, negative).
+
+    Unlabelled rows take part in no pair. Pairs come grouped by original, in manifest order.
+    """
+    pairs = []
+    for group in group_by_original(rows).values():
+        positives = [row for row in group if row.label == 1]
+        negatives = [row for row in group if row.label == 0]
+        pairs.extend((pos, neg) for pos in positives for neg in negatives)
+    return pairs
+
+
+def split_by_original(
+    rows: Iterable[ManifestRow],
+    fractions: dict[str, float] | None = None,
+    seed: int = 0,
+    stratify_by: str | dict[str, str] | None = None,
+) -> dict[str, list[ManifestRow]]:
+    """Split rows into named parts by original: all rows of one original land in the same part.
+
+    `fractions` are shares of *originals* (they must sum to 1). `stratify_by` is None, a row field
+    name (e.g. "category", or a key of the row's extra fields) or a mapping original -> stratum (e.g. a
+    cluster assignment from `hfpc data clusters`); each stratum is then spread over the parts in
+    proportion. Method: originals are shuffled with `seed` inside each stratum, the strata are laid
+    end to end, and each original in turn goes to the part furthest below its quota so far
+    (largest deficit), so part sizes match the fractions to within one original overall and within
+    about one original per stratum. Rows keep manifest order inside each part.
+    """
+    import random
+
+    fractions = dict(DEFAULT_SPLIT_FRACTIONS if fractions is None else fractions)
+    _check_fractions(fractions)
+    groups = group_by_original(rows)
+    strata: dict[str, list[str]] = {}
+    for origin, group in groups.items():
+        strata.setdefault(_stratum_of(origin, group, stratify_by), []).append(origin)
+    rng = random.Random(seed)
+    ordered: list[str] = []
+    for name in sorted(strata):
+        members = strata[name]
+        rng.shuffle(members)
+        ordered.extend(members)
+
+    assigned = {name: 0 for name in fractions}
+    part_of: dict[str, str] = {}
+    for position, origin in enumerate(ordered, start=1):
+        part = max(fractions, key=lambda name: fractions[name] * position - assigned[name])
+        assigned[part] += 1
+        part_of[origin] = part
+    parts: dict[str, list[ManifestRow]] = {name: [] for name in fractions}
+    for origin, group in groups.items():
+        parts[part_of[origin]].extend(group)
+    for part in parts.values():
+        part.sort(key=lambda row: row.line)
+    return parts
+
+
+def _check_fractions(fractions: dict[str, float]) -> None:
+    if not fractions:
+        raise ValueError("split fractions are empty; pass e.g. {'train': 0.8, 'valid': 0.1, 'test': 0.1}")
+    if any(value < 0 for value in fractions.values()):
+        raise ValueError(f"split fractions must be >= 0, got {fractions}")
+    if abs(sum(fractions.values()) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must sum to 1, got {fractions} (sum {sum(fractions.values()):g})")
+
+
+def _stratum_of(origin: str, group: list[ManifestRow], stratify_by: str | dict[str, str] | None) -> str:
+    if stratify_by is None:
+        return ""
+    if isinstance(stratify_by, dict):
+        if origin not in stratify_by:
+            raise ValueError(
+                f"original {origin} has no stratum in the given assignment; recompute it for this manifest"
+            )
+        return str(stratify_by[origin])
+    values = {_field_value(row, stratify_by) for row in group}
+    if None in values:
+        line = next(row.line for row in group if _field_value(row, stratify_by) is None)
+        raise ValueError(
+            f"manifest line {line}: row has no {stratify_by!r} value to stratify by; fill it or split "
+            "without stratification"
+        )
+    if len(values) > 1:
+        raise ValueError(
+            f"original {origin} has several {stratify_by!r} values {sorted(map(str, values))}; a stratum "
+            "must be one value per original"
+        )
+    return str(values.pop())
+
+
+def _field_value(row: ManifestRow, name: str) -> Any:
+    return getattr(row, name) if name in KNOWN_FIELDS else row.extra.get(name)
+
+
+def manifest_stats(rows: Iterable[ManifestRow]) -> dict[str, Any]:
+    """Counts a user checks before training: rows, originals, labels, generations per original, pairs."""
+    rows = list(rows)
+    groups = group_by_original(rows)
+    sizes = [len(group) for group in groups.values()]
+    labels = [row.label for row in rows]
+    positives_per_original = [sum(row.label == 1 for row in group) for group in groups.values()]
+    negatives_per_original = [sum(row.label == 0 for row in group) for group in groups.values()]
+    return {
+        "rows": len(rows),
+        "originals": len(groups),
+        "labels": {"1": labels.count(1), "0": labels.count(0), "unlabelled": labels.count(None)},
+        "generations_per_original": {
+            "min": min(sizes, default=0),
+            "mean": sum(sizes) / len(sizes) if sizes else 0.0,
+            "max": max(sizes, default=0),
+        },
+        "comparative_pairs": sum(p * n for p, n in zip(positives_per_original, negatives_per_original)),
+        "originals_with_pairs": sum(
+            1 for p, n in zip(positives_per_original, negatives_per_original) if p and n
+        ),
+    }
