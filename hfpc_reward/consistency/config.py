@@ -20,8 +20,10 @@ class GroundedConfig:
     text_threshold: float = 0.25  # minimum phrase confidence for a box's label
     box_choice: str = "best-overlap"  # generated-side box: "best-overlap" (with the original's box) or "highest-score"
     fallback: str = "original-box"  # nothing detected in the generated image: "original-box" (segment there) or "empty"
+    clip_masks_to_box: bool = True  # cut each SAM mask to its prompt box (the detector's box bounds the product)
+    batch_size: int = 8  # images per detector / SAM encoder forward pass (lower it when memory is short)
     device: str = "cpu"  # torch device for both models
-    dtype: str = "float32"  # torch dtype name for both models
+    dtype: str = "float32"  # torch dtype name for both models: "float32", "float16" or "bfloat16"
 
     def __post_init__(self):
         if self.box_choice not in ("best-overlap", "highest-score"):
@@ -31,13 +33,101 @@ class GroundedConfig:
         for name in ("box_threshold", "text_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"grounded.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise ValueError(f"grounded.batch_size must be >= 1, got {self.batch_size}")
+        if self.dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"grounded.dtype must be 'float32', 'float16' or 'bfloat16', got {self.dtype!r}")
+
+
+@dataclass
+class ClassicConfig:
+    """The weight-free OpenCV/numpy backend: studio-background extraction and mask-guided segmentation."""
+
+    segment_size: int = 160  # longest side (px) at which the generated product is segmented; larger = slower
+    band_fraction: float = 0.025  # boundary band ignored (feathered edges), as a fraction of the product's size
+    search_fraction: float = 0.35  # how far outside the original mask expansion is searched, x product size
+    same_delta_e: float = 12.0  # Lab distance below which a generated pixel still "is" the original pixel
+    product_margin: float = 1.5  # log-likelihood ratio (product vs new background) a pixel needs to count as product
+    shadow_max_chroma: float = 12.0  # shadows/reflections: a darker pixel within this Lab chroma of the background
+    studio_delta_e: float = 10.0  # studio extraction: Lab distance from the border colour that counts as product
+    histogram_bins: int = 12  # bins per Lab channel of the product / background colour models
+
+    def __post_init__(self):
+        if not 32 <= self.segment_size <= 2048:
+            raise ValueError(f"classic.segment_size must be in [32, 2048] pixels, got {self.segment_size}")
+        for name in ("band_fraction", "search_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"classic.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("same_delta_e", "studio_delta_e", "shadow_max_chroma"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"classic.{name} must be a positive Lab distance, got {getattr(self, name)}")
+        if not 4 <= self.histogram_bins <= 64:
+            raise ValueError(f"classic.histogram_bins must be in [4, 64], got {self.histogram_bins}")
+
+
+@dataclass
+class ThresholdConfig:
+    """Verdict: a pair is consistent when every metric is on the good side of its threshold.
+
+    `hfpc calibrate-consistency` fits these on a labelled manifest and writes them as a YAML delta.
+    """
+
+    min_iou: float = 0.85  # mask IoU of the generated product with the original product
+    max_expansion: float = 0.08  # object expansion E (added area / original area)
+    max_lost_area: float = 0.08  # fraction of the original product missing in the generated image
+    max_centroid_shift: float = 0.04  # centroid shift / diagonal of the original product's box
+    min_boundary_f: float = 0.6  # boundary F-score of the two outlines (tolerance: boundary_tolerance)
+    max_delta_e: float = 10.0  # mean CIE76 Lab colour difference inside the product (after mild-grading compensation)
+    min_ssim: float = 0.55  # structural similarity of the product region (greyscale)
+    max_changed_area: float = 0.1  # fraction of the product whose local colour changed by more than changed_delta_e
+    max_aspect_mismatch: float = 0.03  # |log(aspect_gen / aspect_orig)|; above it the pair is refused as distorted
+
+    def __post_init__(self):
+        for name in ("min_iou", "min_boundary_f", "min_ssim"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"thresholds.{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("max_expansion", "max_lost_area", "max_centroid_shift", "max_delta_e", "max_changed_area",
+                     "max_aspect_mismatch"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"thresholds.{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass
+class MetricsConfig:
+    """How the metrics are measured (resolution, tolerances); thresholds live in ThresholdConfig."""
+
+    analysis_size: int = 256  # longest side (px) at which masks and appearance are compared
+    boundary_tolerance: float = 0.02  # boundary F-score match distance, as a fraction of the product box diagonal
+    ignore_band: float = 0.02  # appearance ignores this band inside the product outline (x box diagonal)
+    changed_delta_e: float = 20.0  # local Lab difference (CIE76, after smoothing) that marks a pixel as changed
+    grading_gain: float = 0.15  # mild global colour grading absorbed: per-channel gain within 1 +- this
+    grading_offset: float = 20.0  # ... and per-channel offset within +- this (0-255 scale)
+
+    def __post_init__(self):
+        if not 64 <= self.analysis_size <= 4096:
+            raise ValueError(f"metrics.analysis_size must be in [64, 4096] pixels, got {self.analysis_size}")
+        for name in ("boundary_tolerance", "ignore_band", "grading_gain"):
+            if not 0.0 <= getattr(self, name) <= 0.5:
+                raise ValueError(f"metrics.{name} must be in [0, 0.5], got {getattr(self, name)}")
+        if self.changed_delta_e <= 0 or self.grading_offset < 0:
+            raise ValueError("metrics.changed_delta_e must be > 0 and metrics.grading_offset >= 0")
 
 
 @dataclass
 class ConsistencyConfig:
     backend: str = "classic"  # one of BACKEND_NAMES: "classic" is weight-free; grounded-* load models
     grounded: GroundedConfig = field(default_factory=GroundedConfig)  # settings of the grounded-* backends
+    classic: ClassicConfig = field(default_factory=ClassicConfig)  # settings of the weight-free classic backend
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # how masks and appearance are compared
+    thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)  # verdict thresholds (calibratable)
+    min_mask_fraction: float = 0.001  # an original product mask smaller than this fraction of the image is refused
+    max_mask_fraction: float = 0.95  # ... and one larger than this (no background left to compare) is refused
 
     def __post_init__(self):
         if self.backend not in BACKEND_NAMES:
             raise ValueError(f"consistency backend must be one of {BACKEND_NAMES}, got {self.backend!r}")
+        if not 0.0 <= self.min_mask_fraction < self.max_mask_fraction <= 1.0:
+            raise ValueError(
+                "need 0 <= min_mask_fraction < max_mask_fraction <= 1, got "
+                f"{self.min_mask_fraction} and {self.max_mask_fraction}"
+            )

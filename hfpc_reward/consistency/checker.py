@@ -1,0 +1,356 @@
+"""ProductConsistencyChecker: is the product in a generated image still the product of the original?
+
+    checker = ProductConsistencyChecker.from_config(load_config(ConsistencyConfig, "configs/consistency/classic.yaml"))
+    reports = checker.check(originals, generated, masks=None, prompts=None)   # one ConsistencyReport per pair
+
+Batches are lists of paths / PIL images / arrays, or (B,3,H,W) tensors in [0,1] (see images.py).
+
+Original-side work (loading, product mask, backend features) is done once per distinct original in a batch:
+originals are the same when they are the same path, or have the same pixels (content hash), with the same
+mask and prompt. A caller that sees the same originals across calls (a reward function) can keep that work:
+`products = checker.prepare_originals(originals, masks)` once, then `checker.check_prepared(products, generated)`
+as often as needed (`products[i]` may be repeated to pair one original with several generations).
+
+Size policy: the generated image is resized (bicubic) to the original's size before any comparison. When
+the aspect ratios differ by more than `thresholds.max_aspect_mismatch` (|log ratio|), the pair is
+inconsistent with the reason "aspect ratio differs ..." (the product would be distorted); below it the
+small stretch is ignored.
+
+Errors: `errors="raise"` (default) raises `ConsistencyInputError` (or the image loader's `ImageLoadError`)
+for the first bad item. `errors="report"` never raises for one bad item: its report has `error` set to the
+message, `consistent=False`, `score=0.0`, empty `metrics`, and `reasons=["error: <message>"]`; every other
+item is checked normally. Bad inputs include unreadable images, a product mask that is empty or covers
+(nearly) the whole image (`min_mask_fraction` / `max_mask_fraction`), and a mask file that cannot be read.
+
+Verdict: a pair is consistent when every metric is on the good side of its threshold (ThresholdConfig).
+Each metric's badness is value / threshold (upper bounds) or (1 - value) / (1 - threshold) (lower bounds);
+`score = 0.5 ** max(badness)`, so score >= 0.5 exactly when the pair is consistent, 1.0 for a perfect copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from hfpc_reward import images
+from hfpc_reward.consistency.backends import MaskFinder, OriginalProduct
+from hfpc_reward.consistency.config import ConsistencyConfig, ThresholdConfig
+from hfpc_reward.consistency.metrics import appearance_metrics, mask_metrics
+
+logger = logging.getLogger(__name__)
+
+# backend name -> "module:class" taking the ConsistencyConfig; imported only when chosen
+BACKENDS: dict[str, str] = {
+    "classic": "hfpc_reward.consistency.classic:ClassicMaskFinder",
+    "grounded-sam": "hfpc_reward.consistency.grounded_sam:GroundedMaskFinder",
+    "grounded-efficientsam": "hfpc_reward.consistency.grounded_sam:GroundedMaskFinder",
+}
+
+# (metric, threshold field, "max" = upper bound | "min" = lower bound, reason format)
+CHECKS: tuple[tuple[str, str, str, str], ...] = (
+    ("expansion", "max_expansion", "max", "expanded {:.0%}"),
+    ("lost_area", "max_lost_area", "max", "truncated ({:.0%} of the product missing)"),
+    ("iou", "min_iou", "min", "product mask changed (IoU {:.2f})"),
+    ("centroid_shift", "max_centroid_shift", "max", "moved ({:.0%} of its size)"),
+    ("boundary_f", "min_boundary_f", "min", "outline changed (boundary F {:.2f})"),
+    ("delta_e", "max_delta_e", "max", "recoloured (ΔE {:.1f})"),
+    ("ssim", "min_ssim", "min", "label or texture changed (SSIM {:.2f})"),
+    ("changed_area", "max_changed_area", "max", "appearance changed on {:.0%} of the product"),
+    ("aspect_mismatch", "max_aspect_mismatch", "max", "aspect ratio differs from the original's (log ratio {:.2f})"),
+)
+
+
+class ConsistencyInputError(ValueError):
+    """One item of a batch cannot be checked (bad image, bad mask); the message says what and which."""
+
+
+@dataclass
+class ConsistencyReport:
+    """The verdict on one (original, generated) pair."""
+
+    consistent: bool  # the product was kept (every metric within its threshold)
+    score: float  # in [0, 1]; >= 0.5 exactly when consistent (see the module docstring)
+    metrics: dict[str, float]  # the metrics of metrics.py (empty when `error` is set)
+    reasons: list[str]  # human-readable: the failed checks, then notes of the backend
+    error: str | None = None  # set when this item could not be checked (errors="report")
+
+    def to_record(self) -> dict[str, Any]:
+        """The fields written into a results row (manifest mode)."""
+        return {
+            "consistent": self.consistent,
+            "consistency_score": self.score,
+            "metrics": self.metrics,
+            "reasons": self.reasons,
+            "error": self.error,
+        }
+
+
+@dataclass
+class PairDetails:
+    """Arrays behind a report, at the analysis size (used to draw overlays)."""
+
+    original: np.ndarray  # (H,W,3) uint8
+    generated: np.ndarray  # (H,W,3) uint8, aligned to the original
+    original_mask: np.ndarray  # (H,W) bool
+    generated_mask: np.ndarray  # (H,W) bool
+    drift: np.ndarray  # (H,W) float32 Lab difference inside the original product
+
+
+def error_report(message: str) -> ConsistencyReport:
+    return ConsistencyReport(consistent=False, score=0.0, metrics={}, reasons=[f"error: {message}"], error=message)
+
+
+def verdict(metrics: dict[str, float], thresholds: ThresholdConfig) -> tuple[bool, float, list[str]]:
+    """(consistent, score, reasons) of a metrics dict under `thresholds` (see the module docstring)."""
+    worst = 0.0
+    reasons = []
+    for name, field_name, kind, reason in CHECKS:
+        limit = getattr(thresholds, field_name)
+        value = metrics[name]
+        badness = value / limit if kind == "max" else (1.0 - value) / (1.0 - limit)
+        worst = max(worst, badness)
+        if badness > 1.0:
+            reasons.append(reason.format(value))
+    return worst <= 1.0, float(0.5**worst), reasons
+
+
+def build_backend(config: ConsistencyConfig) -> MaskFinder:
+    module_name, class_name = BACKENDS[config.backend].split(":")
+    return getattr(importlib.import_module(module_name), class_name)(config)
+
+
+class ProductConsistencyChecker:
+    """Checks product consistency with one backend (see the module docstring for the whole contract)."""
+
+    def __init__(self, config: ConsistencyConfig, backend: MaskFinder):
+        self.config = config
+        self.backend = backend
+
+    @classmethod
+    def from_config(cls, config: ConsistencyConfig) -> "ProductConsistencyChecker":
+        return cls(config, build_backend(config))
+
+    def check(
+        self,
+        originals: Sequence[Any] | Any,
+        generated: Sequence[Any] | Any,
+        masks: Sequence[Any] | None = None,
+        prompts: Sequence[str | None] | None = None,
+        errors: str = "raise",
+    ) -> list[ConsistencyReport]:
+        """One report per (originals[i], generated[i]); original-side work once per distinct original."""
+        originals, generated = _as_list(originals), _as_list(generated)
+        if len(originals) != len(generated):
+            raise ValueError(f"got {len(originals)} originals but {len(generated)} generated images; pair them 1:1")
+        masks = [None] * len(originals) if masks is None else list(masks)
+        prompts = [None] * len(originals) if prompts is None else list(prompts)
+        if not len(masks) == len(prompts) == len(originals):
+            raise ValueError("masks and prompts must have one entry per original (None where unknown)")
+        keys = [_original_key(o, m, p) for o, m, p in zip(originals, masks, prompts)]
+        first_of = {key: i for i, key in reversed(list(enumerate(keys)))}
+        unique = list(first_of.values())
+        prepared = self.prepare_originals(
+            [originals[i] for i in unique], [masks[i] for i in unique], [prompts[i] for i in unique], errors=errors
+        )
+        by_key = dict(zip([keys[i] for i in unique], prepared))
+        return self.check_prepared([by_key[key] for key in keys], generated, errors=errors)
+
+    def prepare_originals(
+        self,
+        originals: Sequence[Any] | Any,
+        masks: Sequence[Any] | None = None,
+        prompts: Sequence[str | None] | None = None,
+        errors: str = "raise",
+    ) -> list[OriginalProduct | ConsistencyInputError]:
+        """The original-side work for each original (no de-duplication here: pass distinct originals).
+
+        With errors="report", a bad original is returned as its ConsistencyInputError instead of raising.
+        """
+        _check_errors_mode(errors)
+        originals = _as_list(originals)
+        masks = [None] * len(originals) if masks is None else list(masks)
+        prompts = [None] * len(originals) if prompts is None else list(prompts)
+        loaded = [_guard(errors, self._load_original, o, m) for o, m in zip(originals, masks)]
+        good = [i for i, item in enumerate(loaded) if not isinstance(item, Exception)]
+        results: list[Any] = list(loaded)
+        products = _batch_or_each(
+            errors,
+            lambda idx: self.backend.original_products(
+                [loaded[i][0] for i in idx], [loaded[i][1] for i in idx], [prompts[i] for i in idx]
+            ),
+            good,
+        )
+        for i, product in zip(good, products):
+            if not isinstance(product, Exception):
+                if loaded[i][2] == "alpha":
+                    product.source = "alpha"
+                product = _guard(errors, self._validate_mask, product, images.describe(originals[i]))
+            results[i] = product
+        return results
+
+    def check_prepared(
+        self, products: Sequence[OriginalProduct | Exception], generated: Sequence[Any] | Any, errors: str = "raise"
+    ) -> list[ConsistencyReport]:
+        """Reports for generated[i] against products[i] (from prepare_originals; repeats allowed)."""
+        return [report for report, _ in self.inspect_prepared(products, generated, errors=errors)]
+
+    def inspect_prepared(
+        self, products: Sequence[OriginalProduct | Exception], generated: Sequence[Any] | Any, errors: str = "raise"
+    ) -> list[tuple[ConsistencyReport, PairDetails | None]]:
+        """Like check_prepared, also returning the arrays behind each report (None for an error)."""
+        _check_errors_mode(errors)
+        generated = _as_list(generated)
+        if len(products) != len(generated):
+            raise ValueError(f"got {len(products)} prepared originals but {len(generated)} generated images")
+        aligned: list[Any] = list(products)
+        for i, (product, source) in enumerate(zip(products, generated)):
+            if not isinstance(product, Exception):
+                aligned[i] = _guard(errors, self._align, source, product)
+        good = [i for i, item in enumerate(aligned) if not isinstance(item, Exception)]
+        found = _batch_or_each(
+            errors, lambda idx: self.backend.generated_masks([aligned[i][0] for i in idx], [products[i] for i in idx]), good
+        )
+        results: list[tuple[ConsistencyReport, PairDetails | None]] = [
+            (error_report(str(item)), None) if isinstance(item, Exception) else None for item in aligned
+        ]
+        analysis: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for i, mask_and_notes in zip(good, found):
+            if isinstance(mask_and_notes, Exception):
+                results[i] = (error_report(str(mask_and_notes)), None)
+                continue
+            product = products[i]
+            if id(product) not in analysis:
+                analysis[id(product)] = self._analysis_original(product)
+            outcome = _guard(errors, self._compare, analysis[id(product)], aligned[i], mask_and_notes, product.notes)
+            results[i] = (error_report(str(outcome)), None) if isinstance(outcome, Exception) else outcome
+        return results
+
+    def _load_original(self, source: Any, mask_source: Any) -> tuple[Image.Image, np.ndarray | None, str]:
+        loaded = images.open_image(source)
+        if mask_source is not None:
+            try:
+                return loaded.rgb, images.load_mask(mask_source, size=loaded.rgb.size), "given"
+            except images.ImageLoadError as exc:
+                raise ConsistencyInputError(f"product mask: {exc}") from None
+        if loaded.alpha is not None and not loaded.alpha.all():
+            return loaded.rgb, loaded.alpha, "alpha"
+        return loaded.rgb, None, "none"
+
+    def _validate_mask(self, product: OriginalProduct, name: str) -> OriginalProduct:
+        fraction = float(product.mask.mean())
+        if fraction < self.config.min_mask_fraction:
+            raise ConsistencyInputError(
+                f"{name}: product mask ({product.source}) is empty ({fraction:.2%} of the image); "
+                "pass a mask that marks the product in white"
+            )
+        if fraction > self.config.max_mask_fraction:
+            raise ConsistencyInputError(
+                f"{name}: product mask ({product.source}) covers {fraction:.1%} of the image, leaving no "
+                "background to compare; pass a mask of the product only"
+            )
+        return product
+
+    def _align(self, source: Any, product: OriginalProduct) -> tuple[Image.Image, float]:
+        image = images.load_rgb(source)
+        (w, h), (ow, oh) = image.size, product.image.size
+        mismatch = abs(float(np.log((w / h) / (ow / oh))))
+        return images.resize_to(image, (ow, oh)), mismatch
+
+    def _analysis_original(self, product: OriginalProduct) -> tuple[np.ndarray, np.ndarray]:
+        size = self._analysis_size(product.image.size)
+        rgb = cv2.resize(np.asarray(product.image.convert("RGB")), size, interpolation=cv2.INTER_AREA)
+        return rgb, _resize_mask(product.mask, size)
+
+    def _analysis_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        scale = min(1.0, self.config.metrics.analysis_size / max(size))
+        return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+    def _compare(
+        self,
+        original: tuple[np.ndarray, np.ndarray],
+        aligned: tuple[Image.Image, float],
+        mask_and_notes: tuple[np.ndarray, list[str]],
+        original_notes: list[str],
+    ) -> tuple[ConsistencyReport, PairDetails]:
+        (orig_rgb, m_orig), (gen_image, aspect_mismatch), (gen_mask, gen_notes) = original, aligned, mask_and_notes
+        size = (orig_rgb.shape[1], orig_rgb.shape[0])
+        gen_rgb = cv2.resize(np.asarray(gen_image.convert("RGB")), size, interpolation=cv2.INTER_AREA)
+        m_gen = _resize_mask(gen_mask, size)
+        metrics = mask_metrics(m_orig, m_gen, self.config.metrics.boundary_tolerance)
+        appearance, drift = appearance_metrics(orig_rgb, gen_rgb, m_orig, self.config.metrics)
+        metrics.update(appearance)
+        metrics["aspect_mismatch"] = aspect_mismatch
+        consistent, score, reasons = verdict(metrics, self.config.thresholds)
+        report = ConsistencyReport(consistent, score, metrics, reasons + list(original_notes) + list(gen_notes))
+        return report, PairDetails(orig_rgb, gen_rgb, m_orig, m_gen, drift)
+
+
+def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if (mask.shape[1], mask.shape[0]) == size:
+        return mask.astype(bool)
+    return cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+
+
+def _as_list(batch: Sequence[Any] | Any) -> list[Any]:
+    """A batch as a list of single sources (tensors / arrays (B,3,H,W) are split, not decoded here)."""
+    if isinstance(batch, (str, Path, Image.Image)):
+        raise images.ImageLoadError("expected a batch (a list of images or a (B,3,H,W) tensor), got a single image")
+    if hasattr(batch, "ndim") and hasattr(batch, "shape"):
+        if batch.ndim != 4:
+            raise images.ImageLoadError(f"a tensor batch must be (B,3,H,W), got shape {tuple(batch.shape)}")
+        return [item for item in batch]
+    return list(batch)
+
+
+def _original_key(source: Any, mask: Any, prompt: str | None) -> tuple:
+    return (_source_key(source), None if mask is None else _source_key(mask), prompt)
+
+
+def _source_key(source: Any) -> str:
+    """Same key for the same path, or for in-memory images with the same pixels."""
+    if isinstance(source, (str, Path)):
+        return f"path:{Path(source)}"
+    if isinstance(source, Image.Image):
+        data, shape = source.tobytes(), (source.mode, source.size)
+    else:
+        array = source.detach().cpu().numpy() if hasattr(source, "detach") else np.asarray(source)
+        data, shape = np.ascontiguousarray(array).tobytes(), (array.dtype.str, array.shape)
+    return f"pixels:{shape}:{hashlib.blake2b(data, digest_size=16).hexdigest()}"
+
+
+def _check_errors_mode(errors: str) -> None:
+    if errors not in ("raise", "report"):
+        raise ValueError(f"errors must be 'raise' or 'report', got {errors!r}")
+
+
+def _guard(errors: str, function: Callable, *args):
+    """function(*args); with errors="report", an input problem is returned as a ConsistencyInputError."""
+    if errors == "raise":
+        return function(*args)
+    try:
+        return function(*args)
+    except (ConsistencyInputError, images.ImageLoadError) as exc:
+        return ConsistencyInputError(str(exc))
+    except Exception as exc:  # one bad item must not lose the batch; the message goes into its report
+        logger.warning("consistency check of one item failed: %s: %s", type(exc).__name__, exc)
+        return ConsistencyInputError(f"{type(exc).__name__}: {exc}")
+
+
+def _batch_or_each(errors: str, run_batch: Callable[[list[int]], list], indices: list[int]) -> list:
+    """run_batch(indices) for the whole batch; if it fails with errors="report", once per item to isolate it."""
+    if not indices:
+        return []
+    if errors == "raise":
+        return run_batch(indices)
+    try:
+        return run_batch(indices)
+    except Exception:
+        return [_guard(errors, lambda i: run_batch([i])[0], i) for i in indices]

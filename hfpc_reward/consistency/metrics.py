@@ -1,0 +1,172 @@
+"""Metrics comparing the product of an original image with the product found in a generated image.
+
+All metrics are floats; masks are compared at `MetricsConfig.analysis_size` (longest side), after the
+generated image was aligned to the original's size (see checker.py for the size policy).
+
+Mask metrics (m_orig: product mask of the original, m_gen: product mask found in the generated image):
+- `iou`: area(m_gen AND m_orig) / area(m_gen OR m_orig); 1 = identical masks.
+- `expansion`: object expansion E = (area(m_gen OR m_orig) - area(m_orig)) / area(m_orig); 0 = nothing added.
+- `lost_area`: fraction of m_orig that is not in m_gen (truncation); 0 = nothing lost.
+- `area_ratio`: area(m_gen) / area(m_orig); 1 = same size (informational: expansion and loss carry the verdict).
+- `centroid_shift`: distance between the two mask centroids / diagonal of m_orig's bounding box
+  (1.0 when m_gen is empty).
+- `boundary_f`: F-score of the two outlines, a boundary pixel matching when the other outline is within
+  `boundary_tolerance` x the box diagonal (at least one pixel).
+
+Appearance metrics, measured on the original product's pixels (m_orig without a thin band inside its outline,
+`ignore_band`, so feathered edges do not count), the same pixels compared in both images:
+- `delta_e`: mean CIE76 colour difference (Euclidean distance in CIELAB, L in 0..100) between the original
+  and the generated product, after (a) a light blur (noise, JPEG) and (b) compensating a *mild* global colour
+  grading: a per-channel gain/offset fitted on the product, clamped to 1 +- `grading_gain` and
+  +- `grading_offset`, so a real recolour is not absorbed.
+- `ssim`: mean structural similarity (Gaussian window, sigma 1.5, greyscale) over the product pixels, after
+  the same compensation; a changed label or texture lowers it.
+- `changed_area`: fraction of the product pixels whose local colour difference exceeds `changed_delta_e`
+  (catches a recoloured part or a replaced label that is too small to move the mean).
+- `aspect_mismatch`: |log(aspect ratio of the generated image / aspect ratio of the original)|, set by the
+  checker before alignment (0 when the sizes agree).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from hfpc_reward.consistency.config import MetricsConfig
+
+METRIC_NAMES = (
+    "iou",
+    "expansion",
+    "lost_area",
+    "area_ratio",
+    "centroid_shift",
+    "boundary_f",
+    "delta_e",
+    "ssim",
+    "changed_area",
+    "aspect_mismatch",
+)
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """(H,W,3) RGB, uint8 or float 0..255, as float32 CIELAB (L 0..100, a and b about -128..127)."""
+    return cv2.cvtColor(np.clip(rgb, 0, 255).astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+
+
+def fit_grading(original: np.ndarray, generated: np.ndarray, region: np.ndarray, gain: float, offset: float):
+    """Per-channel gain g and offset o with generated ~= g * original + o on `region`, clamped to mild grading.
+
+    Returns (g, o), each shape (3,), float32. Undo with (generated - o) / g.
+    """
+    src = original[region].astype(np.float32)
+    dst = generated[region].astype(np.float32)
+    if len(src) < 2:
+        return np.ones(3, np.float32), np.zeros(3, np.float32)
+    src_mean, dst_mean = src.mean(0), dst.mean(0)
+    covariance = ((src - src_mean) * (dst - dst_mean)).mean(0)
+    variance = src.var(0)
+    g = np.where(variance > 1.0, covariance / np.maximum(variance, 1e-6), 1.0)
+    g = np.clip(g, 1.0 - gain, 1.0 + gain)
+    o = np.clip(dst_mean - g * src_mean, -offset, offset)
+    return g.astype(np.float32), o.astype(np.float32)
+
+
+def undo_grading(generated: np.ndarray, g: np.ndarray, o: np.ndarray) -> np.ndarray:
+    return (generated.astype(np.float32) - o) / g
+
+
+def mask_metrics(m_orig: np.ndarray, m_gen: np.ndarray, boundary_tolerance: float) -> dict[str, float]:
+    """The mask metrics of the module docstring for two bool masks of the same shape (m_orig non-empty)."""
+    area_o = float(m_orig.sum())
+    if area_o == 0:
+        raise ValueError("the original product mask is empty; cannot compare masks")
+    area_g = float(m_gen.sum())
+    inter = float(np.logical_and(m_orig, m_gen).sum())
+    union = area_o + area_g - inter
+    diagonal = box_diagonal(m_orig)
+    if area_g > 0:
+        shift = float(np.linalg.norm(_centroid(m_gen) - _centroid(m_orig)) / diagonal)
+    else:
+        shift = 1.0
+    return {
+        "iou": inter / union,
+        "expansion": (union - area_o) / area_o,
+        "lost_area": (area_o - inter) / area_o,
+        "area_ratio": area_g / area_o,
+        "centroid_shift": min(shift, 1.0),
+        "boundary_f": boundary_f_score(m_orig, m_gen, max(1.0, boundary_tolerance * diagonal)),
+    }
+
+
+def boundary_f_score(m_a: np.ndarray, m_b: np.ndarray, tolerance_px: float) -> float:
+    """F-score of the outlines of two bool masks: a boundary pixel matches within `tolerance_px` pixels."""
+    edge_a, edge_b = _outline(m_a), _outline(m_b)
+    if not edge_a.any() or not edge_b.any():
+        return float(edge_a.any() == edge_b.any())
+    dist_to_a = cv2.distanceTransform((~edge_a).astype(np.uint8), cv2.DIST_L2, 3)
+    dist_to_b = cv2.distanceTransform((~edge_b).astype(np.uint8), cv2.DIST_L2, 3)
+    precision = float((dist_to_a[edge_b] <= tolerance_px).mean())
+    recall = float((dist_to_b[edge_a] <= tolerance_px).mean())
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def appearance_metrics(
+    original: np.ndarray, generated: np.ndarray, m_orig: np.ndarray, config: MetricsConfig
+) -> tuple[dict[str, float], np.ndarray]:
+    """Colour and structure drift of the product pixels (uint8 RGB images of the same size).
+
+    Returns the metrics and the drift map: (H,W) float32 CIE76 difference after compensation, 0 off-product.
+    """
+    band = max(1, int(round(config.ignore_band * box_diagonal(m_orig))))
+    region = cv2.erode(m_orig.astype(np.uint8), disk(band)) > 0
+    if region.sum() < 16:  # a thin product: keep its pixels rather than nothing
+        region = m_orig
+    g, o = fit_grading(original, generated, region, config.grading_gain, config.grading_offset)
+    # off the product, use the original's pixels: windows near the outline then see only product changes
+    corrected = np.where(m_orig[..., None], undo_grading(generated, g, o), original.astype(np.float32))
+    original_blur = cv2.GaussianBlur(original.astype(np.float32), (0, 0), 1.0)
+    generated_blur = cv2.GaussianBlur(corrected, (0, 0), 1.0)
+    drift = np.linalg.norm(rgb_to_lab(original_blur) - rgb_to_lab(generated_blur), axis=2)
+    drift = np.where(region, drift, 0.0).astype(np.float32)
+    ssim_map = _ssim_map(_grey(original.astype(np.float32)), _grey(corrected))
+    metrics = {
+        "delta_e": float(drift[region].mean()),
+        "ssim": float(np.clip(ssim_map[region].mean(), -1.0, 1.0)),
+        "changed_area": float((drift[region] > config.changed_delta_e).mean()),
+    }
+    return metrics, drift
+
+
+def _ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    blur = lambda image: cv2.GaussianBlur(image, (0, 0), 1.5)  # noqa: E731
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x * mu_x
+    var_y = blur(y * y) - mu_y * mu_y
+    cov = blur(x * y) - mu_x * mu_y
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    return np.clip(rgb @ np.array([0.299, 0.587, 0.114], np.float32), 0, 255)
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    as_u8 = mask.astype(np.uint8)
+    return (as_u8 - cv2.erode(as_u8, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)) > 0
+
+
+def _centroid(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.mean(), ys.mean()])
+
+
+def box_diagonal(mask: np.ndarray) -> float:
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return 1.0
+    return float(np.hypot(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1))
+
+
+def disk(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
