@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 KNOWN_FIELDS = ("origin", "generation", "label", "mask", "prompt", "category", "product_id")
+OTHER_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")  # ftp://, file://, s3://, ...: refused
 
 
 class ManifestError(ValueError):
@@ -50,9 +52,17 @@ def is_url(value: str) -> bool:
 
 
 def resolve_source(value: str, base_dir: Path) -> str:
-    """A manifest path made absolute against the manifest's folder; URLs unchanged."""
+    """A manifest path made absolute against the manifest's folder; URLs unchanged.
+
+    Only http(s) URLs are supported; any other scheme raises ManifestError rather than being
+    mistaken for a relative path.
+    """
     if is_url(value):
         return value
+    if OTHER_SCHEME.match(value):
+        raise ManifestError(
+            f"{value}: unsupported URL scheme {value.split(':', 1)[0]!r}; use http(s):// URLs or local paths"
+        )
     path = Path(os.path.expanduser(value))
     return str(path if path.is_absolute() else (base_dir / path))
 
@@ -99,13 +109,13 @@ def _row_from_record(obj: dict, base_dir: Path, path: Path, line_no: int) -> Man
         if obj.get(name) is not None:
             if not isinstance(obj[name], str):
                 raise ManifestError(f"{path}:{line_no}: {name!r} must be a string path or URL")
-            values[name] = resolve_source(obj[name], base_dir)
+            values[name] = _resolve(obj[name], base_dir, path, line_no)
     for name in ("prompt", "category", "product_id"):
         if obj.get(name) is not None:
             values[name] = str(obj[name])
     extra = {key: value for key, value in obj.items() if key not in KNOWN_FIELDS}
     return ManifestRow(
-        origin=resolve_source(obj["origin"], base_dir),
+        origin=_resolve(obj["origin"], base_dir, path, line_no),
         label=_parse_label(obj.get("label"), path, line_no),
         extra=extra,
         line=line_no,
@@ -118,13 +128,21 @@ def _rows_from_grouped(obj: dict, base_dir: Path, path: Path, line_no: int) -> I
     generations, labels = group.get("generations"), group.get("labels")
     if not isinstance(generations, list) or not isinstance(labels, list) or len(generations) != len(labels):
         raise ManifestError(f"{path}:{line_no}: 'generations' and 'labels' must be lists of equal length")
+    origin = _resolve(origin, base_dir, path, line_no)
     for generation, label in zip(generations, labels):
         yield ManifestRow(
-            origin=resolve_source(origin, base_dir),
-            generation=resolve_source(generation, base_dir),
+            origin=origin,
+            generation=_resolve(generation, base_dir, path, line_no),
             label=_parse_label(label, path, line_no),
             line=line_no,
         )
+
+
+def _resolve(value: str, base_dir: Path, path: Path, line_no: int) -> str:
+    try:
+        return resolve_source(value, base_dir)
+    except ManifestError as exc:
+        raise ManifestError(f"{path}:{line_no}: {exc}") from None
 
 
 def _parse_label(value: Any, path: Path, line_no: int) -> int | None:
@@ -287,3 +305,13 @@ def manifest_stats(rows: Iterable[ManifestRow]) -> dict[str, Any]:
             1 for p, n in zip(positives_per_original, negatives_per_original) if p and n
         ),
     }
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
+    """Write a whole JSON Lines file atomically (temp file + os.replace): readers never see half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    append_jsonl(tmp, records)
+    os.replace(tmp, path)

@@ -155,3 +155,60 @@ def test_real_manifest_split_by_original(hfpc44k_dir):
             assert owners.setdefault(row.origin, name) == name
     assert len(owners) == 321 and sum(map(len, parts.values())) == 8372
     assert json.dumps(parts["test"][0].to_record())  # records stay JSON-ready
+
+
+def test_stats_command_on_real_manifests(hfpc44k_dir, capsys):
+    from hfpc_reward.cli import main
+
+    assert main(["data", "stats", str(hfpc44k_dir / "test.json"), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["rows"], stats["originals"], stats["labels"]["1"], stats["comparative_pairs"]) == (
+        8372,
+        321,
+        1299,
+        84780,
+    )
+    assert main(["data", "stats", str(hfpc44k_dir / "valid_data_combine122.json")]) == 0
+    text = capsys.readouterr().out
+    assert "869" in text and "188" in text and "266" in text and "561" in text
+
+
+def test_split_command_writes_disjoint_parts(tmp_path, capsys):
+    from hfpc_reward.cli import main
+
+    manifest = tmp_path / "m.jsonl"
+    categories = ["shoes", "bags"]
+    manifest.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "origin": f"o{i}.png",
+                    "generation": f"g{i}-{j}.png",
+                    "label": j % 2,
+                    "category": categories[i % 2],
+                }
+            )
+            + "\n"
+            for i in range(20)
+            for j in range(3)
+        )
+    )
+    out = tmp_path / "splits"
+    args = [
+        "data",
+        "split",
+        str(manifest),
+        "--out",
+        str(out),
+        "--fractions",
+        "train=0.5,test=0.5",
+        "--seed",
+        "4",
+    ]
+    assert main([*args, "--stratify", "category"]) == 0
+    parts = {name: read_manifest(out / f"{name}.jsonl") for name in ("train", "test")}
+    assert not set(group_by_original(parts["train"])) & set(group_by_original(parts["test"]))
+    assert len(parts["train"]) == len(parts["test"]) == 30
+    assert {row.category for row in parts["test"]} == set(categories)
+    assert parts["test"][0].origin == str(tmp_path / parts["test"][0].origin.split("/")[-1])
+    assert "train" in capsys.readouterr().out

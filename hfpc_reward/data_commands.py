@@ -1,0 +1,131 @@
+"""`hfpc data ...`: manifest statistics, splits by original, image fetching and category clusters."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from hfpc_reward.data import (
+    DEFAULT_SPLIT_FRACTIONS,
+    group_by_original,
+    manifest_stats,
+    read_manifest,
+    split_by_original,
+    write_jsonl,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    stats = actions.add_parser("stats", help="rows, originals, labels and comparative pairs of a manifest")
+    stats.add_argument("manifest", type=Path)
+    stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
+
+    split = actions.add_parser("split", help="split a manifest by original into one JSONL per part")
+    split.add_argument("manifest", type=Path)
+    split.add_argument("--out", type=Path, required=True, help="folder for <part>.jsonl files")
+    split.add_argument(
+        "--fractions",
+        type=_parse_fractions,
+        default=DEFAULT_SPLIT_FRACTIONS,
+        help="shares of originals per part, e.g. train=0.8,valid=0.1,test=0.1 (the default)",
+    )
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--stratify", help="row field to stratify by, e.g. category")
+    split.add_argument(
+        "--stratify-clusters",
+        type=Path,
+        help="stratify by a cluster assignment JSON from `hfpc data clusters`",
+    )
+
+    fetch = actions.add_parser("fetch", help="download a manifest's image URLs into a local cache")
+    fetch.add_argument("manifest", type=Path)
+    fetch.add_argument("--cache", type=Path, required=True, help="content-addressed image cache folder")
+    fetch.add_argument("--out", type=Path, required=True, help="local manifest to write (JSON Lines)")
+    fetch.add_argument("--failures", type=Path, help="failures report (default: <out>.failures.jsonl)")
+    fetch.add_argument("--workers", type=int, default=8)
+    fetch.add_argument("--timeout", type=float, default=30.0, help="connect / read timeout in seconds")
+    fetch.add_argument("--deadline", type=float, default=300.0, help="wall-clock limit of one attempt")
+    fetch.add_argument("--max-bytes", type=int, default=50_000_000, help="size cap per image")
+    fetch.add_argument("--retries", type=int, default=3, help="extra attempts after a retryable failure")
+    fetch.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"stats": _stats, "split": _split, "fetch": _fetch}[args.data_command](args)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    stats = manifest_stats(read_manifest(args.manifest))
+    if args.json:
+        sys.stdout.write(json.dumps(stats, indent=2) + "\n")
+        return 0
+    per_original = stats["generations_per_original"]
+    labels = stats["labels"]
+    sys.stdout.write(
+        f"manifest            {args.manifest}\n"
+        f"rows                {stats['rows']:,}\n"
+        f"originals           {stats['originals']:,}\n"
+        f"label 1 (pass)      {labels['1']:,}\n"
+        f"label 0 (fail)      {labels['0']:,}\n"
+        f"unlabelled          {labels['unlabelled']:,}\n"
+        f"generations/orig.   min {per_original['min']}  mean {per_original['mean']:.2f}  max {per_original['max']}\n"
+        f"comparative pairs   {stats['comparative_pairs']:,} "
+        f"(from {stats['originals_with_pairs']:,} originals with both labels)\n"
+    )
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    if args.stratify and args.stratify_clusters:
+        raise SystemExit("hfpc data split: give --stratify or --stratify-clusters, not both")
+    stratify_by = args.stratify
+    if args.stratify_clusters:
+        stratify_by = json.loads(args.stratify_clusters.read_text())["assignment"]
+    parts = split_by_original(read_manifest(args.manifest), args.fractions, args.seed, stratify_by)
+    for name, rows in parts.items():
+        path = args.out / f"{name}.jsonl"
+        write_jsonl(path, (row.to_record() for row in rows))
+        sys.stdout.write(
+            f"{name:8s} {len(rows):7,} rows {len(group_by_original(rows)):6,} originals -> {path}\n"
+        )
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from hfpc_reward.data_fetch import FetchConfig, fetch_manifest
+
+    config = FetchConfig(
+        workers=args.workers,
+        timeout_s=args.timeout,
+        deadline_s=args.deadline,
+        max_bytes=args.max_bytes,
+        retries=args.retries,
+        backoff_s=args.backoff,
+    )
+    summary = fetch_manifest(read_manifest(args.manifest), args.cache, args.out, config, args.failures)
+    sys.stdout.write(
+        f"URLs {summary.urls:,}: {summary.downloaded:,} downloaded, {summary.cached:,} already cached, "
+        f"{len(summary.failed):,} failed\nrows {summary.rows_written:,} written to {args.out}, "
+        f"{summary.rows_failed:,} left out (see the failures report)\n"
+    )
+    return 0 if not summary.failed else 1
+
+
+def _parse_fractions(text: str) -> dict[str, float]:
+    fractions = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            fractions[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not name=share (e.g. train=0.8,valid=0.1,test=0.1)"
+            )
+    return fractions
