@@ -1,0 +1,73 @@
+"""`python -m eval {run,compare,judges}`: the eval harness from a checkout.
+
+  python -m eval run --config configs/eval/tiny.yaml [section.field=value ...]
+  python -m eval compare A/results.json B/results.json [--pair a:b] [--out comparison.json]
+  python -m eval judges --config configs/eval/judges_tiny.yaml [--manifest labelled.jsonl] [overrides]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eval", description="pass rates of generator versions")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="sample, judge and report generator versions")
+    run.add_argument("--config", required=True, help="YAML under configs/eval/ (deltas over EvalConfig)")
+    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. generation.samples_per_product=8")
+    compare = sub.add_parser("compare", help="compare the versions of two runs, paired by product")
+    compare.add_argument("a", help="results.json of run A (the reference)")
+    compare.add_argument("b", help="results.json of run B")
+    compare.add_argument("--pair", action="append", default=[], help="a_version:b_version (repeatable)")
+    compare.add_argument("--out", help="where to write the comparison JSON (default: next to B, comparison.json)")
+    judges = sub.add_parser("judges", help="precision/recall/F1/PR-AUC of each judge on a labelled manifest")
+    judges.add_argument("--config", required=True, help="YAML (deltas over JudgesConfig)")
+    judges.add_argument("--manifest", help="labelled manifest (overrides the config's)")
+    judges.add_argument("overrides", nargs="*", help="dotted overrides")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from hfpc_reward.config import load_config
+
+    if args.command == "run":
+        from eval.config import EvalConfig
+        from eval.harness import REPORT_NAME, run_eval
+        from eval.report import terminal_table
+
+        config = load_config(EvalConfig, args.config, args.overrides)
+        results = run_eval(config)
+        print(terminal_table(results))
+        print(f"report: {Path(config.out_dir).resolve() / REPORT_NAME}")
+    elif args.command == "compare":
+        from eval.compare import compare_runs, comparison_table
+
+        pairs = [tuple(item.split(":", 1)) for item in args.pair]
+        if any(len(pair) != 2 for pair in pairs):
+            raise SystemExit("--pair must look like a_version:b_version")
+        comparison = compare_runs(args.a, args.b, pairs or None)
+        out = Path(args.out) if args.out else Path(args.b).parent / "comparison.json"
+        out.write_text(json.dumps(comparison, indent=2))
+        print(comparison_table(comparison))
+        print(f"written: {out}")
+    else:
+        from eval.judges import JudgesConfig, markdown_table, run_judges
+
+        overrides = list(args.overrides) + ([f"manifest={args.manifest}"] if args.manifest else [])
+        config = load_config(JudgesConfig, args.config, overrides)
+        print(markdown_table(run_judges(config)))
+        print(f"written: {Path(config.out_dir).resolve() / 'judges.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Numbers of an eval run: pass rates with bootstrap intervals over products, paired version differences,
+breakdowns by category and failure reason, and mean reward with its components.
+
+Samples of one product are correlated (same original, same prompt), so every interval resamples whole
+products (`hfpc_reward.calibration.grouped_bootstrap_ci`). A version difference is paired: both versions
+sampled product p with the same seeds, so the test works on per-product differences of pass rates.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from eval.config import StatsConfig
+from hfpc_reward.calibration import grouped_bootstrap_ci
+
+# reason kind -> words that mark it (checked in order on the lower-cased reason text)
+REASON_KINDS: dict[str, tuple[str, ...]] = {
+    "error": ("error", "failed", "does not exist", "no such file"),
+    "expanded": ("expanded", "expansion"),
+    "truncated": ("truncated", "lost"),
+    "recoloured": ("recolour", "recolor", "δe", "delta_e"),
+    "texture changed": ("texture", "ssim", "appearance changed"),
+    "moved / reshaped": ("mask changed", "moved", "outline", "aspect ratio", "iou"),
+    "product not found": ("no product", "not found"),
+    "unclear original": ("original has", "studio"),
+    "background below threshold": ("background",),
+}
+
+
+def reason_kind(reason: str) -> str:
+    """The failure kind a reason string belongs to (its first words when no kind matches)."""
+    text = reason.lower()
+    for kind, markers in REASON_KINDS.items():
+        if any(marker in text for marker in markers):
+            return kind
+    return " ".join(re.split(r"[:(=]", text)[0].split()[:4]) or "unspecified"
+
+
+def interval(values: np.ndarray, groups: Sequence[str], cfg: StatsConfig) -> dict[str, float]:
+    """Mean of per-sample `values` with a bootstrap interval that resamples whole groups (products)."""
+    if len(values) == 0:
+        return {"estimate": math.nan, "low": math.nan, "high": math.nan, "n_valid": 0}
+    return grouped_bootstrap_ci(
+        lambda rows: float(values[rows].mean()), groups, cfg.n_resamples, cfg.confidence, cfg.seed
+    )
+
+
+def version_summary(samples: list[dict], cfg: StatsConfig) -> dict[str, Any]:
+    """Pass rate (with interval), mean reward and components, and counts, for one version's samples."""
+    groups = [row["product_id"] for row in samples]
+    passed = np.array([bool(row["passed"]) for row in samples], dtype=float)
+    summary: dict[str, Any] = {
+        "n_samples": len(samples),
+        "n_products": len(set(groups)),
+        "n_errors": sum(1 for row in samples if row.get("error")),
+        "pass_rate": interval(passed, groups, cfg),
+    }
+    reward_rows = [row for row in samples if row.get("reward") is not None]
+    summary["reward"] = interval(
+        np.array([row["reward"] for row in reward_rows], dtype=float), [row["product_id"] for row in reward_rows], cfg
+    )
+    summary["components"] = _component_means(samples)
+    summary["held_out"] = _component_means([row.get("held_out") or {} for row in samples], flat=True)
+    return summary
+
+
+def _component_means(rows: list[dict], flat: bool = False) -> dict[str, float]:
+    """Mean of each numeric score over the rows that have it (consistency metrics included)."""
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        fields = dict(row) if flat else {
+            "background_score": row.get("background_score"),
+            "consistency_score": row.get("consistency_score"),
+            "consistent": row.get("consistent"),
+            **{f"metric.{name}": value for name, value in (row.get("metrics") or {}).items()},
+        }
+        for name, value in fields.items():
+            if isinstance(value, (bool, int, float)) and value is not None and math.isfinite(float(value)):
+                values.setdefault(name, []).append(float(value))
+    return {name: float(np.mean(items)) for name, items in sorted(values.items())}
+
+
+def by_category(samples: list[dict], cfg: StatsConfig) -> dict[str, dict[str, Any]]:
+    """Pass rate with interval per product category."""
+    categories: dict[str, list[dict]] = {}
+    for row in samples:
+        categories.setdefault(row.get("category") or "(none)", []).append(row)
+    return {
+        name: {
+            "n_samples": len(rows),
+            "pass_rate": interval(
+                np.array([bool(row["passed"]) for row in rows], dtype=float), [row["product_id"] for row in rows], cfg
+            ),
+        }
+        for name, rows in sorted(categories.items())
+    }
+
+
+def failure_reasons(samples: list[dict]) -> dict[str, Any]:
+    """How often each failure kind occurs among failed samples (a sample can have several)."""
+    failed = [row for row in samples if not row["passed"]]
+    kinds = Counter(kind for row in failed for kind in {reason_kind(reason) for reason in _reasons_of(row)})
+    return {
+        "n_failed": len(failed),
+        "kinds": {kind: {"count": count, "share_of_samples": count / max(len(samples), 1)} for kind, count in kinds.most_common()},
+    }
+
+
+def _reasons_of(row: dict) -> list[str]:
+    reasons = list(row.get("reasons") or [])
+    if row.get("error"):
+        reasons.append(f"error: {row['error']}")
+    return reasons or ["unspecified"]
+
+
+def paired_difference(reference: list[dict], candidate: list[dict], cfg: StatsConfig) -> dict[str, Any]:
+    """Pass rate of `candidate` minus `reference` over the products both have, paired by product.
+
+    Returns the mean per-product difference, its bootstrap interval (resampling products) and a two-sided
+    p-value for "no difference": a sign-flip permutation test of the per-product differences (exact
+    under the null that the two versions are exchangeable per product), or a centred paired bootstrap.
+    """
+    ref, cand = _per_product_rates(reference), _per_product_rates(candidate)
+    products = sorted(set(ref) & set(cand))
+    if not products:
+        return {"n_products": 0, "estimate": math.nan, "low": math.nan, "high": math.nan, "p_value": math.nan}
+    diffs = np.array([cand[p] - ref[p] for p in products])
+    ci = grouped_bootstrap_ci(lambda rows: float(diffs[rows].mean()), products, cfg.n_resamples, cfg.confidence, cfg.seed)
+    observed = abs(diffs.mean())
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.paired_test == "permutation":
+        signs = rng.choice((-1.0, 1.0), size=(cfg.n_resamples, diffs.size))
+        null = np.abs((signs * diffs).mean(axis=1))
+    else:
+        centred = diffs - diffs.mean()
+        null = np.abs(centred[rng.integers(0, diffs.size, size=(cfg.n_resamples, diffs.size))].mean(axis=1))
+    p_value = float((1 + np.sum(null >= observed - 1e-12)) / (1 + cfg.n_resamples))
+    return {
+        "n_products": len(products),
+        "estimate": ci["estimate"],
+        "low": ci["low"],
+        "high": ci["high"],
+        "p_value": p_value,
+        "test": cfg.paired_test,
+        "products_better": int(np.sum(diffs > 0)),
+        "products_worse": int(np.sum(diffs < 0)),
+    }
+
+
+def _per_product_rates(samples: list[dict]) -> dict[str, float]:
+    totals: dict[str, list[float]] = {}
+    for row in samples:
+        totals.setdefault(row["product_id"], []).append(float(bool(row["passed"])))
+    return {product: float(np.mean(values)) for product, values in totals.items()}
+
+
+def summarise(samples: list[dict], version_names: list[str], cfg: StatsConfig) -> dict[str, Any]:
+    """Every number of results.json: per version, per category, failure reasons, and paired differences
+    of each version against the first (the reference)."""
+    by_version = {name: [row for row in samples if row["version"] == name] for name in version_names}
+    reference = version_names[0]
+    return {
+        "versions": {name: version_summary(rows, cfg) for name, rows in by_version.items()},
+        "categories": {name: by_category(rows, cfg) for name, rows in by_version.items()},
+        "failure_reasons": {name: failure_reasons(rows) for name, rows in by_version.items()},
+        "paired": {
+            f"{name} - {reference}": {"reference": reference, "candidate": name,
+                                      **paired_difference(by_version[reference], by_version[name], cfg)}
+            for name in version_names[1:]
+        },
+    }

@@ -1,0 +1,247 @@
+"""Eval harness mechanics with a dummy generator whose pass probabilities are known, judged deterministically.
+
+The dummy generator paints the background green (a pass) with probability p_version, decided by a uniform
+draw from the sample's seed, else red (a fail); the dummy judge passes green backgrounds. So the exact
+pass count of every version is computable from the seeds alone, independently of the harness.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eval.compare import compare_runs, comparison_table
+from eval.config import EvalConfig, VersionConfig
+from eval.generators import FolderGenerator, sample_seed
+from eval.harness import latest_samples, run_eval
+from eval.report import terminal_table
+from eval.stats import paired_difference, reason_kind
+from hfpc_reward.config import ConfigError, load_config
+from hfpc_reward.consistency.checker import ConsistencyReport
+from hfpc_reward.scorer import HFPCResult
+
+N_PRODUCTS, K = 30, 4
+TRUE_RATES = {"base": 0.3, "tuned": 0.7}
+GREEN, RED = (40, 200, 60), (200, 40, 40)
+
+
+def _passes(seed: int, rate: float) -> bool:
+    return np.random.default_rng(seed).random() < rate
+
+
+class DummyGenerator:
+    """Background green with probability `rate` (a draw from the sample's seed), else red; product kept."""
+
+    def __init__(self, rate: float, interrupt_after: int | None = None):
+        self.rate, self.interrupt_after = rate, interrupt_after
+        self.calls: list[tuple[str, int, int]] = []  # (product_id, k, seed) of every generated sample
+
+    def generate(self, product, ks, seeds):
+        if self.interrupt_after is not None and len(self.calls) >= self.interrupt_after:
+            raise KeyboardInterrupt  # what a Ctrl-C / killed job looks like to the harness
+        self.calls.extend((product.product_id, k, seed) for k, seed in zip(ks, seeds))
+        images = []
+        for seed in seeds:
+            colour = GREEN if _passes(seed, self.rate) else RED
+            background = Image.new("RGB", product.image.size, colour)
+            images.append(Image.composite(product.image, background, Image.fromarray(product.mask)))
+        return images
+
+
+class DummyScorer:
+    """Pass when the background (outside the product mask) is green; reward = green - red, in [-1, 1]."""
+
+    def score(self, originals, generated, masks=None, prompts=None):
+        results = []
+        for image, mask in zip(generated, masks):
+            pixels = np.asarray(image, dtype=float)[~mask] / 255.0
+            green = pixels[:, 1].mean() > pixels[:, 0].mean()
+            report = ConsistencyReport(consistent=True, score=1.0, metrics={"iou": 1.0}, reasons=[])
+            results.append(HFPCResult(
+                background_score=float(pixels[:, 1].mean() - pixels[:, 0].mean()), consistency=report,
+                passed=bool(green), reward=float(pixels[:, 1].mean() - pixels[:, 0].mean()),
+                reasons=[] if green else ["background below threshold (score -0.62 < 0.00)"],
+            ))
+        return results
+
+
+@pytest.fixture(scope="module")
+def product_manifest(tmp_path_factory) -> Path:
+    """30 products: a grey square on white, with its mask; three categories."""
+    folder = tmp_path_factory.mktemp("products")
+    rows = []
+    for i in range(N_PRODUCTS):
+        image = Image.new("RGB", (48, 40), "white")
+        mask = Image.new("L", (48, 40), 0)
+        box = (10 + i % 5, 8, 30 + i % 5, 30)
+        image.paste((90 + i, 90, 120), box)
+        mask.paste(255, box)
+        image.save(folder / f"p{i:02d}.png")
+        mask.save(folder / f"p{i:02d}_mask.png")
+        rows.append({"origin": f"p{i:02d}.png", "mask": f"p{i:02d}_mask.png", "product_id": f"p{i:02d}",
+                     "category": ("bottle", "shoe", "bag")[i % 3], "prompt": "on a wooden table"})
+    manifest = folder / "products.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return manifest
+
+
+def _config(manifest: Path, out: Path, versions=None, **overrides) -> EvalConfig:
+    versions = versions or [{"name": "base", "path": "unused-base"}, {"name": "tuned", "path": "unused-tuned"}]
+    items = [f"manifest={manifest}", f"out_dir={out}", f"generation.samples_per_product={K}",
+             "stats.n_resamples=500", *[f"{key}={value}" for key, value in overrides.items()]]
+    config = load_config(EvalConfig, None, items + [f"versions={json.dumps(versions)}"])
+    return config
+
+
+def _expected_passes(rate: float) -> int:
+    return sum(_passes(sample_seed(0, f"p{i:02d}", k), rate) for i in range(N_PRODUCTS) for k in range(K))
+
+
+@pytest.fixture(scope="module")
+def dummy_run(product_manifest, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    generators = {name: DummyGenerator(rate) for name, rate in TRUE_RATES.items()}
+    results = run_eval(_config(product_manifest, out), generators=generators, scorer=DummyScorer())
+    return out, results, generators
+
+
+def test_pass_rates_are_exact_and_intervals_cover_the_truth(dummy_run):
+    _, results, _ = dummy_run
+    for name, rate in TRUE_RATES.items():
+        summary = results["versions"][name]
+        assert summary["n_samples"] == N_PRODUCTS * K and summary["n_products"] == N_PRODUCTS
+        assert summary["pass_rate"]["estimate"] == pytest.approx(_expected_passes(rate) / (N_PRODUCTS * K))
+        assert summary["pass_rate"]["low"] <= rate <= summary["pass_rate"]["high"]
+        assert summary["pass_rate"]["high"] - summary["pass_rate"]["low"] < 0.35
+    diff = results["paired"]["tuned - base"]
+    assert diff["low"] <= TRUE_RATES["tuned"] - TRUE_RATES["base"] <= diff["high"]
+    assert diff["low"] > 0 and diff["p_value"] < 0.01 and diff["n_products"] == N_PRODUCTS
+    base_fail = results["failure_reasons"]["base"]
+    assert base_fail["kinds"]["background below threshold"]["count"] == N_PRODUCTS * K - _expected_passes(0.3)
+    assert set(results["categories"]["base"]) == {"bag", "bottle", "shoe"}
+
+
+def test_seeds_are_shared_across_versions_and_differ_across_samples(dummy_run):
+    _, _, generators = dummy_run
+    base, tuned = (sorted(generators[name].calls) for name in ("base", "tuned"))
+    assert base == tuned and len(base) == N_PRODUCTS * K
+    assert len({seed for _, _, seed in base}) == N_PRODUCTS * K
+
+
+def test_outputs_are_stamped_and_every_sample_has_a_row(dummy_run):
+    out, results, _ = dummy_run
+    stamped = json.loads((out / "results.json").read_text())
+    meta = stamped["meta"]
+    assert meta["config"]["generation"]["samples_per_product"] == K and meta["packages"]["numpy"]
+    assert meta["date"] and meta["counts"]["samples"] == {"base": N_PRODUCTS * K, "tuned": N_PRODUCTS * K}
+    assert (out / "config.resolved.yaml").is_file()
+    rows = latest_samples(out / "samples.jsonl")
+    assert len(rows) == 2 * N_PRODUCTS * K
+    row = rows[0]
+    assert (out / row["image"]).is_file() and (out / row["thumb"]).is_file()
+    assert {"passed", "reward", "background_score", "consistent", "held_out", "seed"} <= set(row)
+    assert row["held_out"]["product_drift"] == pytest.approx(0.0)  # the dummy keeps the product exactly
+    table = terminal_table(results)
+    assert "tuned - base: +" in table and "base" in table.splitlines()[1]
+
+
+def test_interrupted_run_resumes_without_regenerating(product_manifest, dummy_run, tmp_path):
+    _, reference, _ = dummy_run
+    config = _config(product_manifest, tmp_path)
+    first = {"base": DummyGenerator(0.3), "tuned": DummyGenerator(0.7, interrupt_after=10 * K)}
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(config, generators=first, scorer=DummyScorer())
+    assert len(latest_samples(tmp_path / "samples.jsonl")) == N_PRODUCTS * K + 10 * K
+    second = {name: DummyGenerator(rate) for name, rate in TRUE_RATES.items()}
+    results = run_eval(config, generators=second, scorer=DummyScorer())
+    assert second["base"].calls == []
+    assert len(second["tuned"].calls) == (N_PRODUCTS - 10) * K
+    assert not {c[:2] for c in second["tuned"].calls} & {c[:2] for c in first["tuned"].calls}
+    for key in ("versions", "paired", "categories", "failure_reasons"):
+        assert results[key] == reference[key]
+
+
+def test_resume_refuses_samples_made_with_another_seed(product_manifest, dummy_run):
+    out, _, _ = dummy_run
+    config = _config(product_manifest, out, **{"generation.seed": 7})
+    with pytest.raises(ValueError, match="another generation.seed"):
+        run_eval(config, generators={n: DummyGenerator(r) for n, r in TRUE_RATES.items()}, scorer=DummyScorer())
+
+
+def test_folder_version_matches_images_by_name(product_manifest, tmp_path):
+    """Images made elsewhere, named {product_id}_{k}.png: product 0..9 green, the rest red; k=3 missing."""
+    folder = tmp_path / "external"
+    folder.mkdir()
+    for i in range(N_PRODUCTS):
+        for k in range(K - 1):
+            original = Image.open(product_manifest.parent / f"p{i:02d}.png").convert("RGB")
+            mask = Image.open(product_manifest.parent / f"p{i:02d}_mask.png")
+            Image.composite(original, Image.new("RGB", original.size, GREEN if i < 10 else RED), mask).save(
+                folder / f"p{i:02d}_{k}.png")
+    versions = [{"name": "external", "kind": "folder", "path": str(folder)}]
+    results = run_eval(_config(product_manifest, tmp_path / "out", versions), scorer=DummyScorer())
+    summary = results["versions"]["external"]
+    assert summary["n_samples"] == N_PRODUCTS * K and summary["n_errors"] == N_PRODUCTS
+    assert summary["pass_rate"]["estimate"] == pytest.approx(10 * (K - 1) / (N_PRODUCTS * K))
+    assert results["failure_reasons"]["external"]["kinds"]["error"]["count"] == N_PRODUCTS
+    missing = [row for row in latest_samples(tmp_path / "out" / "samples.jsonl") if row["k"] == K - 1]
+    assert all("p" in row["error"] and "_3.png" in row["error"] for row in missing)
+
+
+def test_folder_version_by_manifest_and_clear_errors(tmp_path):
+    image_path = tmp_path / "gen.png"
+    Image.new("RGB", (8, 8), GREEN).save(image_path)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"product_id": "a", "k": 0, "generation": "gen.png"}) + "\n")
+    generator = FolderGenerator(manifest=str(tmp_path / "m.jsonl"))
+    assert generator.path_of("a", 0) == str(image_path)
+    with pytest.raises(FileNotFoundError, match="no row for product 'a', k=1"):
+        generator.path_of("a", 1)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        FolderGenerator(str(tmp_path / "nope"))
+
+
+def test_compare_two_runs(dummy_run, product_manifest, tmp_path):
+    out, _, _ = dummy_run
+    generators = {"base": DummyGenerator(0.3), "tuned": DummyGenerator(0.3)}
+    run_eval(_config(product_manifest, tmp_path), generators=generators, scorer=DummyScorer())
+    comparison = compare_runs(tmp_path / "results.json", out / "results.json")
+    by_name = {item["a"]: item["difference"] for item in comparison["comparisons"]}
+    assert by_name["base"]["estimate"] == 0.0 and by_name["base"]["p_value"] == 1.0
+    assert by_name["tuned"]["low"] > 0 and by_name["tuned"]["p_value"] < 0.01
+    assert "tuned" in comparison_table(comparison)
+
+
+def test_paired_permutation_test_holds_its_level_under_the_null():
+    """With no real difference (both versions pass with 0.5), p < 0.05 happens at most ~5% of the time:
+    200 seeded null datasets of 30 products x 8 samples; the sign-flip test is exact, at most conservative."""
+    from eval.config import StatsConfig
+
+    rng = np.random.default_rng(0)
+    cfg = StatsConfig(n_resamples=200)
+    small = 0
+    for _ in range(200):
+        a, b = ([{"product_id": str(i // 8), "passed": bool(v)} for i, v in enumerate(rng.random(240) < 0.5)]
+                for _ in range(2))
+        small += paired_difference(a, b, cfg)["p_value"] < 0.05
+    assert 3 <= small <= 20  # 10 expected; a binomial(200, 0.05) falls outside [3, 20] with p < 0.005
+
+
+def test_reason_kinds_follow_the_checker_wording():
+    assert reason_kind("expanded 23%") == "expanded"
+    assert reason_kind("truncated (12% of the product missing)") == "truncated"
+    assert reason_kind("recoloured (ΔE 14.2)") == "recoloured"
+    assert reason_kind("label or texture changed (SSIM 0.41)") == "texture changed"
+    assert reason_kind("error: file does not exist") == "error"
+    assert reason_kind("background below threshold (score -0.62 < 0.00)") == "background below threshold"
+
+
+def test_config_errors_say_the_fix(product_manifest, tmp_path):
+    with pytest.raises(ConfigError, match="needs `base` or `generation.base`"):
+        _config(product_manifest, tmp_path, [{"name": "l", "kind": "lora", "path": "lora-dir"}])
+    with pytest.raises(ConfigError, match="kind must be one of"):
+        _config(product_manifest, tmp_path, [{"name": "x", "kind": "gan", "path": "p"}])
+    with pytest.raises(ConfigError, match="unique"):
+        _config(product_manifest, tmp_path, [{"name": "a", "path": "p"}, {"name": "a", "path": "q"}])
+    assert VersionConfig(name="ok", path="p").kind == "pipeline"
