@@ -11,6 +11,7 @@ from pathlib import Path
 from hfpc_reward.data import (
     DEFAULT_SPLIT_FRACTIONS,
     group_by_original,
+    is_url,
     manifest_stats,
     read_manifest,
     split_by_original,
@@ -56,9 +57,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fetch.add_argument("--retries", type=int, default=3, help="extra attempts after a retryable failure")
     fetch.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles)")
 
+    clusters = actions.add_parser(
+        "clusters", help="cluster originals by BLIP image features (category balance)"
+    )
+    clusters.add_argument(
+        "manifest", type=Path, help="a manifest with local originals (see `hfpc data fetch`)"
+    )
+    clusters.add_argument(
+        "--out", type=Path, required=True, help="folder for clusters.json and contact sheets"
+    )
+    clusters.add_argument("--k", type=int, default=25, help="number of clusters (capped at the originals)")
+    clusters.add_argument("--backbone", default=None, help="BLIP hub id or folder, or a reward-model folder")
+    clusters.add_argument("--seed", type=int, default=0)
+    clusters.add_argument("--device", default="cpu")
+    clusters.add_argument("--batch-size", type=int, default=32)
+
 
 def run(args: argparse.Namespace) -> int:
-    return {"stats": _stats, "split": _split, "fetch": _fetch}[args.data_command](args)
+    actions = {"stats": _stats, "split": _split, "fetch": _fetch, "clusters": _clusters}
+    return actions[args.data_command](args)
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -116,6 +133,33 @@ def _fetch(args: argparse.Namespace) -> int:
         f"{summary.rows_failed:,} left out (see the failures report)\n"
     )
     return 0 if not summary.failed else 1
+
+
+def _clusters(args: argparse.Namespace) -> int:
+    from hfpc_reward.clusters import BlipImageFeatures, ClusterConfig, cluster_originals, write_contact_sheets
+    from hfpc_reward.config import save_resolved_config
+
+    config = ClusterConfig(k=args.k, seed=args.seed, device=args.device, batch_size=args.batch_size)
+    if args.backbone:
+        config.backbone = args.backbone
+    originals = list(group_by_original(read_manifest(args.manifest)))
+    remote = [origin for origin in originals if is_url(origin)]
+    if remote:
+        raise SystemExit(
+            f"hfpc data clusters: {len(remote)} originals are URLs (e.g. {remote[0]}); download them first "
+            "with `hfpc data fetch` and cluster the local manifest it writes"
+        )
+    features_fn = BlipImageFeatures(config.backbone, device=config.device)
+    result = cluster_originals(originals, features_fn, config.k, config.seed, config.batch_size)
+    result.meta.update(backbone=config.backbone, manifest=str(args.manifest))
+    path = result.save(args.out / "clusters.json")
+    sheets = write_contact_sheets(result, args.out, config.sheet_thumbnails, config.thumbnail_px)
+    save_resolved_config(config, args.out)
+    sys.stdout.write(
+        f"{len(result.assignment):,} originals in {result.k} clusters (sizes {result.sizes()}); "
+        f"{len(result.skipped):,} skipped\nassignment -> {path}\n{len(sheets)} contact sheets -> {args.out}\n"
+    )
+    return 0
 
 
 def _parse_fractions(text: str) -> dict[str, float]:
