@@ -215,12 +215,13 @@ def split_by_original(
     proportion. Method: originals are shuffled with `seed` inside each stratum, the strata are laid
     end to end, and each original in turn goes to the part furthest below its quota so far
     (largest deficit), so part sizes match the fractions to within one original overall and within
-    about one original per stratum. Rows keep manifest order inside each part.
+    about one original per stratum. Rows keep their input order inside each part.
     """
     import random
 
     fractions = dict(DEFAULT_SPLIT_FRACTIONS if fractions is None else fractions)
     _check_fractions(fractions)
+    rows = list(rows)
     groups = group_by_original(rows)
     strata: dict[str, list[str]] = {}
     for origin, group in groups.items():
@@ -239,10 +240,8 @@ def split_by_original(
         assigned[part] += 1
         part_of[origin] = part
     parts: dict[str, list[ManifestRow]] = {name: [] for name in fractions}
-    for origin, group in groups.items():
-        parts[part_of[origin]].extend(group)
-    for part in parts.values():
-        part.sort(key=lambda row: row.line)
+    for row in rows:
+        parts[part_of[row.origin]].append(row)
     return parts
 
 

@@ -212,3 +212,11 @@ def test_split_command_writes_disjoint_parts(tmp_path, capsys):
     assert {row.category for row in parts["test"]} == set(categories)
     assert parts["test"][0].origin == str(tmp_path / parts["test"][0].origin.split("/")[-1])
     assert "train" in capsys.readouterr().out
+
+
+def test_split_keeps_input_order_without_line_numbers():
+    rows = [ManifestRow(f"o{i % 7}", f"g{i}", i % 2) for i in range(70)]  # line defaults to 0
+    parts = split_by_original(rows, seed=0)
+    for part in parts.values():
+        positions = [int(row.generation[1:]) for row in part]
+        assert positions == sorted(positions)
