@@ -1,0 +1,158 @@
+"""`hfpc calibrate-consistency`: fit the verdict thresholds on a labelled manifest.
+
+    hfpc calibrate-consistency --manifest M.jsonl --out configs/consistency/mine.yaml [--best-f1 | --target-precision P]
+
+Ground truth per row: the `consistent` field (bool; results rows keep it as `consistent_truth`), else the HFPC `label` (1 = accepted = consistent; note
+that human labels also reject pairs for their background, so they are a noisier target). The rows are
+checked once (results cached in `--results`, default <out>.results.jsonl, resumable), then every threshold
+of ThresholdConfig is fitted by coordinate ascent over candidate values (midpoints between quantiles of
+that metric), a few rounds, starting from the current config. The detection task is "inconsistent" as the
+positive class: `--best-f1` maximises F1; `--target-precision P` maximises recall among settings with
+precision >= P. The output YAML is the input config delta (if any) with the fitted `thresholds` section,
+loadable with `--config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import yaml
+
+from hfpc_reward.config import ConfigError, config_to_dict, load_config
+from hfpc_reward.consistency.config import ConsistencyConfig, ThresholdConfig
+
+logger = logging.getLogger(__name__)
+
+TRUTH_FIELD = "consistent_truth"  # results rows keep the input's ground-truth `consistent` under this name
+ROUNDS = 4  # coordinate-ascent passes over all thresholds
+CANDIDATES = 64  # quantiles of each metric tried as its threshold
+
+
+def ground_truth(record: dict[str, Any]) -> bool | None:
+    """Of a results record: True = the product is truly consistent (the input row's `consistent`, kept as
+    `consistent_truth`), else from `label` (1 = accepted); None = unknown."""
+    if isinstance(record.get(TRUTH_FIELD), bool):
+        return record[TRUTH_FIELD]
+    if record.get("label") in (0, 1):
+        return record["label"] == 1
+    return None
+
+
+def detection_metrics(truth_consistent: Sequence[bool], predicted_consistent: Sequence[bool]) -> dict[str, float]:
+    """Detecting inconsistent products (the positive class): precision, recall, F1, and the share of
+    truly consistent rows that were rejected (`false_rejection`)."""
+    truth = ~np.asarray(truth_consistent, dtype=bool)
+    flagged = ~np.asarray(predicted_consistent, dtype=bool)
+    tp = int((truth & flagged).sum())
+    precision = tp / max(int(flagged.sum()), 1)
+    recall = tp / max(int(truth.sum()), 1)
+    f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    n_consistent = int((~truth).sum())
+    return {
+        "n": int(truth.size),
+        "n_inconsistent": int(truth.sum()),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "false_rejection": int((~truth & flagged).sum()) / max(n_consistent, 1),
+    }
+
+
+def fit_thresholds(
+    metrics: list[dict[str, float]],
+    truth_consistent: Sequence[bool],
+    start: ThresholdConfig,
+    target_precision: float | None = None,
+) -> ThresholdConfig:
+    """Thresholds maximising F1 (or recall at `target_precision`) of detecting inconsistent rows."""
+    from hfpc_reward.consistency.checker import CHECKS
+
+    if not metrics:
+        raise ValueError("no checked rows to calibrate on")
+    truth = ~np.asarray(truth_consistent, dtype=bool)
+    if truth.all() or not truth.any():
+        raise ValueError("calibration needs both consistent and inconsistent rows")
+    values = {name: np.array([m[name] for m in metrics], dtype=np.float64) for name, *_ in CHECKS}
+    limits = {field: getattr(start, field) for _, field, _, _ in CHECKS}
+
+    def fails(name: str, field: str, kind: str, limit: float) -> np.ndarray:
+        return values[name] > limit if kind == "max" else values[name] < limit
+
+    def objective(flagged: np.ndarray) -> tuple:
+        m = detection_metrics(~truth, ~flagged)
+        if target_precision is None:
+            return (m["f1"], -m["false_rejection"])
+        reached = m["precision"] >= target_precision
+        return (reached, m["recall"] if reached else m["precision"], m["f1"])
+
+    for _ in range(ROUNDS):
+        for name, field, kind, _ in CHECKS:
+            others = np.zeros(truth.size, dtype=bool)
+            for other, other_field, other_kind, _ in CHECKS:
+                if other != name:
+                    others |= fails(other, other_field, other_kind, limits[other_field])
+            quantiles = np.unique(np.quantile(values[name], np.linspace(0, 1, CANDIDATES)))
+            candidates = np.concatenate([(quantiles[:-1] + quantiles[1:]) / 2, [limits[field]]])
+            if kind == "min":
+                candidates = np.clip(candidates, 0.0, 0.999)
+            else:
+                candidates = np.maximum(candidates, 1e-4)
+            scored = [(objective(others | fails(name, field, kind, c)), c) for c in candidates]
+            best = max(score for score, _ in scored)
+            # among equally good values, the most lenient (fewest rejections of unseen consistent pairs)
+            tied = [c for score, c in scored if score == best]
+            limits[field] = float(max(tied) if kind == "max" else min(tied))
+    return replace(start, **{field: round(value, 5) for field, value in limits.items()})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", type=Path, required=True, help="labelled manifest (consistent or label field)")
+    parser.add_argument("--out", type=Path, required=True, help="config YAML to write (loadable with --config)")
+    goal = parser.add_mutually_exclusive_group()
+    goal.add_argument("--best-f1", action="store_true", help="maximise F1 of detecting inconsistent pairs (default)")
+    goal.add_argument("--target-precision", type=float, help="maximise recall with at least this precision")
+    parser.add_argument("--config", type=Path, help="starting config delta (its other sections are kept)")
+    parser.add_argument("--results", type=Path, help="where the checked rows are cached (default <out>.results.jsonl)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes for checking")
+    parser.add_argument("overrides", nargs="*", help="section.field=value config overrides")
+
+
+def run(args: argparse.Namespace) -> int:
+    from hfpc_reward.consistency.commands import check_manifest
+    from hfpc_reward.data import read_manifest
+
+    try:
+        config = load_config(ConsistencyConfig, args.config, args.overrides)
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2
+    results = args.results or args.out.with_name(args.out.name + ".results.jsonl")
+    records = check_manifest(read_manifest(args.manifest), config, results, workers=args.workers)
+    usable = [(r["metrics"], ground_truth(r)) for r in records if not r.get("error") and ground_truth(r) is not None]
+    if not usable:
+        logger.error("no checked row of %s has ground truth (a 'consistent' or 'label' field)", args.manifest)
+        return 2
+    metrics, truth = [m for m, _ in usable], [t for _, t in usable]
+    thresholds = fit_thresholds(metrics, truth, config.thresholds, args.target_precision)
+    fitted = replace(config, thresholds=thresholds)
+    from hfpc_reward.consistency.checker import verdict
+
+    before = detection_metrics(truth, [verdict(m, config.thresholds)[0] for m in metrics])
+    after = detection_metrics(truth, [verdict(m, thresholds)[0] for m in metrics])
+    delta = yaml.safe_load(args.config.read_text()) if args.config else {}
+    delta = delta or {}
+    delta["thresholds"] = config_to_dict(fitted)["thresholds"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(yaml.safe_dump(delta, sort_keys=False))
+    for name, m in (("before", before), ("after", after)):
+        print(
+            f"{name:6s} precision {m['precision']:.3f}  recall {m['recall']:.3f}  F1 {m['f1']:.3f}  "
+            f"consistent rejected {m['false_rejection']:.1%}  (n={m['n']})"
+        )
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,227 @@
+"""`hfpc check`: product consistency of one pair, or of every row of a manifest.
+
+    hfpc check ORIGINAL GENERATED [--mask MASK] [--backend classic] [--config F] [section.field=value ...] [--json]
+    hfpc check --manifest M.jsonl --out RESULTS.jsonl [--overlays DIR] [--workers N]
+
+One pair: prints the verdict, score, reasons and metrics (or JSON with --json); exit code 0 = consistent,
+1 = inconsistent, 2 = the pair could not be checked.
+
+Manifest mode: every input row is written back to RESULTS (JSON Lines, appended as groups finish) with
+`manifest_index` (0-based row of the manifest), `consistent`, `consistency_score`, `metrics`, `reasons` and
+`error` (null, or why the row could not be checked: a bad row never stops the run); an input field
+`consistent` (ground truth) is kept as `consistent_truth`. Rows whose
+`manifest_index` is already in RESULTS are skipped, so an interrupted run resumes. Rows of one original
+(same origin, mask and prompt) are checked together so its original-side work is done once. The resolved
+config is saved next to RESULTS; `--overlays DIR` writes DIR/<manifest_index>.png per checked pair.
+A summary table ends the run, with precision / recall / F1 of detecting inconsistent products when the
+rows carry ground truth (`consistent`, else HFPC `label`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+from tqdm import tqdm
+
+from hfpc_reward.config import ConfigError, load_config, save_resolved_config
+from hfpc_reward.consistency.config import BACKEND_NAMES, ConsistencyConfig
+from hfpc_reward.data import ManifestRow, append_jsonl, is_url, read_jsonl, read_manifest
+
+logger = logging.getLogger(__name__)
+
+INDEX_FIELD = "manifest_index"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "items", nargs="*", metavar="ORIGINAL GENERATED [section.field=value ...]",
+        help="one pair to check, then config overrides such as thresholds.max_expansion=0.1",
+    )
+    parser.add_argument("--mask", help="product mask of the original (white = product); default: alpha or studio extraction")
+    parser.add_argument("--backend", choices=BACKEND_NAMES, help="consistency backend (overrides the config)")
+    parser.add_argument("--config", type=Path, help="YAML config delta (e.g. configs/consistency/classic.yaml)")
+    parser.add_argument("--json", action="store_true", help="one pair: print the report as JSON")
+    parser.add_argument("--manifest", type=Path, help="JSON Lines manifest of pairs (HFPC schemas or ours)")
+    parser.add_argument("--out", type=Path, help="manifest mode: results JSON Lines (resumed when it exists)")
+    parser.add_argument("--overlays", type=Path, help="manifest mode: folder for one overlay PNG per pair")
+    parser.add_argument("--workers", type=int, default=1, help="manifest mode: worker processes")
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = [item for item in args.items if "=" not in item or Path(item).exists()]
+    overrides = [item for item in args.items if item not in paths]
+    if args.backend:
+        overrides.append(f"backend={args.backend}")
+    try:
+        config = load_config(ConsistencyConfig, args.config, overrides)
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2
+    if args.manifest is not None:
+        if paths or args.out is None:
+            logger.error("manifest mode takes --manifest M --out RESULTS and no image paths")
+            return 2
+        records = check_manifest(read_manifest(args.manifest), config, args.out, args.overlays, args.workers)
+        print(summary_table(records))
+        return 0
+    if len(paths) != 2:
+        logger.error("give ORIGINAL and GENERATED (or --manifest M --out RESULTS); got %d paths", len(paths))
+        return 2
+    return _check_pair(paths[0], paths[1], args.mask, config, args.json)
+
+
+def _check_pair(original: str, generated: str, mask: str | None, config: ConsistencyConfig, as_json: bool) -> int:
+    from hfpc_reward.consistency.checker import ProductConsistencyChecker
+
+    checker = ProductConsistencyChecker.from_config(config)
+    report = checker.check([original], [generated], masks=[mask], errors="report")[0]
+    if as_json:
+        print(json.dumps(report.to_record(), indent=2, ensure_ascii=False))
+    else:
+        print(f"{'consistent' if report.consistent else 'INCONSISTENT'}  score {report.score:.3f}")
+        for reason in report.reasons:
+            print(f"  - {reason}")
+        for name, value in report.metrics.items():
+            print(f"  {name:16s} {value:.4f}")
+    return 2 if report.error else (0 if report.consistent else 1)
+
+
+def check_manifest(
+    rows: list[ManifestRow],
+    config: ConsistencyConfig,
+    out: Path,
+    overlays: Path | None = None,
+    workers: int = 1,
+) -> list[dict[str, Any]]:
+    """Check every row not yet in `out`, appending results; returns all result records of `out`."""
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_resolved_config(config, out.parent)
+    if overlays is not None:
+        Path(overlays).mkdir(parents=True, exist_ok=True)
+    done = {record.get(INDEX_FIELD) for record in read_jsonl(out)}
+    groups: dict[tuple, list[tuple[int, ManifestRow]]] = {}
+    for index, row in enumerate(rows):
+        if index not in done:
+            groups.setdefault((row.origin, row.mask, row.prompt), []).append((index, row))
+    pending = sum(len(group) for group in groups.values())
+    if len(done - {None}):
+        logger.info("resuming: %d rows already in %s, %d to check", len(done - {None}), out, pending)
+    jobs = [(group, str(overlays) if overlays else None) for group in groups.values()]
+    with tqdm(total=pending, desc="check", unit="pair") as progress:
+        for records in _run_jobs(jobs, config, workers):
+            append_jsonl(out, records)
+            progress.update(len(records))
+    return read_jsonl(out)
+
+
+def _run_jobs(jobs: list, config: ConsistencyConfig, workers: int) -> Iterator[list[dict]]:
+    if workers == 1 or len(jobs) <= 1:
+        _init_worker(config)
+        yield from map(_check_group, jobs)
+        return
+    context = multiprocessing.get_context("spawn")  # safe with torch-based backends
+    with context.Pool(workers, initializer=_init_worker, initargs=(config,)) as pool:
+        yield from pool.imap_unordered(_check_group, jobs)
+
+
+_WORKER: dict[str, Any] = {}  # the checker of this process (built once per worker)
+
+
+def _init_worker(config: ConsistencyConfig) -> None:
+    from hfpc_reward.consistency.checker import ProductConsistencyChecker
+
+    if _WORKER.get("config") != config:
+        _WORKER.update(config=config, checker=ProductConsistencyChecker.from_config(config))
+
+
+def _check_group(job: tuple[list[tuple[int, ManifestRow]], str | None]) -> list[dict]:
+    """Results of all rows of one original; every failure becomes that row's `error`."""
+    from hfpc_reward.consistency.checker import error_report
+
+    group, overlays = job
+    checker = _WORKER["checker"]
+    first = group[0][1]
+    reports: dict[int, Any] = {}
+    try:
+        problem = _remote(first.origin) or (_remote(first.mask) if first.mask else None)
+        if problem:
+            raise ValueError(problem)
+        product = checker.prepare_originals([first.origin], [first.mask], [first.prompt], errors="report")[0]
+        checkable = []
+        for index, row in group:
+            problem = "row has no generation" if not row.generation else _remote(row.generation)
+            if problem:
+                reports[index] = error_report(problem)
+            else:
+                checkable.append((index, row))
+        outcomes = checker.inspect_prepared([product] * len(checkable), [row.generation for _, row in checkable], errors="report")
+        for (index, _), (report, details) in zip(checkable, outcomes):
+            reports[index] = report
+            if overlays and details is not None:
+                _write_overlay(Path(overlays), index, details, report, checker.config.thresholds.max_delta_e)
+    except Exception as exc:  # never fatal: the rows of this original are reported as errors
+        logger.warning("rows of %s failed: %s", first.origin, exc)
+        for index, _ in group:
+            reports.setdefault(index, error_report(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)))
+    return [_result_record(index, row, reports[index]) for index, row in group]
+
+
+def _result_record(index: int, row: ManifestRow, report) -> dict[str, Any]:
+    from hfpc_reward.consistency.calibrate import TRUTH_FIELD
+
+    record = {INDEX_FIELD: index, **row.to_record()}
+    if "consistent" in record:  # the input's ground truth; `consistent` becomes the checker's verdict
+        record[TRUTH_FIELD] = record.pop("consistent")
+    return {**record, **report.to_record()}
+
+
+def _write_overlay(folder: Path, index: int, details, report, max_delta_e: float) -> None:
+    from hfpc_reward.consistency.overlays import write_overlay
+
+    try:
+        write_overlay(folder / f"{index:06d}.png", details, report, max_delta_e)  # name from the index only
+    except OSError as exc:
+        logger.warning("could not write the overlay of row %d: %s", index, exc)
+
+
+def _remote(source: str | None) -> str | None:
+    if source and is_url(source):
+        return f"{source} is a URL: download the manifest's images first (hfpc data fetch)"
+    return None
+
+
+def summary_table(records: list[dict[str, Any]]) -> str:
+    """A plain-text summary of result records (counts, top reasons, detection metrics with ground truth)."""
+    from hfpc_reward.consistency.calibrate import detection_metrics, ground_truth
+
+    errors = [r for r in records if r.get("error")]
+    checked = [r for r in records if not r.get("error")]
+    consistent = sum(bool(r.get("consistent")) for r in checked)
+    lines = [
+        f"rows {len(records)}  checked {len(checked)}  consistent {consistent}  "
+        f"inconsistent {len(checked) - consistent}  errors {len(errors)}"
+    ]
+    reasons = Counter(reason.split(" (")[0].rstrip("0123456789.% ") for r in checked for reason in r.get("reasons", []))
+    for reason, count in reasons.most_common(8):
+        lines.append(f"  {count:6d}  {reason}")
+    for message, count in Counter(str(r["error"]).split(": ")[-1] for r in errors).most_common(5):
+        lines.append(f"  {count:6d}  error: {message}")
+    labelled = [(ground_truth(r), bool(r.get("consistent"))) for r in checked]
+    labelled = [(truth, predicted) for truth, predicted in labelled if truth is not None]
+    if labelled:
+        m = detection_metrics([t for t, _ in labelled], [p for _, p in labelled])
+        lines.append(
+            f"detecting inconsistent products on {m['n']} labelled rows ({m['n_inconsistent']} inconsistent): "
+            f"precision {m['precision']:.3f}  recall {m['recall']:.3f}  F1 {m['f1']:.3f}  "
+            f"consistent rejected {m['false_rejection']:.1%}"
+        )
+    return "\n".join(lines)
