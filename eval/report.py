@@ -88,8 +88,9 @@ def pass_rate_chart(results: dict, names: list[str]) -> str:
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"pass rate ({int(results['meta']['config']['stats']['confidence'] * 100)}% CI over products)")
     ax.spines[["top", "right"]].set_visible(False)
-    for y, value in enumerate(estimates):
-        ax.text(min(value, 0.9) + 0.01, y, format_number(value), va="center", fontsize=9)
+    for y, rate in enumerate(rates):
+        ax.text(min(max(rate["high"], rate["estimate"]), 0.88) + 0.02, y, format_number(rate["estimate"]),
+                va="center", fontsize=9)
     return _svg(fig, "pass-rate")
 
 

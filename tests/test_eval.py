@@ -245,3 +245,80 @@ def test_config_errors_say_the_fix(product_manifest, tmp_path):
     with pytest.raises(ConfigError, match="unique"):
         _config(product_manifest, tmp_path, [{"name": "a", "path": "p"}, {"name": "a", "path": "q"}])
     assert VersionConfig(name="ok", path="p").kind == "pipeline"
+
+
+# --- report.html in a real headless browser --------------------------------------------------------------
+
+CHECK_HOOK = """<script>
+window.__errors = [];
+window.addEventListener('error', e => __errors.push(e.message || ('failed to load ' + (e.target.src || e.target.href))), true);
+const __consoleError = console.error;
+console.error = (...args) => { __errors.push(args.join(' ')); __consoleError(...args); };
+window.addEventListener('load', () => {
+  const images = [...document.images];
+  const chart = id => { const svg = document.querySelector(id + ' svg');
+    return svg ? {width: svg.getBoundingClientRect().width, marks: svg.querySelectorAll('path, rect, use').length} : null; };
+  const out = document.createElement('pre');
+  out.id = '__check';
+  out.textContent = JSON.stringify({errors: __errors, images: images.length,
+    broken: images.filter(i => !i.complete || i.naturalWidth === 0).map(i => i.getAttribute('src')),
+    products: document.querySelectorAll('#grid .product').length,
+    badges: document.querySelectorAll('#grid .badge').length,
+    passChart: chart('#pass-rate-chart'), rewardChart: chart('#reward-chart'),
+    summaryRows: document.querySelectorAll('#summary tr').length});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _chromium() -> str:
+    import os
+    import shutil
+
+    found = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
+    if found is None:
+        message = "Chromium not installed (apt-get install -y chromium): report.html browser check skipped"
+        if os.environ.get("HFPC_REQUIRE_BROWSER") == "1":
+            pytest.fail(message + ", but HFPC_REQUIRE_BROWSER=1 requires it")
+        pytest.skip(message)
+    return found
+
+
+def _open_in_browser(chromium: str, page: Path, tmp_path: Path) -> tuple[dict, str]:
+    """Load `page` (with the check hook injected) headless; returns the hook's findings and Chromium's stderr."""
+    import html
+    import re
+    import subprocess
+
+    checked = page.with_name("report_check.html")
+    checked.write_text(page.read_text(encoding="utf-8").replace("<head>", "<head>" + CHECK_HOOK, 1), encoding="utf-8")
+    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+               "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom", checked.as_uri()]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    found = re.search(r'<pre id="__check">(.*?)</pre>', done.stdout, re.DOTALL)
+    assert found, f"the page never finished loading in Chromium; stderr: {done.stderr[-2000:]}"
+    return json.loads(html.unescape(found.group(1))), done.stderr
+
+
+def test_report_loads_in_a_headless_browser_with_grid_and_charts(dummy_run, tmp_path):
+    chromium = _chromium()
+    out, _, _ = dummy_run
+    check, stderr = _open_in_browser(chromium, out / "report.html", tmp_path)
+    console = [line for line in stderr.splitlines() if ":CONSOLE" in line]
+    assert check["errors"] == [] and console == [], (check["errors"], console)
+    assert check["broken"] == [] and check["images"] == N_PRODUCTS * (1 + 2 * K)
+    assert check["products"] == N_PRODUCTS and check["badges"] == N_PRODUCTS * 2 * K
+    assert check["summaryRows"] == 1 + len(TRUE_RATES)
+    for chart in (check["passChart"], check["rewardChart"]):
+        assert chart is not None and chart["width"] > 200 and chart["marks"] > 5
+
+
+def test_browser_check_catches_a_broken_page(tmp_path):
+    """The check above can fail: a page with a script error and a missing image is caught."""
+    chromium = _chromium()
+    page = tmp_path / "broken.html"
+    page.write_text('<!DOCTYPE html><html><head></head><body><img src="nope.png"><script>undefinedFn()</script></body></html>')
+    check, _ = _open_in_browser(chromium, page, tmp_path)
+    assert any("undefinedFn" in error for error in check["errors"])
+    assert check["broken"] == ["nope.png"]
