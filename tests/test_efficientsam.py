@@ -16,7 +16,7 @@ from hfpc_reward.consistency.efficientsam import (
     load_efficientsam,
     save_efficientsam,
 )
-from hfpc_reward.consistency.efficientsam_model import EfficientSam, EfficientSamConfig, VARIANTS
+from hfpc_reward.consistency.efficientsam_model import VARIANTS, EfficientSam, EfficientSamConfig
 from hfpc_reward.testing.tiny_efficientsam import tiny_efficientsam
 
 # Names and shapes read from the reference implementation's state dict (github.com/yformer/EfficientSAM,
@@ -103,7 +103,9 @@ def test_shape_mismatch_is_named(tiny, tmp_path):
     state = tiny.state_dict()
     state["prompt_encoder.point_embeddings.weight"] = torch.zeros(1, 7)
     torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match=r"prompt_encoder.point_embeddings.weight \(1, 7\) vs \(1, 32\)"):
+    with pytest.raises(
+        CheckpointError, match=r"prompt_encoder.point_embeddings.weight \(1, 7\) vs \(1, 32\)"
+    ):
         load_efficientsam(tmp_path / "bad.pt")
 
 
@@ -147,9 +149,11 @@ def test_decoder_output_shapes(tiny):
 
 def test_box_prompt_is_two_labelled_corners_in_model_pixels(tiny):
     captured = {}
-    tiny.prompt_encoder.register_forward_hook(lambda module, args, out: captured.update(points=args[0], labels=args[1]))
+    tiny.prompt_encoder.register_forward_hook(
+        lambda module, args, out: captured.update(points=args[0], labels=args[1])
+    )
     segmenter = EfficientSamSegmenter(tiny)
-    embedding = segmenter.embed(_image(width=128, height=32))
+    (embedding,) = segmenter.embed([_image(width=128, height=32)])
     segmenter.predict_boxes(embedding, np.array([[16, 8, 96, 24]]))
     scale_x, scale_y = 64 / 128, 64 / 32  # model input is 64x64
     expected = torch.tensor([[16 * scale_x, 8 * scale_y], [96 * scale_x, 24 * scale_y]])
@@ -176,15 +180,19 @@ def test_best_of_three_by_predicted_iou(tiny, winner):
         head.bias[1 + winner] = 0.9
     segmenter = EfficientSamSegmenter(tiny, mask_threshold=0.0)
     image = _image()
-    embedding = segmenter.embed(image)
+    (embedding,) = segmenter.embed([image])
     boxes = np.array([[5, 5, 60, 50], [30, 10, 90, 60]])
     logits, iou = segmenter.predict_boxes(embedding, boxes)
     assert iou.argmax(dim=1).tolist() == [winner, winner]
-    expected = torch.nn.functional.interpolate(logits[:, winner : winner + 1], (64, 96), mode="bicubic")[:, 0] > 0
-    masks = segmenter.segment_embedded(embedding, boxes)
+    expected = (
+        torch.nn.functional.interpolate(logits[:, winner : winner + 1], (64, 96), mode="bicubic")[:, 0] > 0
+    )
+    (masks,) = segmenter.segment_embedded([embedding], [boxes])
     assert masks.dtype == bool and masks.shape == (2, 64, 96)
     assert np.array_equal(masks, expected.numpy())
-    fixed = EfficientSamSegmenter(tiny, mask_choice=str((winner + 1) % 3)).segment_embedded(embedding, boxes)
+    (fixed,) = EfficientSamSegmenter(tiny, mask_choice=str((winner + 1) % 3)).segment_embedded(
+        [embedding], [boxes]
+    )
     assert not np.array_equal(fixed, masks)  # a configured index overrides the IoU ranking
 
 
@@ -194,8 +202,11 @@ def test_segment_batches_per_image_and_cached_embedding_agrees(tiny):
     boxes = [np.array([[0, 0, 96, 64], [10, 10, 40, 40], [50, 20, 90, 60]]), np.zeros((0, 4))]
     masks = segmenter.segment(images, boxes)
     assert masks[0].shape == (3, 64, 96) and masks[1].shape == (0, 70, 50)
-    embedding = segmenter.embed(images[0])
-    one_by_one = np.concatenate([segmenter.segment_embedded(embedding, box[None]) for box in boxes[0]])
+    embedded = segmenter.embed(images)
+    assert [e.size for e in embedded] == [(96, 64), (50, 70)]
+    one_by_one = np.concatenate(
+        [segmenter.segment_embedded(embedded[:1], [box[None]])[0] for box in boxes[0]]
+    )
     assert np.array_equal(one_by_one, masks[0])
     with pytest.raises(ValueError, match="one \\(N, 4\\) array per image"):
         segmenter.segment(images, boxes[:1])
@@ -220,7 +231,7 @@ def test_dtype_argument_is_used(tiny, tmp_path):
     double = EfficientSamSegmenter.from_pretrained(tmp_path / "ckpt", dtype=torch.float64)
     single = EfficientSamSegmenter.from_pretrained(tmp_path / "ckpt")
     assert double.dtype == torch.float64
-    embedding64, embedding32 = double.embed(_image()), single.embed(_image())
+    (embedding64,), (embedding32,) = double.embed([_image()]), single.embed([_image()])
     assert embedding64.features.dtype == torch.float64
     boxes = np.array([[8, 8, 70, 50]])
     logits64, iou64 = double.predict_boxes(embedding64, boxes)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -53,13 +53,15 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> EfficientSamC
     """
     key = "image_encoder.patch_embed.proj.weight"
     if key not in state_dict:
-        raise CheckpointError(f"not an EfficientSAM state dict: {key!r} is missing (first keys: {list(state_dict)[:3]})")
+        raise CheckpointError(
+            f"not an EfficientSAM state dict: {key!r} is missing (first keys: {list(state_dict)[:3]})"
+        )
     encoder_dim, _, patch_size, _ = state_dict[key].shape
 
     def count(prefix: str) -> int:
         return len({name[len(prefix) :].split(".")[0] for name in state_dict if name.startswith(prefix)})
 
-    pretrain_grid = int(round((state_dict["image_encoder.pos_embed"].shape[1] - 1) ** 0.5))
+    pretrain_grid = round((state_dict["image_encoder.pos_embed"].shape[1] - 1) ** 0.5)
     upscaling = count("mask_decoder.final_output_upscaling_layers.")
     num_mask_tokens = state_dict["mask_decoder.mask_tokens.weight"].shape[0]
     return EfficientSamConfig(
@@ -73,7 +75,8 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> EfficientSamC
         decoder_depth=count("mask_decoder.transformer.layers."),
         decoder_mlp_dim=state_dict["mask_decoder.transformer.layers.0.mlp.fc.weight"].shape[1],
         upscaling_dims=[
-            state_dict[f"mask_decoder.final_output_upscaling_layers.{i}.0.weight"].shape[1] for i in range(upscaling)
+            state_dict[f"mask_decoder.final_output_upscaling_layers.{i}.0.weight"].shape[1]
+            for i in range(upscaling)
         ],
         num_multimask_outputs=num_mask_tokens - 1 if num_mask_tokens > 1 else 1,
         iou_head_depth=count("mask_decoder.iou_prediction_head.layers.") + 1,
@@ -100,7 +103,9 @@ def load_state_dict_strict(model: EfficientSam, state_dict: dict[str, torch.Tens
     model.load_state_dict(state_dict, strict=True)
 
 
-def load_efficientsam(source: str | Path, device: str | torch.device = "cpu", dtype=torch.float32) -> EfficientSam:
+def load_efficientsam(
+    source: str | Path, device: str | torch.device = "cpu", dtype=torch.float32
+) -> EfficientSam:
     """An EfficientSam in eval mode from a save_pretrained folder, a .pt/.safetensors file or a hub file."""
     path = Path(os.path.expanduser(str(source)))
     if path.is_dir():
@@ -142,7 +147,9 @@ def _load_folder(path: Path) -> EfficientSam:
 
     config_path, weights_path = path / CONFIG_NAME, path / WEIGHTS_NAME
     if not config_path.is_file() or not weights_path.is_file():
-        raise FileNotFoundError(f"{path} is not an EfficientSAM folder: it needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+        raise FileNotFoundError(
+            f"{path} is not an EfficientSAM folder: it needs {CONFIG_NAME} and {WEIGHTS_NAME}"
+        )
     values = json.loads(config_path.read_text())
     if values.pop("model_type", MODEL_TYPE) != MODEL_TYPE:
         raise CheckpointError(f"{config_path} describes a different model type, not {MODEL_TYPE!r}")
@@ -171,7 +178,11 @@ def _load_file(path: Path) -> EfficientSam:
 
 def _looks_like_hub_file(source: str) -> bool:
     parts = source.split("/")
-    return len(parts) >= 3 and not source.startswith((".", "/", "~")) and source.endswith((".pt", ".pth", ".safetensors"))
+    return (
+        len(parts) >= 3
+        and not source.startswith((".", "/", "~"))
+        and source.endswith((".pt", ".pth", ".safetensors"))
+    )
 
 
 @dataclass
@@ -183,19 +194,30 @@ class ImageEmbedding:
 
 
 class EfficientSamSegmenter:
-    """`Segmenter` backed by EfficientSAM: images + xyxy pixel boxes -> (N, H, W) bool masks per image."""
+    """`Segmenter` backed by EfficientSAM: images + xyxy pixel boxes -> (N, H, W) bool masks per image.
 
-    def __init__(self, model: EfficientSam, mask_choice: str = "best-iou", mask_threshold: float = 0.0):
+    `embed(images)` runs the image encoder once per image; `segment_embedded(embedded, boxes)` prompts
+    those embeddings with any number of boxes, so an original is encoded once for all its generations.
+    """
+
+    def __init__(
+        self,
+        model: EfficientSam,
+        mask_choice: str = "best-iou",
+        mask_threshold: float = 0.0,
+        batch_size: int = 8,
+    ):
         if str(mask_choice) not in MASK_CHOICES:
             raise ValueError(f"mask_choice must be one of {MASK_CHOICES}, got {mask_choice!r}")
         self.model = model.eval()
         self.mask_choice = str(mask_choice)  # "best-iou", "single" (the single-mask token) or a mask index
         self.mask_threshold = mask_threshold  # logit above which a pixel is product
+        self.batch_size = batch_size  # images per image-encoder call
 
     @classmethod
     def from_pretrained(
         cls, path_or_hub_file: str | Path, device: str | torch.device = "cpu", dtype=torch.float32, **kwargs
-    ) -> "EfficientSamSegmenter":
+    ) -> EfficientSamSegmenter:
         """Load from a save_pretrained folder, an official .pt file, or a hub file `owner/repo/file.pt`."""
         return cls(load_efficientsam(path_or_hub_file, device=device, dtype=dtype), **kwargs)
 
@@ -211,44 +233,76 @@ class EfficientSamSegmenter:
         return self.model.pixel_mean.dtype
 
     @torch.no_grad()
-    def embed(self, image: Image.Image) -> ImageEmbedding:
-        """Run the image encoder once; prompt the result with `segment_embedded` as often as needed."""
-        pixels = pil_to_tensor([image.convert("RGB")]).to(device=self.device, dtype=self.dtype)
-        return ImageEmbedding(self.model.embed(pixels), image.size)
+    def embed(self, images: Sequence[Image.Image]) -> list[ImageEmbedding]:
+        """Encode each image once (batched); prompt the results with `segment_embedded`."""
+        embedded: list[ImageEmbedding] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = list(images[start : start + self.batch_size])
+            pixels = torch.cat(
+                [
+                    self.model.preprocess(pil_to_tensor([image.convert("RGB")]).to(self.device, self.dtype))
+                    for image in chunk
+                ]
+            )
+            features = self.model.image_encoder(pixels)
+            embedded.extend(ImageEmbedding(features[i : i + 1], image.size) for i, image in enumerate(chunk))
+        return embedded
 
     @torch.no_grad()
-    def predict_boxes(self, embedding: ImageEmbedding, boxes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_boxes(
+        self, embedding: ImageEmbedding, boxes: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-resolution mask logits (N, M, s, s) and predicted IoUs (N, M) for boxes (N, 4) xyxy pixels."""
         width, height = embedding.size
-        boxes = np.clip(_check_boxes(boxes), 0, [width, height, width, height])  # negative = padding to the model
+        boxes = np.clip(
+            _check_boxes(boxes), 0, [width, height, width, height]
+        )  # negative = padding to the model
         corners = torch.as_tensor(boxes, dtype=torch.float32, device=self.device).reshape(1, -1, 2, 2)
         labels = torch.tensor([LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT], device=self.device).expand(
             1, len(boxes), 2
         )
         points = self.model.to_model_coords(corners, height, width)
-        logits, iou = self.model.decode(embedding.features, points, labels, multimask=self.mask_choice != "single")
+        logits, iou = self.model.decode(
+            embedding.features, points, labels, multimask=self.mask_choice != "single"
+        )
         return logits[0].float(), iou[0].float()
 
-    @torch.no_grad()
-    def segment_embedded(self, embedding: ImageEmbedding, boxes: np.ndarray) -> np.ndarray:
-        """(N, H, W) bool masks for boxes (N, 4) xyxy in pixels of the embedded image."""
-        width, height = embedding.size
-        if len(boxes) == 0:
-            return np.zeros((0, height, width), dtype=bool)
-        logits, iou = self.predict_boxes(embedding, boxes)
+    def masks_from_logits(self, logits: torch.Tensor, iou: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """Choose one of the M masks per box (by `mask_choice`) and threshold it at `size` (W, H) -> (N, H, W)."""
         if self.mask_choice == "best-iou":
             chosen = iou.argmax(dim=1)
         else:
             chosen = torch.full((len(logits),), 0 if self.mask_choice == "single" else int(self.mask_choice))
         best = logits[torch.arange(len(logits)), chosen.to(logits.device)]  # (N, s, s)
+        width, height = size
         upsampled = F.interpolate(best[:, None], (height, width), mode="bicubic", align_corners=False)[:, 0]
         return (upsampled > self.mask_threshold).cpu().numpy()
+
+    def segment_embedded(
+        self, embedded: Sequence[ImageEmbedding], boxes: Sequence[np.ndarray]
+    ) -> list[np.ndarray]:
+        """`segment` for images already encoded by `embed`."""
+        if len(embedded) != len(boxes):
+            raise ValueError(
+                f"got {len(embedded)} images but {len(boxes)} box arrays; pass one (N, 4) array per image"
+            )
+        masks = []
+        for embedding, image_boxes in zip(embedded, boxes):
+            width, height = embedding.size
+            if len(image_boxes) == 0:
+                masks.append(np.zeros((0, height, width), dtype=bool))
+                continue
+            logits, iou = self.predict_boxes(embedding, image_boxes)
+            masks.append(self.masks_from_logits(logits, iou, embedding.size))
+        return masks
 
     def segment(self, images: Sequence[Image.Image], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
         """For image i and its boxes (N_i, 4) xyxy pixels, masks (N_i, H, W) bool at the image's size."""
         if len(images) != len(boxes):
-            raise ValueError(f"got {len(images)} images but {len(boxes)} box arrays; pass one (N, 4) array per image")
-        return [self.segment_embedded(self.embed(image), image_boxes) for image, image_boxes in zip(images, boxes)]
+            raise ValueError(
+                f"got {len(images)} images but {len(boxes)} box arrays; pass one (N, 4) array per image"
+            )
+        return self.segment_embedded(self.embed(images), boxes)
 
 
 def _check_boxes(boxes) -> np.ndarray:

@@ -43,18 +43,30 @@ class EfficientSamConfig:
     iou_head_depth: int = 3  # layers of the IoU prediction MLP (hidden layers = depth - 1, then the output)
     iou_head_hidden_dim: int = 256  # width of the IoU prediction MLP
     max_points: int = 6  # prompts are padded / truncated to this many points (label -1 = padding)
-    pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # normalisation of [0,1] RGB
-    pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])  # normalisation of [0,1] RGB
+    pixel_mean: list[float] = field(
+        default_factory=lambda: [0.485, 0.456, 0.406]
+    )  # normalisation of [0,1] RGB
+    pixel_std: list[float] = field(
+        default_factory=lambda: [0.229, 0.224, 0.225]
+    )  # normalisation of [0,1] RGB
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+            raise ValueError(
+                f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}"
+            )
         if self.encoder_dim % self.encoder_heads:
-            raise ValueError(f"encoder_dim {self.encoder_dim} must be divisible by encoder_heads {self.encoder_heads}")
+            raise ValueError(
+                f"encoder_dim {self.encoder_dim} must be divisible by encoder_heads {self.encoder_heads}"
+            )
         if (self.neck_dim // 2) % self.decoder_heads:
-            raise ValueError(f"decoder_heads {self.decoder_heads} must divide neck_dim / 2 = {self.neck_dim // 2}")
+            raise ValueError(
+                f"decoder_heads {self.decoder_heads} must divide neck_dim / 2 = {self.neck_dim // 2}"
+            )
         if self.num_multimask_outputs < 1 or self.iou_head_depth < 2 or not self.upscaling_dims:
-            raise ValueError("need num_multimask_outputs >= 1, iou_head_depth >= 2 and at least one upscaling dim")
+            raise ValueError(
+                "need num_multimask_outputs >= 1, iou_head_depth >= 2 and at least one upscaling dim"
+            )
         if self.max_points < 2:
             raise ValueError(f"max_points must be >= 2 (a box takes two points), got {self.max_points}")
         if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
@@ -72,8 +84,8 @@ class EfficientSamConfig:
 
 
 VARIANTS = {
-    "vitt": dict(encoder_dim=192, encoder_heads=3),  # EfficientSAM-Ti, 10.2M parameters
-    "vits": dict(encoder_dim=384, encoder_heads=6),  # EfficientSAM-S, 26.4M parameters
+    "vitt": {"encoder_dim": 192, "encoder_heads": 3},  # EfficientSAM-Ti, 10.2M parameters
+    "vits": {"encoder_dim": 384, "encoder_heads": 6},  # EfficientSAM-S, 26.4M parameters
 }
 
 
@@ -188,12 +200,16 @@ class ImageEncoderViT(nn.Module):
         table = table.reshape(1, side, side, -1)
         if (side, side) == (grid_h, grid_w):
             return table
-        resized = F.interpolate(table.permute(0, 3, 1, 2), size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+        resized = F.interpolate(
+            table.permute(0, 3, 1, 2), size=(grid_h, grid_w), mode="bicubic", align_corners=False
+        )
         return resized.permute(0, 2, 3, 1)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(f"encoder input must be {self.image_size}x{self.image_size}, got {tuple(pixels.shape)}")
+            raise ValueError(
+                f"encoder input must be {self.image_size}x{self.image_size}, got {tuple(pixels.shape)}"
+            )
         x = self.patch_embed(pixels).permute(0, 2, 3, 1)  # (B, h, w, dim)
         batch, grid_h, grid_w, dim = x.shape
         x = (x + self.position_embedding(grid_h, grid_w)).reshape(batch, grid_h * grid_w, dim)
@@ -302,7 +318,9 @@ class TwoWayAttentionBlock(nn.Module):
         if not self.skip_first_layer_pe:
             queries = queries + query_pe
         queries = self.norm1(queries + self.self_attn(queries, queries, queries))
-        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, keys + key_pe, keys))
+        queries = self.norm2(
+            queries + self.cross_attn_token_to_image(queries + query_pe, keys + key_pe, keys)
+        )
         queries = self.norm3(queries + self.mlp(queries))
         keys = self.norm4(keys + self.cross_attn_image_to_token(keys + key_pe, queries + query_pe, queries))
         return queries, keys
@@ -313,7 +331,9 @@ class TwoWayTransformer(nn.Module):
         super().__init__()
         dim = config.neck_dim
         self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(dim, config.decoder_heads, config.decoder_mlp_dim, skip_first_layer_pe=i == 0)
+            TwoWayAttentionBlock(
+                dim, config.decoder_heads, config.decoder_mlp_dim, skip_first_layer_pe=i == 0
+            )
             for i in range(config.decoder_depth)
         )
         self.final_attn_token_to_image = TwoWayAttention(dim, config.decoder_heads, downsample_rate=2)
@@ -326,7 +346,9 @@ class TwoWayTransformer(nn.Module):
         queries = tokens
         for layer in self.layers:
             queries, keys = layer(queries, keys, tokens, key_pe)
-        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(queries + tokens, keys + key_pe, keys))
+        queries = self.norm_final_attn(
+            queries + self.final_attn_token_to_image(queries + tokens, keys + key_pe, keys)
+        )
         return queries, keys
 
 
@@ -357,7 +379,9 @@ class MaskDecoder(nn.Module):
             dim, config.iou_head_hidden_dim, self.num_mask_tokens, num_layers=config.iou_head_depth - 1
         )
 
-    def forward(self, image: torch.Tensor, image_pe: torch.Tensor, prompts: torch.Tensor, multimask: bool = True):
+    def forward(
+        self, image: torch.Tensor, image_pe: torch.Tensor, prompts: torch.Tensor, multimask: bool = True
+    ):
         """image (N, C, h, w), image_pe (1, C, h, w), prompts (N, P, C) -> masks (N, M, 4h, 4w), iou (N, M)."""
         count = prompts.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -368,7 +392,9 @@ class MaskDecoder(nn.Module):
         for layer in self.final_output_upscaling_layers:
             upscaled = layer(upscaled)
         mask_tokens = hs[:, 1 : 1 + self.num_mask_tokens]
-        hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
+        hyper = torch.stack(
+            [mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
         _, up_channels, up_h, up_w = upscaled.shape
         masks = (hyper @ upscaled.reshape(count, up_channels, up_h * up_w)).reshape(count, -1, up_h, up_w)
         iou = self.iou_prediction_head(hs[:, 0])
@@ -419,16 +445,22 @@ class EfficientSam(nn.Module):
         elif num_points < limit:
             points = F.pad(points, (0, 0, 0, limit - num_points), value=-1.0)
             labels = F.pad(labels, (0, limit - num_points), value=LABEL_PADDING)
-        prompts = self.prompt_encoder(points.reshape(batch * queries, limit, 2), labels.reshape(batch * queries, limit))
+        prompts = self.prompt_encoder(
+            points.reshape(batch * queries, limit, 2), labels.reshape(batch * queries, limit)
+        )
         image = embeddings.repeat_interleave(queries, dim=0)  # (B*Q, C, h, w)
         masks, iou = self.mask_decoder(
             image, self.prompt_encoder.dense_position_embedding(), prompts.to(image.dtype), multimask
         )
         return masks.reshape(batch, queries, *masks.shape[1:]), iou.reshape(batch, queries, -1)
 
-    def forward(self, images: torch.Tensor, points: torch.Tensor, labels: torch.Tensor, multimask: bool = True):
+    def forward(
+        self, images: torch.Tensor, points: torch.Tensor, labels: torch.Tensor, multimask: bool = True
+    ):
         """images (B, 3, H, W) in [0, 1]; points (B, Q, P, 2) in image pixels -> logits at (H, W), IoU."""
         height, width = images.shape[-2:]
-        logits, iou = self.decode(self.embed(images), self.to_model_coords(points, height, width), labels, multimask)
+        logits, iou = self.decode(
+            self.embed(images), self.to_model_coords(points, height, width), labels, multimask
+        )
         upsampled = F.interpolate(logits.flatten(0, 1), (height, width), mode="bicubic", align_corners=False)
         return upsampled.reshape(*logits.shape[:3], height, width), iou

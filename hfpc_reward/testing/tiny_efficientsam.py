@@ -9,20 +9,20 @@ import torch
 from hfpc_reward.consistency.efficientsam import save_efficientsam
 from hfpc_reward.consistency.efficientsam_model import EfficientSam, EfficientSamConfig
 
-TINY_EFFICIENTSAM = dict(
-    image_size=64,
-    patch_size=8,
-    encoder_dim=32,
-    encoder_depth=2,
-    encoder_heads=2,
-    pretrain_image_size=64,
-    neck_dim=32,
-    decoder_depth=2,
-    decoder_heads=2,
-    decoder_mlp_dim=64,
-    upscaling_dims=[16, 8],
-    iou_head_hidden_dim=32,
-)
+TINY_EFFICIENTSAM = {
+    "image_size": 64,
+    "patch_size": 8,
+    "encoder_dim": 32,
+    "encoder_depth": 2,
+    "encoder_heads": 2,
+    "pretrain_image_size": 64,
+    "neck_dim": 32,
+    "decoder_depth": 2,
+    "decoder_heads": 2,
+    "decoder_mlp_dim": 64,
+    "upscaling_dims": [16, 8],
+    "iou_head_hidden_dim": 32,
+}
 
 
 def tiny_efficientsam(seed: int = 0) -> EfficientSam:
