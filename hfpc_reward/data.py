@@ -168,9 +168,18 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def append_jsonl(path: str | Path, records: Iterable[dict]) -> None:
-    """Append records to a JSON Lines file and flush to disk, so an interrupted run loses nothing done."""
-    with Path(path).open("a", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    """Append records to a JSON Lines file and flush to disk, so an interrupted run loses nothing done.
+
+    A last line cut short by an earlier interruption is closed first, so it does not swallow the
+    first new record (read_jsonl then skips only the cut line).
+    """
+    lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")
+    with Path(path).open("a+b") as handle:
+        if handle.tell() > 0:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                lines = b"\n" + lines
+        handle.write(lines)
         handle.flush()
         os.fsync(handle.fileno())
 

@@ -220,3 +220,14 @@ def test_split_keeps_input_order_without_line_numbers():
     for part in parts.values():
         positions = [int(row.generation[1:]) for row in part]
         assert positions == sorted(positions)
+
+
+def test_append_after_an_interrupted_write_keeps_new_records(tmp_path):
+    from hfpc_reward.data import append_jsonl, read_jsonl
+
+    path = tmp_path / "log.jsonl"
+    append_jsonl(path, [{"step": 1}])
+    with path.open("a") as handle:
+        handle.write('{"step": 2, "loss"')  # killed mid-write
+    append_jsonl(path, [{"step": 3}])
+    assert read_jsonl(path) == [{"step": 1}, {"step": 3}]
