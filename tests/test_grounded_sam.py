@@ -82,6 +82,31 @@ def test_tiny_models_command_writes_a_grounded_config_that_loads(grounded_yaml):
     assert not finder.detector.model.training and not finder.segmenter.model.training
 
 
+def test_sam_hq_checkpoints_segment_through_the_same_path(grounded_yaml):
+    config = load_config(
+        ConsistencyConfig,
+        grounded_yaml.parent / "consistency_grounded_sam_hq.yaml",
+        ["grounded.box_threshold=0"],
+    )
+    finder = GroundedMaskFinder(config)
+    assert finder.segmenter.model.config.model_type == "sam_hq"
+    originals = [photo(96, 128, 21), photo(60, 40, 22)]
+    products = finder.original_products(originals, [None, None], [None, None])
+    for image, product, (mask, notes) in zip(
+        originals, products, finder.generated_masks(originals, products)
+    ):
+        assert product.source == "detected" and product.cache["image_embedding"].intermediate is not None
+        # generated == original: same detections, same box, and the cached embedding gives the same mask
+        np.testing.assert_array_equal(mask, product.mask)
+        assert mask.shape == (image.height, image.width) and notes == []
+
+
+def test_a_segmenter_id_that_is_not_sam_is_refused_with_the_fix(grounded_yaml):
+    detector_dir = yaml.safe_load(grounded_yaml.read_text())["grounded"]["detector_id"]
+    with pytest.raises(ValueError, match="grounded.sam_id needs a SAM, SlimSAM or SAM-HQ"):
+        make_finder(grounded_yaml, sam_id=detector_dir)
+
+
 def test_detector_boxes_are_pixels_of_each_image_in_a_batch_of_different_sizes(detect_all):
     detector = detect_all.detector
     images = [photo(300, 200, 1), photo(90, 160, 2)]

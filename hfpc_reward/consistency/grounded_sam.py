@@ -1,8 +1,9 @@
 """The grounded backends: GroundingDINO finds the product from a text prompt, a SAM-family model cuts it out.
 
 - `GroundingDinoDetector` (a `Detector`): transformers `AutoModelForZeroShotObjectDetection` + `AutoProcessor`.
-- `SamSegmenter` (a `Segmenter`): transformers `SamModel` + `SamProcessor` (SAM, SlimSAM ids), one box
-  prompt per mask, `multimask_output=False`; image embeddings can be computed once and reused.
+- `SamSegmenter` (a `Segmenter`): transformers `SamModel` / `SamHQModel` + their processor (SAM, SlimSAM,
+  SAM-HQ ids), one box prompt per mask, `multimask_output=False`; image embeddings can be computed once
+  and reused.
 - `GroundedMaskFinder` (a `MaskFinder`, backends "grounded-sam" and "grounded-efficientsam").
 
 Policies (config `grounded.*`):
@@ -95,10 +96,13 @@ class SamImageEmbedding:
     embedding: torch.Tensor  # (1, C, h, w) image embedding from the vision encoder
     original_size: tuple[int, int]  # (H, W) of the image
     reshaped_size: tuple[int, int]  # (h, w) of the image inside the processor's padded square
+    intermediate: list[torch.Tensor] | None = (
+        None  # SAM-HQ only: early ViT features [(1, h, w, D)] its decoder uses
+    )
 
 
 class SamSegmenter:
-    """Segmenter: box-prompted masks from a transformers SAM checkpoint (SAM or SlimSAM; hub id or folder)."""
+    """Segmenter: box-prompted masks from a transformers SAM / SlimSAM / SAM-HQ checkpoint (hub id or folder)."""
 
     def __init__(self, model, processor, *, batch_size: int = 8):
         self.model = model.eval()
@@ -114,10 +118,17 @@ class SamSegmenter:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> SamSegmenter:
-        from transformers import SamModel, SamProcessor
+        from transformers import AutoConfig, AutoProcessor, SamHQModel, SamModel
 
-        model = SamModel.from_pretrained(model_id, dtype=dtype).to(device)
-        return cls(model, SamProcessor.from_pretrained(model_id), batch_size=batch_size)
+        model_type = AutoConfig.from_pretrained(model_id).model_type
+        model_classes = {"sam": SamModel, "sam_hq": SamHQModel}
+        if model_type not in model_classes:
+            raise ValueError(
+                f"{model_id} is a {model_type!r} checkpoint; grounded.sam_id needs a SAM, SlimSAM or SAM-HQ one "
+                "(e.g. facebook/sam-vit-base)"
+            )
+        model = model_classes[model_type].from_pretrained(model_id, dtype=dtype).to(device)
+        return cls(model, AutoProcessor.from_pretrained(model_id), batch_size=batch_size)
 
     @torch.inference_mode()
     def embed(self, images: Sequence[Image.Image]) -> list[SamImageEmbedding]:
@@ -127,12 +138,18 @@ class SamSegmenter:
             inputs = self.processor(images=list(images[start : start + self.batch_size]), return_tensors="pt")
             pixels = inputs["pixel_values"].to(self.model.device, self.model.dtype)
             embeddings = self.model.get_image_embeddings(pixels)
+            intermediate = None
+            if isinstance(embeddings, tuple):  # SAM-HQ: (embeddings, intermediate ViT features)
+                embeddings, intermediate = embeddings
             for index, embedding in enumerate(embeddings):
                 embedded.append(
                     SamImageEmbedding(
                         embedding=embedding[None],
                         original_size=tuple(int(v) for v in inputs["original_sizes"][index]),
                         reshaped_size=tuple(int(v) for v in inputs["reshaped_input_sizes"][index]),
+                        intermediate=None
+                        if intermediate is None
+                        else [f[index : index + 1] for f in intermediate],
                     )
                 )
         return embedded
@@ -158,10 +175,12 @@ class SamSegmenter:
             prompt_boxes = torch.from_numpy(
                 sam_input_boxes(image_boxes, item.original_size, item.reshaped_size)
             )
+            extra = {} if item.intermediate is None else {"intermediate_embeddings": item.intermediate}
             outputs = self.model(
                 image_embeddings=item.embedding,
                 input_boxes=prompt_boxes[None].to(self.model.device, self.model.dtype),
                 multimask_output=False,
+                **extra,
             )
             # pred_masks (1, N, 1, h', w') low-res logits -> (N, 1, H, W) bool at the image's size
             upscaled = self.processor.post_process_masks(
