@@ -100,6 +100,7 @@ def new_product(rng, size: int, kind: str) -> dict:
     h = size * rng.uniform(0.42, 0.68) / max(1.0, tall * 0.9)
     w = min(h * tall, size * 0.75)
     cx, bottom = size * rng.uniform(0.35, 0.65), size * rng.uniform(0.82, 0.95)
+    cx = float(np.clip(cx, w / 2 + size * 0.03, size * 0.97 - w / 2))
     return dict(kind=kind, box=(cx - w / 2, max(bottom - h, size * 0.04), cx + w / 2, bottom), main=hsv_colour(rng),
                 second=hsv_colour(rng, (0.0, 0.6), (0.1, 0.95)), **new_print(rng))
 
@@ -141,6 +142,7 @@ def render(p: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
         flap = np.array([[X(0.1), Y(0.32)], [X(0.9), Y(0.32)], [X(0.5), Y(0.6)]], np.int32)
         c.paint(lambda s: cv2.fillPoly(s, [flap], 255, cv2.LINE_AA), p["main"] * 0.7)
         c.paint(lambda s: cv2.rectangle(s, (X(0.44), Y(0.55)), (X(0.56), Y(0.64)), 255, -1), p["badge"])
+        c.paint(lambda s: cv2.rectangle(s, (X(0.04), Y(0.68)), (X(0.96), Y(0.76)), 255, -1), p["badge"])
         c.text(p["word"], (X(0.2), Y(0.86)), w / 280, p["ink"], max(2, int(w / 100)))
     elif kind == "lamp":
         c.paint(lambda s: cv2.ellipse(s, (X(0.5), Y(0.93)), (int(0.3 * w), int(0.07 * h)), 0, 0, 360, 255, -1, cv2.LINE_AA), p["second"])
