@@ -1,0 +1,450 @@
+"""The image-referenced BLIP reward model: scores a generated product image against its original.
+
+Architecture (HFPC's first judge; fusion and head follow ImageReward where the paper is silent):
+
+    original  (B,3,H,W) --BLIP vision--> tokens_o (B,N,Dv) + segment[1] --+
+    generated (B,3,H,W) --BLIP vision--> tokens_g (B,N,Dv) + segment[0] --+-> memory (B,2N,Dv)
+    query text (prompt / category / fixed instruction) --BLIP text encoder, cross-attending memory-->
+    [CLS] (B,Dt) --MLP head (Dt-1024-128-64-16-1)--> raw score (B,) --(raw - mean) / std--> score
+
+The unreferenced ablation (`referenced: false`) drops the original's tokens from the memory.
+A checkpoint folder holds `config.json` (our settings, score standardisation stats, pass threshold and
+the BLIP config), `model.safetensors` and the BLIP processor/tokenizer files, so loading needs no network.
+`from_pretrained` also accepts a plain BLIP ITM checkpoint (hub id or folder): it then builds a new,
+untrained head on that backbone, which is how training starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from hfpc_reward.config import config_from_dict, config_to_dict
+from hfpc_reward.data import ManifestRow
+from hfpc_reward.images import ImageLoadError, load_batch, pil_to_tensor, resize_to
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+# config.json key holding our settings; its presence marks a reward-model checkpoint (no "model_type" key,
+# so transformers' processor loading does not mistake the file for another architecture's config).
+CONFIG_KEY = "hfpc_reward_model"
+
+
+@dataclass
+class RewardModelConfig:
+    """Architecture of the reward model on top of a BLIP backbone (stored in the checkpoint's config.json)."""
+
+    referenced: bool = True  # fuse the original image's tokens into the memory; false = unreferenced ablation
+    head_dims: list[int] = field(default_factory=lambda: [1024, 128, 64, 16])  # hidden widths of the MLP head
+    head_dropout: list[float] = field(default_factory=lambda: [0.2, 0.2, 0.1, 0.0])  # dropout after each width
+    default_query: str = "a product photo with a suitable generated background"  # query text without a prompt
+    max_text_length: int = 35  # query tokens kept (ImageReward uses 35)
+
+    def __post_init__(self):
+        if len(self.head_dims) != len(self.head_dropout):
+            raise ValueError(
+                f"head_dropout needs one value per head_dims entry ({len(self.head_dims)}), "
+                f"got {len(self.head_dropout)}"
+            )
+        if any(d < 1 for d in self.head_dims):
+            raise ValueError(f"head_dims must all be >= 1, got {self.head_dims}")
+        if any(not 0.0 <= p < 1.0 for p in self.head_dropout):
+            raise ValueError(f"head_dropout values must be in [0, 1), got {self.head_dropout}")
+        if self.max_text_length < 2:
+            raise ValueError(f"max_text_length must be >= 2 (room for [CLS] and [SEP]), got {self.max_text_length}")
+
+
+class RewardModelLoadError(ValueError):
+    """A checkpoint could not be loaded; the message names the folder and what does not match."""
+
+
+def _mlp_head(in_dim: int, dims: Sequence[int], dropout: Sequence[float]) -> nn.Sequential:
+    """ImageReward's MLP: Linear/Dropout stack ending in one output, weights ~ N(0, 1/(in+1))."""
+    layers: list[nn.Module] = []
+    widths = [in_dim, *dims]
+    for width_in, width_out, p in zip(widths[:-1], widths[1:], dropout):
+        layers.append(nn.Linear(width_in, width_out))
+        if p > 0:
+            layers.append(nn.Dropout(p))
+    layers.append(nn.Linear(widths[-1], 1))
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, mean=0.0, std=1.0 / (layer.in_features + 1))
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+class HFPCRewardModel(nn.Module):
+    """Image-referenced BLIP reward model. Build with `from_pretrained`; see the module docstring."""
+
+    def __init__(self, vision: nn.Module, text: nn.Module, processor: Any, blip_config: Any, config: RewardModelConfig):
+        super().__init__()
+        self.vision = vision  # BlipVisionModel
+        self.text = text  # BlipTextModel with cross-attention layers, no pooler
+        self.processor = processor  # BlipProcessor: image size, mean/std and the tokenizer
+        self.blip_config = blip_config
+        self.config = config
+        # learned segment embeddings added to the memory tokens: [0] generated image, [1] original image
+        self.segment = nn.Parameter(torch.randn(2, vision.config.hidden_size) * 0.02)
+        self.head = _mlp_head(text.config.hidden_size, config.head_dims, config.head_dropout)
+        self.score_mean = 0.0  # raw-score mean on the training set (standardisation)
+        self.score_std = 1.0  # raw-score std on the training set
+        self.threshold = 0.0  # pass threshold on the standardised score (score >= threshold passes)
+        self.probability_calibration: dict[str, float] | None = None  # Platt {"scale", "bias"}: P = sigmoid(s*z+b)
+        image_processor = processor.image_processor
+        size = image_processor.size
+        self.image_size = (int(size["height"]), int(size["width"]))
+        self.register_buffer("pixel_mean", torch.tensor(image_processor.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(image_processor.image_std).view(1, 3, 1, 1), persistent=False)
+
+    # ----------------------------------------------------------------------------------- loading, saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        config: RewardModelConfig | None = None,
+    ) -> "HFPCRewardModel":
+        """Load a reward-model checkpoint, or start a new head on a plain BLIP ITM checkpoint.
+
+        `config` is only used for a new head (a plain BLIP checkpoint); a reward-model checkpoint carries
+        its own and passing a different one raises. Loading is strict: missing or unexpected weights
+        raise RewardModelLoadError naming them.
+        """
+        from transformers import BlipConfig, BlipForImageTextRetrieval, BlipProcessor
+        from transformers.models.blip.modeling_blip import BlipVisionModel
+        from transformers.models.blip.modeling_blip_text import BlipTextModel
+        from transformers.utils import cached_file
+
+        source = str(path_or_hub_id)
+        stored = json.loads(Path(cached_file(source, CONFIG_NAME)).read_text())
+        processor = BlipProcessor.from_pretrained(source)
+        if CONFIG_KEY not in stored:
+            blip = BlipForImageTextRetrieval.from_pretrained(source)
+            model = cls(blip.vision_model, blip.text_encoder, processor, blip.config, config or RewardModelConfig())
+            logger.info("initialised a new reward head on the BLIP checkpoint %s", source)
+            return model.to(device=device, dtype=dtype)
+        own_config = config_from_dict(RewardModelConfig, stored[CONFIG_KEY])
+        if config is not None and config != own_config:
+            raise RewardModelLoadError(
+                f"{source} is a reward-model checkpoint with its own architecture {own_config}; "
+                "do not pass a different `config` (it only applies to a new head on plain BLIP)"
+            )
+        blip_config = BlipConfig.from_dict(stored["blip_config"])
+        model = cls(
+            BlipVisionModel(blip_config.vision_config),
+            BlipTextModel(blip_config.text_config, add_pooling_layer=False),
+            processor,
+            blip_config,
+            own_config,
+        )
+        model.load_weights(cached_file(source, WEIGHTS_NAME))
+        model.score_mean = float(stored["score_mean"])
+        model.score_std = float(stored["score_std"])
+        model.threshold = float(stored["threshold"])
+        model.probability_calibration = stored.get("probability_calibration")
+        return model.eval().to(device=device, dtype=dtype)
+
+    def load_weights(self, weights_file: str | os.PathLike) -> None:
+        """Load a `model.safetensors` strictly; a mismatch raises RewardModelLoadError naming the keys."""
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights_file))
+        expected = self.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+        if missing or unexpected or wrong_shape:
+            raise RewardModelLoadError(
+                f"{weights_file} does not match the model in its config.json: missing {missing[:8]}, "
+                f"unexpected {unexpected[:8]}, wrong shape {wrong_shape[:8]}"
+            )
+        self.load_state_dict(state, strict=True)
+
+    def checkpoint_config(self) -> dict:
+        """The config.json contents of this model."""
+        return {
+            CONFIG_KEY: config_to_dict(self.config),
+            "score_mean": self.score_mean,
+            "score_std": self.score_std,
+            "threshold": self.threshold,
+            "probability_calibration": self.probability_calibration,
+            "blip_config": self.blip_config.to_dict(),
+        }
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write config.json, model.safetensors and the processor files; the folder is replaced atomically."""
+        from safetensors.torch import save_file
+
+        target = Path(save_directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
+        save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+        self.processor.save_pretrained(str(staging))
+        (staging / CONFIG_NAME).write_text(json.dumps(self.checkpoint_config(), indent=2))
+        replace_directory(staging, target)
+        return target
+
+    def write_checkpoint_config(self, save_directory: str | os.PathLike) -> None:
+        """Rewrite only config.json of a saved model (e.g. a new threshold), atomically."""
+        path = Path(save_directory) / CONFIG_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.checkpoint_config(), indent=2))
+        os.replace(tmp, path)
+
+    # -------------------------------------------------------------------------------------- training aids
+    def freeze_backbone(self, fraction: float) -> None:
+        """Freeze the embeddings and the lowest `fraction` of layers of both BLIP encoders (ImageReward's
+        `fix_rate`). 1.0 freezes the whole backbone and the segment embeddings, leaving only the head."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"freeze fraction must be in [0, 1], got {fraction}")
+        self.requires_grad_(True)
+        if fraction == 0.0:
+            return
+        for encoder_layers, embeddings in (
+            (self.vision.encoder.layers, self.vision.embeddings),
+            (self.text.encoder.layer, self.text.embeddings),
+        ):
+            embeddings.requires_grad_(False)
+            for layer in encoder_layers[: int(len(encoder_layers) * fraction)]:
+                layer.requires_grad_(False)
+        if fraction == 1.0:
+            self.vision.requires_grad_(False)
+            self.text.requires_grad_(False)
+            self.segment.requires_grad_(False)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        """True when only the head trains, so fused features can be cached."""
+        return not any(p.requires_grad for name, p in self.named_parameters() if not name.startswith("head."))
+
+    # ------------------------------------------------------------------------------------------ scoring
+    @property
+    def device(self) -> torch.device:
+        return self.segment.device
+
+    def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) floats in [0,1] -> model input (B,3,h,w): differentiable resize + normalisation."""
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"expected pixels of shape (B,3,H,W), got {tuple(pixels.shape)}")
+        pixels = pixels.to(device=self.device, dtype=self.segment.dtype)
+        if tuple(pixels.shape[-2:]) != self.image_size:
+            pixels = F.interpolate(pixels, size=self.image_size, mode="bicubic", align_corners=False, antialias=True)
+        return (pixels - self.pixel_mean.to(pixels.dtype)) / self.pixel_std.to(pixels.dtype)
+
+    def load_pixels(self, images: Any) -> torch.Tensor:
+        """A batch (list of paths/PIL/arrays, or a (B,3,H,W) tensor in [0,1]) as model-size pixels in [0,1]."""
+        if isinstance(images, torch.Tensor):
+            return images
+        height, width = self.image_size
+        return pil_to_tensor([resize_to(image, (width, height)) for image in load_batch(images)])
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Vision tokens (B,N,Dv) of (B,3,H,W) pixels in [0,1]; cache them for originals scored many times."""
+        return self.vision(pixel_values=self.preprocess(pixels)).last_hidden_state
+
+    def tokenize(self, prompts: Sequence[str | None] | None, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query token ids and attention mask (B,L); a missing prompt becomes the default query."""
+        if prompts is None:
+            prompts = [None] * batch_size
+        if len(prompts) != batch_size:
+            raise ValueError(f"got {len(prompts)} prompts for a batch of {batch_size} images")
+        texts = [p if p else self.config.default_query for p in prompts]
+        tokenizer = self.processor.tokenizer
+        encoded = tokenizer(
+            texts, padding="max_length", truncation=True, max_length=self.config.max_text_length, return_tensors="pt"
+        )
+        input_ids = encoded["input_ids"].clone()
+        enc_id = tokenizer.convert_tokens_to_ids("[ENC]")
+        if enc_id is not None and enc_id != tokenizer.unk_token_id:
+            input_ids[:, 0] = enc_id  # BLIP's image-grounded encoder starts with [ENC] instead of [CLS]
+        return input_ids.to(self.device), encoded["attention_mask"].to(self.device)
+
+    def fused_features(
+        self,
+        original_tokens: torch.Tensor | None,
+        generated_tokens: torch.Tensor,
+        prompts: Sequence[str | None] | None = None,
+    ) -> torch.Tensor:
+        """The text encoder's [CLS] feature (B,Dt) after cross-attending to the image memory."""
+        memory = generated_tokens + self.segment[0]
+        if self.config.referenced:
+            if original_tokens is None:
+                raise ValueError("this reward model is image-referenced: pass the original images' tokens")
+            memory = torch.cat([memory, original_tokens + self.segment[1]], dim=1)
+        input_ids, attention_mask = self.tokenize(prompts, generated_tokens.shape[0])
+        memory_mask = torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device)
+        out = self.text(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=memory,
+            encoder_attention_mask=memory_mask,
+        )
+        return out.last_hidden_state[:, 0, :]
+
+    def standardise(self, raw: torch.Tensor) -> torch.Tensor:
+        return (raw - self.score_mean) / self.score_std
+
+    def score_from_tokens(
+        self,
+        original_tokens: torch.Tensor | None,
+        generated_tokens: torch.Tensor,
+        prompts: Sequence[str | None] | None = None,
+        standardise: bool = True,
+    ) -> torch.Tensor:
+        """Scores (B,) from precomputed vision tokens (see `encode_images`)."""
+        raw = self.head(self.fused_features(original_tokens, generated_tokens, prompts)).squeeze(-1)
+        return self.standardise(raw) if standardise else raw
+
+    def forward(
+        self,
+        original_pixels: torch.Tensor | None,
+        generated_pixels: torch.Tensor,
+        prompts: Sequence[str | None] | None = None,
+        standardise: bool = True,
+    ) -> torch.Tensor:
+        """Differentiable scores (k*B,) of float pixels in [0,1]; gradients reach the pixels.
+
+        `original_pixels` (B,3,H,W); `generated_pixels` (k*B,3,H,W): k candidates per original, stacked as
+        k blocks of B (so k=1 is the plain one-to-one case), each original encoded once.
+        """
+        if not self.config.referenced:
+            return self.score_from_tokens(None, self.encode_images(generated_pixels), prompts, standardise)
+        if original_pixels is None or generated_pixels.shape[0] % original_pixels.shape[0]:
+            raise ValueError(
+                "generated_pixels must hold k images per original (k*B rows for B originals), got "
+                f"{generated_pixels.shape[0]} for {None if original_pixels is None else original_pixels.shape[0]}"
+            )
+        repeats = generated_pixels.shape[0] // original_pixels.shape[0]
+        original_tokens = self.encode_images(original_pixels).repeat(repeats, 1, 1)
+        return self.score_from_tokens(original_tokens, self.encode_images(generated_pixels), prompts, standardise)
+
+    @torch.inference_mode()
+    def score(
+        self,
+        originals: Any,
+        generated: Any,
+        prompts: Sequence[str | None] | None = None,
+        batch_size: int = 32,
+        standardise: bool = True,
+    ) -> torch.Tensor:
+        """Scores (B,) on the CPU for batches of images (paths, PIL, arrays or tensors), standardised unless
+        `standardise=False` (raw head outputs)."""
+        was_training = self.training
+        self.eval()
+        total = len(generated)
+        if self.config.referenced and len(originals) != total:
+            raise ValueError(f"got {len(originals)} originals for {total} generated images")
+        scores = []
+        for start in range(0, total, batch_size):
+            stop = min(start + batch_size, total)
+            gen = self.load_pixels(generated[start:stop])
+            orig = self.load_pixels(originals[start:stop]) if self.config.referenced else None
+            chunk_prompts = None if prompts is None else list(prompts[start:stop])
+            scores.append(self.forward(orig, gen, chunk_prompts, standardise).float().cpu())
+        self.train(was_training)
+        return torch.cat(scores) if scores else torch.zeros(0)
+
+    def pass_probability(self, scores: torch.Tensor) -> torch.Tensor | None:
+        """Calibrated pass probabilities of standardised scores, or None before `calibrate-reward` fit them."""
+        if self.probability_calibration is None:
+            return None
+        cal = self.probability_calibration
+        return torch.sigmoid(cal["scale"] * scores + cal["bias"])
+
+
+def replace_directory(staging: Path, target: Path) -> None:
+    """Move a fully written `staging` folder to `target`, replacing any old one (never a half-written target)."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+
+def row_text(row: ManifestRow) -> str | None:
+    """The query text of a manifest row: its background prompt, else its category, else None (default)."""
+    return row.prompt or row.category
+
+
+def iter_row_batches(
+    model: HFPCRewardModel, rows: Sequence[ManifestRow], batch_size: int
+) -> Iterator[tuple[list[int], torch.Tensor | None, torch.Tensor, list[str | None]]]:
+    """(row indices, original pixels or None, generated pixels, texts) per batch of readable rows.
+
+    A row whose original or generation cannot be read is logged and left out; the rest of its batch stays.
+    """
+    for start in range(0, len(rows), batch_size):
+        indices, originals, generated = [], [], []
+        for index in range(start, min(start + batch_size, len(rows))):
+            row = rows[index]
+            try:
+                if row.generation is None:
+                    raise ImageLoadError(f"row at line {row.line} has no generation")
+                gen = model.load_pixels([row.generation])[0]
+                orig = model.load_pixels([row.origin])[0] if model.config.referenced else None
+            except ImageLoadError as exc:
+                logger.warning("skipping manifest line %d: %s", row.line, exc)
+                continue
+            indices.append(index)
+            generated.append(gen)
+            originals.append(orig)
+        if indices:
+            stacked_originals = torch.stack(originals) if model.config.referenced else None
+            yield indices, stacked_originals, torch.stack(generated), [row_text(rows[i]) for i in indices]
+
+
+@torch.inference_mode()
+def score_rows(
+    model: HFPCRewardModel, rows: Sequence[ManifestRow], batch_size: int = 32, standardise: bool = True
+) -> np.ndarray:
+    """Scores of manifest rows as float64 (n,); NaN where a row's images could not be read."""
+    was_training = model.training
+    model.eval()
+    scores = np.full(len(rows), np.nan)
+    for indices, originals, generated, texts in tqdm(
+        iter_row_batches(model, rows, batch_size), total=math.ceil(len(rows) / batch_size), desc="scoring", leave=False
+    ):
+        scores[indices] = model(originals, generated, texts, standardise).float().cpu().numpy()
+    model.train(was_training)
+    return scores
+
+
+@torch.inference_mode()
+def row_features(model: HFPCRewardModel, rows: Sequence[ManifestRow], batch_size: int = 32) -> tuple[torch.Tensor, np.ndarray]:
+    """Fused [CLS] features (n, Dt) of manifest rows for head-only training, and a mask of readable rows."""
+    was_training = model.training
+    model.eval()
+    features = torch.zeros(len(rows), model.text.config.hidden_size, device=model.device, dtype=model.segment.dtype)
+    readable = np.zeros(len(rows), dtype=bool)
+    for indices, originals, generated, texts in tqdm(
+        iter_row_batches(model, rows, batch_size), total=math.ceil(len(rows) / batch_size), desc="caching features"
+    ):
+        original_tokens = model.encode_images(originals) if originals is not None else None
+        features[indices] = model.fused_features(original_tokens, model.encode_images(generated), texts)
+        readable[indices] = True
+    model.train(was_training)
+    return features, readable
