@@ -322,3 +322,12 @@ def test_browser_check_catches_a_broken_page(tmp_path):
     check, _ = _open_in_browser(chromium, page, tmp_path)
     assert any("undefinedFn" in error for error in check["errors"])
     assert check["broken"] == ["nope.png"]
+
+
+@pytest.mark.parametrize("name", ["tiny", "real", "judges_tiny", "judges_real"])
+def test_shipped_configs_load(name):
+    from eval.judges import JudgesConfig
+
+    schema = JudgesConfig if name.startswith("judges") else EvalConfig
+    config = load_config(schema, Path(__file__).parents[1] / "configs" / "eval" / f"{name}.yaml")
+    assert config.manifest and config.scorer.reward_model.path
