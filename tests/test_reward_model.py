@@ -1,0 +1,132 @@
+"""HFPCRewardModel on the tiny BLIP kit: loading, saving, scoring and gradients."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hfpc_reward.reward_model import HFPCRewardModel, RewardModelConfig, RewardModelLoadError, score_rows
+from hfpc_reward.testing.tiny_blip import TINY_HEAD, write_tiny_reward_model
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_reward")
+    configs = write_tiny_reward_model(out)
+    return {"blip": configs["reward_tiny"]["model"], "reward": configs["reward_model_tiny"]["path"], "root": out}
+
+
+def _pixels(seed, n=3, size=40):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_save_load_round_trip_is_exact(kit, tmp_path):
+    model = HFPCRewardModel.from_pretrained(kit["reward"])
+    model.score_mean, model.score_std, model.threshold = 0.25, 2.0, 0.7
+    with torch.no_grad():
+        model.head[0].weight.add_(0.5)  # make the head differ from any fresh initialisation
+    saved = model.save_pretrained(tmp_path / "rm")
+    assert {"config.json", "model.safetensors", "processor_config.json"} <= {p.name for p in saved.iterdir()}
+    loaded = HFPCRewardModel.from_pretrained(saved)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    assert (loaded.score_mean, loaded.score_std, loaded.threshold) == (0.25, 2.0, 0.7)
+    originals, generated = _pixels(0), _pixels(1)
+    assert torch.equal(model.eval().score(originals, generated), loaded.score(originals, generated))
+
+
+def test_plain_blip_gets_a_new_head_with_the_given_architecture(kit):
+    config = RewardModelConfig(head_dims=[8], head_dropout=[0.0], referenced=False)
+    model = HFPCRewardModel.from_pretrained(kit["blip"], config=config)
+    linears = [m for m in model.head if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(32, 8), (8, 1)]
+    assert model.score(None, _pixels(2)).shape == (3,)
+
+
+def test_reward_checkpoint_refuses_a_different_architecture(kit):
+    with pytest.raises(RewardModelLoadError, match="own architecture"):
+        HFPCRewardModel.from_pretrained(kit["reward"], config=RewardModelConfig(head_dims=[8], head_dropout=[0.0]))
+
+
+def test_strict_loading_names_mismatched_keys(kit, tmp_path):
+    model = HFPCRewardModel.from_pretrained(kit["reward"])
+    saved = model.save_pretrained(tmp_path / "rm")
+    config = json.loads((saved / "config.json").read_text())
+    config["hfpc_reward_model"]["head_dims"] = [64, 16, 4]
+    config["hfpc_reward_model"]["head_dropout"] = [0.1, 0.0, 0.0]
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RewardModelLoadError, match=r"missing \['head\.\d+\.(weight|bias)'"):
+        HFPCRewardModel.from_pretrained(saved)
+
+
+def test_score_is_batched_standardised_and_prompt_aware(kit):
+    model = HFPCRewardModel.from_pretrained(kit["reward"])
+    with torch.no_grad():
+        model.head[-1].weight.mul_(1000.0)  # spread the near-constant fresh scores so differences show
+    originals, generated = _pixels(3, n=5), _pixels(4, n=5)
+    raw = model.score(originals, generated, standardise=False)
+    model.score_mean, model.score_std = 1.5, 4.0
+    assert torch.allclose(model.score(originals, generated), (raw - 1.5) / 4.0, atol=1e-6)
+    assert torch.allclose(model.score(originals, generated, batch_size=2), model.score(originals, generated), atol=1e-6)
+    prompted = model.score(originals, generated, prompts=["a red shoe on marble"] * 5)
+    assert not torch.allclose(prompted, model.score(originals, generated))
+    # the original conditions the score
+    assert not torch.allclose(model.score(_pixels(9, n=5), generated), model.score(originals, generated))
+
+
+def test_k_candidates_per_original_match_one_to_one(kit):
+    model = HFPCRewardModel.from_pretrained(kit["reward"]).eval()
+    originals, generated = _pixels(5, n=2), _pixels(6, n=4)
+    with torch.no_grad():
+        stacked = model(originals, generated)
+        one_to_one = model(originals.repeat(2, 1, 1, 1), generated)
+    assert torch.allclose(stacked, one_to_one, atol=1e-6)
+    with pytest.raises(ValueError, match="k images per original"):
+        model(originals, _pixels(7, n=3))
+
+
+def test_gradients_reach_generated_pixels_finite_difference(kit):
+    model = HFPCRewardModel.from_pretrained(kit["reward"], dtype=torch.float64).eval()
+    originals = _pixels(10, n=1, size=32).double()
+    generated = _pixels(11, n=1, size=48).double().requires_grad_(True)
+    model(originals, generated).sum().backward()
+    grad = generated.grad
+    assert grad.abs().sum() > 0
+    # directional finite difference along a random direction matches the analytic gradient
+    direction = torch.randn(generated.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    eps = 1e-4
+    with torch.no_grad():
+        plus = model(originals, generated + eps * direction)
+        minus = model(originals, generated - eps * direction)
+    numeric = ((plus - minus) / (2 * eps)).item()
+    analytic = (grad * direction).sum().item()
+    assert numeric == pytest.approx(analytic, rel=1e-4, abs=1e-12)
+
+
+def test_score_rows_skips_unreadable_rows_keeps_the_rest(kit, tmp_path):
+    from PIL import Image
+
+    from hfpc_reward.data import ManifestRow
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((20, 20, 3), 120, np.uint8)).save(good)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    rows = [
+        ManifestRow(origin=str(good), generation=str(good), label=1),
+        ManifestRow(origin=str(good), generation=str(tmp_path / "broken.png"), label=0),
+        ManifestRow(origin=str(good), generation=str(good), label=0, prompt="a shoe"),
+    ]
+    scores = score_rows(HFPCRewardModel.from_pretrained(kit["reward"]), rows, batch_size=3)
+    assert np.isfinite(scores[[0, 2]]).all() and np.isnan(scores[1])
+
+
+def test_freeze_fraction(kit):
+    model = HFPCRewardModel.from_pretrained(kit["blip"], config=RewardModelConfig(**TINY_HEAD))
+    model.freeze_backbone(0.5)  # 2 layers per encoder: the lower one and the embeddings freeze
+    assert not model.vision.encoder.layers[0].self_attn.qkv.weight.requires_grad
+    assert model.vision.encoder.layers[1].self_attn.qkv.weight.requires_grad
+    assert not model.text.embeddings.word_embeddings.weight.requires_grad
+    assert not model.backbone_frozen
+    model.freeze_backbone(1.0)
+    assert model.backbone_frozen and model.head[0].weight.requires_grad
