@@ -16,6 +16,7 @@ Policies (documented because users rely on them):
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -138,14 +139,17 @@ def _open_file(path: Path, max_pixels: int) -> Image.Image:
     if not data:
         raise ImageLoadError(f"{path}: file is empty (0 bytes)")
     try:
-        with _bomb_guard(max_pixels):
+        with _bomb_guard(max_pixels), warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # _check_pixels refuses it next
             image = Image.open(io.BytesIO(data))
             _check_pixels(image, max_pixels, str(path))
             image.load()
     except ImageLoadError:
         raise
-    except Image.DecompressionBombError:
-        raise ImageLoadError(f"{path}: image is too large to decode safely (decompression bomb)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(
+            f"{path}: image is too large to decode safely (decompression bomb: {exc}); downscale it or raise max_pixels"
+        ) from None
     except UnidentifiedImageError:
         raise ImageLoadError(f"{path}: not an image file (format not recognised)") from None
     except (OSError, SyntaxError, ValueError) as exc:
