@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import average_precision_score
 from tqdm import tqdm
 
 from eval.config import StatsConfig
@@ -111,9 +112,7 @@ def judges_table(config: JudgesConfig, records: list[dict]) -> dict[str, Any]:
                                    config.target_precision)
         scores = np.array([r[name] for r in test], dtype=float)
         cis = grouped_bootstrap_ci(
-            lambda idx, scores=scores, threshold=threshold: {
-                key: value for key, value in binary_metrics(scores[idx], labels[idx], threshold).items() if key in REPORTED
-            },
+            lambda idx, scores=scores, threshold=threshold: _reported_metrics(scores[idx], labels[idx], threshold),
             groups, config.stats.n_resamples, config.stats.confidence, config.stats.seed,
         )
         table[name] = {"threshold": threshold, **binary_metrics(scores, labels, threshold), "intervals": cis}
@@ -126,6 +125,19 @@ def judges_table(config: JudgesConfig, records: list[dict]) -> dict[str, Any]:
         "threshold_rule": "best F1" if config.target_precision is None else f"recall at precision {config.target_precision}",
         "judges": table,
     }
+
+
+def _reported_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """The REPORTED metrics of one bootstrap resample, fast (binary_metrics' conventions: 0 when undefined,
+    PR-AUC NaN with one class); `binary_metrics` gives the point estimates."""
+    predicted = scores >= threshold
+    true_positives = float(np.sum(predicted & (labels == 1)))
+    precision = true_positives / predicted.sum() if predicted.any() else 0.0
+    recall = true_positives / labels.sum() if labels.any() else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    both = 0 < labels.sum() < labels.size
+    pr_auc = float(average_precision_score(labels, scores)) if both else math.nan
+    return {"precision": precision, "recall": recall, "f1": f1, "pr_auc": pr_auc}
 
 
 def markdown_table(table: dict) -> str:

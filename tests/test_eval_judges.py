@@ -1,0 +1,83 @@
+"""The reward-model table: every judge thresholded by the same calibration, reported on held-out originals."""
+
+import numpy as np
+import pytest
+
+from eval.judges import JUDGE_NAMES, JudgesConfig, judges_table, markdown_table
+
+
+def _records(n_originals: int = 40, per_original: int = 4, seed: int = 0) -> list[dict]:
+    """A perfect judge (consistency), a random one (background), an inverted one (ITM) and a noisy
+    combination, on labelled rows of `n_originals` originals."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for original in range(n_originals):
+        for k in range(per_original):
+            label = int(rng.random() < 0.4)
+            records.append({
+                "origin": f"o{original}", "generation": f"o{original}_{k}", "label": label,
+                JUDGE_NAMES[0]: label + rng.normal(0, 0.3),
+                JUDGE_NAMES[1]: 0.7 if label else 0.2,
+                JUDGE_NAMES[2]: float(rng.normal()),
+                JUDGE_NAMES[3]: 1.0 - label + 0.01 * rng.random(),
+            })
+    return records
+
+
+def test_each_judge_is_calibrated_on_one_part_and_reported_on_the_other():
+    config = JudgesConfig(manifest="unused.jsonl", calibration_fraction=0.5)
+    config.stats.n_resamples = 200
+    table = judges_table(config, _records())
+    assert table["calibration_rows"] + table["test_rows"] == table["rows_used"] == 160
+    assert table["test_originals"] == 20
+    judges = table["judges"]
+    assert list(judges) == list(JUDGE_NAMES)
+    perfect = judges["consistency only"]
+    assert perfect["precision"] == perfect["recall"] == perfect["f1"] == perfect["pr_auc"] == 1.0
+    assert 0.2 < perfect["threshold"] <= 0.7  # picked on the calibration part, between the two classes
+    assert judges["BLIP ITM (zero-shot)"]["pr_auc"] < 0.5  # an inverted judge is worse than chance
+    assert judges["background only"]["f1"] < judges["HFPC (combined)"]["f1"]
+    for metrics in judges.values():
+        assert metrics["n"] == table["test_rows"]  # every judge is measured on the same rows
+        interval = metrics["intervals"]["f1"]
+        assert interval["low"] <= metrics["f1"] <= interval["high"]
+    text = markdown_table(table)
+    assert text.count("\n| ") == 1 + len(JUDGE_NAMES) and "| consistency only | " in text
+
+
+def test_rows_a_judge_could_not_score_are_left_out_for_all():
+    records = _records()
+    records[0][JUDGE_NAMES[3]] = None
+    records[1][JUDGE_NAMES[2]] = None
+    config = JudgesConfig(manifest="unused.jsonl")
+    config.stats.n_resamples = 100
+    assert judges_table(config, records)["rows_used"] == len(records) - 2
+
+
+def test_a_judge_missing_everywhere_is_dropped_from_the_table():
+    records = _records()
+    for record in records:
+        record[JUDGE_NAMES[2]] = None  # no reward model: no background judge
+    config = JudgesConfig(manifest="unused.jsonl")
+    config.stats.n_resamples = 100
+    table = judges_table(config, records)
+    assert "background only" not in table["judges"] and table["rows_used"] == len(records)
+
+
+def test_config_errors_say_the_fix():
+    with pytest.raises(ValueError, match="--manifest"):
+        JudgesConfig()
+    with pytest.raises(ValueError, match="calibration_fraction"):
+        JudgesConfig(manifest="m.jsonl", calibration_fraction=1.0)
+
+
+def test_resample_metrics_agree_with_the_shared_binary_metrics():
+    from eval.judges import REPORTED, _reported_metrics
+    from hfpc_reward.calibration import binary_metrics
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        scores, labels = rng.random(30), (rng.random(30) < 0.4).astype(int)
+        fast, shared = _reported_metrics(scores, labels, 0.5), binary_metrics(scores, labels, 0.5)
+        for key in REPORTED:
+            assert fast[key] == pytest.approx(shared[key], nan_ok=True)
