@@ -81,3 +81,21 @@ def test_resample_metrics_agree_with_the_shared_binary_metrics():
         fast, shared = _reported_metrics(scores, labels, 0.5), binary_metrics(scores, labels, 0.5)
         for key in REPORTED:
             assert fast[key] == pytest.approx(shared[key], nan_ok=True)
+
+
+def test_blip_itm_judge_scores_match_probabilities_batch_independently(tmp_path):
+    from PIL import Image
+
+    from eval.itm import BlipITMJudge
+    from hfpc_reward.testing.tiny_blip import write_tiny_blip
+
+    judge = BlipITMJudge(str(write_tiny_blip(tmp_path / "blip")), batch_size=2)
+    images = [Image.new("RGB", (40, 30), colour) for colour in ("red", "green", "blue")]
+    prompts = ["a red bottle on a table", "a shoe", "a bag in a garden"]
+    scores = judge.score(images, prompts)
+    assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
+    alone = judge.score(images[2:], prompts[2:])
+    assert alone[0] == pytest.approx(scores[2], abs=1e-5)
+    assert judge.score(images[:1], ["a shoe"])[0] != pytest.approx(scores[0], abs=1e-7)  # the text matters
+    with pytest.raises(ValueError, match="3 images but 2 prompts"):
+        judge.score(images, prompts[:2])
