@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import cv2
@@ -27,7 +27,16 @@ from PIL import Image
 
 from hfpc_reward.images import load_rgb
 
-KINDS = ("expanded", "truncated", "recoloured", "label_changed", "texture_changed", "rescaled", "shifted", "melted")
+KINDS = (
+    "expanded",
+    "truncated",
+    "recoloured",
+    "label_changed",
+    "texture_changed",
+    "rescaled",
+    "shifted",
+    "melted",
+)
 RANGES = {  # magnitudes drawn per kind: clearly visible, never borderline
     "expanded": (0.12, 0.6),
     "truncated": (0.12, 0.45),
@@ -49,14 +58,14 @@ SURFACES = {"moon.png": "grey stone", "coins.png": "hammered metal", "wood": "oa
 WORDS = ("ORBIT", "kilo", "TERRA", "Mira", "QUILL", "ember", "RANGO", "Vela")
 
 
-@lru_cache(maxsize=None)
+@cache
 def photo(name: str) -> np.ndarray:
     import skimage.data
 
     return np.asarray(load_rgb(Path(skimage.data.__file__).parent / name), dtype=np.float32) / 255.0
 
 
-@lru_cache(maxsize=None)
+@cache
 def horse_alpha() -> np.ndarray:
     """The horse of skimage.data: a black silhouette on white, cut out as a float alpha."""
     grey = photo("horse.png")[..., 0]
@@ -84,7 +93,12 @@ class Canvas:
         self.alpha = self.alpha * (1 - m) + m
 
     def text(self, word, origin, scale, colour, thickness) -> None:
-        self.paint(lambda s: cv2.putText(s, word, origin, cv2.FONT_HERSHEY_DUPLEX, scale, 255, thickness, cv2.LINE_AA), colour)
+        self.paint(
+            lambda s: cv2.putText(
+                s, word, origin, cv2.FONT_HERSHEY_DUPLEX, scale, 255, thickness, cv2.LINE_AA
+            ),
+            colour,
+        )
 
     def picture(self, image: np.ndarray, rect) -> None:
         x0, y0, x1, y1 = (int(v) for v in rect)
@@ -92,23 +106,36 @@ class Canvas:
 
     def reduced(self) -> tuple[np.ndarray, np.ndarray]:
         half = (self.alpha.shape[1] // 2, self.alpha.shape[0] // 2)
-        return cv2.resize(self.colour, half, interpolation=cv2.INTER_AREA), cv2.resize(self.alpha, half, interpolation=cv2.INTER_AREA)
+        return cv2.resize(self.colour, half, interpolation=cv2.INTER_AREA), cv2.resize(
+            self.alpha, half, interpolation=cv2.INTER_AREA
+        )
 
 
 def new_product(rng, size: int, kind: str) -> dict:
-    tall = {"mug": 0.8, "phone": 0.5, "bag": 0.95, "lamp": 0.55, "tube": 0.3, "watch": 0.45, "figurine": 1.2}[kind]
+    tall = {"mug": 0.8, "phone": 0.5, "bag": 0.95, "lamp": 0.55, "tube": 0.3, "watch": 0.45, "figurine": 1.2}[
+        kind
+    ]
     h = size * rng.uniform(0.42, 0.68) / max(1.0, tall * 0.9)
     w = min(h * tall, size * 0.75)
     cx, bottom = size * rng.uniform(0.35, 0.65), size * rng.uniform(0.82, 0.95)
     cx = float(np.clip(cx, w / 2 + size * 0.03, size * 0.97 - w / 2))
-    return dict(kind=kind, box=(cx - w / 2, max(bottom - h, size * 0.04), cx + w / 2, bottom), main=hsv_colour(rng),
-                second=hsv_colour(rng, (0.0, 0.6), (0.1, 0.95)), **new_print(rng))
+    return dict(
+        kind=kind,
+        box=(cx - w / 2, max(bottom - h, size * 0.04), cx + w / 2, bottom),
+        main=hsv_colour(rng),
+        second=hsv_colour(rng, (0.0, 0.6), (0.1, 0.95)),
+        **new_print(rng),
+    )
 
 
 def new_print(rng) -> dict:
-    return dict(word=str(rng.choice(WORDS)), ink=hsv_colour(rng, (0.0, 1.0), (0.0, 1.0)),
-                badge=hsv_colour(rng, (0.6, 1.0), (0.7, 1.0)), scene=str(rng.choice(list(SCENES))),
-                spot=(float(rng.uniform(0.1, 0.9)), float(rng.uniform(0.1, 0.9))))
+    return {
+        "word": str(rng.choice(WORDS)),
+        "ink": hsv_colour(rng, (0.0, 1.0), (0.0, 1.0)),
+        "badge": hsv_colour(rng, (0.6, 1.0), (0.7, 1.0)),
+        "scene": str(rng.choice(list(SCENES))),
+        "spot": (float(rng.uniform(0.1, 0.9)), float(rng.uniform(0.1, 0.9))),
+    }
 
 
 def render(p: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,27 +143,73 @@ def render(p: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
     c = Canvas(size * 2)
     x0, y0, x1, y1 = (2 * v for v in p["box"])
     w, h = x1 - x0, y1 - y0
-    X = lambda u: int(x0 + u * w)  # noqa: E731 - box-relative coordinates
-    Y = lambda v: int(y0 + v * h)  # noqa: E731
+    X = lambda u: int(x0 + u * w)
+    Y = lambda v: int(y0 + v * h)
     ramp = np.tile(np.linspace(1.15, 0.7, size * 2, dtype=np.float32), (size * 2, 1))
     kind = p["kind"]
     if kind == "mug":
-        c.paint(lambda s: cv2.ellipse(s, (X(0.8), Y(0.5)), (int(0.2 * w), int(0.22 * h)), 0, 0, 360, 255, max(4, int(0.07 * w)), cv2.LINE_AA), p["main"])
+        c.paint(
+            lambda s: cv2.ellipse(
+                s,
+                (X(0.8), Y(0.5)),
+                (int(0.2 * w), int(0.22 * h)),
+                0,
+                0,
+                360,
+                255,
+                max(4, int(0.07 * w)),
+                cv2.LINE_AA,
+            ),
+            p["main"],
+        )
         c.paint(lambda s: cv2.rectangle(s, (X(0), Y(0.05)), (X(0.8), Y(0.95)), 255, -1), p["main"], ramp)
-        c.paint(lambda s: cv2.ellipse(s, (X(0.4), Y(0.95)), (int(0.4 * w), int(0.05 * h)), 0, 0, 180, 255, -1, cv2.LINE_AA), p["main"], ramp)
-        c.paint(lambda s: cv2.ellipse(s, (X(0.4), Y(0.05)), (int(0.4 * w), int(0.05 * h)), 0, 0, 360, 255, -1, cv2.LINE_AA), p["main"] * 0.55)
+        c.paint(
+            lambda s: cv2.ellipse(
+                s, (X(0.4), Y(0.95)), (int(0.4 * w), int(0.05 * h)), 0, 0, 180, 255, -1, cv2.LINE_AA
+            ),
+            p["main"],
+            ramp,
+        )
+        c.paint(
+            lambda s: cv2.ellipse(
+                s, (X(0.4), Y(0.05)), (int(0.4 * w), int(0.05 * h)), 0, 0, 360, 255, -1, cv2.LINE_AA
+            ),
+            p["main"] * 0.55,
+        )
         c.paint(lambda s: cv2.circle(s, (X(0.4), Y(0.42)), int(0.14 * w), 255, -1, cv2.LINE_AA), p["badge"])
         c.text(p["word"], (X(0.08), Y(0.78)), w / 260, p["ink"], max(2, int(w / 90)))
     elif kind == "phone":
         r = int(0.12 * w)
-        rounded = lambda s, a, b, cc, d, v=255: (cv2.rectangle(s, (a + r, b), (cc - r, d), v, -1), cv2.rectangle(s, (a, b + r), (cc, d - r), v, -1),  # noqa: E731
-                                                 [cv2.circle(s, pt, r, v, -1, cv2.LINE_AA) for pt in ((a + r, b + r), (cc - r, b + r), (a + r, d - r), (cc - r, d - r))])
+        rounded = lambda s, a, b, cc, d, v=255: (
+            cv2.rectangle(s, (a + r, b), (cc - r, d), v, -1),
+            cv2.rectangle(s, (a, b + r), (cc, d - r), v, -1),
+            [
+                cv2.circle(s, pt, r, v, -1, cv2.LINE_AA)
+                for pt in ((a + r, b + r), (cc - r, b + r), (a + r, d - r), (cc - r, d - r))
+            ],
+        )
         c.paint(lambda s: rounded(s, X(0), Y(0), X(1), Y(1)), p["second"] * 0.4)
         c.picture(photo(p["scene"]), (X(0.07), Y(0.07), X(0.93), Y(0.93)))
-        c.paint(lambda s: cv2.circle(s, (X(0.5), Y(0.035)), max(3, int(0.025 * w)), 255, -1, cv2.LINE_AA), (0.05, 0.05, 0.05))
+        c.paint(
+            lambda s: cv2.circle(s, (X(0.5), Y(0.035)), max(3, int(0.025 * w)), 255, -1, cv2.LINE_AA),
+            (0.05, 0.05, 0.05),
+        )
         c.text(p["word"], (X(0.12), Y(0.88)), w / 240, p["ink"], max(2, int(w / 80)))
     elif kind == "bag":
-        c.paint(lambda s: cv2.ellipse(s, (X(0.5), Y(0.32)), (int(0.3 * w), int(0.3 * h)), 0, 180, 360, 255, max(5, int(0.06 * w)), cv2.LINE_AA), p["second"])
+        c.paint(
+            lambda s: cv2.ellipse(
+                s,
+                (X(0.5), Y(0.32)),
+                (int(0.3 * w), int(0.3 * h)),
+                0,
+                180,
+                360,
+                255,
+                max(5, int(0.06 * w)),
+                cv2.LINE_AA,
+            ),
+            p["second"],
+        )
         body = np.array([[X(0.1), Y(0.32)], [X(0.9), Y(0.32)], [X(1.0), Y(1.0)], [X(0.0), Y(1.0)]], np.int32)
         c.paint(lambda s: cv2.fillPoly(s, [body], 255, cv2.LINE_AA), p["main"], ramp)
         flap = np.array([[X(0.1), Y(0.32)], [X(0.9), Y(0.32)], [X(0.5), Y(0.6)]], np.int32)
@@ -145,14 +218,28 @@ def render(p: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
         c.paint(lambda s: cv2.rectangle(s, (X(0.04), Y(0.68)), (X(0.96), Y(0.76)), 255, -1), p["badge"])
         c.text(p["word"], (X(0.2), Y(0.86)), w / 280, p["ink"], max(2, int(w / 100)))
     elif kind == "lamp":
-        c.paint(lambda s: cv2.ellipse(s, (X(0.5), Y(0.93)), (int(0.3 * w), int(0.07 * h)), 0, 0, 360, 255, -1, cv2.LINE_AA), p["second"])
+        c.paint(
+            lambda s: cv2.ellipse(
+                s, (X(0.5), Y(0.93)), (int(0.3 * w), int(0.07 * h)), 0, 0, 360, 255, -1, cv2.LINE_AA
+            ),
+            p["second"],
+        )
         c.paint(lambda s: cv2.rectangle(s, (X(0.47), Y(0.4)), (X(0.53), Y(0.93)), 255, -1), p["second"] * 0.8)
-        shade = np.array([[X(0.25), Y(0.0)], [X(0.75), Y(0.0)], [X(1.0), Y(0.45)], [X(0.0), Y(0.45)]], np.int32)
+        shade = np.array(
+            [[X(0.25), Y(0.0)], [X(0.75), Y(0.0)], [X(1.0), Y(0.45)], [X(0.0), Y(0.45)]], np.int32
+        )
         c.paint(lambda s: cv2.fillPoly(s, [shade], 255, cv2.LINE_AA), p["main"], ramp)
-        c.paint(lambda s: cv2.line(s, (X(0.05), Y(0.36)), (X(0.95), Y(0.36)), 255, max(3, int(0.04 * h)), cv2.LINE_AA), p["badge"])
+        c.paint(
+            lambda s: cv2.line(
+                s, (X(0.05), Y(0.36)), (X(0.95), Y(0.36)), 255, max(3, int(0.04 * h)), cv2.LINE_AA
+            ),
+            p["badge"],
+        )
         c.text(p["word"][:4], (X(0.3), Y(0.28)), w / 300, p["ink"], max(2, int(w / 110)))
     elif kind == "tube":
-        body = np.array([[X(0.0), Y(0.06)], [X(1.0), Y(0.06)], [X(0.7), Y(0.86)], [X(0.3), Y(0.86)]], np.int32)
+        body = np.array(
+            [[X(0.0), Y(0.06)], [X(1.0), Y(0.06)], [X(0.7), Y(0.86)], [X(0.3), Y(0.86)]], np.int32
+        )
         c.paint(lambda s: cv2.fillPoly(s, [body], 255, cv2.LINE_AA), p["main"], ramp[:, ::-1])
         c.paint(lambda s: cv2.rectangle(s, (X(0.0), Y(0.0)), (X(1.0), Y(0.07)), 255, -1), p["main"] * 0.8)
         c.paint(lambda s: cv2.rectangle(s, (X(0.3), Y(0.86)), (X(0.7), Y(1.0)), 255, -1), p["second"])
@@ -160,11 +247,15 @@ def render(p: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
         c.text(p["word"][:3], (X(0.2), Y(0.58)), w / 110, p["ink"], max(2, int(w / 45)))
     elif kind == "watch":
         c.paint(lambda s: cv2.rectangle(s, (X(0.3), Y(0.0)), (X(0.7), Y(1.0)), 255, -1), p["second"], ramp)
-        c.paint(lambda s: cv2.circle(s, (X(0.5), Y(0.5)), int(0.48 * w), 255, -1, cv2.LINE_AA), p["main"] * 0.6)
+        c.paint(
+            lambda s: cv2.circle(s, (X(0.5), Y(0.5)), int(0.48 * w), 255, -1, cv2.LINE_AA), p["main"] * 0.6
+        )
         c.paint(lambda s: cv2.circle(s, (X(0.5), Y(0.5)), int(0.4 * w), 255, -1, cv2.LINE_AA), p["badge"])
         angle = p["spot"][0] * 2 * np.pi
         tip = (int(X(0.5) + 0.33 * w * np.sin(angle)), int(Y(0.5) - 0.33 * w * np.cos(angle)))
-        c.paint(lambda s: cv2.line(s, (X(0.5), Y(0.5)), tip, 255, max(3, int(0.04 * w)), cv2.LINE_AA), p["ink"])
+        c.paint(
+            lambda s: cv2.line(s, (X(0.5), Y(0.5)), tip, 255, max(3, int(0.04 * w)), cv2.LINE_AA), p["ink"]
+        )
         c.text(p["word"][:4], (X(0.3), Y(0.66)), w / 380, p["ink"], max(1, int(w / 150)))
     else:  # figurine: the horse silhouette, painted with a glaze and a saddle blanket
         x0i, y0i, x1i, y1i = int(x0), int(y0), int(x1), int(y1)
@@ -218,22 +309,41 @@ def defect(kind: str, spec: dict, colour, alpha, rng, size: int):
             extra = target * area * grow
             if piece == "dome":
                 rx = int((right - left) * 0.4) + 2
-                cv2.ellipse(stencil, (int((left + right) / 2), int(top) + 2), (rx, int(2 * extra / (np.pi * rx)) + 2), 0, 180, 360, 255, -1)
+                cv2.ellipse(
+                    stencil,
+                    (int((left + right) / 2), int(top) + 2),
+                    (rx, int(2 * extra / (np.pi * rx)) + 2),
+                    0,
+                    180,
+                    360,
+                    255,
+                    -1,
+                )
             elif piece == "sleeve":
                 hh = int((bottom - top) * 0.5)
                 ww = int(extra / hh) + 2
                 x = int(right) - 2 if rng.random() < 0.5 else int(left) - ww + 2
-                cv2.rectangle(stencil, (x, int(top + 0.25 * (bottom - top))), (x + ww, int(top + 0.25 * (bottom - top)) + hh), 255, -1)
+                cv2.rectangle(
+                    stencil,
+                    (x, int(top + 0.25 * (bottom - top))),
+                    (x + ww, int(top + 0.25 * (bottom - top)) + hh),
+                    255,
+                    -1,
+                )
             elif piece == "puffs":
                 for k in range(3):
                     row = int(top + (0.2 + 0.3 * k) * (bottom - top))
                     col = int(right if k % 2 else left)
-                    cv2.circle(stencil, (col, row), int(np.sqrt(extra / (1.5 * np.pi))) + 2, 255, -1, cv2.LINE_AA)
+                    cv2.circle(
+                        stencil, (col, row), int(np.sqrt(extra / (1.5 * np.pi))) + 2, 255, -1, cv2.LINE_AA
+                    )
             else:
                 ww = int((right - left) * 1.2)
                 hh = int(extra / ww) + 2
                 cx = int((left + right) / 2)
-                cv2.rectangle(stencil, (cx - ww // 2, int(bottom) - 2), (cx + ww // 2, int(bottom) + hh), 255, -1)
+                cv2.rectangle(
+                    stencil, (cx - ww // 2, int(bottom) - 2), (cx + ww // 2, int(bottom) + hh), 255, -1
+                )
             measured = ((stencil > 127) & (alpha <= 0.5)).sum() / area
             if abs(measured - target) < 0.2 * target:
                 break
@@ -245,7 +355,10 @@ def defect(kind: str, spec: dict, colour, alpha, rng, size: int):
     elif kind == "truncated":
         yy, xx = np.mgrid[0 : alpha.shape[0], 0 : alpha.shape[1]]
         if rng.random() < 0.5:  # a round bite from a random boundary side
-            centre = (xs.mean() + rng.choice([-1, 1]) * (xs.max() - xs.min()) * 0.5, ys.mean() + rng.uniform(-0.4, 0.4) * (ys.max() - ys.min()))
+            centre = (
+                xs.mean() + rng.choice([-1, 1]) * (xs.max() - xs.min()) * 0.5,
+                ys.mean() + rng.uniform(-0.4, 0.4) * (ys.max() - ys.min()),
+            )
             dist = np.hypot(xx - centre[0], yy - centre[1])
             radius = np.quantile(np.hypot(xs - centre[0], ys - centre[1]), target)
             keep = np.clip(dist - radius + 0.5, 0, 1).astype(np.float32)
@@ -259,7 +372,10 @@ def defect(kind: str, spec: dict, colour, alpha, rng, size: int):
         lab = cv2.cvtColor(np.clip(colour / np.maximum(alpha, 1e-4)[..., None], 0, 1), cv2.COLOR_RGB2Lab)
         theta = np.deg2rad(target) * rng.choice([-1, 1])
         a, b = lab[..., 1] * 1.3 + 8, lab[..., 2] * 1.3 + 8  # push greys off the axis so they change too
-        lab[..., 1], lab[..., 2] = a * np.cos(theta) - b * np.sin(theta), a * np.sin(theta) + b * np.cos(theta)
+        lab[..., 1], lab[..., 2] = (
+            a * np.cos(theta) - b * np.sin(theta),
+            a * np.sin(theta) + b * np.cos(theta),
+        )
         colour = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB), 0, 1) * alpha[..., None]
         magnitude = target
     elif kind in ("label_changed", "texture_changed"):
@@ -270,20 +386,28 @@ def defect(kind: str, spec: dict, colour, alpha, rng, size: int):
                 yy, xx = np.mgrid[0 : alpha.shape[0], 0 : alpha.shape[1]].astype(np.float32)
                 period = rng.uniform(10, 26)
                 waves = 0.5 + 0.5 * np.sin(xx / period * 2 * np.pi) * np.sin(yy / period * 2 * np.pi)
-                grain = cv2.resize(photo(str(rng.choice(["moon.png", "coins.png"])))[..., 0], alpha.shape[::-1])
+                grain = cv2.resize(
+                    photo(str(rng.choice(["moon.png", "coins.png"])))[..., 0], alpha.shape[::-1]
+                )
                 pattern = waves if rng.random() < 0.5 else grain
                 ink = hsv_colour(rng, (0.3, 1.0), (0.2, 1.0))
                 straight = colour / np.maximum(alpha, 1e-4)[..., None]
                 mix = (pattern * rng.uniform(0.6, 0.95))[..., None]
                 new_colour = (straight * (1 - mix) + ink * mix) * alpha[..., None]
-            magnitude = changed_share(colour / np.maximum(alpha, 1e-4)[..., None], new_colour / np.maximum(alpha, 1e-4)[..., None], alpha)
+            magnitude = changed_share(
+                colour / np.maximum(alpha, 1e-4)[..., None],
+                new_colour / np.maximum(alpha, 1e-4)[..., None],
+                alpha,
+            )
             if magnitude >= MIN_CHANGED_FRACTION:
                 break
         colour = new_colour
     elif kind == "rescaled":
         factor = 1 + target if rng.random() < 0.5 else 1 - min(target, 0.35)
         ax, ay = (xs.min() + xs.max()) / 2, ys.max()
-        colour, alpha = affine(colour, alpha, np.float32([[factor, 0, ax * (1 - factor)], [0, factor, ay * (1 - factor)]]))
+        colour, alpha = affine(
+            colour, alpha, np.float32([[factor, 0, ax * (1 - factor)], [0, factor, ay * (1 - factor)]])
+        )
         magnitude = abs(factor - 1)
     elif kind == "shifted":
         step = target * np.sqrt(area)
@@ -300,15 +424,24 @@ def defect(kind: str, spec: dict, colour, alpha, rng, size: int):
     else:  # melted: the rim slumps and dissolves, displaced by a smooth random field
         depth = cv2.distanceTransform((alpha > 0.5).astype(np.uint8), cv2.DIST_L2, 3)
         band = max(2.0, float(np.quantile(depth[alpha > 0.5], target)))
-        field = cv2.GaussianBlur(rng.normal(0, 1, (alpha.shape[0], alpha.shape[1], 2)).astype(np.float32), (0, 0), 6)
+        field = cv2.GaussianBlur(
+            rng.normal(0, 1, (alpha.shape[0], alpha.shape[1], 2)).astype(np.float32), (0, 0), 6
+        )
         field *= band * 1.2 / (np.abs(field).max() + 1e-6)
         yy, xx = np.mgrid[0 : alpha.shape[0], 0 : alpha.shape[1]].astype(np.float32)
         rim = np.clip(1 - depth / band, 0, 1)
         map_x = xx + field[..., 0] * (rim + (depth == 0))
         map_y = yy - np.abs(field[..., 1]) * (rim + (depth == 0)) - band * 0.5 * (rim + (depth == 0))
-        colour, warped = cv2.remap(colour, map_x, map_y, cv2.INTER_LINEAR), cv2.remap(alpha, map_x, map_y, cv2.INTER_LINEAR)
-        dissolve = np.clip(cv2.GaussianBlur(rng.uniform(0, 1, alpha.shape).astype(np.float32), (0, 0), 2) * 4 - 1.2, 0.25, 1)
-        fade = np.where(cv2.remap(rim, map_x, map_y, cv2.INTER_LINEAR) > 0.05, dissolve, 1.0).astype(np.float32)
+        colour, warped = (
+            cv2.remap(colour, map_x, map_y, cv2.INTER_LINEAR),
+            cv2.remap(alpha, map_x, map_y, cv2.INTER_LINEAR),
+        )
+        dissolve = np.clip(
+            cv2.GaussianBlur(rng.uniform(0, 1, alpha.shape).astype(np.float32), (0, 0), 2) * 4 - 1.2, 0.25, 1
+        )
+        fade = np.where(cv2.remap(rim, map_x, map_y, cv2.INTER_LINEAR) > 0.05, dissolve, 1.0).astype(
+            np.float32
+        )
         colour, alpha = colour * fade[..., None], warped * fade
         magnitude = float(((depth > 0) & (depth <= band)).sum()) / area
     return colour.astype(np.float32), alpha.astype(np.float32), float(magnitude)
@@ -327,7 +460,11 @@ def crop(rng, image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def wood(rng, width: int, height: int) -> np.ndarray:
     """Procedural wood grain: noise stretched along the planks, with ring bands."""
-    noise = cv2.resize(rng.normal(0, 1, (max(2, height // 24), 6)).astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
+    noise = cv2.resize(
+        rng.normal(0, 1, (max(2, height // 24), 6)).astype(np.float32),
+        (width, height),
+        interpolation=cv2.INTER_CUBIC,
+    )
     xx = np.arange(width, dtype=np.float32)[None, :] / width
     grain = 0.5 + 0.25 * np.sin((xx * rng.uniform(8, 20) + noise * 0.4) * 2 * np.pi) + 0.1 * noise
     return np.repeat(np.clip(grain, 0, 1)[..., None], 3, axis=2)
@@ -351,7 +488,9 @@ def scene(rng, size: int, box) -> tuple[np.ndarray, str, int | None]:
     if pick == "backdrop":
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
         t = np.clip((xx + yy) / 2 + rng.uniform(-0.2, 0.2), 0, 1)[..., None]
-        image = hsv_colour(rng, (0.2, 0.7), (0.5, 1.0)) * (1 - t) + hsv_colour(rng, (0.2, 0.7), (0.3, 0.9)) * t
+        image = (
+            hsv_colour(rng, (0.2, 0.7), (0.5, 1.0)) * (1 - t) + hsv_colour(rng, (0.2, 0.7), (0.3, 0.9)) * t
+        )
         vignette = 1 - 0.35 * np.hypot(xx - 0.5, yy - 0.5)[..., None]
         return (image * vignette).astype(np.float32), "in front of a coloured paper backdrop", None
     horizon = int(np.clip(box[3] - (box[3] - box[1]) * rng.uniform(0.15, 0.5), size * 0.25, size - 5))
@@ -389,7 +528,9 @@ def compose(colour, alpha, background, rng, horizon) -> tuple[np.ndarray, list[s
             strength = (np.linspace(rng.uniform(0.1, 0.35), 0, depth, dtype=np.float32))[:, None]
             flipped_c, flipped_a = colour[foot - depth : foot][::-1], alpha[foot - depth : foot][::-1]
             band = image[foot : foot + depth]
-            image[foot : foot + depth] = band * (1 - (flipped_a * strength)[..., None]) + flipped_c * strength[..., None]
+            image[foot : foot + depth] = (
+                band * (1 - (flipped_a * strength)[..., None]) + flipped_c * strength[..., None]
+            )
             notes.append("reflection")
     image = image * (1 - alpha[..., None]) + colour
     if rng.random() < 0.5:
@@ -428,8 +569,10 @@ def write_set(out: Path, n_pairs: int, seed: int, size: int, defect_fraction: fl
     for folder in ("originals", "masks", "generations", "generation_masks"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     plan_rng = np.random.default_rng([seed, 31337])
-    n_bad = int(round(n_pairs * defect_fraction))
-    plan = list(plan_rng.permutation([KINDS[i % len(KINDS)] for i in range(n_bad)] + ["none"] * (n_pairs - n_bad)))
+    n_bad = round(n_pairs * defect_fraction)
+    plan = list(
+        plan_rng.permutation([KINDS[i % len(KINDS)] for i in range(n_bad)] + ["none"] * (n_pairs - n_bad))
+    )
     rows = []
     for first in range(0, n_pairs, GENERATIONS_PER_ORIGINAL):
         index = first // GENERATIONS_PER_ORIGINAL
@@ -447,7 +590,9 @@ def write_set(out: Path, n_pairs: int, seed: int, size: int, defect_fraction: fl
         for k in range(first, min(first + GENERATIONS_PER_ORIGINAL, n_pairs)):
             grng = np.random.default_rng([seed, 17, index, k])
             kind = str(plan[k])
-            gen_colour, gen_alpha, magnitude = (colour, alpha, 0.0) if kind == "none" else defect(kind, spec, colour, alpha, grng, size)
+            gen_colour, gen_alpha, magnitude = (
+                (colour, alpha, 0.0) if kind == "none" else defect(kind, spec, colour, alpha, grng, size)
+            )
             background, where, horizon = scene(grng, size, spec["box"])
             image, harmless = compose(gen_colour, gen_alpha, background, grng, horizon)
             name = f"{pid}_{k}"
@@ -459,11 +604,25 @@ def write_set(out: Path, n_pairs: int, seed: int, size: int, defect_fraction: fl
             else:
                 generation = f"generations/{name}.png"
                 Image.fromarray(to_bytes(image)).save(out / generation)
-            Image.fromarray(((gen_alpha > 0.5) * 255).astype(np.uint8)).save(out / f"generation_masks/{name}.png")
-            rows.append(dict(origin=origin, generation=generation, mask=mask, prompt=f"a {spec['kind']} {where}",
-                             category=spec["kind"], product_id=pid, label=int(kind == "none"), consistent=kind == "none",
-                             defect=kind, defect_magnitude=round(float(magnitude), 4), harmless=harmless,
-                             generation_mask=f"generation_masks/{name}.png"))
+            Image.fromarray(((gen_alpha > 0.5) * 255).astype(np.uint8)).save(
+                out / f"generation_masks/{name}.png"
+            )
+            rows.append(
+                {
+                    "origin": origin,
+                    "generation": generation,
+                    "mask": mask,
+                    "prompt": f"a {spec['kind']} {where}",
+                    "category": spec["kind"],
+                    "product_id": pid,
+                    "label": int(kind == "none"),
+                    "consistent": kind == "none",
+                    "defect": kind,
+                    "defect_magnitude": round(float(magnitude), 4),
+                    "harmless": harmless,
+                    "generation_mask": f"generation_masks/{name}.png",
+                }
+            )
     manifest = out / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return manifest

@@ -19,11 +19,10 @@ harmless, generation_mask (the product's true mask in the generation).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import cv2
@@ -52,27 +51,27 @@ LOGOS = ("circle", "triangle", "diamond", "ring", "none")
 
 
 def _photo_path(name: str) -> Path:
-    import sklearn.datasets
     import skimage.data
+    import sklearn.datasets
 
     if name in ("china.jpg", "flower.jpg"):
         return Path(sklearn.datasets.__file__).parent / "images" / name
     return Path(skimage.data.__file__).parent / name
 
 
-@lru_cache(maxsize=None)
+@cache
 def _photo(name: str) -> np.ndarray:
     """A bundled photo as float32 RGB (H,W,3) in [0,1]."""
     return np.asarray(load_rgb(_photo_path(name)), dtype=np.float32) / 255.0
 
 
-@lru_cache(maxsize=None)
+@cache
 def _texture(name: str) -> np.ndarray:
     """A bundled greyscale texture as float32 (H,W) in [0,1]."""
     return _photo(name)[..., 0].copy()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sticker() -> Image.Image:
     """scikit-image's logo die-cut from its white page (with a white margin) as an RGBA sticker."""
     rgb = np.asarray(load_rgb(_photo_path("logo.png")))
@@ -113,20 +112,28 @@ def _colour(rng: np.random.Generator, saturation=(0.45, 0.9), value=(0.45, 0.9))
 
 def _label_fields(rng: np.random.Generator) -> dict:
     light = rng.random() < 0.6
-    return dict(
-        paper=_colour(rng, (0.0, 0.25), (0.85, 1.0)) if light else _colour(rng, (0.3, 0.9), (0.2, 0.6)),
-        ink=_colour(rng, (0.5, 1.0), (0.1, 0.5)) if light else _colour(rng, (0.0, 0.3), (0.85, 1.0)),
-        text=str(rng.choice(BRANDS)),
-        logo=str(rng.choice(LOGOS)),
-        stripes=int(rng.integers(0, 3)),
-        photo=str(rng.choice(list(PHOTOS))),
-        crop=(float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.3, 0.7))),
-    )
+    return {
+        "paper": _colour(rng, (0.0, 0.25), (0.85, 1.0)) if light else _colour(rng, (0.3, 0.9), (0.2, 0.6)),
+        "ink": _colour(rng, (0.5, 1.0), (0.1, 0.5)) if light else _colour(rng, (0.0, 0.3), (0.85, 1.0)),
+        "text": str(rng.choice(BRANDS)),
+        "logo": str(rng.choice(LOGOS)),
+        "stripes": int(rng.integers(0, 3)),
+        "photo": str(rng.choice(list(PHOTOS))),
+        "crop": (float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.3, 0.7))),
+    }
 
 
 def random_spec(rng: np.random.Generator, size: int, category: str | None = None) -> ProductSpec:
     category = category or str(rng.choice(CATEGORIES))
-    aspect = {"bottle": 0.38, "can": 0.55, "jar": 0.85, "box": 0.75, "shoe": 1.7, "sticker": 1.0, "poster": 0.75}
+    aspect = {
+        "bottle": 0.38,
+        "can": 0.55,
+        "jar": 0.85,
+        "box": 0.75,
+        "shoe": 1.7,
+        "sticker": 1.0,
+        "poster": 0.75,
+    }
     height = size * rng.uniform(0.4, 0.7) * (0.6 if category == "shoe" else 1.0)
     width = min(height * aspect[category] * rng.uniform(0.85, 1.15), size * 0.8)
     cx = size * rng.uniform(0.4, 0.6)
@@ -140,11 +147,11 @@ def relabel(spec: ProductSpec, rng: np.random.Generator) -> ProductSpec:
     fields = _label_fields(rng)
     change = rng.choice(["all", "text", "colours", "remove"] if spec.category != "poster" else ["all"])
     if change == "text":
-        fields = dict(text=str(rng.choice([b for b in BRANDS if b != spec.text])), logo=fields["logo"])
+        fields = {"text": str(rng.choice([b for b in BRANDS if b != spec.text])), "logo": fields["logo"]}
     elif change == "colours":
-        fields = dict(paper=fields["paper"], ink=fields["ink"])
+        fields = {"paper": fields["paper"], "ink": fields["ink"]}
     elif change == "remove" and spec.paper is not None:
-        fields = dict(paper=None)
+        fields = {"paper": None}
     return replace(spec, **fields)
 
 
@@ -222,7 +229,9 @@ def _draw_bottle(draw, image, spec, box) -> None:
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     cx = (x0 + x1) / 2
-    draw.rounded_rectangle((cx - 0.17 * w, y0, cx + 0.17 * w, y0 + 0.12 * h), radius=0.04 * w, fill=spec.accent)
+    draw.rounded_rectangle(
+        (cx - 0.17 * w, y0, cx + 0.17 * w, y0 + 0.12 * h), radius=0.04 * w, fill=spec.accent
+    )
     draw.rectangle((cx - 0.2 * w, y0 + 0.11 * h, cx + 0.2 * w, y0 + 0.3 * h), fill=spec.body)
     draw.ellipse((x0, y0 + 0.24 * h, x1, y0 + 0.52 * h), fill=spec.body)
     draw.rounded_rectangle((x0, y0 + 0.38 * h, x1, y1), radius=0.14 * w, fill=spec.body)
@@ -243,10 +252,14 @@ def _draw_jar(draw, image, spec, box) -> None:
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     draw.rounded_rectangle((x0, y0 + 0.15 * h, x1, y1), radius=0.22 * w, fill=spec.body)
-    draw.rounded_rectangle((x0 + 0.06 * w, y0, x1 - 0.06 * w, y0 + 0.2 * h), radius=0.03 * w, fill=spec.accent)
+    draw.rounded_rectangle(
+        (x0 + 0.06 * w, y0, x1 - 0.06 * w, y0 + 0.2 * h), radius=0.03 * w, fill=spec.accent
+    )
     for i in range(1, 12):
         x = x0 + 0.06 * w + i * (0.88 * w / 12)
-        draw.line((x, y0 + 0.02 * h, x, y0 + 0.18 * h), fill=tuple(int(c * 0.7) for c in spec.accent), width=2)
+        draw.line(
+            (x, y0 + 0.02 * h, x, y0 + 0.18 * h), fill=tuple(int(c * 0.7) for c in spec.accent), width=2
+        )
     _label(draw, spec, (x0 + 0.08 * w, y0 + 0.38 * h, x1 - 0.08 * w, y0 + 0.8 * h))
 
 
@@ -262,21 +275,44 @@ def _draw_box(draw, image, spec, box) -> None:
     fw, fh = x1 - d - x0, y1 - y0 - d
     if spec.paper is not None:
         _print_photo(image, spec, (x0 + 0.1 * fw, y0 + d + 0.1 * fh, x1 - d - 0.1 * fw, y0 + d + 0.55 * fh))
-    _text(draw, spec, (x0 + fw / 2, y0 + d + 0.72 * fh), min(0.14 * fh, fw / max(len(spec.text), 1) * 1.5), spec.ink)
+    _text(
+        draw,
+        spec,
+        (x0 + fw / 2, y0 + d + 0.72 * fh),
+        min(0.14 * fh, fw / max(len(spec.text), 1) * 1.5),
+        spec.ink,
+    )
     _logo(draw, spec, (x0 + fw / 2, y0 + d + 0.88 * fh), 0.05 * fh)
 
 
 def _draw_shoe(draw, image, spec, box) -> None:
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
-    points = [(0.03, 0.78), (0.04, 0.2), (0.2, 0.05), (0.36, 0.12), (0.5, 0.38), (0.75, 0.5), (0.95, 0.6), (0.99, 0.8)]
+    points = [
+        (0.03, 0.78),
+        (0.04, 0.2),
+        (0.2, 0.05),
+        (0.36, 0.12),
+        (0.5, 0.38),
+        (0.75, 0.5),
+        (0.95, 0.6),
+        (0.99, 0.8),
+    ]
     draw.polygon([(x0 + px * w, y0 + py * h) for px, py in points], fill=spec.body)
     draw.rounded_rectangle((x0, y0 + 0.74 * h, x1, y1), radius=0.1 * h, fill=spec.accent)
     for i in range(4):
         x = x0 + (0.38 + 0.07 * i) * w
-        draw.line((x, y0 + (0.22 + 0.07 * i) * h, x + 0.06 * w, y0 + (0.3 + 0.07 * i) * h), fill=spec.ink, width=3)
+        draw.line(
+            (x, y0 + (0.22 + 0.07 * i) * h, x + 0.06 * w, y0 + (0.3 + 0.07 * i) * h), fill=spec.ink, width=3
+        )
     if spec.paper is not None:
-        draw.arc((x0 + 0.15 * w, y0 + 0.2 * h, x0 + 0.85 * w, y0 + 0.9 * h), 200, 330, fill=spec.paper, width=int(0.1 * h))
+        draw.arc(
+            (x0 + 0.15 * w, y0 + 0.2 * h, x0 + 0.85 * w, y0 + 0.9 * h),
+            200,
+            330,
+            fill=spec.paper,
+            width=int(0.1 * h),
+        )
         _text(draw, spec, (x0 + 0.5 * w, y0 + 0.87 * h), 0.16 * h, spec.paper)
     _logo(draw, spec, (x0 + 0.12 * w, y0 + 0.45 * h), 0.08 * h)
 
@@ -347,7 +383,9 @@ def _tinted_texture(rng: np.random.Generator, name: str, width: int, height: int
     return np.clip(grey * tint * rng.uniform(0.9, 1.3), 0, 1)
 
 
-def scene_background(rng: np.random.Generator, size: int, spec: ProductSpec) -> tuple[np.ndarray, str, int | None]:
+def scene_background(
+    rng: np.random.Generator, size: int, spec: ProductSpec
+) -> tuple[np.ndarray, str, int | None]:
     """A new background: (image, background prompt, horizon row or None)."""
     kind = rng.choice(["photo", "texture", "tabletop", "tabletop"])
     if kind == "photo":
@@ -363,7 +401,9 @@ def scene_background(rng: np.random.Generator, size: int, spec: ProductSpec) -> 
     horizon = int(np.clip(spec.box[3] - height * rng.uniform(0.12, 0.45), size * 0.2, size - 4))
     wall_name = str(rng.choice(list(PHOTOS) + ["brick.png", "plain"]))
     if wall_name == "plain":
-        wall = np.ones((horizon, size, 3), np.float32) * np.float32(_colour(rng, (0.05, 0.4), (0.6, 0.95))) / 255
+        wall = (
+            np.ones((horizon, size, 3), np.float32) * np.float32(_colour(rng, (0.05, 0.4), (0.6, 0.95))) / 255
+        )
         wall_text = "a plain painted wall"
     elif wall_name in TEXTURES:
         wall, wall_text = _tinted_texture(rng, wall_name, size, horizon), TEXTURES[wall_name]
@@ -415,7 +455,9 @@ def _write_generation(rng, spec, layer, defect: str, out_dir: Path, name: str) -
     textures = [_texture(t) for t in TEXTURES]
     magnitude = 0.0
     if defect != "none":
-        layer, magnitude = apply_defect(defect, layer, rng, lambda r: draw_product(relabel(spec, r), size), textures)
+        layer, magnitude = apply_defect(
+            defect, layer, rng, lambda r: draw_product(relabel(spec, r), size), textures
+        )
     background, prompt, horizon = scene_background(rng, size, spec)
     image, harmless = compose_generation(layer, background, rng, horizon)
     (out_dir / "generations").mkdir(exist_ok=True)
@@ -448,7 +490,7 @@ def _defect_plan(n_pairs: int, defect_fraction: float, seed: int) -> list[str]:
     if not 0.0 <= defect_fraction <= 1.0:
         raise ValueError(f"defect_fraction must be in [0, 1], got {defect_fraction}")
     rng = np.random.default_rng([seed, 7919])
-    n_defects = int(round(n_pairs * defect_fraction))
+    n_defects = round(n_pairs * defect_fraction)
     kinds = [DEFECT_KINDS[i % len(DEFECT_KINDS)] for i in range(n_defects)]
     plan = list(rng.permutation(kinds + ["none"] * (n_pairs - n_defects)))
     return [str(kind) for kind in plan]
@@ -479,17 +521,31 @@ def generate_pairs(
             original = _write_original(rng, spec, layer, out, product_id)
             for k in range(index, min(index + GENERATIONS_PER_ORIGINAL, n_pairs)):
                 gen_rng = np.random.default_rng([seed, product, k + 1])
-                row = dict(original, **_write_generation(gen_rng, spec, layer, plan[k], out, f"{product_id}_g{k}"))
+                row = dict(
+                    original, **_write_generation(gen_rng, spec, layer, plan[k], out, f"{product_id}_g{k}")
+                )
                 rows.append({key: row[key] for key in _ROW_ORDER})
                 progress.update(1)
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    logger.info("wrote %d pairs (%d defective) to %s", len(rows), sum(not r["consistent"] for r in rows), manifest)
+    logger.info(
+        "wrote %d pairs (%d defective) to %s", len(rows), sum(not r["consistent"] for r in rows), manifest
+    )
     return manifest
 
 
 _ROW_ORDER = (
-    "origin", "generation", "mask", "prompt", "category", "product_id", "label", "consistent", "defect",
-    "defect_magnitude", "harmless", "generation_mask",
+    "origin",
+    "generation",
+    "mask",
+    "prompt",
+    "category",
+    "product_id",
+    "label",
+    "consistent",
+    "defect",
+    "defect_magnitude",
+    "harmless",
+    "generation_mask",
 )
 
 
@@ -506,7 +562,9 @@ def generate_products(out_dir: str | Path, n_products: int = 16, seed: int = 0, 
         row = _write_original(rng, spec, draw_product(spec, size), out, f"s{product:04d}")
         place = str(rng.choice(list(PHOTOS.values()) + [f"against {t}" for t in TEXTURES.values()]))
         row["prompt"] = f"a {spec.category} {place}, professional product photography"
-        rows.append({key: f"products/{value}" if key in ("origin", "mask") else value for key, value in row.items()})
+        rows.append(
+            {key: f"products/{value}" if key in ("origin", "mask") else value for key, value in row.items()}
+        )
     manifest = Path(out_dir) / "products.jsonl"
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return manifest
@@ -514,8 +572,12 @@ def generate_products(out_dir: str | Path, n_products: int = 16, seed: int = 0, 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output folder (manifest.jsonl, products.jsonl and images)")
-    parser.add_argument("--pairs", type=int, default=200, help="number of (original, generation) pairs; 0 = none")
-    parser.add_argument("--products", type=int, default=16, help="number of studio products for fine-tuning; 0 = none")
+    parser.add_argument(
+        "--pairs", type=int, default=200, help="number of (original, generation) pairs; 0 = none"
+    )
+    parser.add_argument(
+        "--products", type=int, default=16, help="number of studio products for fine-tuning; 0 = none"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
     parser.add_argument("--defect-fraction", type=float, default=0.5, help="share of defective generations")

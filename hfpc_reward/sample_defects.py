@@ -20,8 +20,8 @@ accept the product, so the generator never emits a smaller one):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -73,7 +73,7 @@ class ProductLayer:
     def straight_colour(self) -> np.ndarray:
         return self.colour / np.maximum(self.alpha, 1e-4)[..., None]
 
-    def over(self, top: "ProductLayer") -> "ProductLayer":
+    def over(self, top: ProductLayer) -> ProductLayer:
         """`top` composited over this layer (both premultiplied)."""
         keep = 1.0 - top.alpha
         return ProductLayer(top.colour + self.colour * keep[..., None], top.alpha + self.alpha * keep)
@@ -145,7 +145,9 @@ def _expand(layer: ProductLayer, target: float, rng: np.random.Generator) -> tup
             w = int(width * rng.uniform(0.6, 1.3)) if attempt == 0 else w
             h = max(2, int(extra_area / max(w, 1)))
             cx = (x0 + x1) // 2
-            pts = np.array([[cx - w // 3, y1 - 2], [cx + w // 3, y1 - 2], [cx + w // 2, y1 + h], [cx - w // 2, y1 + h]])
+            pts = np.array(
+                [[cx - w // 3, y1 - 2], [cx + w // 3, y1 - 2], [cx + w // 2, y1 + h], [cx - w // 2, y1 + h]]
+            )
             cv2.fillPoly(canvas, [pts.astype(np.int32)], 255)
         elif shape == "handle":
             side = x1 if rng.random() < 0.5 else x0
@@ -158,7 +160,10 @@ def _expand(layer: ProductLayer, target: float, rng: np.random.Generator) -> tup
             cols = np.nonzero(mask[row])[0]
             side = int(cols.max() if rng.random() < 0.5 else cols.min())
             radius = np.sqrt(2.2 * extra_area / np.pi)
-            axes = (int(radius * (1.3 if shape == "bulge" else 0.8)), int(radius / (1.3 if shape == "bulge" else 0.8)))
+            axes = (
+                int(radius * (1.3 if shape == "bulge" else 0.8)),
+                int(radius / (1.3 if shape == "bulge" else 0.8)),
+            )
             cv2.ellipse(canvas, (side, row), axes, float(rng.uniform(-30, 30)), 0, 360, 255, -1)
         extra = (canvas > 0) & ~mask
         measured = extra.sum() / area
@@ -212,7 +217,9 @@ def _rescale(layer: ProductLayer, target: float, rng: np.random.Generator) -> tu
     ys, xs = np.nonzero(layer.mask)
     factor = 1.0 + target if rng.random() < 0.5 else 1.0 - min(target, 0.35)
     anchor = ((xs.min() + xs.max()) / 2.0, ys.max() if rng.random() < 0.7 else ys.mean())
-    matrix = np.array([[factor, 0, anchor[0] * (1 - factor)], [0, factor, anchor[1] * (1 - factor)]], np.float32)
+    matrix = np.array(
+        [[factor, 0, anchor[0] * (1 - factor)], [0, factor, anchor[1] * (1 - factor)]], np.float32
+    )
     return _warp(layer, matrix), float(abs(factor - 1.0))
 
 
@@ -223,7 +230,12 @@ def _shift(layer: ProductLayer, target: float, rng: np.random.Generator) -> tupl
     for _ in range(20):  # pick a direction that keeps the product inside the frame
         angle = rng.uniform(0, 2 * np.pi)
         dx, dy = distance * np.cos(angle), distance * np.sin(angle)
-        if xs.min() + dx >= 2 and xs.max() + dx < width - 2 and ys.min() + dy >= 2 and ys.max() + dy < height - 2:
+        if (
+            xs.min() + dx >= 2
+            and xs.max() + dx < width - 2
+            and ys.min() + dy >= 2
+            and ys.max() + dy < height - 2
+        ):
             break
     else:
         dx, dy = 0.0, 0.0
@@ -258,9 +270,13 @@ def _retexture(layer: ProductLayer, rng: np.random.Generator, textures: list[np.
     period = rng.uniform(8, 30)
     if pattern_kind == "stripes":
         angle = rng.uniform(0, np.pi)
-        pattern = (np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period) > 0).astype(np.float32)
+        pattern = (np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period) > 0).astype(
+            np.float32
+        )
     elif pattern_kind == "dots":
-        pattern = ((np.mod(xx, period) - period / 2) ** 2 + (np.mod(yy, period) - period / 2) ** 2 < (period / 3.2) ** 2)
+        pattern = (np.mod(xx, period) - period / 2) ** 2 + (np.mod(yy, period) - period / 2) ** 2 < (
+            period / 3.2
+        ) ** 2
         pattern = pattern.astype(np.float32)
     elif pattern_kind == "checks":
         pattern = ((np.floor(xx / period) + np.floor(yy / period)) % 2).astype(np.float32)
@@ -272,7 +288,7 @@ def _retexture(layer: ProductLayer, rng: np.random.Generator, textures: list[np.
     strength = rng.uniform(0.5, 0.9)
     coverage = np.ones_like(layer.alpha)
     if rng.random() < 0.4:  # only a region of the surface changes
-        ys, xs = np.nonzero(layer.mask)
+        ys = np.nonzero(layer.mask)[0]
         cut = rng.uniform(np.quantile(ys, 0.2), np.quantile(ys, 0.6))
         coverage = (yy > cut).astype(np.float32)
     weight = (pattern * strength * coverage)[..., None]
@@ -302,7 +318,9 @@ def compose_generation(
     harmless: list[str] = []
     if rng.random() < 0.5:
         sigma = rng.uniform(0.6, 1.4) * size / 512
-        layer = ProductLayer(cv2.GaussianBlur(layer.colour, (0, 0), sigma), cv2.GaussianBlur(layer.alpha, (0, 0), sigma))
+        layer = ProductLayer(
+            cv2.GaussianBlur(layer.colour, (0, 0), sigma), cv2.GaussianBlur(layer.alpha, (0, 0), sigma)
+        )
         harmless.append("feathered_edges")
     image = background.copy()
     if rng.random() < (0.9 if horizon is not None else 0.5):

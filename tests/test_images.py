@@ -25,7 +25,9 @@ from hfpc_reward.images import (
 def _gradient(width=40, height=30) -> np.ndarray:
     """A uint8 RGB image whose pixels say where they are (red = x, green = y)."""
     yy, xx = np.mgrid[0:height, 0:width]
-    return np.dstack([xx * 255 // (width - 1), yy * 255 // (height - 1), np.full_like(xx, 77)]).astype(np.uint8)
+    return np.dstack([xx * 255 // (width - 1), yy * 255 // (height - 1), np.full_like(xx, 77)]).astype(
+        np.uint8
+    )
 
 
 def test_path_str_pil_numpy_and_tensor_sources_agree(tmp_path):
@@ -64,7 +66,7 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_modes_become_8bit_rgb(tmp_path, mode):
     base = Image.fromarray(_gradient())
     if mode == "I;16":
-        image = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257))
+        image = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257)
     elif mode == "F":
         image = Image.fromarray(np.asarray(base.convert("L"), dtype=np.float32) / 255)
     elif mode == "P":
@@ -134,7 +136,11 @@ def test_batches_and_tensor_round_trip():
     pixels = _gradient(8, 6)
     batch = load_batch([pixels, Image.fromarray(pixels)])
     tensor = pil_to_tensor(batch)
-    assert tensor.shape == (2, 3, 6, 8) and tensor.dtype == torch.float32 and 0 <= tensor.min() <= tensor.max() <= 1
+    assert (
+        tensor.shape == (2, 3, 6, 8)
+        and tensor.dtype == torch.float32
+        and 0 <= tensor.min() <= tensor.max() <= 1
+    )
     back = tensor_to_pil(tensor)
     assert all((np.asarray(image) == pixels).all() for image in back)
     assert len(load_batch(tensor)) == 2
@@ -208,7 +214,9 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
 def test_bad_files_name_the_file_and_the_problem(tmp_path, name, content, problem):
     path = tmp_path / name
     good = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good, format="PNG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        good, format="PNG"
+    )
     if content == "truncate":
         content = good.getvalue()[: len(good.getvalue()) // 2]
     elif content == "corrupt":

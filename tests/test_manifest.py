@@ -17,10 +17,13 @@ def _write(path: Path, lines) -> Path:
 
 
 def test_hfpc_test_schema_keeps_urls(tmp_path):
-    path = _write(tmp_path / "test.json", [
-        {"origin": URL_A, "generation": "https://example.com/g1.jpg", "label": 1},
-        {"origin": URL_A, "generation": "http://example.com/g2.jpg", "label": 0},
-    ])
+    path = _write(
+        tmp_path / "test.json",
+        [
+            {"origin": URL_A, "generation": "https://example.com/g1.jpg", "label": 1},
+            {"origin": URL_A, "generation": "http://example.com/g2.jpg", "label": 0},
+        ],
+    )
     rows = read_manifest(path)
     assert [(row.origin, row.generation, row.label, row.line) for row in rows] == [
         (URL_A, "https://example.com/g1.jpg", 1, 1),
@@ -29,10 +32,13 @@ def test_hfpc_test_schema_keeps_urls(tmp_path):
 
 
 def test_hfpc_valid_schema_expands_one_row_per_generation(tmp_path):
-    path = _write(tmp_path / "valid.json", [
-        {URL_A: {"generations": ["https://x/1.jpg", "https://x/2.jpg"], "labels": [0, 1]}},
-        {"https://b/o.jpg": {"generations": ["https://x/3.jpg"], "labels": [1]}},
-    ])
+    path = _write(
+        tmp_path / "valid.json",
+        [
+            {URL_A: {"generations": ["https://x/1.jpg", "https://x/2.jpg"], "labels": [0, 1]}},
+            {"https://b/o.jpg": {"generations": ["https://x/3.jpg"], "labels": [1]}},
+        ],
+    )
     rows = read_manifest(path)
     assert [(row.origin, row.generation, row.label, row.line) for row in rows] == [
         (URL_A, "https://x/1.jpg", 0, 1),
@@ -43,8 +49,14 @@ def test_hfpc_valid_schema_expands_one_row_per_generation(tmp_path):
 
 def test_our_schema_resolves_relative_paths_and_keeps_extra_fields(tmp_path):
     record = {
-        "origin": "originals/p.png", "generation": "../elsewhere/g.png", "mask": "/abs/m.png",
-        "prompt": "on a table", "category": "bottle", "product_id": 7, "defect": "none", "harmless": ["jpeg_q90"],
+        "origin": "originals/p.png",
+        "generation": "../elsewhere/g.png",
+        "mask": "/abs/m.png",
+        "prompt": "on a table",
+        "category": "bottle",
+        "product_id": 7,
+        "defect": "none",
+        "harmless": ["jpeg_q90"],
     }
     path = _write(tmp_path / "set" / "manifest.jsonl", ["", record, "   "])  # blank lines are skipped
     (row,) = read_manifest(path)
@@ -64,7 +76,10 @@ def test_rows_without_generation_are_products(tmp_path):
 
 @pytest.mark.parametrize("label", [2, -1, "1", 0.5, None])
 def test_bad_label_names_file_line_and_value(tmp_path, label):
-    lines = [{"origin": "o.png", "generation": "g.png", "label": 1}, {"origin": "o.png", "generation": "g.png"}]
+    lines = [
+        {"origin": "o.png", "generation": "g.png", "label": 1},
+        {"origin": "o.png", "generation": "g.png"},
+    ]
     if label is not None:
         lines[1]["label"] = label
         path = _write(tmp_path / "m.jsonl", lines)
@@ -117,4 +132,6 @@ def test_real_hfpc44k_manifests(hfpc44k_dir):
     assert len(valid_rows) == 869
     assert len({row.origin for row in valid_rows}) == 188
     assert sum(row.label == 1 for row in valid_rows) == 266
-    assert all(row.origin.startswith("https://") and row.generation.startswith("https://") for row in valid_rows)
+    assert all(
+        row.origin.startswith("https://") and row.generation.startswith("https://") for row in valid_rows
+    )

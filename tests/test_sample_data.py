@@ -15,8 +15,18 @@ from hfpc_reward.sample_data import CATEGORIES, generate_pairs, generate_product
 from hfpc_reward.sample_defects import DEFECT_KINDS, MIN_DEFECT_MAGNITUDE
 
 FIELDS = {
-    "origin", "generation", "mask", "prompt", "category", "product_id", "label", "consistent", "defect",
-    "defect_magnitude", "harmless", "generation_mask",
+    "origin",
+    "generation",
+    "mask",
+    "prompt",
+    "category",
+    "product_id",
+    "label",
+    "consistent",
+    "defect",
+    "defect_magnitude",
+    "harmless",
+    "generation_mask",
 }
 SIZE = 128
 
@@ -159,7 +169,9 @@ def test_heldout_set_has_our_fields_other_products_and_clear_defects(tmp_path):
     rows = _rows(tmp_path / "manifest.jsonl")
     assert len(rows) == 24 and all(set(row) == FIELDS for row in rows)
     assert not {row["category"] for row in rows} & set(CATEGORIES)
-    assert sorted(row["defect"] for row in rows if not row["consistent"]) == sorted(DEFECT_KINDS + DEFECT_KINDS[:4])
+    assert sorted(row["defect"] for row in rows if not row["consistent"]) == sorted(
+        DEFECT_KINDS + DEFECT_KINDS[:4]
+    )
     for row in rows:
         assert (tmp_path / row["generation"]).is_file()
         low = heldout.RANGES.get(row["defect"], (heldout.MIN_CHANGED_FRACTION,))[0]
