@@ -3,6 +3,7 @@
   python -m eval run --config configs/eval/tiny.yaml [section.field=value ...]
   python -m eval compare A/results.json B/results.json [--pair a:b] [--out comparison.json]
   python -m eval judges --config configs/eval/judges_tiny.yaml [--manifest labelled.jsonl] [overrides]
+  python -m eval screenshot outputs/demo/eval/report.html docs/report.png   (needs Chromium)
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     judges.add_argument("--config", required=True, help="YAML (deltas over JudgesConfig)")
     judges.add_argument("--manifest", help="labelled manifest (overrides the config's)")
     judges.add_argument("overrides", nargs="*", help="dotted overrides")
+    shot = sub.add_parser("screenshot", help="check a report.html in headless Chromium and save a PNG of it")
+    shot.add_argument("report", help="report.html of a run")
+    shot.add_argument("png", help="where to write the screenshot")
+    shot.add_argument("--height", type=int, default=1800, help="pixels of the page to capture (width 1280)")
     return parser
 
 
@@ -59,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(comparison, indent=2))
         print(comparison_table(comparison))
         print(f"written: {out}")
+    elif args.command == "screenshot":
+        from eval.browser import check_page, screenshot
+
+        check, console = check_page(args.report)
+        if check["errors"] or check["broken"] or console:
+            raise SystemExit(f"{args.report} does not render cleanly: {check['errors'] + check['broken'] + console}")
+        print(f"written: {screenshot(args.report, args.png, height=args.height)}")
     else:
         from eval.judges import JudgesConfig, markdown_table, run_judges
 

@@ -23,7 +23,8 @@ class VersionConfig:
     - kind "lora": `path` is a LoRA folder (diffusers format) loaded on top of `base` (or `generation.base`).
     - kind "folder": `path` is a folder of images made by any system, named `{product_id}_{k}.png`
       (.jpg/.jpeg/.webp also accepted), k = 0..samples_per_product-1; or `manifest` is a JSON Lines file
-      with rows {"product_id", "k", "generation"} (paths relative to that file).
+      with rows {"product_id", "generation", "k"?} (paths relative to it; without "k", a product's rows
+      are k = 0, 1, ... in file order).
     """
 
     name: str = ""  # label used in tables, file names and the report (letters, digits, -, _, .)
@@ -31,7 +32,7 @@ class VersionConfig:
     path: str = ""  # pipeline id/folder, LoRA folder, or image folder (see above)
     base: str = ""  # kind "lora": base pipeline id/folder; "" = generation.base
     lora_scale: float = 1.0  # kind "lora": strength of the LoRA (1.0 = as trained)
-    manifest: str = ""  # kind "folder": optional JSON Lines {"product_id","k","generation"} instead of names
+    manifest: str = ""  # kind "folder": JSON Lines {"product_id","generation","k"?} instead of the naming rule
 
     def __post_init__(self):
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -108,7 +109,7 @@ class ReportConfig:
 
 @dataclass
 class EvalConfig:
-    manifest: str = ""  # JSON Lines of products: origin, mask, prompt, category, product_id (one row each)
+    manifest: str = ""  # JSON Lines of products: origin, mask, prompt, category, product_id (rows of one product merge)
     out_dir: str = "outputs/eval"  # results.json, samples.jsonl, report.html, images/ and thumbs/ go here
     versions: list[VersionConfig] = field(default_factory=list)  # generator versions, the first is the reference
     generation: GenerationConfig = field(default_factory=GenerationConfig)  # sampling, shared by versions

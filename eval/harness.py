@@ -41,13 +41,19 @@ PACKAGES = ("hfpc-reward", "torch", "transformers", "diffusers", "peft", "numpy"
 
 
 def load_products(manifest: str | Path, default_prompt: str) -> tuple[list[Product], dict[str, str]]:
-    """Products of an eval manifest, and {product: why it was skipped} for rows whose images do not load."""
-    products, skipped, seen = [], {}, set()
+    """Products of an eval manifest, and {product: why it was skipped} for rows whose images do not load.
+
+    Rows that repeat a product_id with the same origin are the same product (a labelled pairs manifest has one
+    row per generation); the same product_id with another origin is an error.
+    """
+    products, skipped, seen = [], {}, {}
     for row in read_manifest(manifest):
         product_id = row.product_id or Path(row.origin).stem
         if product_id in seen:
-            raise ValueError(f"{manifest}:{row.line}: product_id {product_id!r} appears twice; make product_ids unique")
-        seen.add(product_id)
+            if seen[product_id] != row.origin:
+                raise ValueError(f"{manifest}:{row.line}: product_id {product_id!r} names two originals; make it unique")
+            continue
+        seen[product_id] = row.origin
         try:
             loaded = open_image(row.origin)
             mask = load_mask(row.mask, size=loaded.rgb.size) if row.mask else loaded.alpha
@@ -101,7 +107,6 @@ def run_eval(
         for product, todo in tqdm(pending, desc=f"eval {version.name}", unit="product"):
             rows = _sample_product(config, version.name, generator, scorer, itm_judge, product, todo)
             append_jsonl(samples_path, rows)
-            done.update({(row["version"], row["product_id"], row["k"]): row for row in rows if not row.get("retry")})
             n_generated += len(todo)
         generators.pop(version.name, None)  # free a pipeline before loading the next version
     return _write_results(config, out, products, skipped, n_generated)

@@ -193,11 +193,14 @@ def test_folder_version_matches_images_by_name(product_manifest, tmp_path):
 def test_folder_version_by_manifest_and_clear_errors(tmp_path):
     image_path = tmp_path / "gen.png"
     Image.new("RGB", (8, 8), GREEN).save(image_path)
-    (tmp_path / "m.jsonl").write_text(json.dumps({"product_id": "a", "k": 0, "generation": "gen.png"}) + "\n")
+    rows = [{"product_id": "a", "generation": "gen.png"}, {"product_id": "b", "generation": "x.png"},
+            {"product_id": "a", "generation": str(image_path)}, {"product_id": "b", "k": 5, "generation": "y.png"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     generator = FolderGenerator(manifest=str(tmp_path / "m.jsonl"))
-    assert generator.path_of("a", 0) == str(image_path)
-    with pytest.raises(FileNotFoundError, match="no row for product 'a', k=1"):
-        generator.path_of("a", 1)
+    assert generator.path_of("a", 0) == generator.path_of("a", 1) == str(image_path)  # no "k": file order
+    assert generator.path_of("b", 5) == str(tmp_path / "y.png")
+    with pytest.raises(FileNotFoundError, match="no row for product 'a', k=2"):
+        generator.path_of("a", 2)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         FolderGenerator(str(tmp_path / "nope"))
 
@@ -249,33 +252,13 @@ def test_config_errors_say_the_fix(product_manifest, tmp_path):
 
 # --- report.html in a real headless browser --------------------------------------------------------------
 
-CHECK_HOOK = """<script>
-window.__errors = [];
-window.addEventListener('error', e => __errors.push(e.message || ('failed to load ' + (e.target.src || e.target.href))), true);
-const __consoleError = console.error;
-console.error = (...args) => { __errors.push(args.join(' ')); __consoleError(...args); };
-window.addEventListener('load', () => {
-  const images = [...document.images];
-  const chart = id => { const svg = document.querySelector(id + ' svg');
-    return svg ? {width: svg.getBoundingClientRect().width, marks: svg.querySelectorAll('path, rect, use').length} : null; };
-  const out = document.createElement('pre');
-  out.id = '__check';
-  out.textContent = JSON.stringify({errors: __errors, images: images.length,
-    broken: images.filter(i => !i.complete || i.naturalWidth === 0).map(i => i.getAttribute('src')),
-    products: document.querySelectorAll('#grid .product').length,
-    badges: document.querySelectorAll('#grid .badge').length,
-    passChart: chart('#pass-rate-chart'), rewardChart: chart('#reward-chart'),
-    summaryRows: document.querySelectorAll('#summary tr').length});
-  document.body.appendChild(out);
-});
-</script>"""
-
 
 def _chromium() -> str:
     import os
-    import shutil
 
-    found = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
+    from eval.browser import find_chromium
+
+    found = find_chromium()
     if found is None:
         message = "Chromium not installed (apt-get install -y chromium): report.html browser check skipped"
         if os.environ.get("HFPC_REQUIRE_BROWSER") == "1":
@@ -284,28 +267,11 @@ def _chromium() -> str:
     return found
 
 
-def _open_in_browser(chromium: str, page: Path, tmp_path: Path) -> tuple[dict, str]:
-    """Load `page` (with the check hook injected) headless; returns the hook's findings and Chromium's stderr."""
-    import html
-    import re
-    import subprocess
+def test_report_loads_in_a_headless_browser_with_grid_and_charts(dummy_run):
+    from eval.browser import check_page
 
-    checked = page.with_name("report_check.html")
-    checked.write_text(page.read_text(encoding="utf-8").replace("<head>", "<head>" + CHECK_HOOK, 1), encoding="utf-8")
-    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-               "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom", checked.as_uri()]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    found = re.search(r'<pre id="__check">(.*?)</pre>', done.stdout, re.DOTALL)
-    assert found, f"the page never finished loading in Chromium; stderr: {done.stderr[-2000:]}"
-    return json.loads(html.unescape(found.group(1))), done.stderr
-
-
-def test_report_loads_in_a_headless_browser_with_grid_and_charts(dummy_run, tmp_path):
-    chromium = _chromium()
     out, _, _ = dummy_run
-    check, stderr = _open_in_browser(chromium, out / "report.html", tmp_path)
-    console = [line for line in stderr.splitlines() if ":CONSOLE" in line]
+    check, console = check_page(out / "report.html", _chromium())
     assert check["errors"] == [] and console == [], (check["errors"], console)
     assert check["broken"] == [] and check["images"] == N_PRODUCTS * (1 + 2 * K)
     assert check["products"] == N_PRODUCTS and check["badges"] == N_PRODUCTS * 2 * K
@@ -316,11 +282,12 @@ def test_report_loads_in_a_headless_browser_with_grid_and_charts(dummy_run, tmp_
 
 def test_browser_check_catches_a_broken_page(tmp_path):
     """The check above can fail: a page with a script error and a missing image is caught."""
-    chromium = _chromium()
+    from eval.browser import check_page
+
     page = tmp_path / "broken.html"
     page.write_text('<!DOCTYPE html><html><head></head><body><img src="nope.png"><script>undefinedFn()</script></body></html>')
-    check, _ = _open_in_browser(chromium, page, tmp_path)
-    assert any("undefinedFn" in error for error in check["errors"])
+    check, console = check_page(page, _chromium())
+    assert any("undefinedFn" in error for error in check["errors"]) and any("undefinedFn" in line for line in console)
     assert check["broken"] == ["nope.png"]
 
 
