@@ -1,9 +1,9 @@
 """`python -m eval {run,compare,judges}`: the eval harness from a checkout.
 
-  python -m eval run --config configs/eval/tiny.yaml [section.field=value ...]
-  python -m eval compare A/results.json B/results.json [--pair a:b] [--out comparison.json]
-  python -m eval judges --config configs/eval/judges_tiny.yaml [--manifest labelled.jsonl] [overrides]
-  python -m eval screenshot outputs/demo/eval/report.html docs/report.png   (needs Chromium)
+python -m eval run --config configs/eval/tiny.yaml [section.field=value ...]
+python -m eval compare A/results.json B/results.json [--pair a:b] [--out comparison.json]
+python -m eval judges --config configs/eval/judges_tiny.yaml [--manifest labelled.jsonl] [overrides]
+python -m eval screenshot outputs/demo/eval/report.html docs/report.png   (needs Chromium)
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("a", help="results.json of run A (the reference)")
     compare.add_argument("b", help="results.json of run B")
     compare.add_argument("--pair", action="append", default=[], help="a_version:b_version (repeatable)")
-    compare.add_argument("--out", help="where to write the comparison JSON (default: next to B, comparison.json)")
+    compare.add_argument(
+        "--out", help="where to write the comparison JSON (default: next to B, comparison.json)"
+    )
     judges = sub.add_parser("judges", help="precision/recall/F1/PR-AUC of each judge on a labelled manifest")
     judges.add_argument("--config", required=True, help="YAML (deltas over JudgesConfig)")
     judges.add_argument("--manifest", help="labelled manifest (overrides the config's)")
@@ -40,8 +42,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     from hfpc_reward.config import load_config
 
     if args.command == "run":
@@ -69,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
 
         check, console = check_page(args.report)
         if check["errors"] or check["broken"] or console:
-            raise SystemExit(f"{args.report} does not render cleanly: {check['errors'] + check['broken'] + console}")
+            raise SystemExit(
+                f"{args.report} does not render cleanly: {check['errors'] + check['broken'] + console}"
+            )
         print(f"written: {screenshot(args.report, args.png, height=args.height)}")
     else:
         from eval.judges import JudgesConfig, markdown_table, run_judges

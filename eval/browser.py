@@ -17,8 +17,16 @@ import tempfile
 from pathlib import Path
 
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome")
-HEADLESS_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars")
+HEADLESS_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+)
 
 CHECK_HOOK = """<script>
 window.__errors = [];
@@ -53,7 +61,9 @@ def _run(chromium: str, extra: list[str], url: str, timeout: float) -> subproces
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def check_page(page: str | Path, chromium: str | None = None, timeout: float = 60.0) -> tuple[dict, list[str]]:
+def check_page(
+    page: str | Path, chromium: str | None = None, timeout: float = 60.0
+) -> tuple[dict, list[str]]:
     """Load `page` headless with the check hook; returns (the hook's findings, Chromium's console lines).
 
     The hooked copy is written next to the page (so relative image paths resolve) and removed afterwards.
@@ -63,29 +73,47 @@ def check_page(page: str | Path, chromium: str | None = None, timeout: float = 6
         raise FileNotFoundError("no Chromium found on PATH (Debian: apt-get install -y chromium)")
     page = Path(page).resolve()
     checked = page.with_name(page.stem + ".check.html")
-    checked.write_text(page.read_text(encoding="utf-8").replace("<head>", "<head>" + CHECK_HOOK, 1), encoding="utf-8")
+    checked.write_text(
+        page.read_text(encoding="utf-8").replace("<head>", "<head>" + CHECK_HOOK, 1), encoding="utf-8"
+    )
     try:
-        done = _run(chromium, ["--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom"],
-                    checked.as_uri(), timeout)
+        done = _run(
+            chromium,
+            ["--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom"],
+            checked.as_uri(),
+            timeout,
+        )
     finally:
         checked.unlink(missing_ok=True)
     found = re.search(r'<pre id="__check">(.*?)</pre>', done.stdout, re.DOTALL)
     if found is None:
-        raise RuntimeError(f"{page} never finished loading in Chromium; its stderr ends: {done.stderr[-2000:]}")
+        raise RuntimeError(
+            f"{page} never finished loading in Chromium; its stderr ends: {done.stderr[-2000:]}"
+        )
     console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
     return json.loads(html.unescape(found.group(1))), console
 
 
-def screenshot(page: str | Path, out_png: str | Path, width: int = 1280, height: int = 1800,
-               chromium: str | None = None, timeout: float = 60.0) -> Path:
+def screenshot(
+    page: str | Path,
+    out_png: str | Path,
+    width: int = 1280,
+    height: int = 1800,
+    chromium: str | None = None,
+    timeout: float = 60.0,
+) -> Path:
     """A PNG of the top `height` pixels of `page` rendered `width` pixels wide."""
     chromium = chromium or find_chromium()
     if chromium is None:
         raise FileNotFoundError("no Chromium found on PATH (Debian: apt-get install -y chromium)")
     out_png = Path(out_png).resolve()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    done = _run(chromium, [f"--window-size={width},{height}", "--virtual-time-budget=5000", f"--screenshot={out_png}"],
-                Path(page).resolve().as_uri(), timeout)
+    done = _run(
+        chromium,
+        [f"--window-size={width},{height}", "--virtual-time-budget=5000", f"--screenshot={out_png}"],
+        Path(page).resolve().as_uri(),
+        timeout,
+    )
     if not out_png.is_file():
         raise RuntimeError(f"Chromium wrote no screenshot; its stderr ends: {done.stderr[-2000:]}")
     return out_png

@@ -24,14 +24,20 @@ logger = logging.getLogger(__name__)
 def _load_run(results_path: str | Path) -> tuple[dict, list[dict]]:
     path = Path(results_path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: pass the results.json of an `eval run` output folder")
+        raise FileNotFoundError(
+            f"{path} does not exist: pass the results.json of an `eval run` output folder"
+        )
     samples_path = path.parent / SAMPLES_NAME
     if not samples_path.is_file():
-        raise FileNotFoundError(f"{samples_path} is missing: compare needs each run's samples.jsonl next to results.json")
+        raise FileNotFoundError(
+            f"{samples_path} is missing: compare needs each run's samples.jsonl next to results.json"
+        )
     return json.loads(path.read_text()), latest_samples(samples_path)
 
 
-def compare_runs(a_path: str | Path, b_path: str | Path, pairs: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+def compare_runs(
+    a_path: str | Path, b_path: str | Path, pairs: list[tuple[str, str]] | None = None
+) -> dict[str, Any]:
     """The comparison of two runs (B minus A for each version pair)."""
     a_results, a_samples = _load_run(a_path)
     b_results, b_samples = _load_run(b_path)
@@ -42,7 +48,9 @@ def compare_runs(a_path: str | Path, b_path: str | Path, pairs: list[tuple[str, 
     a_seed = a_results["meta"]["config"]["generation"]["seed"]
     b_seed = b_results["meta"]["config"]["generation"]["seed"]
     if a_seed != b_seed:
-        logger.warning("runs used different generation.seed (%s vs %s): pairs share products, not noise", a_seed, b_seed)
+        logger.warning(
+            "runs used different generation.seed (%s vs %s): pairs share products, not noise", a_seed, b_seed
+        )
     comparisons = []
     for a_name, b_name in pairs:
         for name, names, run in ((a_name, a_names, a_path), (b_name, b_names, b_path)):
@@ -53,21 +61,27 @@ def compare_runs(a_path: str | Path, b_path: str | Path, pairs: list[tuple[str, 
             [row for row in b_samples if row["version"] == b_name],
             stats,
         )
-        comparisons.append({
-            "a": a_name, "b": b_name,
-            "a_pass_rate": a_results["versions"][a_name]["pass_rate"],
-            "b_pass_rate": b_results["versions"][b_name]["pass_rate"],
-            "a_reward": a_results["versions"][a_name]["reward"]["estimate"],
-            "b_reward": b_results["versions"][b_name]["reward"]["estimate"],
-            "difference": diff,
-        })
+        comparisons.append(
+            {
+                "a": a_name,
+                "b": b_name,
+                "a_pass_rate": a_results["versions"][a_name]["pass_rate"],
+                "b_pass_rate": b_results["versions"][b_name]["pass_rate"],
+                "a_reward": a_results["versions"][a_name]["reward"]["estimate"],
+                "b_reward": b_results["versions"][b_name]["reward"]["estimate"],
+                "difference": diff,
+            }
+        )
     return {"a": str(a_path), "b": str(b_path), "same_seed": a_seed == b_seed, "comparisons": comparisons}
 
 
 def comparison_table(comparison: dict) -> str:
     """Terminal table: one line per version pair."""
-    lines = [f"A = {comparison['a']}", f"B = {comparison['b']}",
-             f"{'A version':<14} {'B version':<14} {'A pass':>7} {'B pass':>7} {'B - A [CI]':<28} {'p':>7} {'products':>8}"]
+    lines = [
+        f"A = {comparison['a']}",
+        f"B = {comparison['b']}",
+        f"{'A version':<14} {'B version':<14} {'A pass':>7} {'B pass':>7} {'B - A [CI]':<28} {'p':>7} {'products':>8}",
+    ]
     for item in comparison["comparisons"]:
         diff = item["difference"]
         interval = f"{diff['estimate']:+.3f} [{format_number(diff['low'])}, {format_number(diff['high'])}]"

@@ -32,7 +32,9 @@ class VersionConfig:
     path: str = ""  # pipeline id/folder, LoRA folder, or image folder (see above)
     base: str = ""  # kind "lora": base pipeline id/folder; "" = generation.base
     lora_scale: float = 1.0  # kind "lora": strength of the LoRA (1.0 = as trained)
-    manifest: str = ""  # kind "folder": JSON Lines {"product_id","generation","k"?} instead of the naming rule
+    manifest: str = (
+        ""  # kind "folder": JSON Lines {"product_id","generation","k"?} instead of the naming rule
+    )
 
     def __post_init__(self):
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -42,7 +44,9 @@ class VersionConfig:
         if self.kind != "folder" and not self.path:
             raise ValueError(f"version {self.name!r}: kind {self.kind!r} needs `path` (model id or folder)")
         if self.kind == "folder" and not (self.path or self.manifest):
-            raise ValueError(f"version {self.name!r}: kind 'folder' needs `path` (image folder) or `manifest`")
+            raise ValueError(
+                f"version {self.name!r}: kind 'folder' needs `path` (image folder) or `manifest`"
+            )
 
 
 @dataclass
@@ -87,7 +91,9 @@ class StatsConfig:
     n_resamples: int = 2000  # bootstrap / permutation resamples
     confidence: float = 0.95  # two-sided interval level
     seed: int = 0  # seed of the resampling
-    paired_test: str = "permutation"  # p-value of a version difference: "permutation" (sign flip) | "bootstrap"
+    paired_test: str = (
+        "permutation"  # p-value of a version difference: "permutation" (sign flip) | "bootstrap"
+    )
 
     def __post_init__(self):
         if not 0.5 <= self.confidence < 1.0:
@@ -109,9 +115,13 @@ class ReportConfig:
 
 @dataclass
 class EvalConfig:
-    manifest: str = ""  # JSON Lines of products: origin, mask, prompt, category, product_id (rows of one product merge)
+    manifest: str = (
+        ""  # JSON Lines of products: origin, mask, prompt, category, product_id (rows of one product merge)
+    )
     out_dir: str = "outputs/eval"  # results.json, samples.jsonl, report.html, images/ and thumbs/ go here
-    versions: list[VersionConfig] = field(default_factory=list)  # generator versions, the first is the reference
+    versions: list[VersionConfig] = field(
+        default_factory=list
+    )  # generator versions, the first is the reference
     generation: GenerationConfig = field(default_factory=GenerationConfig)  # sampling, shared by versions
     scorer: ScorerConfig = field(default_factory=ScorerConfig)  # the HFPC judges
     held_out: HeldOutConfig = field(default_factory=HeldOutConfig)  # checks that are not a training reward
@@ -120,7 +130,9 @@ class EvalConfig:
 
     def __post_init__(self):
         if not self.manifest:
-            raise ValueError("manifest is empty: set `manifest=path/to/products.jsonl` (origin, mask, prompt, ...)")
+            raise ValueError(
+                "manifest is empty: set `manifest=path/to/products.jsonl` (origin, mask, prompt, ...)"
+            )
         if not self.versions:
             raise ValueError("versions is empty: list at least one {name, kind, path} generator version")
         names = [version.name for version in self.versions]

@@ -49,7 +49,9 @@ class Product:
 
 
 class Generator(Protocol):
-    def generate(self, product: Product, ks: Sequence[int], seeds: Sequence[int]) -> list[Image.Image | Exception]:
+    def generate(
+        self, product: Product, ks: Sequence[int], seeds: Sequence[int]
+    ) -> list[Image.Image | Exception]:
         """Sample k = ks[i] of `product` with seed seeds[i]; one image (or the exception that stopped it) each."""
 
 
@@ -80,7 +82,9 @@ class InpaintPipelineGenerator:
             from diffusers import StableDiffusionInpaintPipeline
 
             dtype = getattr(torch, self.generation.dtype)
-            logger.info("loading inpainting pipeline %s%s", self.path, f" + LoRA {self.lora}" if self.lora else "")
+            logger.info(
+                "loading inpainting pipeline %s%s", self.path, f" + LoRA {self.lora}" if self.lora else ""
+            )
             pipe = StableDiffusionInpaintPipeline.from_pretrained(
                 self.path, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
             )
@@ -91,7 +95,9 @@ class InpaintPipelineGenerator:
             self._pipe = pipe.to(self.generation.device)
         return self._pipe
 
-    def generate(self, product: Product, ks: Sequence[int], seeds: Sequence[int]) -> list[Image.Image | Exception]:
+    def generate(
+        self, product: Product, ks: Sequence[int], seeds: Sequence[int]
+    ) -> list[Image.Image | Exception]:
         import torch
 
         if product.mask is None:
@@ -134,7 +140,9 @@ class FolderGenerator:
             seen: dict[str, int] = {}
             for line, row in enumerate(read_jsonl(manifest), start=1):
                 if not {"product_id", "generation"} <= set(row):
-                    raise ValueError(f"{manifest}:{line}: rows need 'product_id' and 'generation' (and optionally 'k')")
+                    raise ValueError(
+                        f"{manifest}:{line}: rows need 'product_id' and 'generation' (and optionally 'k')"
+                    )
                 product_id = str(row["product_id"])
                 k = int(row["k"]) if "k" in row else seen.get(product_id, 0)
                 seen[product_id] = k + 1
@@ -154,7 +162,9 @@ class FolderGenerator:
                 return str(candidate)
         raise FileNotFoundError(f"no {product_id}_{k}.png (or .jpg/.jpeg/.webp) in {self.folder}")
 
-    def generate(self, product: Product, ks: Sequence[int], seeds: Sequence[int]) -> list[Image.Image | Exception]:
+    def generate(
+        self, product: Product, ks: Sequence[int], seeds: Sequence[int]
+    ) -> list[Image.Image | Exception]:
         images: list[Image.Image | Exception] = []
         for k in ks:
             try:
@@ -169,5 +179,7 @@ def build_generator(version: VersionConfig, generation: GenerationConfig) -> Gen
     if version.kind == "folder":
         return FolderGenerator(version.path, version.manifest)
     if version.kind == "lora":
-        return InpaintPipelineGenerator(version.base or generation.base, generation, version.path, version.lora_scale)
+        return InpaintPipelineGenerator(
+            version.base or generation.base, generation, version.path, version.lora_scale
+        )
     return InpaintPipelineGenerator(version.path, generation)

@@ -51,7 +51,9 @@ def load_products(manifest: str | Path, default_prompt: str) -> tuple[list[Produ
         product_id = row.product_id or Path(row.origin).stem
         if product_id in seen:
             if seen[product_id] != row.origin:
-                raise ValueError(f"{manifest}:{row.line}: product_id {product_id!r} names two originals; make it unique")
+                raise ValueError(
+                    f"{manifest}:{row.line}: product_id {product_id!r} names two originals; make it unique"
+                )
             continue
         seen[product_id] = row.origin
         try:
@@ -62,7 +64,9 @@ def load_products(manifest: str | Path, default_prompt: str) -> tuple[list[Produ
             skipped[product_id] = str(exc)
             continue
         products.append(
-            Product(product_id, row.origin, loaded.rgb, mask, row.prompt or default_prompt, row.category or "")
+            Product(
+                product_id, row.origin, loaded.rgb, mask, row.prompt or default_prompt, row.category or ""
+            )
         )
     if not products:
         raise ValueError(f"manifest {manifest} has no loadable product")
@@ -124,11 +128,18 @@ def _finished_rows(samples_path: Path, base_seed: int) -> dict[tuple[str, str, i
     return {key: row for key, row in rows.items() if not row.get("retry")}
 
 
-def _sample_product(config, version, generator, scorer, itm_judge, product: Product, ks: Sequence[int]) -> list[dict]:
+def _sample_product(
+    config, version, generator, scorer, itm_judge, product: Product, ks: Sequence[int]
+) -> list[dict]:
     """Generate, paste back, judge and thumbnail the samples `ks` of one product; one row each."""
     seeds = [sample_seed(config.generation.seed, product.product_id, k) for k in ks]
-    base = {"version": version, "product_id": product.product_id, "category": product.category,
-            "prompt": product.prompt, "origin": product.origin}
+    base = {
+        "version": version,
+        "product_id": product.product_id,
+        "category": product.category,
+        "prompt": product.prompt,
+        "origin": product.origin,
+    }
     rows = [{**base, "k": k, "seed": seed} for k, seed in zip(ks, seeds)]
     try:
         outputs = generator.generate(product, list(ks), seeds)
@@ -138,10 +149,16 @@ def _sample_product(config, version, generator, scorer, itm_judge, product: Prod
     judged = []
     for row, output in zip(rows, outputs):
         if isinstance(output, Exception):
-            row.update(passed=False, reward=None, reasons=[], error=f"generation failed: {output}", retry=True)
+            row.update(
+                passed=False, reward=None, reasons=[], error=f"generation failed: {output}", retry=True
+            )
             continue
         raw = resize_to(output.convert("RGB"), product.image.size)
-        final = paste_product(raw, product.image, product.mask) if config.generation.paste_product and product.mask is not None else raw
+        final = (
+            paste_product(raw, product.image, product.mask)
+            if config.generation.paste_product and product.mask is not None
+            else raw
+        )
         row["image"] = _save_image(final, config.out_dir, version, product.product_id, row["k"])
         row["thumb"] = _save_thumb(final, config, f"{version}/{product.product_id}_{row['k']}")
         row["held_out"] = _pixel_checks(raw, final, product)
@@ -152,7 +169,9 @@ def _sample_product(config, version, generator, scorer, itm_judge, product: Prod
     return rows
 
 
-def _judge(config, scorer, itm_judge, product: Product, judged: list[tuple[dict, Image.Image, Image.Image]]) -> None:
+def _judge(
+    config, scorer, itm_judge, product: Product, judged: list[tuple[dict, Image.Image, Image.Image]]
+) -> None:
     n = len(judged)
     masks = None if product.mask is None else [product.mask] * n
     finals = [final for _, _, final in judged]
@@ -163,8 +182,9 @@ def _judge(config, scorer, itm_judge, product: Product, judged: list[tuple[dict,
             row["passed"] = bool(result.passed)  # an item the judges could not judge is not a pass
         if config.held_out.raw_consistency and config.generation.paste_product:
             raws = [raw for _, raw, _ in judged]
-            for (row, _, _), result in zip(judged, scorer.score([product.image] * n, raws, masks=masks,
-                                                                 prompts=[product.prompt] * n)):
+            for (row, _, _), result in zip(
+                judged, scorer.score([product.image] * n, raws, masks=masks, prompts=[product.prompt] * n)
+            ):
                 report = result.consistency
                 row["held_out"]["raw_consistent"] = None if report is None else bool(report.consistent)
                 row["held_out"]["raw_consistency_score"] = None if report is None else float(report.score)
@@ -256,9 +276,16 @@ def _write_results(config: EvalConfig, out: Path, products, skipped, n_generated
 def _git_commit() -> str | None:
     try:
         repo = Path(__file__).resolve().parents[1]
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True)
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -40,14 +40,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class JudgesConfig:
-    manifest: str = ""  # labelled JSON Lines: origin, generation, label (+ mask, prompt); HFPC schemas work too
+    manifest: str = (
+        ""  # labelled JSON Lines: origin, generation, label (+ mask, prompt); HFPC schemas work too
+    )
     out_dir: str = "outputs/judges"  # judges.json, judges.md and per-row scores.jsonl go here
     scorer: ScorerConfig = field(default_factory=ScorerConfig)  # the HFPC judges
     itm_model: str = ""  # BlipForImageTextRetrieval id/folder for the zero-shot baseline; "" = leave it out
     itm_device: str = "cpu"  # torch device of the ITM model
     default_prompt: str = "a product photo on a clean, tasteful background"  # prompt of rows without one
     calibration_fraction: float = 0.5  # share of originals used to pick thresholds; the rest is reported
-    target_precision: float | None = None  # threshold rule for every judge: None = best F1, else best recall at it
+    target_precision: float | None = (
+        None  # threshold rule for every judge: None = best F1, else best recall at it
+    )
     split_seed: int = 0  # seed of the calibration / test split of originals
     batch_size: int = 16  # pairs per scorer call
     stats: StatsConfig = field(default_factory=StatsConfig)  # bootstrap intervals over originals
@@ -78,28 +82,39 @@ def _score_batch(config: JudgesConfig, batch: list[ManifestRow], scorer: Any, it
         logger.warning("skipping %d rows of %s: %s", len(batch), batch[0].origin, exc)
         return [{**record, "error": str(exc)} for record in base]
     prompts = [row.prompt or config.default_prompt for row in batch]
-    results = scorer.score([original] * len(batch), generated, masks=None if mask is None else [mask] * len(batch),
-                           prompts=prompts)
+    results = scorer.score(
+        [original] * len(batch),
+        generated,
+        masks=None if mask is None else [mask] * len(batch),
+        prompts=prompts,
+    )
     itm = itm_judge.score(generated, prompts) if itm_judge is not None else [None] * len(batch)
     for record, result, match in zip(base, results, itm):
         report = result.consistency
-        record.update({
-            JUDGE_NAMES[0]: result.reward,
-            JUDGE_NAMES[1]: None if report is None or result.error else float(report.score),
-            JUDGE_NAMES[2]: result.background_score,
-            JUDGE_NAMES[3]: None if match is None else float(match),
-            "error": result.error,
-        })
+        record.update(
+            {
+                JUDGE_NAMES[0]: result.reward,
+                JUDGE_NAMES[1]: None if report is None or result.error else float(report.score),
+                JUDGE_NAMES[2]: result.background_score,
+                JUDGE_NAMES[3]: None if match is None else float(match),
+                "error": result.error,
+            }
+        )
     return base
 
 
 def judges_table(config: JudgesConfig, records: list[dict]) -> dict[str, Any]:
     """Thresholds picked on the calibration originals, metrics with intervals on the test originals."""
     judges = [name for name in JUDGE_NAMES if any(record.get(name) is not None for record in records)]
-    usable = [r for r in records if r.get("label") is not None and all(r.get(name) is not None for name in judges)]
+    usable = [
+        r for r in records if r.get("label") is not None and all(r.get(name) is not None for name in judges)
+    ]
     rows = [ManifestRow(origin=r["origin"], label=r["label"], line=i) for i, r in enumerate(usable)]
-    parts = split_by_original(rows, {"calibration": config.calibration_fraction,
-                                     "test": 1.0 - config.calibration_fraction}, seed=config.split_seed)
+    parts = split_by_original(
+        rows,
+        {"calibration": config.calibration_fraction, "test": 1.0 - config.calibration_fraction},
+        seed=config.split_seed,
+    )
     calibration = [usable[row.line] for row in parts["calibration"]]
     test = [usable[row.line] for row in parts["test"]]
     if not calibration or not test:
@@ -108,12 +123,18 @@ def judges_table(config: JudgesConfig, records: list[dict]) -> dict[str, Any]:
     groups = [r["origin"] for r in test]
     table = {}
     for name in judges:
-        threshold = pick_threshold([r[name] for r in calibration], [r["label"] for r in calibration],
-                                   config.target_precision)
+        threshold = pick_threshold(
+            [r[name] for r in calibration], [r["label"] for r in calibration], config.target_precision
+        )
         scores = np.array([r[name] for r in test], dtype=float)
         cis = grouped_bootstrap_ci(
-            lambda idx, scores=scores, threshold=threshold: _reported_metrics(scores[idx], labels[idx], threshold),
-            groups, config.stats.n_resamples, config.stats.confidence, config.stats.seed,
+            lambda idx, scores=scores, threshold=threshold: _reported_metrics(
+                scores[idx], labels[idx], threshold
+            ),
+            groups,
+            config.stats.n_resamples,
+            config.stats.confidence,
+            config.stats.seed,
         )
         table[name] = {"threshold": threshold, **binary_metrics(scores, labels, threshold), "intervals": cis}
     return {
@@ -122,7 +143,9 @@ def judges_table(config: JudgesConfig, records: list[dict]) -> dict[str, Any]:
         "calibration_rows": len(calibration),
         "test_rows": len(test),
         "test_originals": len(set(groups)),
-        "threshold_rule": "best F1" if config.target_precision is None else f"recall at precision {config.target_precision}",
+        "threshold_rule": "best F1"
+        if config.target_precision is None
+        else f"recall at precision {config.target_precision}",
         "judges": table,
     }
 
@@ -142,12 +165,21 @@ def _reported_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) 
 
 def markdown_table(table: dict) -> str:
     """The table as markdown: one row per judge, metrics with their intervals."""
-    lines = [(f"Test part: {table['test_rows']} rows, {table['test_originals']} originals; thresholds: "
-              f"{table['threshold_rule']} on {table['calibration_rows']} calibration rows."), "",
-             "| judge | threshold | precision | recall | F1 | PR-AUC |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        (
+            f"Test part: {table['test_rows']} rows, {table['test_originals']} originals; thresholds: "
+            f"{table['threshold_rule']} on {table['calibration_rows']} calibration rows."
+        ),
+        "",
+        "| judge | threshold | precision | recall | F1 | PR-AUC |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, metrics in table["judges"].items():
-        cells = [f"{format_number(metrics[key])} [{format_number(metrics['intervals'][key]['low'], 2)}, "
-                 f"{format_number(metrics['intervals'][key]['high'], 2)}]" for key in REPORTED]
+        cells = [
+            f"{format_number(metrics[key])} [{format_number(metrics['intervals'][key]['low'], 2)}, "
+            f"{format_number(metrics['intervals'][key]['high'], 2)}]"
+            for key in REPORTED
+        ]
         lines.append(f"| {name} | {format_number(metrics['threshold'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -51,10 +51,16 @@ def _grid(samples: list[dict], names: list[str], config: EvalConfig) -> list[dic
     """Products (at most report.max_products) with each version's samples in k order."""
     products: dict[str, dict] = {}
     for row in sorted(samples, key=lambda row: (row["product_id"], row["k"])):
-        entry = products.setdefault(row["product_id"], {
-            "product_id": row["product_id"], "category": row.get("category") or "", "prompt": row.get("prompt") or "",
-            "original": f"thumbs/originals/{row['product_id']}.jpg", "versions": {name: [] for name in names},
-        })
+        entry = products.setdefault(
+            row["product_id"],
+            {
+                "product_id": row["product_id"],
+                "category": row.get("category") or "",
+                "prompt": row.get("prompt") or "",
+                "original": f"thumbs/originals/{row['product_id']}.jpg",
+                "versions": {name: [] for name in names},
+            },
+        )
         if row["version"] in entry["versions"]:
             entry["versions"][row["version"]].append(row)
     return list(products.values())[: config.report.max_products]
@@ -68,7 +74,7 @@ def _svg(fig, salt: str) -> str:
         fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     text = buffer.getvalue()
-    return text[text.index("<svg"):]
+    return text[text.index("<svg") :]
 
 
 def pass_rate_chart(results: dict, names: list[str]) -> str:
@@ -81,16 +87,28 @@ def pass_rate_chart(results: dict, names: list[str]) -> str:
     rates = [results["versions"][name]["pass_rate"] for name in names]
     fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.45 * len(names)))
     estimates = [rate["estimate"] for rate in rates]
-    errors = [[max(0.0, r["estimate"] - r["low"]) for r in rates], [max(0.0, r["high"] - r["estimate"]) for r in rates]]
-    ax.barh(range(len(names)), estimates, xerr=errors, color=COLOURS[: len(names)] or None, capsize=4, height=0.6)
+    errors = [
+        [max(0.0, r["estimate"] - r["low"]) for r in rates],
+        [max(0.0, r["high"] - r["estimate"]) for r in rates],
+    ]
+    ax.barh(
+        range(len(names)), estimates, xerr=errors, color=COLOURS[: len(names)] or None, capsize=4, height=0.6
+    )
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel(f"pass rate ({int(results['meta']['config']['stats']['confidence'] * 100)}% CI over products)")
+    ax.set_xlabel(
+        f"pass rate ({int(results['meta']['config']['stats']['confidence'] * 100)}% CI over products)"
+    )
     ax.spines[["top", "right"]].set_visible(False)
     for y, rate in enumerate(rates):
-        ax.text(min(max(rate["high"], rate["estimate"]), 0.88) + 0.02, y, format_number(rate["estimate"]),
-                va="center", fontsize=9)
+        ax.text(
+            min(max(rate["high"], rate["estimate"]), 0.88) + 0.02,
+            y,
+            format_number(rate["estimate"]),
+            va="center",
+            fontsize=9,
+        )
     return _svg(fig, "pass-rate")
 
 
@@ -102,8 +120,10 @@ def reward_histogram(samples: list[dict], names: list[str]) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 2.6))
-    values = {name: [row["reward"] for row in samples if row["version"] == name and row.get("reward") is not None]
-              for name in names}
+    values = {
+        name: [row["reward"] for row in samples if row["version"] == name and row.get("reward") is not None]
+        for name in names
+    }
     pooled = [value for items in values.values() for value in items]
     if pooled:
         low, high = min(pooled), max(pooled)
@@ -135,7 +155,9 @@ def _interval(ci: dict) -> str:
 
 def terminal_table(results: dict) -> str:
     """The compact summary printed after a run: one line per version, one per paired difference."""
-    lines = [f"{'version':<16} {'samples':>7} {'pass rate [CI]':<26} {'reward':>7} {'bg':>7} {'cons':>6} {'drift':>6}"]
+    lines = [
+        f"{'version':<16} {'samples':>7} {'pass rate [CI]':<26} {'reward':>7} {'bg':>7} {'cons':>6} {'drift':>6}"
+    ]
     for name, summary in results["versions"].items():
         components, held_out = summary["components"], summary["held_out"]
         lines.append(

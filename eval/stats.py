@@ -63,7 +63,9 @@ def version_summary(samples: list[dict], cfg: StatsConfig) -> dict[str, Any]:
     }
     reward_rows = [row for row in samples if row.get("reward") is not None]
     summary["reward"] = interval(
-        np.array([row["reward"] for row in reward_rows], dtype=float), [row["product_id"] for row in reward_rows], cfg
+        np.array([row["reward"] for row in reward_rows], dtype=float),
+        [row["product_id"] for row in reward_rows],
+        cfg,
     )
     summary["components"] = _component_means(samples)
     summary["held_out"] = _component_means([row.get("held_out") or {} for row in samples], flat=True)
@@ -74,12 +76,16 @@ def _component_means(rows: list[dict], flat: bool = False) -> dict[str, float]:
     """Mean of each numeric score over the rows that have it (consistency metrics included)."""
     values: dict[str, list[float]] = {}
     for row in rows:
-        fields = dict(row) if flat else {
-            "background_score": row.get("background_score"),
-            "consistency_score": row.get("consistency_score"),
-            "consistent": row.get("consistent"),
-            **{f"metric.{name}": value for name, value in (row.get("metrics") or {}).items()},
-        }
+        fields = (
+            dict(row)
+            if flat
+            else {
+                "background_score": row.get("background_score"),
+                "consistency_score": row.get("consistency_score"),
+                "consistent": row.get("consistent"),
+                **{f"metric.{name}": value for name, value in (row.get("metrics") or {}).items()},
+            }
+        )
         for name, value in fields.items():
             if isinstance(value, (bool, int, float)) and value is not None and math.isfinite(float(value)):
                 values.setdefault(name, []).append(float(value))
@@ -95,7 +101,9 @@ def by_category(samples: list[dict], cfg: StatsConfig) -> dict[str, dict[str, An
         name: {
             "n_samples": len(rows),
             "pass_rate": interval(
-                np.array([bool(row["passed"]) for row in rows], dtype=float), [row["product_id"] for row in rows], cfg
+                np.array([bool(row["passed"]) for row in rows], dtype=float),
+                [row["product_id"] for row in rows],
+                cfg,
             ),
         }
         for name, rows in sorted(categories.items())
@@ -108,7 +116,10 @@ def failure_reasons(samples: list[dict]) -> dict[str, Any]:
     kinds = Counter(kind for row in failed for kind in {reason_kind(reason) for reason in _reasons_of(row)})
     return {
         "n_failed": len(failed),
-        "kinds": {kind: {"count": count, "share_of_samples": count / max(len(samples), 1)} for kind, count in kinds.most_common()},
+        "kinds": {
+            kind: {"count": count, "share_of_samples": count / max(len(samples), 1)}
+            for kind, count in kinds.most_common()
+        },
     }
 
 
@@ -131,7 +142,9 @@ def paired_difference(reference: list[dict], candidate: list[dict], cfg: StatsCo
     if not products:
         return {"n_products": 0, "estimate": math.nan, "low": math.nan, "high": math.nan, "p_value": math.nan}
     diffs = np.array([cand[p] - ref[p] for p in products])
-    ci = grouped_bootstrap_ci(lambda rows: float(diffs[rows].mean()), products, cfg.n_resamples, cfg.confidence, cfg.seed)
+    ci = grouped_bootstrap_ci(
+        lambda rows: float(diffs[rows].mean()), products, cfg.n_resamples, cfg.confidence, cfg.seed
+    )
     observed = abs(diffs.mean())
     rng = np.random.default_rng(cfg.seed)
     if cfg.paired_test == "permutation":
@@ -170,8 +183,11 @@ def summarise(samples: list[dict], version_names: list[str], cfg: StatsConfig) -
         "categories": {name: by_category(rows, cfg) for name, rows in by_version.items()},
         "failure_reasons": {name: failure_reasons(rows) for name, rows in by_version.items()},
         "paired": {
-            f"{name} - {reference}": {"reference": reference, "candidate": name,
-                                      **paired_difference(by_version[reference], by_version[name], cfg)}
+            f"{name} - {reference}": {
+                "reference": reference,
+                "candidate": name,
+                **paired_difference(by_version[reference], by_version[name], cfg),
+            }
             for name in version_names[1:]
         },
     }

@@ -59,11 +59,15 @@ class DummyScorer:
             pixels = np.asarray(image, dtype=float)[~mask] / 255.0
             green = pixels[:, 1].mean() > pixels[:, 0].mean()
             report = ConsistencyReport(consistent=True, score=1.0, metrics={"iou": 1.0}, reasons=[])
-            results.append(HFPCResult(
-                background_score=float(pixels[:, 1].mean() - pixels[:, 0].mean()), consistency=report,
-                passed=bool(green), reward=float(pixels[:, 1].mean() - pixels[:, 0].mean()),
-                reasons=[] if green else ["background below threshold (score -0.62 < 0.00)"],
-            ))
+            results.append(
+                HFPCResult(
+                    background_score=float(pixels[:, 1].mean() - pixels[:, 0].mean()),
+                    consistency=report,
+                    passed=bool(green),
+                    reward=float(pixels[:, 1].mean() - pixels[:, 0].mean()),
+                    reasons=[] if green else ["background below threshold (score -0.62 < 0.00)"],
+                )
+            )
         return results
 
 
@@ -80,17 +84,32 @@ def product_manifest(tmp_path_factory) -> Path:
         mask.paste(255, box)
         image.save(folder / f"p{i:02d}.png")
         mask.save(folder / f"p{i:02d}_mask.png")
-        rows.append({"origin": f"p{i:02d}.png", "mask": f"p{i:02d}_mask.png", "product_id": f"p{i:02d}",
-                     "category": ("bottle", "shoe", "bag")[i % 3], "prompt": "on a wooden table"})
+        rows.append(
+            {
+                "origin": f"p{i:02d}.png",
+                "mask": f"p{i:02d}_mask.png",
+                "product_id": f"p{i:02d}",
+                "category": ("bottle", "shoe", "bag")[i % 3],
+                "prompt": "on a wooden table",
+            }
+        )
     manifest = folder / "products.jsonl"
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return manifest
 
 
 def _config(manifest: Path, out: Path, versions=None, **overrides) -> EvalConfig:
-    versions = versions or [{"name": "base", "path": "unused-base"}, {"name": "tuned", "path": "unused-tuned"}]
-    items = [f"manifest={manifest}", f"out_dir={out}", f"generation.samples_per_product={K}",
-             "stats.n_resamples=500", *[f"{key}={value}" for key, value in overrides.items()]]
+    versions = versions or [
+        {"name": "base", "path": "unused-base"},
+        {"name": "tuned", "path": "unused-tuned"},
+    ]
+    items = [
+        f"manifest={manifest}",
+        f"out_dir={out}",
+        f"generation.samples_per_product={K}",
+        "stats.n_resamples=500",
+        *[f"{key}={value}" for key, value in overrides.items()],
+    ]
     config = load_config(EvalConfig, None, items + [f"versions={json.dumps(versions)}"])
     return config
 
@@ -167,7 +186,9 @@ def test_resume_refuses_samples_made_with_another_seed(product_manifest, dummy_r
     out, _, _ = dummy_run
     config = _config(product_manifest, out, **{"generation.seed": 7})
     with pytest.raises(ValueError, match="another generation.seed"):
-        run_eval(config, generators={n: DummyGenerator(r) for n, r in TRUE_RATES.items()}, scorer=DummyScorer())
+        run_eval(
+            config, generators={n: DummyGenerator(r) for n, r in TRUE_RATES.items()}, scorer=DummyScorer()
+        )
 
 
 def test_folder_version_matches_images_by_name(product_manifest, tmp_path):
@@ -179,7 +200,8 @@ def test_folder_version_matches_images_by_name(product_manifest, tmp_path):
             original = Image.open(product_manifest.parent / f"p{i:02d}.png").convert("RGB")
             mask = Image.open(product_manifest.parent / f"p{i:02d}_mask.png")
             Image.composite(original, Image.new("RGB", original.size, GREEN if i < 10 else RED), mask).save(
-                folder / f"p{i:02d}_{k}.png")
+                folder / f"p{i:02d}_{k}.png"
+            )
     versions = [{"name": "external", "kind": "folder", "path": str(folder)}]
     results = run_eval(_config(product_manifest, tmp_path / "out", versions), scorer=DummyScorer())
     summary = results["versions"]["external"]
@@ -193,8 +215,12 @@ def test_folder_version_matches_images_by_name(product_manifest, tmp_path):
 def test_folder_version_by_manifest_and_clear_errors(tmp_path):
     image_path = tmp_path / "gen.png"
     Image.new("RGB", (8, 8), GREEN).save(image_path)
-    rows = [{"product_id": "a", "generation": "gen.png"}, {"product_id": "b", "generation": "x.png"},
-            {"product_id": "a", "generation": str(image_path)}, {"product_id": "b", "k": 5, "generation": "y.png"}]
+    rows = [
+        {"product_id": "a", "generation": "gen.png"},
+        {"product_id": "b", "generation": "x.png"},
+        {"product_id": "a", "generation": str(image_path)},
+        {"product_id": "b", "k": 5, "generation": "y.png"},
+    ]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     generator = FolderGenerator(manifest=str(tmp_path / "m.jsonl"))
     assert generator.path_of("a", 0) == generator.path_of("a", 1) == str(image_path)  # no "k": file order
@@ -225,8 +251,10 @@ def test_paired_permutation_test_holds_its_level_under_the_null():
     cfg = StatsConfig(n_resamples=200)
     small = 0
     for _ in range(200):
-        a, b = ([{"product_id": str(i // 8), "passed": bool(v)} for i, v in enumerate(rng.random(240) < 0.5)]
-                for _ in range(2))
+        a, b = (
+            [{"product_id": str(i // 8), "passed": bool(v)} for i, v in enumerate(rng.random(240) < 0.5)]
+            for _ in range(2)
+        )
         small += paired_difference(a, b, cfg)["p_value"] < 0.05
     assert 3 <= small <= 20  # 10 expected; a binomial(200, 0.05) falls outside [3, 20] with p < 0.005
 
@@ -285,9 +313,13 @@ def test_browser_check_catches_a_broken_page(tmp_path):
     from eval.browser import check_page
 
     page = tmp_path / "broken.html"
-    page.write_text('<!DOCTYPE html><html><head></head><body><img src="nope.png"><script>undefinedFn()</script></body></html>')
+    page.write_text(
+        '<!DOCTYPE html><html><head></head><body><img src="nope.png"><script>undefinedFn()</script></body></html>'
+    )
     check, console = check_page(page, _chromium())
-    assert any("undefinedFn" in error for error in check["errors"]) and any("undefinedFn" in line for line in console)
+    assert any("undefinedFn" in error for error in check["errors"]) and any(
+        "undefinedFn" in line for line in console
+    )
     assert check["broken"] == ["nope.png"]
 
 

@@ -14,13 +14,17 @@ def _records(n_originals: int = 40, per_original: int = 4, seed: int = 0) -> lis
     for original in range(n_originals):
         for k in range(per_original):
             label = int(rng.random() < 0.4)
-            records.append({
-                "origin": f"o{original}", "generation": f"o{original}_{k}", "label": label,
-                JUDGE_NAMES[0]: label + rng.normal(0, 0.3),
-                JUDGE_NAMES[1]: 0.7 if label else 0.2,
-                JUDGE_NAMES[2]: float(rng.normal()),
-                JUDGE_NAMES[3]: 1.0 - label + 0.01 * rng.random(),
-            })
+            records.append(
+                {
+                    "origin": f"o{original}",
+                    "generation": f"o{original}_{k}",
+                    "label": label,
+                    JUDGE_NAMES[0]: label + rng.normal(0, 0.3),
+                    JUDGE_NAMES[1]: 0.7 if label else 0.2,
+                    JUDGE_NAMES[2]: float(rng.normal()),
+                    JUDGE_NAMES[3]: 1.0 - label + 0.01 * rng.random(),
+                }
+            )
     return records
 
 
