@@ -330,3 +330,23 @@ def test_shipped_configs_load(name):
     schema = JudgesConfig if name.startswith("judges") else EvalConfig
     config = load_config(schema, Path(__file__).parents[1] / "configs" / "eval" / f"{name}.yaml")
     assert config.manifest and config.scorer.reward_model.path
+
+
+def test_an_unreadable_product_is_skipped_and_reported(product_manifest, tmp_path):
+    lines = product_manifest.read_text().splitlines()[:3]
+    broken = json.loads(lines[1])
+    broken["origin"] = str(tmp_path / "corrupt.png")
+    (tmp_path / "corrupt.png").write_bytes(b"not a png")
+    rows = [json.loads(lines[0]), broken, json.loads(lines[2])]
+    for row in rows:
+        for key in ("origin", "mask"):
+            row[key] = str(product_manifest.parent / row[key]) if not row[key].startswith("/") else row[key]
+    manifest = tmp_path / "products.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    versions = [{"name": "base", "path": "unused"}]
+    results = run_eval(
+        _config(manifest, tmp_path / "out", versions), generators={"base": DummyGenerator(0.5)}, scorer=DummyScorer()
+    )
+    assert list(results["meta"]["counts"]["skipped_products"]) == ["p01"]
+    assert "not an image file" in results["meta"]["counts"]["skipped_products"]["p01"]
+    assert results["versions"]["base"]["n_products"] == 2
