@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help="results JSONL (reused when it exists); default: a temp file")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     logging.basicConfig(level=logging.WARNING)
     config = load_config(ConsistencyConfig, args.config, args.overrides)
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,8 +14,10 @@ Generated side (mask-guided segmentation), at the same reduced size:
   did not stay as it was in the original and is connected to the product is *added* (object expansion);
 - a band of `band_fraction` x the product's size around the outline keeps the original's label, so
   feathered or anti-aliased edges do not count.
-The background model is the generated image's own pixels outside the product; it is re-fitted once without
-the added pixels. The generated mask is the original mask minus lost plus added, at the original's size.
+The background colour model averages two histograms of the generated image: every pixel outside the product
+(re-fitted once without the added pixels) and the pixels beyond the search zone, which an expansion cannot
+reach (so a large expansion does not become "background" itself). Expansion is thus found when it is made of
+product-like colours; an attached object of a colour that also occurs in the new background is not. The generated mask is the original mask minus lost plus added, at the original's size.
 """
 
 from __future__ import annotations
@@ -107,13 +109,19 @@ class ClassicMaskFinder:
         ring = outside & (dist_out <= cache["search"])
         lab8 = cv2.cvtColor(small, cv2.COLOR_RGB2LAB)
         bins = self._bin_index(lab8)
-        shadow = self._shadow_like(lab_blur, outside & ~ring if (outside & ~ring).sum() > 32 else outside)
+        far = outside & ~ring
+        local_background = self._local_mean(lab_blur, far if far.sum() > 32 else outside)
+        shadow = self._shadow_like(lab_blur, local_background)
+        seed = cv2.dilate(m_small.astype(np.uint8), disk(band + 1)) > 0
+        far_background = far if far.sum() > 64 else outside  # the new background away from where expansion can be
 
         added = np.zeros_like(m_small)
         for _ in range(2):  # fit the background model, then re-fit it without the pixels found to be product
-            ratio = self._log_ratio(bins, cache["product_hist"], self._histogram(lab8, outside & ~added))
+            background_hist = 0.5 * (self._histogram(lab8, far_background) + self._histogram(lab8, outside & ~added))
+            ratio = self._log_ratio(bins, cache["product_hist"], background_hist)
             candidates = ring & (ratio > cfg.product_margin) & ~shadow & ~same
-            added = _connected_to(candidates, cv2.dilate(m_small.astype(np.uint8), disk(band + 1)) > 0)
+            candidates = cv2.morphologyEx(candidates.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8)) > 0
+            added = _connected_to(candidates, seed)
         removed = core & ~same & (ratio < -cfg.product_margin)
         removed = cv2.morphologyEx(removed.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8)) > 0
 
@@ -137,12 +145,15 @@ class ClassicMaskFinder:
         ratio = np.log(product_hist[bins] + _EPS) - np.log(background_hist[bins] + _EPS)
         return cv2.GaussianBlur(ratio.astype(np.float32), (0, 0), 0.8)
 
-    def _shadow_like(self, lab: np.ndarray, reference: np.ndarray) -> np.ndarray:
-        """Pixels that are a darker version of the nearby background: same hue, lower lightness."""
+    def _local_mean(self, lab: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """Mean Lab colour of the `reference` pixels near each pixel (normalised Gaussian convolution)."""
         weight = reference.astype(np.float32)
         sigma = max(2.0, 0.15 * max(lab.shape[:2]))
         norm = cv2.GaussianBlur(weight, (0, 0), sigma) + 1e-6
-        local = np.stack([cv2.GaussianBlur(lab[..., c] * weight, (0, 0), sigma) / norm for c in range(3)], axis=2)
+        return np.stack([cv2.GaussianBlur(lab[..., c] * weight, (0, 0), sigma) / norm for c in range(3)], axis=2)
+
+    def _shadow_like(self, lab: np.ndarray, local: np.ndarray) -> np.ndarray:
+        """Pixels that are a darker version of the nearby background: same hue, lower lightness."""
         ratio = lab[..., 0] / np.maximum(local[..., 0], 1.0)
         chroma_gap = np.hypot(lab[..., 1] - ratio * local[..., 1], lab[..., 2] - ratio * local[..., 2])
         return (ratio < 0.97) & (ratio > 0.2) & (chroma_gap < self.config.shadow_max_chroma)

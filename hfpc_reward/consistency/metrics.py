@@ -16,9 +16,10 @@ Mask metrics (m_orig: product mask of the original, m_gen: product mask found in
 Appearance metrics, measured on the original product's pixels (m_orig without a thin band inside its outline,
 `ignore_band`, so feathered edges do not count), the same pixels compared in both images:
 - `delta_e`: mean CIE76 colour difference (Euclidean distance in CIELAB, L in 0..100) between the original
-  and the generated product, after (a) a light blur (noise, JPEG) and (b) compensating a *mild* global colour
-  grading: a per-channel gain/offset fitted on the product, clamped to 1 +- `grading_gain` and
-  +- `grading_offset`, so a real recolour is not absorbed.
+  and the generated product at a coarse scale: the generated image blurred with sigma 2 px, the original
+  with sigma 2 or 3 px (per pixel the smaller difference, so a slightly blurred generation, noise or JPEG
+  are not "drift"), after compensating a *mild* global colour grading: a per-channel gain/offset fitted on
+  the product, clamped to 1 +- `grading_gain` and +- `grading_offset`, so a real recolour is not absorbed.
 - `ssim`: mean structural similarity (Gaussian window, sigma 1.5, greyscale) over the product pixels, after
   the same compensation; a changed label or texture lowers it.
 - `changed_area`: fraction of the product pixels whose local colour difference exceeds `changed_delta_e`
@@ -34,6 +35,7 @@ import numpy as np
 
 from hfpc_reward.consistency.config import MetricsConfig
 
+DRIFT_BLUR = (2.0, 3.0)  # px at the analysis size: colour is compared at this scale (structure: SSIM)
 METRIC_NAMES = (
     "iou",
     "expansion",
@@ -121,12 +123,17 @@ def appearance_metrics(
     region = cv2.erode(m_orig.astype(np.uint8), disk(band)) > 0
     if region.sum() < 16:  # a thin product: keep its pixels rather than nothing
         region = m_orig
-    g, o = fit_grading(original, generated, region, config.grading_gain, config.grading_offset)
     # off the product, use the original's pixels: windows near the outline then see only product changes
-    corrected = np.where(m_orig[..., None], undo_grading(generated, g, o), original.astype(np.float32))
-    original_blur = cv2.GaussianBlur(original.astype(np.float32), (0, 0), 1.0)
-    generated_blur = cv2.GaussianBlur(corrected, (0, 0), 1.0)
-    drift = np.linalg.norm(rgb_to_lab(original_blur) - rgb_to_lab(generated_blur), axis=2)
+    composite = np.where(m_orig[..., None], generated, original).astype(np.float32)
+    g, o = fit_grading(_blur(original), _blur(composite), region, config.grading_gain, config.grading_offset)
+    corrected = np.where(m_orig[..., None], undo_grading(composite, g, o), original.astype(np.float32))
+    generated_lab = rgb_to_lab(cv2.GaussianBlur(corrected, (0, 0), DRIFT_BLUR[0]))
+    original_float = original.astype(np.float32)
+    # against the original at two blur levels, so a slightly blurred generation is not "drift"
+    drift = np.minimum(
+        *(np.linalg.norm(rgb_to_lab(cv2.GaussianBlur(original_float, (0, 0), sigma)) - generated_lab, axis=2)
+          for sigma in DRIFT_BLUR)
+    )
     drift = np.where(region, drift, 0.0).astype(np.float32)
     ssim_map = _ssim_map(_grey(original.astype(np.float32)), _grey(corrected))
     metrics = {
@@ -145,6 +152,11 @@ def _ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     var_y = blur(y * y) - mu_y * mu_y
     cov = blur(x * y) - mu_x * mu_y
     return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+
+
+def _blur(rgb: np.ndarray) -> np.ndarray:
+    """Fine detail removed before fitting a grading, so a blurred generation does not look lower-contrast."""
+    return cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), DRIFT_BLUR[1])
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:

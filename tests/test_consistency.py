@@ -1,0 +1,245 @@
+"""The consistency checker's API: metrics, classic backend, verdict, size policy, batching and errors."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from hfpc_reward.config import ConfigError, load_config
+from hfpc_reward.consistency.checker import (
+    ConsistencyInputError,
+    ProductConsistencyChecker,
+    verdict,
+)
+from hfpc_reward.consistency.classic import ClassicMaskFinder, studio_mask
+from hfpc_reward.consistency.config import ClassicConfig, ConsistencyConfig, ThresholdConfig
+from hfpc_reward.consistency.metrics import METRIC_NAMES, boundary_f_score, mask_metrics
+from hfpc_reward.images import ImageLoadError
+
+SIZE = 256
+
+
+def product_mask(size: int = SIZE) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    mask[int(size * 0.3) : int(size * 0.8), int(size * 0.35) : int(size * 0.65)] = True
+    return mask
+
+
+def draw_product(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A red can with a yellow label and dark text stripes, painted where `mask` is true."""
+    out = image.copy()
+    out[mask] = (190, 30, 40)
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
+    label = np.zeros_like(mask)
+    label[y0 + (y1 - y0) // 3 : y0 + 2 * (y1 - y0) // 3, x0 : x1 + 1] = True
+    out[label & mask] = (240, 220, 60)
+    for k in range(3):
+        row = y0 + (y1 - y0) // 3 + 8 + 10 * k
+        out[row : row + 3, x0 + 8 : x1 - 8] = (30, 30, 30)
+    return out
+
+
+def textured_background(seed: int, size: int = SIZE) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    noise = cv2.GaussianBlur(rng.normal(0, 1, (size, size, 3)).astype(np.float32), (0, 0), 6)
+    base = np.array([70, 120, 160], np.float32) if seed % 2 else np.array([90, 140, 80], np.float32)
+    return np.clip(base + 250 * noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    mask = product_mask()
+    original = draw_product(np.full((SIZE, SIZE, 3), 245, np.uint8), mask)
+    generated = draw_product(textured_background(1), mask)
+    return original, generated, mask
+
+
+@pytest.fixture(scope="module")
+def checker():
+    return ProductConsistencyChecker.from_config(ConsistencyConfig())
+
+
+def jpeg(array: np.ndarray, quality: int) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def test_kept_product_on_a_new_background_is_consistent(checker, scene):
+    original, generated, mask = scene
+    report = checker.check([original], [generated], masks=[mask])[0]
+    assert report.consistent and report.error is None and report.reasons == []
+    assert set(report.metrics) == set(METRIC_NAMES)
+    assert report.metrics["iou"] > 0.98 and report.metrics["delta_e"] < 2.0 and report.score > 0.8
+
+
+def test_harmless_changes_pass(checker, scene):
+    original, generated, mask = scene
+    rng = np.random.default_rng(0)
+    changed = generated.astype(np.float32)
+    below = np.zeros_like(mask)
+    below[int(SIZE * 0.8) : int(SIZE * 0.86), int(SIZE * 0.3) : int(SIZE * 0.72)] = True
+    changed[below] *= 0.6  # soft shadow under the product
+    changed = changed * 1.05 + 4  # mild colour grading
+    changed = cv2.GaussianBlur(changed, (0, 0), 0.7) + rng.normal(0, 4, changed.shape)  # blur and noise
+    changed = jpeg(np.clip(changed, 0, 255).astype(np.uint8), 75)
+    report = checker.check([original], [changed], masks=[mask])[0]
+    assert report.consistent, report.reasons
+
+
+def test_product_coloured_expansion_is_found_and_measured(checker, scene):
+    original, generated, mask = scene
+    grown = mask.copy()
+    grown[int(SIZE * 0.3) : int(SIZE * 0.6), int(SIZE * 0.65) : int(SIZE * 0.73)] = True  # a bulge on the side
+    expanded = generated.copy()
+    expanded[grown & ~mask] = (190, 30, 40)
+    truth = (grown.sum() - mask.sum()) / mask.sum()
+    report = checker.check([original], [expanded], masks=[mask])[0]
+    assert not report.consistent
+    assert any(reason.startswith("expanded") for reason in report.reasons)
+    assert report.metrics["expansion"] == pytest.approx(truth, abs=0.05)
+    assert report.metrics["lost_area"] < 0.02
+
+
+def test_truncation_is_found_and_measured(checker, scene):
+    original, generated, mask = scene
+    truncated = generated.copy()
+    cut = mask.copy()
+    cut[: int(SIZE * 0.65)] = False  # the bottom part of the product is replaced by background
+    truncated[cut] = textured_background(1)[cut]
+    report = checker.check([original], [truncated], masks=[mask])[0]
+    assert not report.consistent
+    assert any(reason.startswith("truncated") for reason in report.reasons)
+    assert report.metrics["lost_area"] == pytest.approx(cut.sum() / mask.sum(), abs=0.06)
+
+
+def test_recolour_and_changed_label_are_appearance_failures(checker, scene):
+    original, generated, mask = scene
+    recoloured = generated.copy()
+    recoloured[mask] = generated[mask][:, ::-1]  # RGB -> BGR: a blue can
+    report = checker.check([original], [recoloured], masks=[mask])[0]
+    assert not report.consistent and report.metrics["iou"] > 0.95
+    assert any(reason.startswith("recoloured (ΔE") for reason in report.reasons)
+
+    relabelled = generated.copy()
+    relabelled[int(SIZE * 0.47) : int(SIZE * 0.62), int(SIZE * 0.38) : int(SIZE * 0.62)] = (240, 220, 60)  # text gone
+    report = checker.check([original], [relabelled], masks=[mask])[0]
+    assert not report.consistent and report.metrics["ssim"] < 0.9
+
+
+def test_mask_from_alpha_and_from_studio_background(checker, scene):
+    original, generated, mask = scene
+    rgba = np.dstack([original, np.where(mask, 255, 0).astype(np.uint8)])
+    alpha_product = checker.prepare_originals([rgba])[0]
+    assert alpha_product.source == "alpha" and np.array_equal(alpha_product.mask, mask)
+    studio, notes = studio_mask(original, ClassicConfig())
+    assert notes == [] and (studio & mask).sum() / (studio | mask).sum() > 0.95
+    report = checker.check([original], [generated])[0]  # no mask: studio extraction
+    assert report.consistent, report.reasons
+
+
+def test_size_policy_resizes_same_aspect_and_refuses_a_stretch(checker, scene):
+    original, generated, mask = scene
+    bigger = cv2.resize(generated, (2 * SIZE, 2 * SIZE), interpolation=cv2.INTER_CUBIC)
+    report = checker.check([original], [bigger], masks=[mask])[0]
+    assert report.consistent and report.metrics["aspect_mismatch"] == 0.0
+    stretched = cv2.resize(generated, (int(SIZE * 1.3), SIZE), interpolation=cv2.INTER_CUBIC)
+    report = checker.check([original], [stretched], masks=[mask])[0]
+    assert not report.consistent
+    assert report.metrics["aspect_mismatch"] == pytest.approx(np.log(1.3), abs=0.01)
+    assert any(reason.startswith("aspect ratio differs") for reason in report.reasons)
+
+
+class CountingFinder(ClassicMaskFinder):
+    """The real classic backend, counting how many originals it prepared."""
+
+    prepared = 0
+
+    def original_products(self, originals, masks, prompts):
+        CountingFinder.prepared += len(originals)
+        return super().original_products(originals, masks, prompts)
+
+
+def test_original_side_work_once_per_distinct_original(tmp_path, scene):
+    original, generated, mask = scene
+    Image.fromarray(original).save(tmp_path / "o.png")
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    config = ConsistencyConfig()
+    checker = ProductConsistencyChecker(config, CountingFinder(config))
+    other = draw_product(np.full((SIZE, SIZE, 3), 230, np.uint8), mask)
+    originals = [tmp_path / "o.png", tmp_path / "o.png", original.copy(), other, other.copy()]
+    masks = [tmp_path / "m.png", tmp_path / "m.png", mask, mask, mask]
+    CountingFinder.prepared = 0
+    reports = checker.check(originals, [generated] * 5, masks=masks)
+    assert CountingFinder.prepared == 3  # the path, the in-memory copy, the other product (same pixels twice)
+    assert all(report.consistent for report in reports)
+    products = checker.prepare_originals([original], [mask])
+    again = checker.check_prepared(products * 2, [generated, generated])
+    assert [r.metrics for r in again] == [reports[2].metrics] * 2
+
+
+def test_tensor_batch_matches_list_batch(checker, scene):
+    torch = pytest.importorskip("torch")
+    original, generated, mask = scene
+    as_tensor = lambda a: torch.from_numpy(a).permute(2, 0, 1).float().div(255).unsqueeze(0)  # noqa: E731
+    from_tensors = checker.check(as_tensor(original), as_tensor(generated), masks=[mask])[0]
+    from_arrays = checker.check([original], [generated], masks=[mask])[0]
+    assert from_tensors.consistent == from_arrays.consistent
+    assert from_tensors.metrics["iou"] == pytest.approx(from_arrays.metrics["iou"], abs=1e-6)
+
+
+def test_one_bad_item_does_not_lose_the_batch(checker, scene, tmp_path):
+    original, generated, mask = scene
+    missing = tmp_path / "missing.png"
+    empty_mask = np.zeros_like(mask)
+    reports = checker.check(
+        [original, original, original], [generated, missing, generated], masks=[mask, mask, empty_mask], errors="report"
+    )
+    assert reports[0].consistent and reports[0].error is None
+    assert "does not exist" in reports[1].error and reports[1].score == 0.0 and not reports[1].consistent
+    assert "product mask (given) is empty" in reports[2].error
+    assert reports[1].reasons == [f"error: {reports[1].error}"] and reports[1].metrics == {}
+    with pytest.raises(ImageLoadError, match="does not exist"):
+        checker.check([original], [missing], masks=[mask])
+    with pytest.raises(ConsistencyInputError, match="covers 100.0% of the image"):
+        checker.check([original], [generated], masks=[np.ones_like(mask)])
+    with pytest.raises(ValueError, match="errors must be"):
+        checker.check([original], [generated], errors="ignore")
+
+
+def test_mask_metrics_values():
+    m_orig = np.zeros((100, 100), bool)
+    m_orig[20:60, 20:60] = True  # 1600 px
+    m_gen = np.zeros_like(m_orig)
+    m_gen[20:60, 30:80] = True  # 2000 px, overlap 1200
+    metrics = mask_metrics(m_orig, m_gen, boundary_tolerance=0.02)
+    assert metrics["iou"] == pytest.approx(1200 / 2400)
+    assert metrics["expansion"] == pytest.approx((2400 - 1600) / 1600)
+    assert metrics["lost_area"] == pytest.approx(400 / 1600)
+    assert metrics["area_ratio"] == pytest.approx(2000 / 1600)
+    assert metrics["centroid_shift"] == pytest.approx(15 / np.hypot(40, 40), abs=1e-6)
+    assert boundary_f_score(m_orig, m_orig, 1.0) == 1.0
+    assert mask_metrics(m_orig, np.zeros_like(m_orig), 0.02)["centroid_shift"] == 1.0
+
+
+def test_verdict_score_and_thresholds_from_config():
+    good = {"iou": 0.99, "expansion": 0.01, "lost_area": 0.0, "centroid_shift": 0.0, "boundary_f": 0.99,
+            "delta_e": 1.0, "ssim": 0.98, "changed_area": 0.0, "aspect_mismatch": 0.0}
+    consistent, score, reasons = verdict(good, ThresholdConfig())
+    assert consistent and 0.5 <= score <= 1.0 and reasons == []
+    bad = dict(good, expansion=0.23, delta_e=14.2, ssim=0.41)
+    consistent, score, reasons = verdict(bad, ThresholdConfig())
+    assert not consistent and 0.0 <= score < 0.5
+    assert {"expanded 23%", "recoloured (ΔE 14.2)", "label or texture changed (SSIM 0.41)"} <= set(reasons)
+    loose = load_config(ConsistencyConfig, None, ["thresholds.max_expansion=0.3", "thresholds.max_delta_e=20",
+                                                  "thresholds.min_ssim=0.3"])
+    assert verdict(bad, loose.thresholds)[0]
+    with pytest.raises(ConfigError, match="max_expansion must be > 0"):
+        load_config(ConsistencyConfig, None, ["thresholds.max_expansion=-1"])
+    with pytest.raises(ConfigError, match="segment_size"):
+        load_config(ConsistencyConfig, None, ["classic.segment_size=8"])
