@@ -35,7 +35,7 @@ from hfpc_reward.sample_defects import DEFECT_KINDS, ProductLayer, apply_defect,
 
 logger = logging.getLogger(__name__)
 
-CATEGORIES = ("bottle", "can", "jar", "box", "shoe", "sticker", "poster")
+CATEGORIES = ("bottle", "can", "jar", "box", "shoe", "sticker", "poster", "pump", "carton")
 GENERATIONS_PER_ORIGINAL = 4
 # bundled photos (skimage.data / sklearn.datasets images) -> what a background prompt calls them
 PHOTOS = {
@@ -103,6 +103,7 @@ class ProductSpec:
     stripes: int  # number of accent stripes on the label
     photo: str  # photo printed on boxes / framed in posters
     crop: tuple[float, float, float]  # where in the photo: u, v, zoom
+    tilt: float = 0.0  # rotation in degrees about the box centre (flat products only)
 
 
 def _colour(rng: np.random.Generator, saturation=(0.45, 0.9), value=(0.45, 0.9)) -> tuple[int, int, int]:
@@ -133,13 +134,19 @@ def random_spec(rng: np.random.Generator, size: int, category: str | None = None
         "shoe": 1.7,
         "sticker": 1.0,
         "poster": 0.75,
+        "pump": 0.42,
+        "carton": 0.5,
     }
-    height = size * rng.uniform(0.4, 0.7) * (0.6 if category == "shoe" else 1.0)
+    height = size * rng.uniform(0.32, 0.8) * (0.6 if category == "shoe" else 1.0)
     width = min(height * aspect[category] * rng.uniform(0.85, 1.15), size * 0.8)
-    cx = size * rng.uniform(0.4, 0.6)
-    bottom = max(size * rng.uniform(0.8, 0.94), height + size * 0.05)
+    margin = width / 2 + size * 0.04
+    cx = float(np.clip(size * rng.uniform(0.3, 0.7), margin, size - margin))
+    bottom = max(size * rng.uniform(0.8, 0.95), height + size * 0.05)
     box = (cx - width / 2, bottom - height, cx + width / 2, bottom)
-    return ProductSpec(category, box, _colour(rng), _colour(rng, value=(0.15, 0.8)), **_label_fields(rng))
+    flat = category in ("box", "shoe", "sticker", "poster", "carton")
+    tilt = float(rng.uniform(-12, 12)) if flat and rng.random() < 0.4 else 0.0
+    body, accent = _colour(rng), _colour(rng, value=(0.15, 0.8))
+    return ProductSpec(category, box, body, accent, **_label_fields(rng), tilt=tilt)
 
 
 def relabel(spec: ProductSpec, rng: np.random.Generator) -> ProductSpec:
@@ -167,8 +174,15 @@ def draw_product(spec: ProductSpec, size: int) -> ProductLayer:
     colour = cv2.resize(colour, (size, size), interpolation=cv2.INTER_AREA)
     alpha = cv2.resize(alpha, (size, size), interpolation=cv2.INTER_AREA)
     layer = ProductLayer(colour, alpha)
-    if spec.category in ("bottle", "can", "jar"):
+    if spec.category in ("bottle", "can", "jar", "pump"):
         _cylinder_shading(layer, spec.box)
+    if spec.tilt:
+        centre = ((spec.box[0] + spec.box[2]) / 2, (spec.box[1] + spec.box[3]) / 2)
+        matrix = cv2.getRotationMatrix2D(centre, spec.tilt, 1.0)
+        layer = ProductLayer(
+            cv2.warpAffine(layer.colour, matrix, (size, size), flags=cv2.INTER_LINEAR),
+            cv2.warpAffine(layer.alpha, matrix, (size, size), flags=cv2.INTER_LINEAR),
+        )
     return layer
 
 
@@ -337,6 +351,46 @@ def _draw_poster(draw, image, spec, box) -> None:
     _print_photo(image, spec, (x0 + 1.8 * border, y0 + 1.8 * border, x1 - 1.8 * border, y1 - 1.8 * border))
 
 
+def _draw_pump(draw, image, spec, box) -> None:
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    cx = (x0 + x1) / 2
+    side = 1 if spec.stripes % 2 else -1  # which way the nozzle points
+    draw.rectangle((cx - 0.06 * w, y0 + 0.04 * h, cx + 0.06 * w, y0 + 0.3 * h), fill=spec.accent)
+    draw.rounded_rectangle((cx - 0.2 * w, y0, cx + 0.2 * w, y0 + 0.1 * h), radius=0.03 * w, fill=spec.accent)
+    nozzle = (cx, y0 + 0.02 * h, cx + side * 0.45 * w, y0 + 0.07 * h)
+    draw.rectangle(
+        (min(nozzle[0], nozzle[2]), nozzle[1], max(nozzle[0], nozzle[2]), nozzle[3]), fill=spec.accent
+    )
+    draw.rectangle((cx - 0.22 * w, y0 + 0.26 * h, cx + 0.22 * w, y0 + 0.36 * h), fill=spec.accent)
+    draw.rounded_rectangle((x0, y0 + 0.34 * h, x1, y1), radius=0.2 * w, fill=spec.body)
+    _label(draw, spec, (x0 + 0.05 * w, y0 + 0.5 * h, x1 - 0.05 * w, y0 + 0.85 * h))
+
+
+def _draw_carton(draw, image, spec, box) -> None:
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    front = x0 + 0.72 * w  # front face | darker side face
+    dark = tuple(int(c * 0.65) for c in spec.body)
+    draw.rectangle((x0 + 0.1 * w, y0, front - 0.1 * w, y0 + 0.07 * h), fill=spec.body)  # top fin
+    draw.polygon(
+        [
+            (x0, y0 + 0.25 * h),
+            (x0 + 0.1 * w, y0 + 0.06 * h),
+            (front - 0.1 * w, y0 + 0.06 * h),
+            (front, y0 + 0.25 * h),
+        ],
+        fill=tuple(min(255, int(c * 1.15)) for c in spec.body),
+    )
+    draw.polygon(
+        [(front, y0 + 0.25 * h), (front - 0.1 * w, y0 + 0.06 * h), (x1, y0 + 0.2 * h), (x1, y0 + 0.3 * h)],
+        fill=dark,
+    )
+    draw.rectangle((x0, y0 + 0.25 * h, front, y1), fill=spec.body)
+    draw.polygon([(front, y0 + 0.25 * h), (x1, y0 + 0.3 * h), (x1, y1 - 0.02 * h), (front, y1)], fill=dark)
+    _label(draw, spec, (x0 + 0.06 * w, y0 + 0.4 * h, front - 0.06 * w, y0 + 0.85 * h))
+
+
 _DRAWERS = {
     "bottle": _draw_bottle,
     "can": _draw_can,
@@ -345,6 +399,8 @@ _DRAWERS = {
     "shoe": _draw_shoe,
     "sticker": _draw_sticker,
     "poster": _draw_poster,
+    "pump": _draw_pump,
+    "carton": _draw_carton,
 }
 
 
