@@ -331,9 +331,10 @@ def defect(kind: str, spec: dict, colour, alpha, rng, size: int):
                     -1,
                 )
             elif piece == "puffs":
-                for k in range(3):
+                for k in range(3):  # centred on the silhouette's own edge, so they grow out of the product
                     row = int(top + (0.2 + 0.3 * k) * (bottom - top))
-                    col = int(right if k % 2 else left)
+                    cols = np.nonzero(alpha[row] > 0.5)[0]
+                    col = int(left if not len(cols) else cols.max() if k % 2 else cols.min())
                     cv2.circle(
                         stencil, (col, row), int(np.sqrt(extra / (1.5 * np.pi))) + 2, 255, -1, cv2.LINE_AA
                     )
@@ -466,7 +467,7 @@ def wood(rng, width: int, height: int) -> np.ndarray:
         interpolation=cv2.INTER_CUBIC,
     )
     xx = np.arange(width, dtype=np.float32)[None, :] / width
-    grain = 0.5 + 0.25 * np.sin((xx * rng.uniform(8, 20) + noise * 0.4) * 2 * np.pi) + 0.1 * noise
+    grain = 0.55 + 0.12 * np.sin((xx * rng.uniform(3, 7) + noise * 0.6) * 2 * np.pi) + 0.06 * noise
     return np.repeat(np.clip(grain, 0, 1)[..., None], 3, axis=2)
 
 
