@@ -32,8 +32,9 @@ class VersionConfig:
     path: str = ""  # pipeline id/folder, LoRA folder, or image folder (see above)
     base: str = ""  # kind "lora": base pipeline id/folder; "" = generation.base
     lora_scale: float = 1.0  # kind "lora": strength of the LoRA (1.0 = as trained)
-    manifest: str = (
-        ""  # kind "folder": JSON Lines {"product_id","generation","k"?} instead of the naming rule
+    manifest: str = ""  # kind "folder": JSON Lines {product_id, generation, k?} instead of names
+    paste_product: bool | None = (
+        None  # None: generation.paste_product; folder versions: off (judged as delivered)
     )
 
     def __post_init__(self):
@@ -48,6 +49,12 @@ class VersionConfig:
                 f"version {self.name!r}: kind 'folder' needs `path` (image folder) or `manifest`"
             )
 
+    def pastes_product(self, default: bool) -> bool:
+        """Whether this version's samples get the original product pasted back before judging."""
+        if self.paste_product is not None:
+            return self.paste_product
+        return default and self.kind != "folder"
+
 
 @dataclass
 class GenerationConfig:
@@ -61,7 +68,7 @@ class GenerationConfig:
     guidance_scale: float = 7.5  # classifier-free guidance scale
     negative_prompt: str = ""  # negative prompt for every sample ("" = none)
     default_prompt: str = "a product photo on a clean, tasteful background"  # prompt of rows without one
-    paste_product: bool = True  # paste the original product back onto each sample before judging
+    paste_product: bool = True  # paste the product back onto pipeline/lora samples before judging
     batch_size: int = 4  # samples of one product generated per pipeline call
     device: str = "cpu"  # torch device of the pipelines
     dtype: str = "float32"  # torch dtype name of the pipelines ("float16" on GPU)
@@ -79,7 +86,7 @@ class GenerationConfig:
 class HeldOutConfig:
     """Checks that are never a training reward, reported next to HFPC to expose reward hacking."""
 
-    raw_consistency: bool = False  # also judge product consistency BEFORE paste-back (doubles scoring)
+    raw_consistency: bool = False  # versions that paste back: also judge consistency BEFORE paste-back
     itm_model: str = ""  # BlipForImageTextRetrieval id/folder: zero-shot image-prompt match; "" = off
     itm_device: str = "cpu"  # torch device of the ITM model
 

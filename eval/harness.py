@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from eval.config import EvalConfig
+from eval.config import EvalConfig, VersionConfig
 from eval.generators import Generator, Product, build_generator, sample_seed
 from eval.stats import summarise
 from hfpc_reward.config import config_to_dict, save_resolved_config
@@ -109,7 +109,7 @@ def run_eval(
             continue
         generator = generators.get(version.name) or build_generator(version, config.generation)
         for product, todo in tqdm(pending, desc=f"eval {version.name}", unit="product"):
-            rows = _sample_product(config, version.name, generator, scorer, itm_judge, product, todo)
+            rows = _sample_product(config, version, generator, scorer, itm_judge, product, todo)
             append_jsonl(samples_path, rows)
             n_generated += len(todo)
         generators.pop(version.name, None)  # free a pipeline before loading the next version
@@ -129,12 +129,14 @@ def _finished_rows(samples_path: Path, base_seed: int) -> dict[tuple[str, str, i
 
 
 def _sample_product(
-    config, version, generator, scorer, itm_judge, product: Product, ks: Sequence[int]
+    config, version: VersionConfig, generator, scorer, itm_judge, product: Product, ks: Sequence[int]
 ) -> list[dict]:
     """Generate, paste back, judge and thumbnail the samples `ks` of one product; one row each."""
+    paste = version.pastes_product(config.generation.paste_product) and product.mask is not None
+    name = version.name
     seeds = [sample_seed(config.generation.seed, product.product_id, k) for k in ks]
     base = {
-        "version": version,
+        "version": name,
         "product_id": product.product_id,
         "category": product.category,
         "prompt": product.prompt,
@@ -144,7 +146,7 @@ def _sample_product(
     try:
         outputs = generator.generate(product, list(ks), seeds)
     except Exception as exc:  # a crashed batch is recorded and retried on resume; the run goes on
-        logger.exception("generation of %s / %s failed", version, product.product_id)
+        logger.exception("generation of %s / %s failed", name, product.product_id)
         outputs = [exc] * len(ks)
     judged = []
     for row, output in zip(rows, outputs):
@@ -154,24 +156,22 @@ def _sample_product(
             )
             continue
         raw = resize_to(output.convert("RGB"), product.image.size)
-        final = (
-            paste_product(raw, product.image, product.mask)
-            if config.generation.paste_product and product.mask is not None
-            else raw
-        )
-        row["image"] = _save_image(final, config.out_dir, version, product.product_id, row["k"])
-        row["thumb"] = _save_thumb(final, config, f"{version}/{product.product_id}_{row['k']}")
+        final = paste_product(raw, product.image, product.mask) if paste else raw
+        row["image"] = _save_image(final, config.out_dir, name, product.product_id, row["k"])
+        row["thumb"] = _save_thumb(final, config, f"{name}/{product.product_id}_{row['k']}")
+        row["pasted"] = paste
         row["held_out"] = _pixel_checks(raw, final, product)
         judged.append((row, raw, final))
     _save_thumb(product.image, config, f"originals/{product.product_id}")
     if judged:
-        _judge(config, scorer, itm_judge, product, judged)
+        _judge(scorer, itm_judge, product, judged, raw_check=paste and config.held_out.raw_consistency)
     return rows
 
 
 def _judge(
-    config, scorer, itm_judge, product: Product, judged: list[tuple[dict, Image.Image, Image.Image]]
-) -> None:
+    scorer, itm_judge, product: Product, judged: list[tuple[dict, Image.Image, Image.Image]], raw_check: bool
+):
+    """HFPC judges on the judged images; with `raw_check`, consistency before paste-back too; ITM if given."""
     n = len(judged)
     masks = None if product.mask is None else [product.mask] * n
     finals = [final for _, _, final in judged]
@@ -180,7 +180,7 @@ def _judge(
         for (row, _, _), result in zip(judged, results):
             row.update(result.to_record())
             row["passed"] = bool(result.passed)  # an item the judges could not judge is not a pass
-        if config.held_out.raw_consistency and config.generation.paste_product:
+        if raw_check:
             raws = [raw for _, raw, _ in judged]
             for (row, _, _), result in zip(
                 judged, scorer.score([product.image] * n, raws, masks=masks, prompts=[product.prompt] * n)

@@ -162,6 +162,7 @@ def test_outputs_are_stamped_and_every_sample_has_a_row(dummy_run):
     assert (out / row["image"]).is_file() and (out / row["thumb"]).is_file()
     assert {"passed", "reward", "background_score", "consistent", "held_out", "seed"} <= set(row)
     assert row["held_out"]["product_drift"] == pytest.approx(0.0)  # the dummy keeps the product exactly
+    assert row["pasted"] is True  # pipeline versions get the product pasted back by default
     table = terminal_table(results)
     assert "tuned - base: +" in table and "base" in table.splitlines()[1]
 
@@ -208,7 +209,9 @@ def test_folder_version_matches_images_by_name(product_manifest, tmp_path):
     assert summary["n_samples"] == N_PRODUCTS * K and summary["n_errors"] == N_PRODUCTS
     assert summary["pass_rate"]["estimate"] == pytest.approx(10 * (K - 1) / (N_PRODUCTS * K))
     assert results["failure_reasons"]["external"]["kinds"]["error"]["count"] == N_PRODUCTS
-    missing = [row for row in latest_samples(tmp_path / "out" / "samples.jsonl") if row["k"] == K - 1]
+    rows = latest_samples(tmp_path / "out" / "samples.jsonl")
+    assert all(row["pasted"] is False for row in rows if row["k"] < K - 1)  # judged as delivered
+    missing = [row for row in rows if row["k"] == K - 1]
     assert all("p" in row["error"] and "_3.png" in row["error"] for row in missing)
 
 
@@ -345,7 +348,9 @@ def test_an_unreadable_product_is_skipped_and_reported(product_manifest, tmp_pat
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     versions = [{"name": "base", "path": "unused"}]
     results = run_eval(
-        _config(manifest, tmp_path / "out", versions), generators={"base": DummyGenerator(0.5)}, scorer=DummyScorer()
+        _config(manifest, tmp_path / "out", versions),
+        generators={"base": DummyGenerator(0.5)},
+        scorer=DummyScorer(),
     )
     assert list(results["meta"]["counts"]["skipped_products"]) == ["p01"]
     assert "not an image file" in results["meta"]["counts"]["skipped_products"]["p01"]
