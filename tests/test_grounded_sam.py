@@ -16,6 +16,7 @@ from hfpc_reward.config import ConfigError, load_config
 from hfpc_reward.consistency.classic import studio_mask
 from hfpc_reward.consistency.config import ClassicConfig, ConsistencyConfig, GroundedConfig
 from hfpc_reward.consistency.grounded_sam import (
+    EMPTY_ORIGINAL_SEGMENT,
     NO_GENERATED_DETECTION,
     NO_ORIGINAL_DETECTION,
     GroundedMaskFinder,
@@ -216,6 +217,23 @@ def test_threshold_one_takes_the_no_detection_paths_with_their_notes(grounded_ya
         assert len(notes) == 1 and notes[0].startswith(NO_GENERATED_DETECTION)
 
 
+class EmptySegmenter:
+    """A Segmenter that never finds anything inside its boxes (a real model can do that on a hard box)."""
+
+    def segment(self, images, boxes):
+        return [np.zeros((len(b), im.height, im.width), dtype=bool) for im, b in zip(images, boxes)]
+
+
+def test_an_empty_mask_in_the_detected_box_falls_back_to_studio_extraction(grounded_yaml):
+    finder = make_finder(grounded_yaml, box_threshold=0.0)
+    finder.segmenter = EmptySegmenter()
+    image = photo(90, 120, 23)
+    (product,) = finder.original_products([image], [None], ["cup"])
+    assert product.source == "studio" and product.notes[0].startswith(EMPTY_ORIGINAL_SEGMENT)
+    np.testing.assert_array_equal(product.mask, studio_mask(np.asarray(image), ClassicConfig())[0])
+    assert len(product.cache["detections"].boxes) > 0  # it was detected; only the segment was empty
+
+
 def test_original_box_fallback_segments_the_generated_image_inside_the_originals_box(grounded_yaml):
     finder = make_finder(grounded_yaml, box_threshold=1.0, fallback="original-box")
     original, generated = photo(96, 128, 15), photo(96, 128, 16)
@@ -282,11 +300,17 @@ def test_grounded_efficientsam_backend_segments_with_efficientsam(tmp_path):
     from hfpc_reward.testing import write_tiny_models
 
     written = write_tiny_models(tmp_path, only=["grounded_sam", "efficientsam"])
-    if "grounded_efficientsam" not in written:
-        pytest.skip("the efficientsam tiny kit does not write a grounded_efficientsam config")
-    finder = GroundedMaskFinder(
-        load_config(ConsistencyConfig, written["grounded_efficientsam"], ["grounded.box_threshold=0"])
+    path = next(
+        (
+            path
+            for path in written.values()
+            if yaml.safe_load(path.read_text()).get("backend") == "grounded-efficientsam"
+        ),
+        None,
     )
+    if path is None:
+        pytest.skip("the efficientsam tiny kit writes no grounded-efficientsam config")
+    finder = GroundedMaskFinder(load_config(ConsistencyConfig, path, ["grounded.box_threshold=0"]))
     assert type(finder.segmenter).__name__ == "EfficientSamSegmenter"
     images = [photo(96, 128, 19), photo(70, 50, 20)]
     products = finder.original_products(images, [None, None], [None, None])

@@ -8,10 +8,11 @@
 
 Policies (config `grounded.*`):
 - Original: a given mask is used as is (source "given"). Otherwise the highest-scoring box for the prompt
-  is segmented (source "detected"). When nothing is detected, the note "no product detected in original"
-  is reported and the mask comes from the classic backend's studio-background extraction (source
-  "studio", settings `classic.*`; it adds its own note when the backdrop is not plain). Never the whole
-  image: that would make every generation look consistent.
+  is segmented (source "detected"). When nothing is detected (or the box's mask is empty), the note
+  "no product detected in original" (or "the segmenter found no product ...") is reported and the mask
+  comes from the classic backend's studio-background extraction (source "studio", settings `classic.*`;
+  it adds its own note when the backdrop is not plain). Never the whole image: that would make every
+  generation look consistent.
 - Generated: the box is chosen by `box_choice` ("best-overlap" = highest IoU with the original's box,
   "highest-score" = the detector's best); nothing detected -> `fallback` ("original-box" segments inside
   the original's box, "empty" reports an empty mask), always with the note "nothing detected in
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 NO_ORIGINAL_DETECTION = "no product detected in original"
 NO_GENERATED_DETECTION = "nothing detected in generated image"
+EMPTY_ORIGINAL_SEGMENT = "the segmenter found no product in the original's detected box"
 
 
 class GroundingDinoDetector:
@@ -311,14 +313,17 @@ class GroundedMaskFinder:
             cache = {"box": found.boxes[0] if len(found.boxes) else None, "detections": found}
             if index in embedding_of:
                 cache["image_embedding"] = embedding_of[index]
-            if index in segmented:
+            if index in segmented and segmented[index].any():
                 products.append(OriginalProduct(image, segmented[index], "detected", phrase, [], cache))
-            else:
-                logger.info("no %r detected in an original of size %dx%d", phrase, image.width, image.height)
-                mask, studio_notes = studio_mask(np.asarray(image.convert("RGB")), self.classic_settings)
-                cache["box"] = mask_box(mask)
-                notes = [f"{NO_ORIGINAL_DETECTION}; used studio-background extraction", *studio_notes]
-                products.append(OriginalProduct(image, mask, "studio", phrase, notes, cache))
+                continue
+            problem = NO_ORIGINAL_DETECTION if index not in segmented else EMPTY_ORIGINAL_SEGMENT
+            logger.info(
+                "%s (%r, %dx%d): studio-background extraction", problem, phrase, image.width, image.height
+            )
+            mask, studio_notes = studio_mask(np.asarray(image.convert("RGB")), self.classic_settings)
+            cache["box"] = mask_box(mask)
+            notes = [f"{problem}; used studio-background extraction", *studio_notes]
+            products.append(OriginalProduct(image, mask, "studio", phrase, notes, cache))
         return products
 
 
