@@ -34,21 +34,22 @@ def tiny_efficientsam(seed: int = 0) -> EfficientSam:
 def write_tiny_efficientsam(out_dir: Path) -> dict:
     """Save the tiny model under out_dir/efficientsam and return the configs that point at it.
 
-    `efficientsam_segmenter`: a `hfpc finetune-segmenter` config training it briefly. When the tiny
-    GroundingDINO of the grounded_sam kit sits next to this one, also `grounded_efficientsam`: a
-    consistency config using both.
+    `segmenter_efficientsam`: a `hfpc finetune-segmenter` config delta that fine-tunes it (add
+    data.train_manifest). When the tiny GroundingDINO of the grounded_sam kit sits next to this kit
+    (written first by `write_tiny_models`), also `consistency_grounded_efficientsam`: a consistency config
+    using both.
     """
     out_dir = Path(out_dir)
     checkpoint = save_efficientsam(tiny_efficientsam(), out_dir / "efficientsam").resolve()
     configs: dict[str, dict] = {
-        "efficientsam_segmenter": {
-            "model": {"kind": "efficientsam", "checkpoint": str(checkpoint)},
-            "train": {"epochs": 2, "batch_size": 4, "learning_rate": 3e-3},
+        "segmenter_efficientsam": {
+            "model": {"kind": "efficientsam", "checkpoint": str(checkpoint), "train_encoder_blocks": 2},
+            "train": {"epochs": 10, "batch_size": 8, "learning_rate": 3e-3, "cpu": True},
         }
     }
     detector = out_dir.parent / "grounded_sam" / "grounding_dino"
     if (detector / "config.json").is_file():
-        configs["grounded_efficientsam"] = {
+        configs["consistency_grounded_efficientsam"] = {
             "backend": "grounded-efficientsam",
             "grounded": {"detector_id": str(detector.resolve()), "efficientsam_checkpoint": str(checkpoint)},
         }
