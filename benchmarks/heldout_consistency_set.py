@@ -26,17 +26,8 @@ import numpy as np
 from PIL import Image
 
 from hfpc_reward.images import load_rgb
+from hfpc_reward.sample_defects import DEFECT_KINDS as KINDS  # the names only: the drawing code is our own
 
-KINDS = (
-    "expanded",
-    "truncated",
-    "recoloured",
-    "label_changed",
-    "texture_changed",
-    "rescaled",
-    "shifted",
-    "melted",
-)
 RANGES = {  # magnitudes drawn per kind: clearly visible, never borderline
     "expanded": (0.12, 0.6),
     "truncated": (0.12, 0.45),
