@@ -222,7 +222,7 @@ class GroundedMaskFinder:
         prompts: Sequence[str | None],
     ) -> list[OriginalProduct]:
         """One OriginalProduct per original; cache holds its "box" (xyxy or None), "detections" and, for
-        detected products segmented by SAM, the "image_embedding" (a SamImageEmbedding)."""
+        detected products, the segmenter's "image_embedding" of the original (SAM's or EfficientSAM's)."""
         if not len(originals) == len(masks) == len(prompts):
             raise ValueError(f"got {len(originals)} originals, {len(masks)} masks and {len(prompts)} prompts")
         phrases = [(prompt or "").strip() or self.settings.default_prompt for prompt in prompts]
@@ -286,7 +286,7 @@ class GroundedMaskFinder:
         self,
         images: list[Image.Image],
         boxes: list[np.ndarray],
-        embedded: list[SamImageEmbedding] | None = None,
+        embedded: list | None = None,
     ) -> list[np.ndarray]:
         """One (H, W) mask per image for its one box (4,), clipped to the box when configured."""
         prompts = [np.asarray(box, dtype=np.float32)[None] for box in boxes]
@@ -303,7 +303,9 @@ class GroundedMaskFinder:
         detections = self.detector.detect(images, phrases)
         found_any = [index for index, found in enumerate(detections) if len(found.boxes)]
         embedded = None
-        if isinstance(self.segmenter, SamSegmenter):  # keep SAM's encoding of the original in its cache
+        if hasattr(
+            self.segmenter, "embed"
+        ):  # SAM and EfficientSAM: keep the original's encoding in its cache
             embedded = self.segmenter.embed([images[i] for i in found_any])
         best_boxes = [detections[i].boxes[0] for i in found_any]  # detections are sorted best first
         segmented = dict(zip(found_any, self._segment([images[i] for i in found_any], best_boxes, embedded)))
