@@ -130,43 +130,42 @@ def _expand(layer: ProductLayer, target: float, rng: np.random.Generator) -> tup
     colour = layer.straight_colour()[ys, xs].reshape(-1, 3)
     tone = colour[rng.integers(len(colour))] if rng.random() < 0.6 else rng.uniform(0.1, 0.9, 3)
     shape = rng.choice(["bulge", "lid", "stand", "handle", "blob"])
+    # where the extra part attaches and how wide it is: drawn once, only its size is fitted below
+    cx = int((x0 + x1) // 2)
+    part_width = int(width * rng.uniform(0.5, 1.2))
+    row = int(rng.uniform(y0 + 0.2 * height, y1 - 0.2 * height))
+    cols = np.nonzero(mask[row])[0]
+    on_right = rng.random() < 0.5
+    edge = int(cols.max() if on_right else cols.min())
+    angle = float(rng.uniform(-30, 30))
+    elongation = 1.3 if shape == "bulge" else 0.8
     canvas = np.zeros(mask.shape, np.uint8)
     scale = 1.0
-    w = 0
-    for attempt in range(5):  # grow the extra part until the measured expansion is near the target
+    for _attempt in range(5):  # grow the extra part until the measured expansion is near the target
         canvas[:] = 0
         extra_area = target * area * scale
+        h = max(2, int(extra_area / max(part_width, 1)))
         if shape == "lid":
-            w = int(width * rng.uniform(0.5, 1.1)) if attempt == 0 else w
-            h = max(2, int(extra_area / max(w, 1)))
-            cx = (x0 + x1) // 2
-            cv2.rectangle(canvas, (cx - w // 2, y0 - h), (cx + w // 2, y0 + 2), 255, -1)
+            cv2.rectangle(canvas, (cx - part_width // 2, y0 - h), (cx + part_width // 2, y0 + 2), 255, -1)
         elif shape == "stand":
-            w = int(width * rng.uniform(0.6, 1.3)) if attempt == 0 else w
-            h = max(2, int(extra_area / max(w, 1)))
-            cx = (x0 + x1) // 2
-            pts = np.array(
-                [[cx - w // 3, y1 - 2], [cx + w // 3, y1 - 2], [cx + w // 2, y1 + h], [cx - w // 2, y1 + h]]
+            top, bottom = (
+                (cx - part_width // 3, cx + part_width // 3),
+                (cx - part_width // 2, cx + part_width // 2),
             )
-            cv2.fillPoly(canvas, [pts.astype(np.int32)], 255)
+            pts = np.array(
+                [[top[0], y1 - 2], [top[1], y1 - 2], [bottom[1], y1 + h], [bottom[0], y1 + h]], np.int32
+            )
+            cv2.fillPoly(canvas, [pts], 255)
         elif shape == "handle":
-            side = x1 if rng.random() < 0.5 else x0
             ry = int(height * 0.25)
             rx = max(4, int(extra_area / (np.pi * ry * 0.5)))
-            thickness = max(3, int(rx * 0.45))
-            cv2.ellipse(canvas, (int(side), int((y0 + y1) // 2)), (rx, ry), 0, 0, 360, 255, thickness)
+            side = int(x1 if on_right else x0)
+            cv2.ellipse(canvas, (side, int((y0 + y1) // 2)), (rx, ry), 0, 0, 360, 255, max(3, int(rx * 0.45)))
         else:  # bulge / blob: an ellipse centred on a boundary point on the side
-            row = int(rng.uniform(y0 + 0.2 * height, y1 - 0.2 * height))
-            cols = np.nonzero(mask[row])[0]
-            side = int(cols.max() if rng.random() < 0.5 else cols.min())
             radius = np.sqrt(2.2 * extra_area / np.pi)
-            axes = (
-                int(radius * (1.3 if shape == "bulge" else 0.8)),
-                int(radius / (1.3 if shape == "bulge" else 0.8)),
-            )
-            cv2.ellipse(canvas, (side, row), axes, float(rng.uniform(-30, 30)), 0, 360, 255, -1)
-        extra = (canvas > 0) & ~mask
-        measured = extra.sum() / area
+            axes = (int(radius * elongation), int(radius / elongation))
+            cv2.ellipse(canvas, (edge, row), axes, angle, 0, 360, 255, -1)
+        measured = ((canvas > 0) & ~mask).sum() / area
         if abs(measured - target) < 0.25 * target:
             break
         scale *= target / max(measured, 1e-3)
