@@ -15,6 +15,7 @@ from typing import Any
 from markupsafe import Markup
 
 from eval.config import EvalConfig
+from eval.stats import reason_kind
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
@@ -27,6 +28,8 @@ def write_report(out: Path, results: dict, samples: list[dict], config: EvalConf
     names = [version.name for version in config.versions]
     env = Environment(loader=FileSystemLoader(TEMPLATE_DIR), autoescape=True, undefined=StrictUndefined)
     env.filters["num"] = format_number
+    env.filters["pvalue"] = format_p_value
+    env.filters["reason_kind"] = reason_kind
     html = env.get_template("report.html.j2").render(
         title=config.report.title,
         meta=results["meta"],
@@ -101,14 +104,10 @@ def pass_rate_chart(results: dict, names: list[str]) -> str:
         f"pass rate ({int(results['meta']['config']['stats']['confidence'] * 100)}% CI over products)"
     )
     ax.spines[["top", "right"]].set_visible(False)
-    for y, rate in enumerate(rates):
-        ax.text(
-            min(max(rate["high"], rate["estimate"]), 0.88) + 0.02,
-            y,
-            format_number(rate["estimate"]),
-            va="center",
-            fontsize=9,
-        )
+    for y, rate in enumerate(rates):  # inside the bar; right of the interval when the bar is too short
+        inside = rate["estimate"] >= 0.12
+        x, colour = (0.01, "white") if inside else (min(rate["high"], 0.9) + 0.02, "black")
+        ax.text(x, y, format_number(rate["estimate"]), va="center", fontsize=9, color=colour, weight="bold")
     return _svg(fig, "pass-rate")
 
 
@@ -147,6 +146,13 @@ def format_number(value: Any, digits: int = 3) -> str:
     if isinstance(value, bool):
         return str(value)
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def format_p_value(value: float | None) -> str:
+    """A p-value for tables: 3 decimals, '< 0.001' below that, '-' when missing."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def _interval(ci: dict) -> str:
