@@ -132,6 +132,12 @@ def test_detector_boxes_are_pixels_of_each_image_in_a_batch_of_different_sizes(d
         assert len(found.labels) == len(found.boxes)
 
 
+def test_a_prompt_longer_than_the_detectors_text_length_is_cut_not_fatal(detect_all):
+    max_words = detect_all.detector.model.config.max_text_len
+    (found,) = detect_all.detector.detect([photo(64, 64, 24)], ["red shoe " * max_words])
+    assert len(found.boxes) == detect_all.detector.model.config.num_queries
+
+
 def test_sam_box_prompts_match_the_processors_own_normalisation(detect_all):
     processor = detect_all.segmenter.processor
     image = photo(90, 160, 3)

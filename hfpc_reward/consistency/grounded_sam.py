@@ -78,7 +78,11 @@ class GroundingDinoDetector:
         for start in range(0, len(images), self.batch_size):
             chunk = list(images[start : start + self.batch_size])
             texts = [detection_text(prompt) for prompt in prompts[start : start + self.batch_size]]
-            inputs = self.processor(images=chunk, text=texts, padding=True, return_tensors="pt")
+            # a prompt longer than the model's text length is cut to it
+            inputs = self.processor(
+                images=chunk, text=texts, padding=True, truncation=True,
+                max_length=self.model.config.max_text_len, return_tensors="pt",
+            )  # fmt: skip
             inputs = inputs.to(self.model.device)
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
             outputs = self.model(**inputs)
