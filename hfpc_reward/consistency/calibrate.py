@@ -6,7 +6,8 @@ Ground truth per row: the `consistent` field (bool; results rows keep it as `con
 that human labels also reject pairs for their background, so they are a noisier target). The rows are
 checked once (results cached in `--results`, default <out>.results.jsonl, resumable), then every threshold
 of ThresholdConfig is fitted by coordinate ascent over candidate values (midpoints between quantiles of
-that metric), a few rounds, starting from the current config. The detection task is "inconsistent" as the
+that metric), a few rounds, starting from the current config; each takes the most lenient value within
+`SLACK` of the best objective, so the fitted thresholds keep a margin for pairs not seen in calibration. The detection task is "inconsistent" as the
 positive class: `--best-f1` maximises F1; `--target-precision P` maximises recall among settings with
 precision >= P. The output YAML is the input config delta (if any) with the fitted `thresholds` section,
 loadable with `--config`.
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 TRUTH_FIELD = "consistent_truth"  # results rows keep the input's ground-truth `consistent` under this name
 ROUNDS = 4  # coordinate-ascent passes over all thresholds
 CANDIDATES = 64  # quantiles of each metric tried as its threshold
+SLACK = 0.005  # F1 (or recall) given up per threshold for a more lenient value, i.e. a margin on unseen data
 
 
 def ground_truth(record: dict[str, Any]) -> bool | None:
@@ -68,8 +70,12 @@ def fit_thresholds(
     truth_consistent: Sequence[bool],
     start: ThresholdConfig,
     target_precision: float | None = None,
+    slack: float = SLACK,
 ) -> ThresholdConfig:
-    """Thresholds maximising F1 (or recall at `target_precision`) of detecting inconsistent rows."""
+    """Thresholds maximising F1 (or recall at `target_precision`) of detecting inconsistent rows.
+
+    Each threshold takes the most lenient value whose F1 (recall) is within `slack` of the best one.
+    """
     from hfpc_reward.consistency.checker import CHECKS
 
     if not metrics:
@@ -86,9 +92,9 @@ def fit_thresholds(
     def objective(flagged: np.ndarray) -> tuple:
         m = detection_metrics(~truth, ~flagged)
         if target_precision is None:
-            return (m["f1"], -m["false_rejection"])
+            return (m["f1"],)
         reached = m["precision"] >= target_precision
-        return (reached, m["recall"] if reached else m["precision"], m["f1"])
+        return (reached, m["recall"] if reached else m["precision"])
 
     for _ in range(ROUNDS):
         for name, field, kind, _ in CHECKS:
@@ -104,8 +110,8 @@ def fit_thresholds(
                 candidates = np.maximum(candidates, 1e-4)
             scored = [(objective(others | fails(name, field, kind, c)), c) for c in candidates]
             best = max(score for score, _ in scored)
-            # among equally good values, the most lenient (fewest rejections of unseen consistent pairs)
-            tied = [c for score, c in scored if score == best]
+            # among values within `slack` of the best, the most lenient: a margin for unseen consistent pairs
+            tied = [c for score, c in scored if score[:-1] == best[:-1] and score[-1] >= best[-1] - slack]
             limits[field] = float(max(tied) if kind == "max" else min(tied))
     return replace(start, **{field: round(value, 5) for field, value in limits.items()})
 

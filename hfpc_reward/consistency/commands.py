@@ -213,7 +213,7 @@ def summary_table(records: list[dict[str, Any]]) -> str:
     reasons = Counter(reason.split(" (")[0].rstrip("0123456789.% ") for r in checked for reason in r.get("reasons", []))
     for reason, count in reasons.most_common(8):
         lines.append(f"  {count:6d}  {reason}")
-    for message, count in Counter(str(r["error"]).split(": ")[-1] for r in errors).most_common(5):
+    for message, count in Counter(str(r["error"]).split(": ", 1)[-1] for r in errors).most_common(5):
         lines.append(f"  {count:6d}  error: {message}")
     labelled = [(ground_truth(r), bool(r.get("consistent"))) for r in checked]
     labelled = [(truth, predicted) for truth, predicted in labelled if truth is not None]

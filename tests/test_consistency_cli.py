@@ -1,0 +1,151 @@
+"""`hfpc check` (pair and manifest mode), bad inputs, resuming, overlays, workers and `hfpc calibrate-consistency`."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hfpc_reward.cli import main
+from hfpc_reward.config import RESOLVED_CONFIG_NAME, load_config
+from hfpc_reward.consistency.commands import check_manifest
+from hfpc_reward.consistency.config import ConsistencyConfig
+from hfpc_reward.data import read_jsonl, read_manifest
+from test_consistency import SIZE, draw_product, product_mask, textured_background
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (a decompression bomb is refused before decoding)."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> Path:
+    """A folder with an original, its mask, good and defective generations, and broken files."""
+    root = tmp_path_factory.mktemp("pairs")
+    mask = product_mask()
+    original = draw_product(np.full((SIZE, SIZE, 3), 245, np.uint8), mask)
+    Image.fromarray(original).save(root / "original.png")
+    Image.fromarray(mask).save(root / "mask.png")
+    Image.fromarray(np.zeros_like(mask)).save(root / "empty_mask.png")
+    Image.fromarray(np.ones_like(mask)).save(root / "full_mask.png")
+    for seed in (1, 2, 3):
+        Image.fromarray(draw_product(textured_background(seed), mask)).save(root / f"good{seed}.png")
+    grown = mask.copy()
+    grown[int(SIZE * 0.3) : int(SIZE * 0.6), int(SIZE * 0.65) : int(SIZE * 0.75)] = True
+    expanded = draw_product(textured_background(4), mask)
+    expanded[grown & ~mask] = (190, 30, 40)
+    Image.fromarray(expanded).save(root / "expanded.png")
+    recoloured = draw_product(textured_background(5), mask)
+    recoloured[mask] = recoloured[mask][:, ::-1]
+    Image.fromarray(recoloured).save(root / "recoloured.png")
+    truncated = draw_product(textured_background(6), mask)
+    truncated[int(SIZE * 0.6) :, :] = textured_background(6)[int(SIZE * 0.6) :, :]
+    Image.fromarray(truncated).save(root / "truncated.png")
+    valid = (root / "good1.png").read_bytes()
+    (root / "corrupt.png").write_bytes(valid[: len(valid) // 3])
+    (root / "zero.png").write_bytes(b"")
+    (root / "text.png").write_text("this is not an image\n")
+    (root / "bomb.png").write_bytes(png_header_only(20000, 20000))
+    return root
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+BAD_ROWS = [  # (generation, mask, expected words in the row's error)
+    ("missing.png", "mask.png", "does not exist"),
+    ("corrupt.png", "mask.png", "corrupt or truncated"),
+    ("zero.png", "mask.png", "file is empty (0 bytes)"),
+    ("text.png", "mask.png", "not an image file"),
+    ("bomb.png", "mask.png", "decompression bomb"),
+    ("good1.png", "empty_mask.png", "product mask (given) is empty"),
+    ("good1.png", "full_mask.png", "covers 100.0% of the image"),
+]
+
+
+def test_manifest_mode_reports_every_row_and_resumes(pairs, tmp_path, capsys):
+    rows = [
+        {"origin": "original.png", "generation": "good1.png", "mask": "mask.png", "consistent": True, "sku": "a"},
+        {"origin": "original.png", "generation": "expanded.png", "mask": "mask.png", "consistent": False},
+    ]
+    rows += [{"origin": "original.png", "generation": gen, "mask": mask} for gen, mask, _ in BAD_ROWS]
+    rows.append({"origin": "https://example.com/o.png", "generation": "good2.png"})
+    manifest = write_manifest(pairs / "manifest.jsonl", rows)
+    out, overlays = tmp_path / "run" / "results.jsonl", tmp_path / "overlays"
+
+    assert main(["check", "--manifest", str(manifest), "--out", str(out), "--overlays", str(overlays)]) == 0
+    records = sorted(read_jsonl(out), key=lambda r: r["manifest_index"])
+    assert [r["manifest_index"] for r in records] == list(range(len(rows)))
+    assert records[0]["consistent"] is True and records[0]["error"] is None and records[0]["sku"] == "a"
+    assert records[0]["consistent_truth"] is True and set(records[0]["metrics"]) >= {"iou", "expansion", "ssim"}
+    assert records[1]["consistent"] is False and records[1]["consistent_truth"] is False
+    assert any(reason.startswith("expanded") for reason in records[1]["reasons"])
+    for record, (_, _, words) in zip(records[2:], BAD_ROWS):
+        assert words in record["error"], record["error"]
+        assert record["consistent"] is False and record["consistency_score"] == 0.0
+    assert "is a URL" in records[-1]["error"]
+    assert (out.parent / RESOLVED_CONFIG_NAME).is_file()
+    assert sorted(p.name for p in overlays.iterdir()) == ["000000.png", "000001.png"]  # names from the row index
+    assert Image.open(overlays / "000000.png").size[0] == 3 * SIZE
+    summary = capsys.readouterr().out
+    assert "errors 8" in summary and "precision 1.000" in summary and "consistent rejected 0.0%" in summary
+
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:-2]) + "\n" + lines[-2][:10])  # interrupted: one row lost, one half-written
+    assert main(["check", "--manifest", str(manifest), "--out", str(out)]) == 0
+    indices = [r["manifest_index"] for r in read_jsonl(out)]
+    assert sorted(indices) == list(range(len(rows)))  # the lost rows re-checked, nothing twice
+
+
+def test_workers_give_the_same_results(pairs, tmp_path):
+    rows = [{"origin": "original.png", "generation": f"good{k}.png", "mask": "mask.png"} for k in (1, 2, 3)]
+    rows.append({"origin": "good1.png", "generation": "recoloured.png", "mask": "mask.png"})
+    manifest = read_manifest(write_manifest(pairs / "workers.jsonl", rows))
+    config = ConsistencyConfig()
+    one = check_manifest(manifest, config, tmp_path / "one.jsonl", workers=1)
+    two = check_manifest(manifest, config, tmp_path / "two.jsonl", workers=2)
+    by_index = lambda records: {r["manifest_index"]: r["metrics"] for r in records}  # noqa: E731
+    assert by_index(one) == by_index(two) and len(one) == 4
+
+
+def test_single_pair_json_exit_codes_and_overrides(pairs, capsys):
+    original, mask = str(pairs / "original.png"), str(pairs / "mask.png")
+    assert main(["check", original, str(pairs / "good1.png"), "--mask", mask, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["consistent"] is True and report["error"] is None and 0.5 <= report["consistency_score"] <= 1
+    assert main(["check", original, str(pairs / "recoloured.png"), "--mask", mask]) == 1
+    assert "recoloured" in capsys.readouterr().out
+    loose = ["thresholds.max_delta_e=1000", "thresholds.max_changed_area=1.01", "thresholds.min_ssim=0.01"]
+    assert main(["check", original, str(pairs / "recoloured.png"), *loose, "--mask", mask]) == 0
+    assert main(["check", original, str(pairs / "zero.png")]) == 2
+    assert main(["check", original, str(pairs / "good1.png"), "thresholds.max_expansoin=1"]) == 2  # typo refused
+
+
+def test_calibrate_writes_a_loadable_config_that_separates_the_labels(pairs, tmp_path, capsys):
+    rows = [{"origin": "original.png", "generation": f"good{k}.png", "mask": "mask.png", "label": 1} for k in (1, 2, 3)]
+    rows += [
+        {"origin": "original.png", "generation": f"{name}.png", "mask": "mask.png", "consistent": False}
+        for name in ("expanded", "recoloured", "truncated")
+    ]
+    manifest = write_manifest(pairs / "labelled.jsonl", rows)
+    out = tmp_path / "fitted.yaml"
+    assert main(["calibrate-consistency", "--manifest", str(manifest), "--out", str(out), "--best-f1"]) == 0
+    assert "after  precision 1.000  recall 1.000  F1 1.000" in capsys.readouterr().out
+    fitted = load_config(ConsistencyConfig, out)
+    assert fitted.thresholds != ConsistencyConfig().thresholds
+    assert main(["check", "--manifest", str(manifest), "--out", str(tmp_path / "r.jsonl"), "--config", str(out)]) == 0
+    records = read_jsonl(tmp_path / "r.jsonl")
+    assert sorted(r["consistent"] for r in records) == [False, False, False, True, True, True]
