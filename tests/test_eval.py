@@ -245,6 +245,31 @@ def test_compare_two_runs(dummy_run, product_manifest, tmp_path):
     assert "tuned" in comparison_table(comparison)
 
 
+def test_compare_command_prints_and_writes(dummy_run, capsys, tmp_path):
+    from eval.__main__ import main
+
+    out, _, _ = dummy_run
+    target = tmp_path / "cmp.json"
+    assert (
+        main(
+            [
+                "compare",
+                str(out / "results.json"),
+                str(out / "results.json"),
+                "--pair",
+                "base:tuned",
+                "--out",
+                str(target),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "base" in printed and "tuned" in printed and str(target) in printed
+    (item,) = json.loads(target.read_text())["comparisons"]
+    assert (item["a"], item["b"]) == ("base", "tuned") and item["difference"]["estimate"] > 0.2
+
+
 def test_paired_permutation_test_holds_its_level_under_the_null():
     """With no real difference (both versions pass with 0.5), p < 0.05 happens at most ~5% of the time:
     200 seeded null datasets of 30 products x 8 samples; the sign-flip test is exact, at most conservative."""
