@@ -294,6 +294,12 @@ def defect(kind: str, spec: dict, colour, alpha, rng, size: int):
         stencil = np.zeros(alpha.shape, np.uint8)
         piece = rng.choice(["dome", "sleeve", "puffs", "pedestal"])
         top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
+        peak_x = int(xs[np.argmin(ys)])  # the dome sits on the product's highest point
+        mid = int((top + bottom) / 2)
+        mid_cols = np.nonzero(alpha[mid] > 0.5)[0]
+        if not len(mid_cols):
+            mid_cols = xs
+        on_right = rng.random() < 0.5
         grow = 1.0
         for _ in range(6):
             stencil[:] = 0
@@ -302,7 +308,7 @@ def defect(kind: str, spec: dict, colour, alpha, rng, size: int):
                 rx = int((right - left) * 0.4) + 2
                 cv2.ellipse(
                     stencil,
-                    (int((left + right) / 2), int(top) + 2),
+                    (peak_x, int(top) + 2),
                     (rx, int(2 * extra / (np.pi * rx)) + 2),
                     0,
                     180,
@@ -313,14 +319,8 @@ def defect(kind: str, spec: dict, colour, alpha, rng, size: int):
             elif piece == "sleeve":
                 hh = int((bottom - top) * 0.5)
                 ww = int(extra / hh) + 2
-                x = int(right) - 2 if rng.random() < 0.5 else int(left) - ww + 2
-                cv2.rectangle(
-                    stencil,
-                    (x, int(top + 0.25 * (bottom - top))),
-                    (x + ww, int(top + 0.25 * (bottom - top)) + hh),
-                    255,
-                    -1,
-                )
+                x = int(mid_cols.max()) - 2 if on_right else int(mid_cols.min()) - ww + 2
+                cv2.rectangle(stencil, (x, mid - hh // 2), (x + ww, mid + hh // 2), 255, -1)
             elif piece == "puffs":
                 for k in range(3):  # centred on the silhouette's own edge, so they grow out of the product
                     row = int(top + (0.2 + 0.3 * k) * (bottom - top))
@@ -337,7 +337,7 @@ def defect(kind: str, spec: dict, colour, alpha, rng, size: int):
                     stencil, (cx - ww // 2, int(bottom) - 2), (cx + ww // 2, int(bottom) + hh), 255, -1
                 )
             measured = ((stencil > 127) & (alpha <= 0.5)).sum() / area
-            if abs(measured - target) < 0.2 * target:
+            if abs(measured - target) < 0.2 * target and measured >= low:
                 break
             grow *= target / max(measured, 1e-3)
         m = stencil.astype(np.float32) / 255.0
