@@ -15,6 +15,7 @@ Policies (documented because users rely on them):
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -130,6 +131,18 @@ def paste_product(generated: Image.Image, original: Image.Image, mask: np.ndarra
     return Image.composite(original.convert("RGB"), generated, Image.fromarray(mask.astype(np.uint8) * 255))
 
 
+def content_key(source: Any) -> str:
+    """A cache key: the same for the same path, or for in-memory images with the same pixels."""
+    if isinstance(source, (str, Path)):
+        return f"path:{Path(source)}"
+    if isinstance(source, Image.Image):
+        data, shape = source.tobytes(), (source.mode, source.size)
+    else:
+        array = source.detach().cpu().numpy() if _is_tensor(source) else np.asarray(source)
+        data, shape = np.ascontiguousarray(array).tobytes(), (array.dtype.str, array.shape)
+    return f"pixels:{shape}:{hashlib.blake2b(data, digest_size=16).hexdigest()}"
+
+
 def _open_file(path: Path, max_pixels: int) -> Image.Image:
     if not path.exists():
         raise ImageLoadError(f"{path}: file does not exist")
@@ -187,7 +200,8 @@ def _normalise_mode(image: Image.Image) -> ImageWithAlpha:
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max() > 255 else 255.0
+        # I;16 is 16-bit by definition (a dark 16-bit photo must stay dark); plain I may hold 8-bit values
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
         image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
     elif image.mode == "F":
         image = Image.fromarray(np.clip(np.asarray(image) * 255.0 + 0.5, 0, 255).astype(np.uint8))

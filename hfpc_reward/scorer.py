@@ -17,9 +17,13 @@ two into `passed` and `reward`:
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
+from hfpc_reward import images
 from hfpc_reward.consistency.config import ConsistencyConfig
 
 REWARD_POLICIES = ("gate", "product", "weighted")
@@ -90,3 +94,190 @@ class HFPCResult:
             "reasons": list(self.reasons),
             "error": self.error,
         }
+
+
+class HFPCScorer:
+    """Both HFPC judges on batches of pairs, with the original side of each pair computed once.
+
+    The original side (consistency product mask and features, reward-model vision tokens) is kept in a
+    bounded LRU cache keyed by content (`images.content_key`), so scoring G generations of one original,
+    or the same originals again in the next RL step, encodes each original once.
+    """
+
+    def __init__(self, reward_model: Any, checker: Any, config: ScorerConfig | None = None):
+        self.reward_model = reward_model  # HFPCRewardModel or None (consistency-only judging)
+        self.checker = checker  # ProductConsistencyChecker
+        self.config = config or ScorerConfig()
+        self._originals: OrderedDict[tuple, _OriginalSide] = OrderedDict()
+        if reward_model is not None:
+            reward_model.eval()
+
+    @classmethod
+    def from_config(cls, config: ScorerConfig) -> "HFPCScorer":
+        from hfpc_reward.consistency.checker import ProductConsistencyChecker
+
+        reward_model = None
+        if config.reward_model.path:
+            import torch
+
+            from hfpc_reward.reward_model import HFPCRewardModel
+
+            reward_model = HFPCRewardModel.from_pretrained(
+                config.reward_model.path,
+                device=config.reward_model.device,
+                dtype=getattr(torch, config.reward_model.dtype),
+            )
+        return cls(reward_model, ProductConsistencyChecker.from_config(config.consistency), config)
+
+    @property
+    def threshold(self) -> float | None:
+        """The background pass threshold: the config's override, else the reward model's own."""
+        if self.config.policy.threshold is not None:
+            return self.config.policy.threshold
+        return None if self.reward_model is None else float(self.reward_model.threshold)
+
+    def score(
+        self,
+        originals: Sequence[Any] | Any,
+        generated: Sequence[Any] | Any,
+        masks: Sequence[Any] | None = None,
+        prompts: Sequence[str | None] | None = None,
+    ) -> list[HFPCResult]:
+        """One HFPCResult per (originals[i], generated[i]); a bad item gets `error` and `reward=None`."""
+        originals, generated = _as_list(originals), _as_list(generated)
+        count = len(generated)
+        masks = [None] * count if masks is None else _as_list(masks)
+        prompts = [None] * count if prompts is None else list(prompts)
+        if not len(originals) == len(masks) == len(prompts) == count:
+            raise ValueError(
+                f"got {len(originals)} originals, {count} generated images, {len(masks)} masks and "
+                f"{len(prompts)} prompts: pass one of each per generated image (None where unknown)"
+            )
+        results = [HFPCResult() for _ in range(count)]
+        sides = self._original_sides(originals, masks, prompts, results)
+        pixels = [_load_or_error(generated[i], results[i]) if sides[i] is not None else None for i in range(count)]
+        good = [i for i in range(count) if pixels[i] is not None]
+        reports = self.checker.check_prepared([sides[i].product for i in good], [pixels[i] for i in good], errors="report")
+        background = self._background_scores([sides[i] for i in good], [pixels[i] for i in good], [prompts[i] for i in good])
+        for k, i in enumerate(good):
+            self._judge(results[i], reports[k], None if background is None else background[k])
+        return results
+
+    def clear_cache(self) -> None:
+        self._originals.clear()
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _original_sides(self, originals, masks, prompts, results) -> list["_OriginalSide | None"]:
+        keys = [
+            (images.content_key(o), None if m is None else images.content_key(m), p)
+            for o, m, p in zip(originals, masks, prompts)
+        ]
+        missing = list(dict.fromkeys(key for key in keys if key not in self._originals))
+        first = {key: keys.index(key) for key in missing}
+        if missing:
+            idx = [first[key] for key in missing]
+            products = self.checker.prepare_originals(
+                [originals[i] for i in idx], [masks[i] for i in idx], [prompts[i] for i in idx], errors="report"
+            )
+            tokens = self._encode([p.image for p in products if not isinstance(p, Exception)])
+            token_iter = iter(tokens) if tokens is not None else None
+            for key, product in zip(missing, products):
+                if isinstance(product, Exception):
+                    side = _OriginalSide(None, None, str(product))
+                else:
+                    side = _OriginalSide(product, None if token_iter is None else next(token_iter), None)
+                self._originals[key] = side
+        sides = []
+        for key, result in zip(keys, results):
+            side = self._originals[key]
+            self._originals.move_to_end(key)
+            if side.error is not None:
+                result.error = f"original: {side.error}"
+                sides.append(None)
+            else:
+                sides.append(side)
+        while len(self._originals) > self.config.cache_size:
+            self._originals.popitem(last=False)
+        return sides
+
+    def _encode(self, pil_images: list) -> list | None:
+        """Reward-model vision tokens (one (N,D) tensor per image), batched; None without a reward model."""
+        if self.reward_model is None:
+            return None
+        import torch
+
+        out = []
+        batch = self.config.reward_model.batch_size
+        with torch.inference_mode():
+            for start in range(0, len(pil_images), batch):
+                chunk = self.reward_model.load_pixels(pil_images[start : start + batch])
+                out.extend(self.reward_model.encode_images(chunk))
+        return out
+
+    def _background_scores(self, sides, pixels, prompts) -> list[float] | None:
+        if self.reward_model is None or not sides:
+            return None
+        import torch
+
+        scores: list[float] = []
+        batch = self.config.reward_model.batch_size
+        with torch.inference_mode():
+            for start in range(0, len(sides), batch):
+                stop = start + batch
+                generated_tokens = torch.stack(self._encode(pixels[start:stop]))
+                original_tokens = torch.stack([side.tokens for side in sides[start:stop]])
+                chunk = self.reward_model.score_from_tokens(original_tokens, generated_tokens, prompts[start:stop])
+                scores.extend(chunk.float().cpu().tolist())
+        return scores
+
+    def _judge(self, result: HFPCResult, report: Any, background: float | None) -> None:
+        result.consistency = report
+        if report.error is not None:
+            result.error = report.error
+            return
+        result.background_score = background
+        result.reasons = list(report.reasons) if not report.consistent else []
+        threshold = self.threshold
+        background_ok = background is None or threshold is None or background >= threshold
+        if not background_ok:
+            result.reasons.append(f"background score {background:.2f} below threshold {threshold:.2f}")
+        result.passed = bool(report.consistent and background_ok)
+        result.reward = self._reward(report, background, threshold)
+
+    def _reward(self, report: Any, background: float | None, threshold: float | None) -> float:
+        policy = self.config.policy
+        if policy.reward == "gate":
+            if not report.consistent:
+                return float(policy.fail_value)
+            return float(report.score if background is None else background)
+        if policy.reward == "product":
+            if background is None:
+                return float(report.score)
+            return float(_sigmoid(background - (threshold or 0.0)) * report.score)
+        weighted = policy.consistency_weight * report.score
+        return float(weighted if background is None else weighted + policy.background_weight * background)
+
+
+@dataclass
+class _OriginalSide:
+    product: Any  # OriginalProduct of the consistency checker
+    tokens: Any  # reward-model vision tokens (N,D) of the original, or None without a reward model
+    error: str | None  # why this original cannot be judged
+
+
+def _as_list(batch: Any) -> list:
+    if isinstance(batch, (str, Path)) or hasattr(batch, "getpixel"):
+        raise TypeError("expected a batch (a list of images or a (B,3,H,W) tensor), got a single image")
+    return list(batch)  # a (B,3,H,W) tensor or array splits into B images
+
+
+def _load_or_error(source: Any, result: HFPCResult):
+    try:
+        return images.load_rgb(source)
+    except images.ImageLoadError as exc:
+        result.error = f"generated: {exc}"
+        return None
+
+
+def _sigmoid(value: float) -> float:
+    return 1.0 / (1.0 + math.exp(-value))
