@@ -90,6 +90,12 @@ def test_16bit_png_file_scales_to_8bit(tmp_path):
     assert np.asarray(load_rgb(path))[0, :, 0].tolist() == [0, 128, 255]
 
 
+def test_dark_16bit_png_stays_dark(tmp_path):
+    path = tmp_path / "dark.png"
+    Image.fromarray(np.array([[0, 128, 255]], dtype=np.uint16)).save(path)  # all values <= 255
+    assert np.asarray(load_rgb(path))[0, :, 0].tolist() == [0, 0, 1]
+
+
 def test_cmyk_jpeg_file_opens(tmp_path):
     path = tmp_path / "print.jpg"
     Image.fromarray(_gradient()).convert("CMYK").save(path)
