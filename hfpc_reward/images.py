@@ -56,8 +56,8 @@ def open_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     """Open any accepted source as 8-bit RGB plus its alpha mask (if it had transparency)."""
     if isinstance(source, (str, Path)):
         image = _open_file(Path(source), max_pixels)
-    elif isinstance(source, Image.Image):
-        image = source
+    elif isinstance(source, Image.Image):  # an Image.open()ed phone photo is upright too, as its path would be
+        image = ImageOps.exif_transpose(source) if source.getexif().get(0x0112, 1) != 1 else source
     elif isinstance(source, np.ndarray) or _is_tensor(source):
         image = _array_to_pil(source)
     else:

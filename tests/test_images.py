@@ -60,6 +60,8 @@ def test_exif_orientation_is_applied(tmp_path):
     image = np.asarray(load_rgb(path))
     assert image.shape == (40, 20, 3)  # upright: portrait
     assert image[5, 10, 0] > 200 and image[35, 10, 2] > 200  # red on top after the clockwise turn
+    with Image.open(path) as opened:  # the same photo handed over as a PIL image is upright too
+        assert (np.asarray(load_rgb(opened)) == image).all()
 
 
 @pytest.mark.parametrize("mode", ["P", "L", "CMYK", "I;16", "I", "F", "1"])
