@@ -69,31 +69,28 @@ def canvas_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
 
 
 class InpaintPipelineGenerator:
-    """A diffusers SD-inpainting pipeline (plus an optional LoRA), loaded on first use."""
+    """A diffusers SD-inpainting pipeline (plus an optional LoRA), loaded when constructed so that a wrong
+    path or LoRA fails the run at once, not sample by sample."""
+
+    ADAPTER_NAME = "hfpc_eval_lora"  # not "eval": a torch Module attribute of that name exists
 
     def __init__(self, path: str, generation: GenerationConfig, lora: str = "", lora_scale: float = 1.0):
-        self.path, self.lora, self.lora_scale = path, lora, lora_scale
+        import torch
+        from diffusers import StableDiffusionInpaintPipeline
+
         self.generation = generation
-        self._pipe = None
-
-    def _pipeline(self):
-        if self._pipe is None:
-            import torch
-            from diffusers import StableDiffusionInpaintPipeline
-
-            dtype = getattr(torch, self.generation.dtype)
-            logger.info(
-                "loading inpainting pipeline %s%s", self.path, f" + LoRA {self.lora}" if self.lora else ""
-            )
-            pipe = StableDiffusionInpaintPipeline.from_pretrained(
-                self.path, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
-            )
-            if self.lora:
-                pipe.load_lora_weights(self.lora, adapter_name="eval")
-                pipe.set_adapters(["eval"], adapter_weights=[self.lora_scale])
-            pipe.set_progress_bar_config(disable=True)
-            self._pipe = pipe.to(self.generation.device)
-        return self._pipe
+        logger.info("loading inpainting pipeline %s%s", path, f" + LoRA {lora}" if lora else "")
+        pipe = StableDiffusionInpaintPipeline.from_pretrained(
+            path,
+            torch_dtype=getattr(torch, generation.dtype),
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+        if lora:
+            pipe.load_lora_weights(lora, adapter_name=self.ADAPTER_NAME)
+            pipe.set_adapters([self.ADAPTER_NAME], adapter_weights=[lora_scale])
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe.to(generation.device)
 
     def generate(
         self, product: Product, ks: Sequence[int], seeds: Sequence[int]
@@ -103,7 +100,7 @@ class InpaintPipelineGenerator:
         if product.mask is None:
             error = ValueError(f"product {product.product_id} has no mask: add `mask` to its manifest row")
             return [error] * len(ks)
-        pipe, cfg = self._pipeline(), self.generation
+        pipe, cfg = self.pipe, self.generation
         size = canvas_size(product.image.size, cfg.resolution)
         image = resize_to(product.image, size)
         background = Image.fromarray((~product.mask).astype(np.uint8) * 255).resize(size, Image.NEAREST)
@@ -175,7 +172,7 @@ class FolderGenerator:
 
 
 def build_generator(version: VersionConfig, generation: GenerationConfig) -> Generator:
-    """The generator of a configured version (models load lazily, on the first sample)."""
+    """The generator of a configured version (pipelines load here: a bad path fails now)."""
     if version.kind == "folder":
         return FolderGenerator(version.path, version.manifest)
     if version.kind == "lora":

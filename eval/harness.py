@@ -112,7 +112,8 @@ def run_eval(
             rows = _sample_product(config, version, generator, scorer, itm_judge, product, todo)
             append_jsonl(samples_path, rows)
             n_generated += len(todo)
-        generators.pop(version.name, None)  # free a pipeline before loading the next version
+        generators.pop(version.name, None)
+        del generator  # free this version's pipeline before the next one loads
     return _write_results(config, out, products, skipped, n_generated)
 
 
