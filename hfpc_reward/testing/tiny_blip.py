@@ -116,7 +116,7 @@ def write_colour_preference_task(
     rng = np.random.default_rng(seed)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    lo, hi = image_size // 4, image_size - image_size // 4
+    lo, hi = image_size // 8, image_size - image_size // 8  # the product fills the middle 3/4
 
     def picture(product_colour: np.ndarray) -> np.ndarray:
         background = rng.uniform(0, 1, 3) * 0.8 + rng.normal(0, 0.08, (image_size, image_size, 3))
