@@ -63,11 +63,14 @@ class HFPCReward:
         completions: Any,
         image: Any,
         mask_image: Any = None,
+        category: Sequence[str | None] | None = None,
         log_metric: Callable[[str, float], None] | None = None,
         log_extra: Callable[[str, list], None] | None = None,
         **kwargs: Any,
     ) -> list[float | None]:
-        results = self.scorer.score(image, completions, masks=mask_image, prompts=prompts)
+        """Rewards for `completions[i]` generated from original `image[i]` (its product mask `mask_image[i]`,
+        product name `category[i]` when known); None where an item could not be judged."""
+        results = self.scorer.score(image, completions, masks=mask_image, prompts=prompts, categories=category)
         _log_components(results, log_metric, log_extra)
         return [None if result.error is not None else self.value(result) for result in results]
 
@@ -134,6 +137,7 @@ class _DdpoRewardFn:
             completions=images,
             image=[meta["image"] for meta in metadata],
             mask_image=[meta.get("mask_image") for meta in metadata],
+            category=[meta.get("category") for meta in metadata],
             log_extra=extras.__setitem__,
         )
         rewards = np.array([np.nan if v is None else v for v in values], dtype=np.float32)

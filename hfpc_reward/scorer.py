@@ -108,7 +108,8 @@ class HFPCScorer:
         self.reward_model = reward_model  # HFPCRewardModel or None (consistency-only judging)
         self.checker = checker  # ProductConsistencyChecker
         self.config = config or ScorerConfig()
-        self._originals: OrderedDict[tuple, _OriginalSide] = OrderedDict()
+        self._products = _LRU(self.config.cache_size)  # (image, mask, category) key -> OriginalProduct or error
+        self._tokens = _LRU(self.config.cache_size)  # image key -> reward-model vision tokens (N,D)
         if reward_model is not None:
             reward_model.eval()
 
@@ -142,62 +143,75 @@ class HFPCScorer:
         generated: Sequence[Any] | Any,
         masks: Sequence[Any] | None = None,
         prompts: Sequence[str | None] | None = None,
+        categories: Sequence[str | None] | None = None,
     ) -> list[HFPCResult]:
-        """One HFPCResult per (originals[i], generated[i]); a bad item gets `error` and `reward=None`."""
+        """One HFPCResult per (originals[i], generated[i]); a bad item gets `error` and `reward=None`.
+
+        `prompts` are the background prompts (the reward model's query text); `categories` name the
+        product for detecting backends (grounded-*; else `grounded.default_prompt`).
+        """
         originals, generated = _as_list(originals), _as_list(generated)
         count = len(generated)
         masks = [None] * count if masks is None else _as_list(masks)
         prompts = [None] * count if prompts is None else list(prompts)
-        if not len(originals) == len(masks) == len(prompts) == count:
+        categories = [None] * count if categories is None else list(categories)
+        if not len(originals) == len(masks) == len(prompts) == len(categories) == count:
             raise ValueError(
-                f"got {len(originals)} originals, {count} generated images, {len(masks)} masks and "
-                f"{len(prompts)} prompts: pass one of each per generated image (None where unknown)"
+                f"got {len(originals)} originals, {count} generated images, {len(masks)} masks, {len(prompts)} "
+                f"prompts and {len(categories)} categories: pass one of each per generated image (None where unknown)"
             )
         results = [HFPCResult() for _ in range(count)]
-        sides = self._original_sides(originals, masks, prompts, results)
+        sides = self._original_sides(originals, masks, categories, results)
         pixels = [_load_or_error(generated[i], results[i]) if sides[i] is not None else None for i in range(count)]
         good = [i for i in range(count) if pixels[i] is not None]
-        reports = self.checker.check_prepared([sides[i].product for i in good], [pixels[i] for i in good], errors="report")
-        background = self._background_scores([sides[i] for i in good], [pixels[i] for i in good], [prompts[i] for i in good])
+        reports = self.checker.check_prepared([sides[i][0] for i in good], [pixels[i] for i in good], errors="report")
+        background = self._background_scores(
+            [sides[i][1] for i in good], [pixels[i] for i in good], [prompts[i] for i in good]
+        )
         for k, i in enumerate(good):
             self._judge(results[i], reports[k], None if background is None else background[k])
         return results
 
     def clear_cache(self) -> None:
-        self._originals.clear()
+        self._products.clear()
+        self._tokens.clear()
 
     # ------------------------------------------------------------------------------------------ internals
-    def _original_sides(self, originals, masks, prompts, results) -> list["_OriginalSide | None"]:
+    def _original_sides(self, originals, masks, categories, results) -> list[tuple | None]:
+        """(OriginalProduct, reward-model tokens) per item, from the caches or computed for the missing ones."""
+        image_keys = [images.content_key(o) for o in originals]
         keys = [
-            (images.content_key(o), None if m is None else images.content_key(m), p)
-            for o, m, p in zip(originals, masks, prompts)
+            (image_key, None if m is None else images.content_key(m), c)
+            for image_key, m, c in zip(image_keys, masks, categories)
         ]
-        missing = list(dict.fromkeys(key for key in keys if key not in self._originals))
-        first = {key: keys.index(key) for key in missing}
+        current = {key: self._products.get(key) for key in keys if key in self._products}  # this call's sides
+        missing = [keys.index(key) for key in dict.fromkeys(keys) if key not in current]
         if missing:
-            idx = [first[key] for key in missing]
             products = self.checker.prepare_originals(
-                [originals[i] for i in idx], [masks[i] for i in idx], [prompts[i] for i in idx], errors="report"
+                [originals[i] for i in missing], [masks[i] for i in missing], [categories[i] for i in missing],
+                errors="report",
             )
-            tokens = self._encode([p.image for p in products if not isinstance(p, Exception)])
-            token_iter = iter(tokens) if tokens is not None else None
-            for key, product in zip(missing, products):
-                if isinstance(product, Exception):
-                    side = _OriginalSide(None, None, str(product))
-                else:
-                    side = _OriginalSide(product, None if token_iter is None else next(token_iter), None)
-                self._originals[key] = side
-        sides = []
-        for key, result in zip(keys, results):
-            side = self._originals[key]
-            self._originals.move_to_end(key)
-            if side.error is not None:
-                result.error = f"original: {side.error}"
+            current.update({keys[i]: product for i, product in zip(missing, products)})
+        for key, product in current.items():
+            self._products.put(key, product)
+        tokens = {key: self._tokens.get(key) for key in image_keys if key in self._tokens}
+        if self.reward_model is not None:
+            need = {
+                image_key: current[key].image
+                for image_key, key in zip(image_keys, keys)
+                if image_key not in tokens and not isinstance(current[key], Exception)
+            }
+            tokens.update(zip(need, self._encode(list(need.values()))))
+            for image_key, value in tokens.items():
+                self._tokens.put(image_key, value)
+        sides: list[tuple | None] = []
+        for image_key, key, result in zip(image_keys, keys, results):
+            product = current[key]
+            if isinstance(product, Exception):
+                result.error = f"original: {product}"
                 sides.append(None)
             else:
-                sides.append(side)
-        while len(self._originals) > self.config.cache_size:
-            self._originals.popitem(last=False)
+                sides.append((product, tokens.get(image_key)))
         return sides
 
     def _encode(self, pil_images: list) -> list | None:
@@ -214,19 +228,19 @@ class HFPCScorer:
                 out.extend(self.reward_model.encode_images(chunk))
         return out
 
-    def _background_scores(self, sides, pixels, prompts) -> list[float] | None:
-        if self.reward_model is None or not sides:
+    def _background_scores(self, original_tokens, pixels, prompts) -> list[float] | None:
+        if self.reward_model is None or not original_tokens:
             return None
         import torch
 
         scores: list[float] = []
         batch = self.config.reward_model.batch_size
         with torch.inference_mode():
-            for start in range(0, len(sides), batch):
+            for start in range(0, len(original_tokens), batch):
                 stop = start + batch
-                generated_tokens = torch.stack(self._encode(pixels[start:stop]))
-                original_tokens = torch.stack([side.tokens for side in sides[start:stop]])
-                chunk = self.reward_model.score_from_tokens(original_tokens, generated_tokens, prompts[start:stop])
+                chunk = self.reward_model.score_from_tokens(
+                    torch.stack(original_tokens[start:stop]), torch.stack(self._encode(pixels[start:stop])), prompts[start:stop]
+                )
                 scores.extend(chunk.float().cpu().tolist())
         return scores
 
@@ -258,11 +272,24 @@ class HFPCScorer:
         return float(weighted if background is None else weighted + policy.background_weight * background)
 
 
-@dataclass
-class _OriginalSide:
-    product: Any  # OriginalProduct of the consistency checker
-    tokens: Any  # reward-model vision tokens (N,D) of the original, or None without a reward model
-    error: str | None  # why this original cannot be judged
+class _LRU(OrderedDict):
+    """A bounded mapping that forgets the least recently used entry first."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+
+    def get(self, key, default=None):
+        if key not in self:
+            return default
+        self.move_to_end(key)
+        return self[key]
+
+    def put(self, key, value) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.capacity:
+            self.popitem(last=False)
 
 
 def _as_list(batch: Any) -> list:

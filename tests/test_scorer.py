@@ -1,0 +1,126 @@
+"""HFPCScorer and `hfpc score` on the tiny kit: batched/cached == per pair, per-item errors, policies."""
+
+import math
+
+import pytest
+
+from hfpc_reward.config import load_config
+from hfpc_reward.data import read_manifest
+from hfpc_reward.sample_data import generate_pairs
+from hfpc_reward.scorer import HFPCScorer, ScorerConfig
+from hfpc_reward.testing import write_tiny_models
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scorer")
+    configs = write_tiny_models(root / "kit", only=["reward_model"])
+    import yaml
+
+    reward_path = yaml.safe_load(configs["reward_model_tiny"].read_text())["path"]
+    rows = read_manifest(generate_pairs(root / "pairs", n_pairs=12, seed=3, size=128))
+    return {"root": root, "reward_path": reward_path, "rows": rows}
+
+
+def make_scorer(kit, *overrides):
+    config = load_config(ScorerConfig, overrides=[f"reward_model.path={kit['reward_path']}", *overrides])
+    return HFPCScorer.from_config(config)
+
+
+def columns(rows):
+    return [r.origin for r in rows], [r.generation for r in rows], [r.mask for r in rows], [r.prompt for r in rows]
+
+
+def test_batched_cached_scoring_equals_per_pair(kit):
+    rows = kit["rows"]
+    batched = make_scorer(kit, "reward_model.batch_size=5").score(*columns(rows))
+    single = make_scorer(kit)
+    per_pair = [single.score(*columns([row]))[0] for row in rows]
+    single.clear_cache()
+    for a, b in zip(batched, per_pair):
+        assert a.error is None and b.error is None
+        assert a.background_score == pytest.approx(b.background_score, abs=1e-5)
+        assert a.reward == pytest.approx(b.reward, abs=1e-5)
+        assert a.consistency.score == pytest.approx(b.consistency.score, abs=1e-6)
+        assert a.passed == b.passed and a.reasons == b.reasons
+
+
+def test_originals_are_encoded_once_and_cache_is_bounded(kit):
+    rows = kit["rows"]
+    scorer = make_scorer(kit, "cache_size=2")
+    calls = []
+    encode = scorer.reward_model.encode_images
+    scorer.reward_model.encode_images = lambda pixels: calls.append(len(pixels)) or encode(pixels)
+    distinct = len({r.origin for r in rows})  # generations of one original may have other prompts
+    scorer.score(*columns(rows))
+    originals_encoded = sum(calls) - len(rows)  # every generation is encoded once, each original once
+    assert originals_encoded == distinct
+    assert len(scorer._products) <= 2 and len(scorer._tokens) <= 2
+    calls.clear()
+    scorer.score(*columns(rows[-1:]))  # the last original is still cached: only the generation is encoded
+    assert sum(calls) == 1
+
+
+def test_a_bad_item_gets_an_error_and_the_rest_is_scored(kit, tmp_path):
+    rows = kit["rows"][:3]
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    origins, generations, masks, prompts = columns(rows)
+    generations[1] = str(text)
+    origins[2] = str(tmp_path / "missing.png")
+    results = make_scorer(kit).score(origins, generations, masks, prompts)
+    assert results[0].error is None and results[0].reward is not None
+    assert results[1].reward is None and "not an image" in results[1].error and "generated" in results[1].error
+    assert results[2].reward is None and "does not exist" in results[2].error
+
+
+def test_reward_policies_combine_the_judges_as_documented(kit):
+    rows = kit["rows"]
+    gate = make_scorer(kit, "policy.reward=gate", "policy.fail_value=-7", "policy.threshold=-1").score(*columns(rows))
+    product = make_scorer(kit, "policy.reward=product", "policy.threshold=-1").score(*columns(rows))
+    weighted = make_scorer(
+        kit, "policy.reward=weighted", "policy.background_weight=2", "policy.consistency_weight=3"
+    ).score(*columns(rows))
+    assert any(not r.consistency.consistent for r in gate) and any(r.consistency.consistent for r in gate)
+    for g, p, w in zip(gate, product, weighted):
+        expected_gate = g.background_score if g.consistency.consistent else -7.0
+        assert g.reward == pytest.approx(expected_gate)
+        assert g.passed == (g.consistency.consistent and g.background_score >= -1)
+        sigmoid = 1 / (1 + math.exp(-(p.background_score + 1)))
+        assert p.reward == pytest.approx(sigmoid * p.consistency.score, rel=1e-6)
+        assert w.reward == pytest.approx(2 * w.background_score + 3 * w.consistency.score, rel=1e-6)
+
+
+def test_without_a_reward_model_the_scorer_judges_consistency_alone(kit):
+    rows = kit["rows"]
+    results = HFPCScorer.from_config(ScorerConfig()).score(*columns(rows))
+    for result, row in zip(results, rows):
+        assert result.background_score is None
+        assert result.passed == result.consistency.consistent
+    truth = [row.extra["consistent"] for row in rows]
+    assert sum(r.passed == t for r, t in zip(results, truth)) >= len(rows) - 2
+
+
+def test_mismatched_batch_lengths_are_refused(kit):
+    rows = kit["rows"][:2]
+    origins, generations, _, _ = columns(rows)
+    with pytest.raises(ValueError, match="one of each per generated image"):
+        make_scorer(kit).score(origins[:1], generations)
+
+
+def test_score_command_writes_rows_summary_and_resumes(kit, tmp_path, capsys):
+    from hfpc_reward.cli import main
+    from hfpc_reward.data import read_jsonl
+
+    manifest = kit["root"] / "pairs" / "manifest.jsonl"
+    out = tmp_path / "results.jsonl"
+    args = ["score", "--manifest", str(manifest), "--out", str(out), f"reward_model.path={kit['reward_path']}"]
+    assert main(args) == 0
+    records = read_jsonl(out)
+    assert sorted(r["manifest_index"] for r in records) == list(range(len(kit["rows"])))
+    assert all({"passed", "reward", "background_score", "consistent", "metrics", "error"} <= set(r) for r in records)
+    printed = capsys.readouterr().out
+    assert "pass rate" in printed and "95% CI" in printed
+    assert (tmp_path / "config.resolved.yaml").is_file()
+    assert main(args) == 0  # resume: nothing left to score, nothing duplicated
+    assert len(read_jsonl(out)) == len(records)
