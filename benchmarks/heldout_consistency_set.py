@@ -16,6 +16,7 @@ fraction, |scale - 1|, shift / sqrt(area), melted-band fraction); they are measu
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from functools import cache
@@ -51,9 +52,8 @@ WORDS = ("ORBIT", "kilo", "TERRA", "Mira", "QUILL", "ember", "RANGO", "Vela")
 
 @cache
 def photo(name: str) -> np.ndarray:
-    import skimage.data
-
-    return np.asarray(load_rgb(Path(skimage.data.__file__).parent / name), dtype=np.float32) / 255.0
+    folder = Path(importlib.util.find_spec("skimage").origin).parent / "data"  # no slow skimage import
+    return np.asarray(load_rgb(folder / name), dtype=np.float32) / 255.0
 
 
 @cache

@@ -21,6 +21,7 @@ harmless, generation_mask (the product's true mask in the generation).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass, replace
@@ -53,12 +54,16 @@ LOGOS = ("circle", "triangle", "diamond", "ring", "none")
 
 
 def _photo_path(name: str) -> Path:
-    import skimage.data
-    import sklearn.datasets
-
-    if name in ("china.jpg", "flower.jpg"):
-        return Path(sklearn.datasets.__file__).parent / "images" / name
-    return Path(skimage.data.__file__).parent / name
+    """Where a bundled photo lies, found without importing scikit-learn / scikit-image (slow imports)."""
+    package, folder = (
+        ("sklearn", "datasets/images") if name in ("china.jpg", "flower.jpg") else ("skimage", "data")
+    )
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(
+            f"sample data needs the photos bundled with {package}: pip install scikit-learn scikit-image"
+        )
+    return Path(spec.origin).parent / folder / name
 
 
 @cache
