@@ -9,7 +9,7 @@ convention for `precision_recall_curve` thresholds). Confidence intervals resamp
 from __future__ import annotations
 
 import logging
-from typing import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 from sklearn.metrics import (
@@ -29,7 +29,9 @@ class CalibrationError(ValueError):
     """A threshold cannot be chosen or a metric cannot be computed; the message says why."""
 
 
-def pick_threshold(scores: Sequence[float], labels: Sequence[int], target_precision: float | None = None) -> float:
+def pick_threshold(
+    scores: Sequence[float], labels: Sequence[int], target_precision: float | None = None
+) -> float:
     """The pass threshold (predict pass when score >= threshold) chosen on labelled scores.
 
     With `target_precision`, the threshold with the highest recall whose precision reaches the target
@@ -43,7 +45,9 @@ def pick_threshold(scores: Sequence[float], labels: Sequence[int], target_precis
     # precision/recall have one more entry than thresholds (the final point recall=0, precision=1).
     precision, recall = precision[:-1], recall[:-1]
     if target_precision is None:
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+        f1 = np.where(
+            precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0
+        )
         best = int(np.flatnonzero(f1 == f1.max())[-1])
         return float(thresholds[best])
     if not 0.0 < target_precision <= 1.0:
@@ -69,7 +73,9 @@ def recall_at_precision(scores: Sequence[float], labels: Sequence[int], min_prec
     return float(recall[:-1][ok].max()) if ok.any() else 0.0
 
 
-def expected_calibration_error(probabilities: Sequence[float], labels: Sequence[int], n_bins: int = 10) -> float:
+def expected_calibration_error(
+    probabilities: Sequence[float], labels: Sequence[int], n_bins: int = 10
+) -> float:
     """Expected calibration error of pass probabilities: bin-size-weighted |mean label - mean probability|
     over `n_bins` equal-width bins on [0, 1]."""
     probabilities, labels = _as_arrays(probabilities, labels)
@@ -110,7 +116,9 @@ def binary_metrics(
         "f1": float(f1),
         "pr_auc": float(average_precision_score(labels, scores)) if both_classes else float("nan"),
         "roc_auc": float(roc_auc_score(labels, scores)) if both_classes else float("nan"),
-        f"recall_at_precision_{headline_precision:g}": recall_at_precision(scores, labels, headline_precision),
+        f"recall_at_precision_{headline_precision:g}": recall_at_precision(
+            scores, labels, headline_precision
+        ),
     }
     if probabilities is not None:
         metrics["ece"] = expected_calibration_error(probabilities, labels)
@@ -156,7 +164,12 @@ def grouped_bootstrap_ci(
         valid = samples[name][np.isfinite(samples[name])]
         low, high = np.percentile(valid, [tail, 100.0 - tail]) if valid.size else (float("nan"),) * 2
         point = estimate[name] if name is not None else estimate
-        result[name] = {"estimate": float(point), "low": float(low), "high": float(high), "n_valid": int(valid.size)}
+        result[name] = {
+            "estimate": float(point),
+            "low": float(low),
+            "high": float(high),
+            "n_valid": int(valid.size),
+        }
     return result[None] if names == [None] else result
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -40,7 +40,9 @@ def calibrate(
     ok = np.isfinite(scores)
     scores, labels = scores[ok], np.array([row.label for row in labelled])[ok]
     if len(np.unique(labels)) < 2:
-        raise ValueError(f"calibration needs rows of both labels; got {len(labels)} readable rows of one label")
+        raise ValueError(
+            f"calibration needs rows of both labels; got {len(labels)} readable rows of one label"
+        )
     model.threshold = pick_threshold(scores, labels, target_precision)
     platt = LogisticRegression(C=1e6).fit(scores.reshape(-1, 1), labels)  # C large = (almost) unregularised
     model.probability_calibration = {"scale": float(platt.coef_[0, 0]), "bias": float(platt.intercept_[0])}
@@ -57,9 +59,15 @@ def calibrate(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="reward-model folder (its config.json is updated)")
-    parser.add_argument("--manifest", required=True, help="labelled validation manifest (never the test split)")
-    parser.add_argument("--target-precision", type=float, default=None,
-                        help="pick the highest-recall threshold with at least this precision (default: best F1)")
+    parser.add_argument(
+        "--manifest", required=True, help="labelled validation manifest (never the test split)"
+    )
+    parser.add_argument(
+        "--target-precision",
+        type=float,
+        default=None,
+        help="pick the highest-recall threshold with at least this precision (default: best F1)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="rows scored per batch")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
 

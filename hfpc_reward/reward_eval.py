@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -57,10 +57,15 @@ def evaluate_scores(
 
     def metrics(indices: np.ndarray) -> dict:
         result = binary_metrics(
-            scores[indices], labels[indices], threshold, None if probabilities is None else probabilities[indices]
+            scores[indices],
+            labels[indices],
+            threshold,
+            None if probabilities is None else probabilities[indices],
         )
         # all rows of an original are drawn together, so a pair's weight is how often its original was drawn
-        result["pairwise_accuracy"] = pairwise_accuracy(scores, pairs, np.bincount(indices, minlength=len(rows))[pairs[:, 0]])
+        result["pairwise_accuracy"] = pairwise_accuracy(
+            scores, pairs, np.bincount(indices, minlength=len(rows))[pairs[:, 0]]
+        )
         return result
 
     groups = [row.origin for row in rows]
@@ -68,7 +73,9 @@ def evaluate_scores(
     return {
         "metrics": metrics(np.arange(len(rows))),
         "confidence_intervals": {
-            name: [ci["low"], ci["high"]] for name, ci in cis.items() if name not in ("n", "n_positive", "threshold")
+            name: [ci["low"], ci["high"]]
+            for name, ci in cis.items()
+            if name not in ("n", "n_positive", "threshold")
         },
         "confidence": 0.95,
         "bootstrap_resamples": n_resamples,
@@ -110,8 +117,13 @@ def plot_curves(scores: np.ndarray, labels: np.ndarray, threshold: float, out_di
     return [pr_path, hist_path]
 
 
-def evaluate_model(model: HFPCRewardModel, rows: Sequence[ManifestRow], batch_size: int = 32,
-                   n_resamples: int = 1000, seed: int = 0) -> tuple[dict, np.ndarray]:
+def evaluate_model(
+    model: HFPCRewardModel,
+    rows: Sequence[ManifestRow],
+    batch_size: int = 32,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[dict, np.ndarray]:
     """Score labelled rows with `model` and evaluate; returns (report, per-row scores)."""
     import torch
 
@@ -121,7 +133,12 @@ def evaluate_model(model: HFPCRewardModel, rows: Sequence[ManifestRow], batch_si
     scores = score_rows(model, rows, batch_size)
     probabilities = model.pass_probability(torch.from_numpy(scores))
     report = evaluate_scores(
-        scores, rows, model.threshold, None if probabilities is None else probabilities.numpy(), n_resamples, seed
+        scores,
+        rows,
+        model.threshold,
+        None if probabilities is None else probabilities.numpy(),
+        n_resamples,
+        seed,
     )
     report["unreadable_rows"] = int((~np.isfinite(scores)).sum())
     return report, scores
@@ -143,12 +160,14 @@ def run(args: argparse.Namespace) -> int:
     model = HFPCRewardModel.from_pretrained(args.model, device=args.device)
     rows = read_manifest(args.manifest)
     report, scores = evaluate_model(model, rows, args.batch_size, args.bootstrap, args.seed)
-    report.update({
-        "model": str(args.model),
-        "manifest": str(args.manifest),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "hfpc_reward_version": getattr(hfpc_reward, "__version__", "unknown"),
-    })
+    report.update(
+        {
+            "model": str(args.model),
+            "manifest": str(args.manifest),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "hfpc_reward_version": getattr(hfpc_reward, "__version__", "unknown"),
+        }
+    )
     out = Path(args.out)
     labelled = [row for row in rows if row.label is not None]
     ok = np.isfinite(scores)
@@ -161,6 +180,12 @@ def run(args: argparse.Namespace) -> int:
     m = report["metrics"]
     logger.info(
         "pairwise accuracy %.4f, precision %.4f, recall %.4f, F1 %.4f, PR-AUC %.4f, ROC-AUC %.4f -> %s",
-        m["pairwise_accuracy"], m["precision"], m["recall"], m["f1"], m["pr_auc"], m["roc_auc"], out,
+        m["pairwise_accuracy"],
+        m["precision"],
+        m["recall"],
+        m["f1"],
+        m["pr_auc"],
+        m["roc_auc"],
+        out,
     )
     return 0

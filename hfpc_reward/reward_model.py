@@ -22,12 +22,12 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,7 +52,9 @@ class RewardModelConfig:
 
     referenced: bool = True  # fuse the original image's tokens into the memory; false = unreferenced ablation
     head_dims: list[int] = field(default_factory=lambda: [1024, 128, 64, 16])  # hidden widths of the MLP head
-    head_dropout: list[float] = field(default_factory=lambda: [0.2, 0.2, 0.1, 0.0])  # dropout after each width
+    head_dropout: list[float] = field(
+        default_factory=lambda: [0.2, 0.2, 0.1, 0.0]
+    )  # dropout after each width
     default_query: str = "a product photo with a suitable generated background"  # query text without a prompt
     max_text_length: int = 35  # query tokens kept (ImageReward uses 35)
 
@@ -67,7 +69,9 @@ class RewardModelConfig:
         if any(not 0.0 <= p < 1.0 for p in self.head_dropout):
             raise ValueError(f"head_dropout values must be in [0, 1), got {self.head_dropout}")
         if self.max_text_length < 2:
-            raise ValueError(f"max_text_length must be >= 2 (room for [CLS] and [SEP]), got {self.max_text_length}")
+            raise ValueError(
+                f"max_text_length must be >= 2 (room for [CLS] and [SEP]), got {self.max_text_length}"
+            )
 
 
 class RewardModelLoadError(ValueError):
@@ -93,7 +97,9 @@ def _mlp_head(in_dim: int, dims: Sequence[int], dropout: Sequence[float]) -> nn.
 class HFPCRewardModel(nn.Module):
     """Image-referenced BLIP reward model. Build with `from_pretrained`; see the module docstring."""
 
-    def __init__(self, vision: nn.Module, text: nn.Module, processor: Any, blip_config: Any, config: RewardModelConfig):
+    def __init__(
+        self, vision: nn.Module, text: nn.Module, processor: Any, blip_config: Any, config: RewardModelConfig
+    ):
         super().__init__()
         self.vision = vision  # BlipVisionModel
         self.text = text  # BlipTextModel with cross-attention layers, no pooler
@@ -106,12 +112,18 @@ class HFPCRewardModel(nn.Module):
         self.score_mean = 0.0  # raw-score mean on the training set (standardisation)
         self.score_std = 1.0  # raw-score std on the training set
         self.threshold = 0.0  # pass threshold on the standardised score (score >= threshold passes)
-        self.probability_calibration: dict[str, float] | None = None  # Platt {"scale", "bias"}: P = sigmoid(s*z+b)
+        self.probability_calibration: dict[str, float] | None = (
+            None  # Platt {"scale", "bias"}: P = sigmoid(s*z+b)
+        )
         image_processor = processor.image_processor
         size = image_processor.size
         self.image_size = (int(size["height"]), int(size["width"]))
-        self.register_buffer("pixel_mean", torch.tensor(image_processor.image_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(image_processor.image_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(image_processor.image_mean).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(image_processor.image_std).view(1, 3, 1, 1), persistent=False
+        )
 
     # ----------------------------------------------------------------------------------- loading, saving
     @classmethod
@@ -121,7 +133,7 @@ class HFPCRewardModel(nn.Module):
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         config: RewardModelConfig | None = None,
-    ) -> "HFPCRewardModel":
+    ) -> HFPCRewardModel:
         """Load a reward-model checkpoint, or start a new head on a plain BLIP ITM checkpoint.
 
         `config` is only used for a new head (a plain BLIP checkpoint); a reward-model checkpoint carries
@@ -138,7 +150,9 @@ class HFPCRewardModel(nn.Module):
         processor = BlipProcessor.from_pretrained(source)
         if CONFIG_KEY not in stored:
             blip = BlipForImageTextRetrieval.from_pretrained(source)
-            model = cls(blip.vision_model, blip.text_encoder, processor, blip.config, config or RewardModelConfig())
+            model = cls(
+                blip.vision_model, blip.text_encoder, processor, blip.config, config or RewardModelConfig()
+            )
             logger.info("initialised a new reward head on the BLIP checkpoint %s", source)
             return model.to(device=device, dtype=dtype)
         own_config = config_from_dict(RewardModelConfig, stored[CONFIG_KEY])
@@ -247,7 +261,9 @@ class HFPCRewardModel(nn.Module):
             raise ValueError(f"expected pixels of shape (B,3,H,W), got {tuple(pixels.shape)}")
         pixels = pixels.to(device=self.device, dtype=self.segment.dtype)
         if tuple(pixels.shape[-2:]) != self.image_size:
-            pixels = F.interpolate(pixels, size=self.image_size, mode="bicubic", align_corners=False, antialias=True)
+            pixels = F.interpolate(
+                pixels, size=self.image_size, mode="bicubic", align_corners=False, antialias=True
+            )
         return (pixels - self.pixel_mean.to(pixels.dtype)) / self.pixel_std.to(pixels.dtype)
 
     def load_pixels(self, images: Any) -> torch.Tensor:
@@ -261,7 +277,9 @@ class HFPCRewardModel(nn.Module):
         """Vision tokens (B,N,Dv) of (B,3,H,W) pixels in [0,1]; cache them for originals scored many times."""
         return self.vision(pixel_values=self.preprocess(pixels)).last_hidden_state
 
-    def tokenize(self, prompts: Sequence[str | None] | None, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokenize(
+        self, prompts: Sequence[str | None] | None, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Query token ids and attention mask (B,L); a missing prompt becomes the default query."""
         if prompts is None:
             prompts = [None] * batch_size
@@ -270,7 +288,11 @@ class HFPCRewardModel(nn.Module):
         texts = [p if p else self.config.default_query for p in prompts]
         tokenizer = self.processor.tokenizer
         encoded = tokenizer(
-            texts, padding="max_length", truncation=True, max_length=self.config.max_text_length, return_tensors="pt"
+            texts,
+            padding="max_length",
+            truncation=True,
+            max_length=self.config.max_text_length,
+            return_tensors="pt",
         )
         input_ids = encoded["input_ids"].clone()
         enc_id = tokenizer.convert_tokens_to_ids("[ENC]")
@@ -335,7 +357,9 @@ class HFPCRewardModel(nn.Module):
             )
         repeats = generated_pixels.shape[0] // original_pixels.shape[0]
         original_tokens = self.encode_images(original_pixels).repeat(repeats, 1, 1)
-        return self.score_from_tokens(original_tokens, self.encode_images(generated_pixels), prompts, standardise)
+        return self.score_from_tokens(
+            original_tokens, self.encode_images(generated_pixels), prompts, standardise
+        )
 
     @torch.inference_mode()
     def score(
@@ -384,7 +408,6 @@ def replace_directory(staging: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
-
 def row_text(row: ManifestRow) -> str | None:
     """The query text of a manifest row: its background prompt, else its category, else None (default)."""
     return row.prompt or row.category
@@ -426,7 +449,10 @@ def score_rows(
     model.eval()
     scores = np.full(len(rows), np.nan)
     for indices, originals, generated, texts in tqdm(
-        iter_row_batches(model, rows, batch_size), total=math.ceil(len(rows) / batch_size), desc="scoring", leave=False
+        iter_row_batches(model, rows, batch_size),
+        total=math.ceil(len(rows) / batch_size),
+        desc="scoring",
+        leave=False,
     ):
         scores[indices] = model(originals, generated, texts, standardise).float().cpu().numpy()
     model.train(was_training)
@@ -434,14 +460,20 @@ def score_rows(
 
 
 @torch.inference_mode()
-def row_features(model: HFPCRewardModel, rows: Sequence[ManifestRow], batch_size: int = 32) -> tuple[torch.Tensor, np.ndarray]:
+def row_features(
+    model: HFPCRewardModel, rows: Sequence[ManifestRow], batch_size: int = 32
+) -> tuple[torch.Tensor, np.ndarray]:
     """Fused [CLS] features (n, Dt) of manifest rows for head-only training, and a mask of readable rows."""
     was_training = model.training
     model.eval()
-    features = torch.zeros(len(rows), model.text.config.hidden_size, device=model.device, dtype=model.segment.dtype)
+    features = torch.zeros(
+        len(rows), model.text.config.hidden_size, device=model.device, dtype=model.segment.dtype
+    )
     readable = np.zeros(len(rows), dtype=bool)
     for indices, originals, generated, texts in tqdm(
-        iter_row_batches(model, rows, batch_size), total=math.ceil(len(rows) / batch_size), desc="caching features"
+        iter_row_batches(model, rows, batch_size),
+        total=math.ceil(len(rows) / batch_size),
+        desc="caching features",
     ):
         original_tokens = model.encode_images(originals) if originals is not None else None
         features[indices] = model.fused_features(original_tokens, model.encode_images(generated), texts)

@@ -25,9 +25,9 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -53,7 +53,9 @@ class RewardDataConfig:
     """Where the labelled rows come from and how the held-out originals are chosen."""
 
     train_manifest: str = ""  # labelled manifest (ours or HFPC-44k); pairs are formed within each original
-    valid_manifest: str | None = None  # held-out manifest; null = split `valid_fraction` of train originals off
+    valid_manifest: str | None = (
+        None  # held-out manifest; null = split `valid_fraction` of train originals off
+    )
     valid_fraction: float = 0.1  # share of originals held out when valid_manifest is null
     split_seed: int = 0  # seed of that split (by original, never by row)
     max_stats_rows: int = 5000  # training rows scored (seeded sample) for the score mean/std at the end
@@ -72,22 +74,32 @@ class RewardTrainingConfig:
     output_dir: str = "outputs/reward"  # checkpoints, best model, final model, metrics.jsonl, resolved config
     epochs: int = 10  # passes over all training pairs
     batch_size: int = 8  # pairs per process per micro-batch
-    gradient_accumulation_steps: int = 8  # micro-batches per optimizer step (effective batch 8 x 8 = 64 on 1 GPU)
+    gradient_accumulation_steps: int = (
+        8  # micro-batches per optimizer step (effective batch 8 x 8 = 64 on 1 GPU)
+    )
     learning_rate: float = 1e-5  # AdamW peak learning rate
     weight_decay: float = 0.0  # AdamW weight decay
     warmup_ratio: float = 0.05  # share of optimizer steps with linear warmup before the cosine decay
     max_grad_norm: float = 1.0  # gradient clipping (0 = off)
     freeze_fraction: float = 0.7  # lowest share of BLIP layers (+ embeddings) frozen; 1.0 = head only
-    cache_features: bool = True  # with freeze_fraction 1.0: compute fused features once, train the head on them
-    pointwise_weight: float = 0.0  # weight of the pointwise BCE term (sigmoid(r) vs label) added to the pair loss
+    cache_features: bool = (
+        True  # with freeze_fraction 1.0: compute fused features once, train the head on them
+    )
+    pointwise_weight: float = (
+        0.0  # weight of the pointwise BCE term (sigmoid(r) vs label) added to the pair loss
+    )
     mixed_precision: str = "no"  # accelerate mixed precision: "no", "fp16" or "bf16"
     eval_every_steps: int = 100  # validate every N optimizer steps (and after every epoch)
-    save_every_steps: int = 100  # write a resumable checkpoint every N optimizer steps (and after every epoch)
+    save_every_steps: int = (
+        100  # write a resumable checkpoint every N optimizer steps (and after every epoch)
+    )
     keep_checkpoints: int = 2  # resumable checkpoints kept on disk (oldest deleted first)
     eval_batch_size: int = 32  # rows per batch when scoring for validation, caching and statistics
     num_workers: int = 0  # DataLoader worker processes loading images
     seed: int = 42  # seeds model init, data order and dropout
-    log_with: str | None = None  # accelerate tracker, e.g. "tensorboard" (needs that package); null = JSONL only
+    log_with: str | None = (
+        None  # accelerate tracker, e.g. "tensorboard" (needs that package); null = JSONL only
+    )
 
     def __post_init__(self):
         checks = {
@@ -110,7 +122,9 @@ class RewardTrainingConfig:
         if self.pointwise_weight < 0:
             raise ValueError(f"training.pointwise_weight must be >= 0, got {self.pointwise_weight}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"training.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+            raise ValueError(
+                f"training.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}"
+            )
 
 
 @dataclass
@@ -160,7 +174,9 @@ def _pair_loss(r_pos: torch.Tensor, r_neg: torch.Tensor, pointwise_weight: float
     return loss
 
 
-def _micro_batches(n_pairs: int, epoch: int, cfg: TrainRewardConfig, rank: int, world: int) -> list[list[int]]:
+def _micro_batches(
+    n_pairs: int, epoch: int, cfg: TrainRewardConfig, rank: int, world: int
+) -> list[list[int]]:
     """This process's pair indices per micro-batch of `epoch` (seeded order; padded like DistributedSampler)."""
     order = np.random.default_rng([cfg.training.seed, epoch]).permutation(n_pairs)
     global_size = cfg.training.batch_size * world
@@ -175,7 +191,9 @@ def _micro_batches(n_pairs: int, epoch: int, cfg: TrainRewardConfig, rank: int, 
 
 def _split_rows(cfg: RewardDataConfig) -> tuple[list[ManifestRow], list[ManifestRow]]:
     if not cfg.train_manifest:
-        raise ValueError("data.train_manifest is not set: pass data.train_manifest=PATH (a labelled manifest)")
+        raise ValueError(
+            "data.train_manifest is not set: pass data.train_manifest=PATH (a labelled manifest)"
+        )
     rows = [row for row in read_manifest(cfg.train_manifest) if row.label is not None]
     if cfg.valid_manifest:
         return rows, [row for row in read_manifest(cfg.valid_manifest) if row.label is not None]
@@ -267,10 +285,15 @@ def train_reward_model(
     train_rows, valid_rows = _split_rows(cfg.data)
     train_pairs, valid_pairs = comparison_pairs(train_rows), comparison_pairs(valid_rows)
     if not train_pairs:
-        raise ValueError(f"{cfg.data.train_manifest} has no (label 1, label 0) pairs within an original to train on")
+        raise ValueError(
+            f"{cfg.data.train_manifest} has no (label 1, label 0) pairs within an original to train on"
+        )
     logger.info(
         "training on %d pairs (%d rows), validating on %d pairs (%d rows)",
-        len(train_pairs), len(train_rows), len(valid_pairs), len(valid_rows),
+        len(train_pairs),
+        len(train_rows),
+        len(valid_pairs),
+        len(valid_rows),
     )
 
     model = HFPCRewardModel.from_pretrained(cfg.model, config=_new_head_config(cfg))
@@ -278,7 +301,11 @@ def train_reward_model(
     model.freeze_backbone(tcfg.freeze_fraction)
     cached = model.backbone_frozen and tcfg.cache_features
     trainable = [p for p in model.parameters() if p.requires_grad]
-    logger.info("%d trainable parameters of %d", sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters()))
+    logger.info(
+        "%d trainable parameters of %d",
+        sum(p.numel() for p in trainable),
+        sum(p.numel() for p in model.parameters()),
+    )
 
     if cached:
         features, pair_rows = _feature_cache(model, train_pairs, valid_pairs, tcfg.eval_batch_size)
@@ -323,17 +350,23 @@ def train_reward_model(
                 model.save_pretrained(output_dir / "best")
         accelerator.wait_for_everyone()
 
-    progress = tqdm(total=total_steps, initial=state["global_step"], desc="train-reward",
-                    disable=not accelerator.is_main_process)
+    progress = tqdm(
+        total=total_steps,
+        initial=state["global_step"],
+        desc="train-reward",
+        disable=not accelerator.is_main_process,
+    )
     while state["epoch"] < tcfg.epochs:
         batches = _micro_batches(n_train, state["epoch"], cfg, rank, world)
         group_losses: list[float] = []
         if cached:
-            loader = ((idx,) for idx in batches[state["micro_batch"]:])
+            loader = ((idx,) for idx in batches[state["micro_batch"] :])
         else:
             loader = torch.utils.data.DataLoader(
-                _PairImages(model, train_pairs), batch_sampler=batches[state["micro_batch"]:],
-                num_workers=tcfg.num_workers, collate_fn=_collate_pairs,
+                _PairImages(model, train_pairs),
+                batch_sampler=batches[state["micro_batch"] :],
+                num_workers=tcfg.num_workers,
+                collate_fn=_collate_pairs,
                 # own generator: creating the iterator must not consume the global RNG (exact resume)
                 generator=torch.Generator().manual_seed(tcfg.seed + state["epoch"]),
             )
@@ -352,10 +385,16 @@ def train_reward_model(
                     device = accelerator.device
                     scores = wrapped(
                         None if originals is None else originals.to(device),
-                        torch.cat([positives, negatives]).to(device), texts, standardise=False,
+                        torch.cat([positives, negatives]).to(device),
+                        texts,
+                        standardise=False,
                     )
                     r_pos, r_neg = scores.chunk(2)
-                loss = _pair_loss(r_pos.float(), r_neg.float(), tcfg.pointwise_weight) if batch is not None else None
+                loss = (
+                    _pair_loss(r_pos.float(), r_neg.float(), tcfg.pointwise_weight)
+                    if batch is not None
+                    else None
+                )
             if loss is not None:
                 with accelerator.no_sync(wrapped) if not last_in_group else contextlib.nullcontext():
                     accelerator.backward(loss / group_size)
@@ -373,8 +412,14 @@ def train_reward_model(
             train_loss = float(np.mean(group_losses)) if group_losses else float("nan")
             group_losses = []
             progress.set_postfix(loss=f"{train_loss:.4f}")
-            log({"step": state["global_step"], "epoch": state["epoch"], "train_loss": train_loss,
-                 "learning_rate": scheduler.get_last_lr()[0]})
+            log(
+                {
+                    "step": state["global_step"],
+                    "epoch": state["epoch"],
+                    "train_loss": train_loss,
+                    "learning_rate": scheduler.get_last_lr()[0],
+                }
+            )
             end_of_epoch = state["micro_batch"] == len(batches)
             if end_of_epoch:
                 state["epoch"] += 1
@@ -415,7 +460,9 @@ def _feature_cache(model, train_pairs, valid_pairs, batch_size):
             if id(row) not in index:
                 index[id(row)] = len(rows)
                 rows.append(row)
-        pair_rows[name] = np.array([[index[id(p)], index[id(n)]] for p, n in pairs], dtype=np.int64).reshape(-1, 2)
+        pair_rows[name] = np.array([[index[id(p)], index[id(n)]] for p, n in pairs], dtype=np.int64).reshape(
+            -1, 2
+        )
     features, readable = row_features(model, rows, batch_size)
     for name in pair_rows:
         ok = readable[pair_rows[name]].all(axis=1)
@@ -465,14 +512,21 @@ def _finalise(output_dir: Path, cfg: TrainRewardConfig, train_rows, valid_rows, 
     else:
         logger.warning("validation rows lack both labels: threshold left at 0 (the training mean)")
     target = model.save_pretrained(output_dir / "model")
-    logger.info("final model (score mean %.4f, std %.4f, threshold %.3f) -> %s",
-                model.score_mean, model.score_std, model.threshold, target)
+    logger.info(
+        "final model (score mean %.4f, std %.4f, threshold %.3f) -> %s",
+        model.score_mean,
+        model.score_std,
+        model.threshold,
+        target,
+    )
     return target
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML delta over the defaults, e.g. configs/reward/blip_base.yaml")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of output_dir")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint of output_dir"
+    )
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.train_manifest=train.jsonl")
 
 

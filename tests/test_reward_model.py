@@ -14,7 +14,11 @@ from hfpc_reward.testing.tiny_blip import TINY_HEAD, write_tiny_reward_model
 def kit(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_reward")
     configs = write_tiny_reward_model(out)
-    return {"blip": configs["reward_tiny"]["model"], "reward": configs["reward_model_tiny"]["path"], "root": out}
+    return {
+        "blip": configs["reward_tiny"]["model"],
+        "reward": configs["reward_model_tiny"]["path"],
+        "root": out,
+    }
 
 
 def _pixels(seed, n=3, size=40):
@@ -46,7 +50,9 @@ def test_plain_blip_gets_a_new_head_with_the_given_architecture(kit):
 
 def test_reward_checkpoint_refuses_a_different_architecture(kit):
     with pytest.raises(RewardModelLoadError, match="own architecture"):
-        HFPCRewardModel.from_pretrained(kit["reward"], config=RewardModelConfig(head_dims=[8], head_dropout=[0.0]))
+        HFPCRewardModel.from_pretrained(
+            kit["reward"], config=RewardModelConfig(head_dims=[8], head_dropout=[0.0])
+        )
 
 
 def test_strict_loading_names_mismatched_keys(kit, tmp_path):
@@ -68,7 +74,9 @@ def test_score_is_batched_standardised_and_prompt_aware(kit):
     raw = model.score(originals, generated, standardise=False)
     model.score_mean, model.score_std = 1.5, 4.0
     assert torch.allclose(model.score(originals, generated), (raw - 1.5) / 4.0, atol=1e-6)
-    assert torch.allclose(model.score(originals, generated, batch_size=2), model.score(originals, generated), atol=1e-6)
+    assert torch.allclose(
+        model.score(originals, generated, batch_size=2), model.score(originals, generated), atol=1e-6
+    )
     prompted = model.score(originals, generated, prompts=["a red shoe on marble"] * 5)
     assert not torch.allclose(prompted, model.score(originals, generated))
     # the original conditions the score

@@ -18,10 +18,49 @@ from pathlib import Path
 # Tiny head (ImageReward's is 1024-128-64-16) and light dropout, so CPU learning tests converge quickly.
 TINY_HEAD = {"head_dims": [64, 16], "head_dropout": [0.1, 0.0], "max_text_length": 16}
 
-_WORDS = (
-    "a product photo with suitable generated background of on the in and for shoe bag cup bottle watch "
-    "table wood marble kitchen studio white beach grass red green blue"
-).split()
+# CPU recipe that learns the colour task below (held-out pairwise accuracy ~0.9 from 200 originals).
+TINY_TRAINING = {
+    "epochs": 6,
+    "batch_size": 32,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 4e-3,
+    "warmup_ratio": 0.0,
+    "freeze_fraction": 0.0,
+    "eval_every_steps": 20,
+    "save_every_steps": 20,
+}
+
+_WORDS = [
+    "a",
+    "product",
+    "photo",
+    "with",
+    "suitable",
+    "generated",
+    "background",
+    "of",
+    "on",
+    "the",
+    "in",
+    "and",
+    "for",
+    "shoe",
+    "bag",
+    "cup",
+    "bottle",
+    "watch",
+    "table",
+    "wood",
+    "marble",
+    "kitchen",
+    "studio",
+    "white",
+    "beach",
+    "grass",
+    "red",
+    "green",
+    "blue",
+]
 
 
 def tiny_blip_processor(image_size: int = 32):
@@ -30,7 +69,11 @@ def tiny_blip_processor(image_size: int = 32):
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"]
-    tokens += sorted(set(_WORDS)) + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz")
+    tokens += (
+        sorted(set(_WORDS))
+        + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+        + list("abcdefghijklmnopqrstuvwxyz")
+    )
     vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
     image_processor = BlipImageProcessorPil(size={"height": image_size, "width": image_size})
     return BlipProcessor(image_processor=image_processor, tokenizer=BertTokenizer(vocab=vocab))
@@ -41,14 +84,26 @@ def tiny_blip_config(vocab_size: int, image_size: int = 32):
     from transformers import BlipConfig
 
     return BlipConfig(
-        vision_config=dict(
-            image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64,
-            num_hidden_layers=2, num_attention_heads=4, initializer_range=0.02,
-        ),
-        text_config=dict(
-            vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=64, bos_token_id=2, sep_token_id=3, pad_token_id=0,
-        ),
+        vision_config={
+            "image_size": image_size,
+            "patch_size": 8,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "initializer_range": 0.02,
+        },
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 64,
+            "bos_token_id": 2,
+            "sep_token_id": 3,
+            "pad_token_id": 0,
+        },
         projection_dim=32,
         image_text_hidden_size=32,
     )
@@ -83,16 +138,7 @@ def write_tiny_reward_model(out_dir: Path) -> dict:
         "reward_tiny": {
             "model": str(blip_dir),
             "architecture": dict(TINY_HEAD),
-            "training": {
-                "epochs": 2,
-                "batch_size": 8,
-                "gradient_accumulation_steps": 1,
-                "learning_rate": 1e-3,
-                "warmup_ratio": 0.0,
-                "freeze_fraction": 0.0,
-                "eval_every_steps": 20,
-                "save_every_steps": 20,
-            },
+            "training": dict(TINY_TRAINING),
         },
         "reward_model_tiny": {"path": str(reward_dir)},
     }
@@ -133,11 +179,15 @@ def write_colour_preference_task(
         colour = rng.uniform(0, 1, 3)
         origin = save(picture(colour), f"orig{i:04d}.png")
         for j in range(generations_per_label):
-            records.append({"origin": origin, "generation": save(picture(colour), f"gen{i:04d}_pos{j}.png"), "label": 1})
+            records.append(
+                {"origin": origin, "generation": save(picture(colour), f"gen{i:04d}_pos{j}.png"), "label": 1}
+            )
             other = rng.uniform(0, 1, 3)
             while np.abs(other - colour).max() < 0.4:
                 other = rng.uniform(0, 1, 3)
-            records.append({"origin": origin, "generation": save(picture(other), f"gen{i:04d}_neg{j}.png"), "label": 0})
+            records.append(
+                {"origin": origin, "generation": save(picture(other), f"gen{i:04d}_neg{j}.png"), "label": 0}
+            )
     manifest = out_dir / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
     return manifest
