@@ -229,7 +229,7 @@ def test_mask_metrics_values():
 
 def test_verdict_score_and_thresholds_from_config():
     good = {"iou": 0.99, "expansion": 0.01, "lost_area": 0.0, "centroid_shift": 0.0, "boundary_f": 0.99,
-            "delta_e": 1.0, "ssim": 0.98, "changed_area": 0.0, "aspect_mismatch": 0.0}
+            "delta_e": 1.0, "ssim": 0.98, "changed_area": 0.0, "edge_changed": 0.0, "aspect_mismatch": 0.0}
     consistent, score, reasons = verdict(good, ThresholdConfig())
     assert consistent and 0.5 <= score <= 1.0 and reasons == []
     bad = dict(good, expansion=0.23, delta_e=14.2, ssim=0.41)

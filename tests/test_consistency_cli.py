@@ -128,7 +128,8 @@ def test_single_pair_json_exit_codes_and_overrides(pairs, capsys):
     assert report["consistent"] is True and report["error"] is None and 0.5 <= report["consistency_score"] <= 1
     assert main(["check", original, str(pairs / "recoloured.png"), "--mask", mask]) == 1
     assert "recoloured" in capsys.readouterr().out
-    loose = ["thresholds.max_delta_e=1000", "thresholds.max_changed_area=1.01", "thresholds.min_ssim=0.01"]
+    loose = ["thresholds.max_delta_e=1000", "thresholds.max_changed_area=1.01", "thresholds.min_ssim=0.01",
+             "thresholds.max_edge_changed=1.01"]
     assert main(["check", original, str(pairs / "recoloured.png"), *loose, "--mask", mask]) == 0
     assert main(["check", original, str(pairs / "zero.png")]) == 2
     assert main(["check", original, str(pairs / "good1.png"), "thresholds.max_expansoin=1"]) == 2  # typo refused

@@ -64,6 +64,7 @@ CHECKS: tuple[tuple[str, str, str, str], ...] = (
     ("delta_e", "max_delta_e", "max", "recoloured (ΔE {:.1f})"),
     ("ssim", "min_ssim", "min", "label or texture changed (SSIM {:.2f})"),
     ("changed_area", "max_changed_area", "max", "appearance changed on {:.0%} of the product"),
+    ("edge_changed", "max_edge_changed", "max", "outline melted or changed ({:.0%} of its edge zone)"),
     ("aspect_mismatch", "max_aspect_mismatch", "max", "aspect ratio differs from the original's (log ratio {:.2f})"),
 )
 

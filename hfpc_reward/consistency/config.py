@@ -83,6 +83,7 @@ class ThresholdConfig:
     max_delta_e: float = 2.5  # mean CIE76 Lab colour difference inside the product (after mild-grading compensation)
     min_ssim: float = 0.88  # structural similarity of the product region (greyscale)
     max_changed_area: float = 0.01  # fraction of the product whose local colour changed by more than changed_delta_e
+    max_edge_changed: float = 0.02  # fraction of the product's edge zone changed by more than edge_delta_e (melting)
     max_aspect_mismatch: float = 0.03  # |log(aspect_gen / aspect_orig)|; above it the pair is refused as distorted
 
     def __post_init__(self):
@@ -90,7 +91,7 @@ class ThresholdConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"thresholds.{name} must be in [0, 1), got {getattr(self, name)}")
         for name in ("max_expansion", "max_lost_area", "max_centroid_shift", "max_delta_e", "max_changed_area",
-                     "max_aspect_mismatch"):
+                     "max_edge_changed", "max_aspect_mismatch"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"thresholds.{name} must be > 0, got {getattr(self, name)}")
 
@@ -102,6 +103,7 @@ class MetricsConfig:
     analysis_size: int = 256  # longest side (px) at which masks and appearance are compared
     boundary_tolerance: float = 0.02  # boundary F-score match distance, as a fraction of the product box diagonal
     ignore_band: float = 0.02  # appearance ignores this band inside the product outline (x box diagonal)
+    edge_delta_e: float = 5.0  # Lab difference that marks an edge-zone pixel as changed (metric edge_changed)
     changed_delta_e: float = 10.0  # local Lab difference (CIE76, after smoothing) that marks a pixel as changed
     grading_gain: float = 0.15  # mild global colour grading absorbed: per-channel gain within 1 +- this
     grading_offset: float = 20.0  # ... and per-channel offset within +- this (0-255 scale)
@@ -112,8 +114,8 @@ class MetricsConfig:
         for name in ("boundary_tolerance", "ignore_band", "grading_gain"):
             if not 0.0 <= getattr(self, name) <= 0.5:
                 raise ValueError(f"metrics.{name} must be in [0, 0.5], got {getattr(self, name)}")
-        if self.changed_delta_e <= 0 or self.grading_offset < 0:
-            raise ValueError("metrics.changed_delta_e must be > 0 and metrics.grading_offset >= 0")
+        if self.changed_delta_e <= 0 or self.edge_delta_e <= 0 or self.grading_offset < 0:
+            raise ValueError("metrics.changed_delta_e and edge_delta_e must be > 0, metrics.grading_offset >= 0")
 
 
 @dataclass

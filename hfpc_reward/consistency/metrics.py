@@ -24,6 +24,9 @@ Appearance metrics, measured on the original product's pixels (m_orig without a 
   the same compensation; a changed label or texture lowers it.
 - `changed_area`: fraction of the product pixels whose local colour difference exceeds `changed_delta_e`
   (catches a recoloured part or a replaced label that is too small to move the mean).
+- `edge_changed`: fraction of the product's edge zone (inside the outline, from the ignored band to 3 times its
+  width) whose colour difference exceeds `edge_delta_e` (lower than `changed_delta_e`): an outline that
+  melted into the background blends background into this zone.
 - `aspect_mismatch`: |log(aspect ratio of the generated image / aspect ratio of the original)|, set by the
   checker before alignment (0 when the sizes agree).
 """
@@ -35,6 +38,7 @@ import numpy as np
 
 from hfpc_reward.consistency.config import MetricsConfig
 
+EDGE_ZONE = 3  # the edge zone reaches this many ignored-band widths into the product
 DRIFT_BLUR = (2.0, 3.0)  # px at the analysis size: colour is compared at this scale (structure: SSIM)
 METRIC_NAMES = (
     "iou",
@@ -46,6 +50,7 @@ METRIC_NAMES = (
     "delta_e",
     "ssim",
     "changed_area",
+    "edge_changed",
     "aspect_mismatch",
 )
 
@@ -140,8 +145,16 @@ def appearance_metrics(
         "delta_e": float(drift[region].mean()),
         "ssim": float(np.clip(ssim_map[region].mean(), -1.0, 1.0)),
         "changed_area": float((drift[region] > config.changed_delta_e).mean()),
+        "edge_changed": _edge_changed(drift, m_orig, region, band, config),
     }
     return metrics, drift
+
+
+def _edge_changed(drift: np.ndarray, m_orig: np.ndarray, region: np.ndarray, band: int, config: MetricsConfig) -> float:
+    """Changed fraction of the product's edge zone: inside the outline, from the ignored band to EDGE_ZONE x it."""
+    depth = cv2.distanceTransform(m_orig.astype(np.uint8), cv2.DIST_L2, 3)
+    zone = region & (depth <= EDGE_ZONE * band)
+    return float((drift[zone] > config.edge_delta_e).mean()) if zone.any() else 0.0
 
 
 def _ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
