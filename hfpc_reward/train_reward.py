@@ -58,6 +58,7 @@ class RewardDataConfig:
     )
     valid_fraction: float = 0.1  # share of originals held out when valid_manifest is null
     split_seed: int = 0  # seed of that split (by original, never by row)
+    cluster_assignment: str | None = None  # `hfpc data clusters` JSON: draw pairs balanced over clusters
     max_stats_rows: int = 5000  # training rows scored (seeded sample) for the score mean/std at the end
 
     def __post_init__(self):
@@ -174,14 +175,22 @@ def _pair_loss(r_pos: torch.Tensor, r_neg: torch.Tensor, pointwise_weight: float
     return loss
 
 
-def _micro_batches(
-    n_pairs: int, epoch: int, cfg: TrainRewardConfig, rank: int, world: int
-) -> list[list[int]]:
-    """This process's pair indices per micro-batch of `epoch` (seeded order; padded like DistributedSampler)."""
-    order = np.random.default_rng([cfg.training.seed, epoch]).permutation(n_pairs)
-    global_size = cfg.training.batch_size * world
+def _epoch_order(pairs: list, epoch: int, cfg: TrainRewardConfig, assignment: dict | None) -> np.ndarray:
+    """The pair indices of one epoch: a seeded permutation, or a cluster-balanced draw with replacement."""
+    if assignment is None:
+        return np.random.default_rng([cfg.training.seed, epoch]).permutation(len(pairs))
+    from hfpc_reward.clusters import balanced_pair_sampler
+
+    sampler = balanced_pair_sampler(pairs, assignment, seed=cfg.training.seed)
+    sampler.set_epoch(epoch)
+    return np.fromiter(sampler, dtype=np.int64)
+
+
+def _micro_batches(order: np.ndarray, batch_size: int, rank: int, world: int) -> list[list[int]]:
+    """This process's pair indices per micro-batch of an epoch's `order` (padded like DistributedSampler)."""
+    global_size = batch_size * world
     batches = []
-    for start in range(0, n_pairs, global_size):
+    for start in range(0, len(order), global_size):
         chunk = order[start : start + global_size]
         per_process = math.ceil(len(chunk) / world)
         chunk = np.concatenate([chunk, order[: per_process * world - len(chunk)]])
@@ -237,16 +246,17 @@ class _Checkpoints:
 
 
 def _check_resume_config(cfg: TrainRewardConfig, output_dir: Path) -> None:
+    """Refuse to resume a run with different settings (the checkpoint would not mean the same thing)."""
     saved_path = output_dir / RESOLVED_CONFIG_NAME
     if not saved_path.is_file():
         return
     saved, current = yaml.safe_load(saved_path.read_text()), config_to_dict(cfg)
     changed = [
-        f"{section}.{key}"
-        for section in current
-        for key in (current[section] if isinstance(current[section], dict) else [None])
-        if (saved.get(section) if key is None else (saved.get(section) or {}).get(key))
-        != (current[section] if key is None else current[section][key])
+        f"{section}.{key}" if isinstance(values, dict) else section
+        for section, values in current.items()
+        for key in (values if isinstance(values, dict) else [None])
+        if (values[key] if key else values)
+        != ((saved.get(section) or {}).get(key) if key else saved.get(section))
     ]
     if changed:
         raise ValueError(
@@ -308,12 +318,16 @@ def train_reward_model(
     )
 
     if cached:
-        features, pair_rows = _feature_cache(model, train_pairs, valid_pairs, tcfg.eval_batch_size)
-        trained_module, n_train = model.head, len(pair_rows["train"])
-    else:
-        trained_module, n_train = model, len(train_pairs)
+        features, pair_rows, readable = _feature_cache(model, train_pairs, valid_pairs, tcfg.eval_batch_size)
+        train_pairs = [pair for pair, ok in zip(train_pairs, readable) if ok]
+    trained_module = model.head if cached else model
+    assignment = None
+    if cfg.data.cluster_assignment:
+        from hfpc_reward.clusters import ClusterAssignment
+
+        assignment = ClusterAssignment.load(cfg.data.cluster_assignment).assignment
     world, rank = accelerator.num_processes, accelerator.process_index
-    micro_per_epoch = math.ceil(n_train / (tcfg.batch_size * world))
+    micro_per_epoch = math.ceil(len(train_pairs) / (tcfg.batch_size * world))
     steps_per_epoch = math.ceil(micro_per_epoch / tcfg.gradient_accumulation_steps)
     total_steps = steps_per_epoch * tcfg.epochs
     optimizer = torch.optim.AdamW(trainable, lr=tcfg.learning_rate, weight_decay=tcfg.weight_decay)
@@ -357,7 +371,8 @@ def train_reward_model(
         disable=not accelerator.is_main_process,
     )
     while state["epoch"] < tcfg.epochs:
-        batches = _micro_batches(n_train, state["epoch"], cfg, rank, world)
+        order = _epoch_order(train_pairs, state["epoch"], cfg, assignment)
+        batches = _micro_batches(order, tcfg.batch_size, rank, world)
         group_losses: list[float] = []
         if cached:
             loader = ((idx,) for idx in batches[state["micro_batch"] :])
@@ -451,7 +466,8 @@ def _new_head_config(cfg: TrainRewardConfig) -> RewardModelConfig | None:
 
 
 def _feature_cache(model, train_pairs, valid_pairs, batch_size):
-    """Fused features of every distinct row in the pairs and the pairs as (pos, neg) row-index arrays."""
+    """Fused features of every distinct row in the pairs, the readable pairs as (pos, neg) row-index
+    arrays per split, and which train pairs were readable."""
     index: dict[int, int] = {}
     rows: list[ManifestRow] = []
     pair_rows = {}
@@ -464,12 +480,13 @@ def _feature_cache(model, train_pairs, valid_pairs, batch_size):
             -1, 2
         )
     features, readable = row_features(model, rows, batch_size)
+    kept = {}
     for name in pair_rows:
-        ok = readable[pair_rows[name]].all(axis=1)
-        if not ok.all():
-            logger.warning("dropping %d %s pairs with unreadable images", int((~ok).sum()), name)
-        pair_rows[name] = pair_rows[name][ok]
-    return features, pair_rows
+        kept[name] = readable[pair_rows[name]].all(axis=1)
+        if not kept[name].all():
+            logger.warning("dropping %d %s pairs with unreadable images", int((~kept[name]).sum()), name)
+        pair_rows[name] = pair_rows[name][kept[name]]
+    return features, pair_rows, kept["train"]
 
 
 @torch.no_grad()

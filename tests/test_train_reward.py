@@ -4,6 +4,7 @@ and the eval / calibrate commands on the trained model."""
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -209,3 +210,27 @@ def test_frozen_backbone_trains_head_on_cached_features_identically(tiny_config,
 def test_train_reward_cli_rejects_missing_manifest(tiny_config, tmp_path):
     with pytest.raises(ValueError, match="data.train_manifest is not set"):
         cli_main(["train-reward", "--config", str(tiny_config), f"training.output_dir={tmp_path}"])
+
+
+def test_cluster_assignment_balances_the_pairs_drawn(tiny_config, colour_task, tmp_path):
+    from hfpc_reward.clusters import ClusterAssignment
+    from hfpc_reward.data import comparison_pairs
+    from hfpc_reward.train_reward import _epoch_order
+
+    rows = read_manifest(colour_task["small"])
+    origins = list(dict.fromkeys(row.origin for row in rows))
+    # one original alone in cluster 0, the other eleven in cluster 1
+    assignment = {origin: int(i > 0) for i, origin in enumerate(origins)}
+    path = ClusterAssignment(assignment, {o: 0.0 for o in origins}, k=2).save(tmp_path / "clusters.json")
+    pairs = comparison_pairs(rows)
+    cfg = load_config(TrainRewardConfig, tiny_config, [f"data.cluster_assignment={path}"])
+    drawn = np.concatenate([_epoch_order(pairs, epoch, cfg, assignment) for epoch in range(20)])
+    share = np.mean([pairs[i][0].origin == origins[0] for i in drawn])
+    assert 0.4 < share < 0.6  # 1 of 12 originals, drawn half the time
+    summary = _train(
+        tiny_config,
+        colour_task["small"],
+        tmp_path / "run",
+        ["training.epochs=1", "training.freeze_fraction=1.0", f"data.cluster_assignment={path}"],
+    )
+    assert summary["global_step"] >= 1
