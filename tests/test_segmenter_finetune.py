@@ -165,3 +165,12 @@ def test_loss_prefers_the_matching_mask_and_iou_is_exact():
     iou = mask_iou(logits, target)
     # half: 8 product pixels kept, 24 background pixels added -> 8 / (32 + 16 - 8)
     assert iou[0].tolist() == pytest.approx([0.0, 1.0, 8 / 40])
+
+
+@pytest.mark.parametrize("name", ["efficientsam_ti", "sam_vit_base", "tiny"])
+def test_shipped_configs_load(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "segmenter" / f"{name}.yaml"
+    config = load_config(SegmenterFinetuneConfig, path)
+    assert config.model.kind in ("efficientsam", "sam") and config.model.checkpoint

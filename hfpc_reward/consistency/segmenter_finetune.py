@@ -116,8 +116,6 @@ class SegmenterFinetuneConfig:
 class _PromptedEfficientSam(nn.Module):
     """EfficientSAM for training: image -> square model frame (stretched), box -> 3 masks + IoUs."""
 
-    multimask = True
-
     def __init__(self, checkpoint: str):
         from hfpc_reward.consistency.efficientsam import EfficientSamSegmenter
 
@@ -159,9 +157,10 @@ class _PromptedEfficientSam(nn.Module):
 
 
 class _PromptedSam(nn.Module):
-    """transformers SAM for training: image -> padded square (longest side S), box -> single mask + IoU."""
+    """transformers SAM for training: image -> padded square (longest side S), box -> single mask + IoU.
 
-    multimask = False  # SamSegmenter asks SAM for its single-mask output
+    The single-mask output is trained because that is the one `SamSegmenter` asks SAM for.
+    """
 
     def __init__(self, checkpoint: str):
         from transformers import SamModel, SamProcessor
