@@ -82,7 +82,7 @@ def run_eval(
     """Run (or resume) an eval; returns the results dict also written to results.json.
 
     `generators` maps version names to ready generators (default: built from the config); `scorer` is any
-    object with HFPCScorer's `score(originals, generated, masks=None, prompts=None)` (default: built from
+    object with HFPCScorer's `score(originals, generated, masks, prompts, categories)` (default: built from
     `config.scorer`); `itm_judge` any object with `score(images, prompts)` (default: from held_out.itm_model).
     """
     out = Path(config.out_dir)
@@ -176,16 +176,15 @@ def _judge(
     n = len(judged)
     masks = None if product.mask is None else [product.mask] * n
     finals = [final for _, _, final in judged]
+    sides = {"masks": masks, "prompts": [product.prompt] * n, "categories": [product.category or None] * n}
     try:
-        results = scorer.score([product.image] * n, finals, masks=masks, prompts=[product.prompt] * n)
+        results = scorer.score([product.image] * n, finals, **sides)
         for (row, _, _), result in zip(judged, results):
             row.update(result.to_record())
             row["passed"] = bool(result.passed)  # an item the judges could not judge is not a pass
         if raw_check:
             raws = [raw for _, raw, _ in judged]
-            for (row, _, _), result in zip(
-                judged, scorer.score([product.image] * n, raws, masks=masks, prompts=[product.prompt] * n)
-            ):
+            for (row, _, _), result in zip(judged, scorer.score([product.image] * n, raws, **sides)):
                 report = result.consistency
                 row["held_out"]["raw_consistent"] = None if report is None else bool(report.consistent)
                 row["held_out"]["raw_consistency_score"] = None if report is None else float(report.score)

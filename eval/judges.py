@@ -87,6 +87,7 @@ def _score_batch(config: JudgesConfig, batch: list[ManifestRow], scorer: Any, it
         generated,
         masks=None if mask is None else [mask] * len(batch),
         prompts=prompts,
+        categories=[row.category for row in batch],
     )
     itm = itm_judge.score(generated, prompts) if itm_judge is not None else [None] * len(batch)
     for record, result, match in zip(base, results, itm):

@@ -53,7 +53,7 @@ class DummyGenerator:
 class DummyScorer:
     """Pass when the background (outside the product mask) is green; reward = green - red, in [-1, 1]."""
 
-    def score(self, originals, generated, masks=None, prompts=None):
+    def score(self, originals, generated, masks=None, prompts=None, categories=None):
         results = []
         for image, mask in zip(generated, masks):
             pixels = np.asarray(image, dtype=float)[~mask] / 255.0
