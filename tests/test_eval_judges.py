@@ -103,3 +103,31 @@ def test_blip_itm_judge_scores_match_probabilities_batch_independently(tmp_path)
     assert judge.score(images[:1], ["a shoe"])[0] != pytest.approx(scores[0], abs=1e-7)  # the text matters
     with pytest.raises(ValueError, match="3 images but 2 prompts"):
         judge.score(images, prompts[:2])
+
+
+def test_judges_command_on_sample_pairs_with_the_real_scorer(tmp_path, capsys):
+    """`python -m eval judges` on labelled sample pairs (label = product kept): real HFPCScorer with the tiny
+    reward model, the tiny BLIP ITM baseline; the consistency judge must beat chance clearly."""
+    import json
+
+    import yaml
+
+    from eval.__main__ import main
+    from hfpc_reward.sample_data import generate_pairs
+    from hfpc_reward.testing.tiny_blip import write_tiny_reward_model
+
+    manifest = generate_pairs(tmp_path / "pairs", n_pairs=64, size=96, seed=1)
+    reward_model = write_tiny_reward_model(tmp_path / "rm")["reward_model_tiny"]["path"]
+    config = {
+        "out_dir": str(tmp_path / "judges"),
+        "scorer": {"reward_model": {"path": reward_model}},
+        "itm_model": str(tmp_path / "rm" / "blip"),
+        "stats": {"n_resamples": 200},
+    }
+    (tmp_path / "judges.yaml").write_text(yaml.safe_dump(config))
+    assert main(["judges", "--config", str(tmp_path / "judges.yaml"), "--manifest", str(manifest)]) == 0
+    assert "| consistency only |" in capsys.readouterr().out
+    table = json.loads((tmp_path / "judges" / "judges.json").read_text())
+    assert list(table["judges"]) == list(JUDGE_NAMES) and table["rows_used"] == 64
+    assert table["judges"]["consistency only"]["pr_auc"] > 0.75
+    assert len((tmp_path / "judges" / "scores.jsonl").read_text().splitlines()) == 64
