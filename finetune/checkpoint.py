@@ -1,0 +1,92 @@
+"""LoRA export in diffusers format and the resumable training state (atomic writes).
+
+`save_lora` writes `pytorch_lora_weights.safetensors` (+ adapter metadata, so alpha != rank survives)
+that `StableDiffusionInpaintPipeline.load_lora_weights(dir)` loads. The training state lives in
+`state/epoch-NNNN/` (LoRA tensors, optimizer, trainer JSON), written to a temporary folder first, renamed,
+and only then named by the `state/latest` pointer (itself replaced atomically), so an interrupt at any
+moment leaves the previous complete state in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+LATEST = "latest"
+
+
+def lora_state_dict(unet) -> dict[str, torch.Tensor]:
+    """The UNet's LoRA tensors in peft naming (the DDP `module.` prefix never appears: the UNet is not wrapped)."""
+    from peft.utils import get_peft_model_state_dict
+
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in get_peft_model_state_dict(unet).items()}
+
+
+def save_lora(unet, out_dir: str | Path) -> Path:
+    """Write the LoRA in diffusers format: `pipe.load_lora_weights(out_dir)` loads it."""
+    from diffusers import StableDiffusionInpaintPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    StableDiffusionInpaintPipeline.save_lora_weights(
+        tmp,
+        unet_lora_layers=convert_state_dict_to_diffusers(lora_state_dict(unet)),
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+        safe_serialization=True,
+    )
+    _replace_dir(tmp, out)
+    return out
+
+
+def save_state(state_root: str | Path, epoch: int, unet, optimizer, trainer_state: dict) -> Path:
+    """Everything needed to continue after `epoch` (the number of finished epochs)."""
+    root = Path(state_root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"epoch-{epoch:04d}"
+    tmp = root / f"epoch-{epoch:04d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(lora_state_dict(unet), tmp / "lora.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "trainer.json").write_text(json.dumps({"epoch": epoch, **trainer_state}))
+    _replace_dir(tmp, final)
+    pointer = root / (LATEST + ".tmp")
+    pointer.write_text(final.name)
+    os.replace(pointer, root / LATEST)
+    for old in root.glob("epoch-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_state(state_root: str | Path, unet, optimizer) -> dict | None:
+    """Restore LoRA and optimizer from the latest complete state; returns the trainer JSON (None if none)."""
+    from peft.utils import set_peft_model_state_dict
+
+    root = Path(state_root)
+    if not (root / LATEST).is_file():
+        return None
+    folder = root / (root / LATEST).read_text().strip()
+    result = set_peft_model_state_dict(unet, load_file(folder / "lora.safetensors"))
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"{folder}: LoRA state does not fit this UNet (unexpected keys {result.unexpected_keys[:3]})")
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    return json.loads((folder / "trainer.json").read_text())
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)

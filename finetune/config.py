@@ -1,0 +1,168 @@
+"""Settings of a DDPO-LoRA fine-tune of a Stable Diffusion inpainting pipeline.
+
+Sizes marked *global* count samples over all processes (GPUs x nodes), so one config gives the same
+optimisation on 1 or N processes; sizes marked *per process* are what fits in one device's memory.
+`configs/finetune/*.yaml` hold deltas over these defaults; `section.field=value` overrides win.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass
+class ModelConfig:
+    """The pipeline being fine-tuned and its LoRA adapter (base weights are frozen, only LoRA trains)."""
+
+    pretrained: str = "stable-diffusion-v1-5/stable-diffusion-inpainting"  # hub id or local folder (9-channel UNet)
+    revision: Optional[str] = None  # hub revision of `pretrained` (None = default branch)
+    lora_rank: int = 4  # LoRA rank r of every targeted layer
+    lora_alpha: float = 4.0  # LoRA scale numerator: the update is (alpha / r) * B @ A
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])  # UNet modules
+    gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, ~30% slower
+    xformers: bool = False  # xformers attention (GPU only; torch SDPA is used otherwise)
+
+    def __post_init__(self):
+        if self.lora_rank < 1:
+            raise ValueError(f"model.lora_rank must be >= 1, got {self.lora_rank}")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"model.lora_alpha must be > 0 (use lora_rank for scale 1), got {self.lora_alpha}")
+        if not self.lora_targets:
+            raise ValueError("model.lora_targets is empty: name UNet modules, e.g. [to_q, to_k, to_v, to_out.0]")
+
+
+@dataclass
+class DataConfig:
+    """Products to inpaint. The inpainting mask is the background: NOT the product mask of each row."""
+
+    manifest: str = ""  # JSON Lines with origin (image), mask (product mask, white = product), prompt, product_id
+    prompts: list[str] = field(default_factory=list)  # if set, every product is crossed with every prompt here
+    default_prompt: str = "a professional product photo on a clean background"  # rows without a prompt
+    resolution: int = 512  # square side (px) images and masks are resized to; a multiple of 8
+
+    def __post_init__(self):
+        if self.resolution % 8 or self.resolution < 16:
+            raise ValueError(f"data.resolution must be a multiple of 8 and >= 16, got {self.resolution}")
+
+
+@dataclass
+class SampleConfig:
+    """Sampling with log-probs: DDIM with eta (eta = 1 is the DDPO policy), classifier-free guidance."""
+
+    num_steps: int = 50  # DDIM steps per sample
+    guidance_scale: float = 5.0  # classifier-free guidance weight (1 = no guidance, half the UNet work)
+    eta: float = 1.0  # DDIM noise weight; > 0 is needed for a stochastic policy with a log-prob
+    negative_prompt: str = ""  # the unconditional prompt of CFG
+    batch_size: int = 8  # per process: samples generated at once
+    samples_per_epoch: int = 256  # global: samples per epoch (a multiple of batch_size x processes and group size)
+    paste_back: bool = True  # paste the original product onto the decoded image before the reward
+
+    def __post_init__(self):
+        if self.num_steps < 1:
+            raise ValueError(f"sample.num_steps must be >= 1, got {self.num_steps}")
+        if not 0.0 < self.eta <= 1.0:
+            raise ValueError(f"sample.eta must be in (0, 1] (0 has no log-prob), got {self.eta}")
+        if self.guidance_scale < 1.0:
+            raise ValueError(f"sample.guidance_scale must be >= 1 (1 disables guidance), got {self.guidance_scale}")
+        if self.samples_per_epoch % self.batch_size:
+            raise ValueError(
+                f"sample.samples_per_epoch ({self.samples_per_epoch}) must be a multiple of sample.batch_size "
+                f"({self.batch_size})"
+            )
+
+
+@dataclass
+class TrainConfig:
+    """DDPO-IS: PPO-clip on the per-step likelihood ratio, advantages normalised within groups."""
+
+    epochs: int = 100  # sample -> reward -> update rounds
+    group_size: int = 8  # G samples per (product, mask, prompt) per epoch; advantages are normalised per group
+    min_group_count: int = 4  # groups with fewer valid rewards use the whole batch's mean/std instead
+    group_history: int = 0  # past epochs of rewards kept per group for its statistics (0 = this epoch only)
+    learning_rate: float = 3e-4  # AdamW learning rate of the LoRA weights
+    adam_beta1: float = 0.9  # AdamW momentum; with one optimizer step per epoch a lower value stops overshoot
+    adam_weight_decay: float = 1e-4  # AdamW weight decay
+    adam_epsilon: float = 1e-8  # AdamW epsilon
+    max_grad_norm: float = 1.0  # gradient clipping of the LoRA weights
+    clip_range: float = 1e-4  # PPO: the ratio exp(logp_new - logp_old) is clipped to 1 +- clip_range
+    adv_clip_max: float = 5.0  # advantages are clipped to +- this
+    inner_epochs: int = 1  # passes (optimizer rounds) over each epoch's samples
+    timestep_fraction: float = 1.0  # fraction of the denoising steps trained on per sample (random subset)
+    train_batch_size: int = 4  # per process: samples per UNet forward when training
+    samples_per_step: int = 64  # global: samples whose gradients are accumulated into one optimizer step
+    kl_coef: float = 0.0  # weight of the KL penalty to the reference model (LoRA disabled); > 0 costs a forward
+
+    def __post_init__(self):
+        if self.group_size < 1 or self.min_group_count < 1:
+            raise ValueError("train.group_size and train.min_group_count must be >= 1")
+        if not 0.0 < self.timestep_fraction <= 1.0:
+            raise ValueError(f"train.timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
+        if not 0.0 <= self.adam_beta1 < 1.0:
+            raise ValueError(f"train.adam_beta1 must be in [0, 1), got {self.adam_beta1}")
+        if self.clip_range <= 0 or self.adv_clip_max <= 0:
+            raise ValueError("train.clip_range and train.adv_clip_max must be > 0")
+        if self.samples_per_step % self.train_batch_size:
+            raise ValueError(
+                f"train.samples_per_step ({self.samples_per_step}) must be a multiple of train.train_batch_size "
+                f"({self.train_batch_size}) x processes"
+            )
+        if self.kl_coef < 0 or self.inner_epochs < 1 or self.epochs < 1 or self.group_history < 0:
+            raise ValueError("train.kl_coef and train.group_history must be >= 0, epochs and inner_epochs >= 1")
+
+
+@dataclass
+class RewardConfig:
+    """The reward function: a name from finetune.rewards.REWARDS (e.g. `hfpc`) and its keyword arguments."""
+
+    name: str = "hfpc"  # hfpc (HFPCReward), background_brightness, background_colour
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the reward's constructor (e.g. config: path)
+    num_workers: int = 2  # threads computing rewards while the next batch samples
+
+    def __post_init__(self):
+        if self.num_workers < 1:
+            raise ValueError(f"reward.num_workers must be >= 1, got {self.num_workers}")
+
+
+@dataclass
+class RunConfig:
+    """Outputs, seeding, precision and checkpointing of a run."""
+
+    out_dir: str = "outputs/finetune"  # metrics.jsonl, grids/, lora/, state/ and the resolved config go here
+    seed: int = 0  # every random draw derives from (seed, epoch, sample index): runs and resumes are reproducible
+    mixed_precision: str = "fp16"  # no | fp16 | bf16: frozen weights in this dtype, LoRA weights stay float32
+    cpu: bool = False  # force the CPU even when a GPU is visible
+    grid_every: int = 10  # save a PNG grid of samples every N epochs (0 = never)
+    save_every: int = 1  # save LoRA + resumable training state every N epochs (and always at the end)
+
+    def __post_init__(self):
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"run.mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.grid_every < 0 or self.save_every < 1:
+            raise ValueError("run.grid_every must be >= 0 and run.save_every >= 1")
+
+
+@dataclass
+class FinetuneConfig:
+    """A whole fine-tuning run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        if self.sample.samples_per_epoch % self.train.group_size:
+            raise ValueError(
+                f"sample.samples_per_epoch ({self.sample.samples_per_epoch}) must be a multiple of "
+                f"train.group_size ({self.train.group_size})"
+            )
+        if self.sample.samples_per_epoch % self.train.samples_per_step:
+            raise ValueError(
+                f"sample.samples_per_epoch ({self.sample.samples_per_epoch}) must be a multiple of "
+                f"train.samples_per_step ({self.train.samples_per_step})"
+            )
