@@ -9,7 +9,6 @@ python -m eval screenshot outputs/demo/eval/report.html docs/report.png   (needs
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -58,13 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {Path(config.out_dir).resolve() / REPORT_NAME}")
     elif args.command == "compare":
         from eval.compare import compare_runs, comparison_table
+        from eval.harness import write_json
 
         pairs = [tuple(item.split(":", 1)) for item in args.pair]
         if any(len(pair) != 2 for pair in pairs):
             raise SystemExit("--pair must look like a_version:b_version")
         comparison = compare_runs(args.a, args.b, pairs or None)
         out = Path(args.out) if args.out else Path(args.b).parent / "comparison.json"
-        out.write_text(json.dumps(comparison, indent=2))
+        write_json(out, comparison)
         print(comparison_table(comparison))
         print(f"written: {out}")
     elif args.command == "screenshot":

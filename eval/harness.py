@@ -15,6 +15,7 @@ import datetime
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import subprocess
 from collections.abc import Sequence
@@ -264,13 +265,28 @@ def _write_results(config: EvalConfig, out: Path, products, skipped, n_generated
         },
         **summarise(samples, names, config.stats),
     }
-    temp = out / (RESULTS_NAME + ".tmp")
-    temp.write_text(json.dumps(results, indent=2, allow_nan=True))
-    os.replace(temp, out / RESULTS_NAME)
+    write_json(out / RESULTS_NAME, results)
     from eval.report import write_report
 
     write_report(out, results, samples, config)
     return results
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write strict JSON atomically (temp file + rename); NaN / infinity become null."""
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(json.dumps(_finite(data), indent=2, allow_nan=False))
+    os.replace(temp, path)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _git_commit() -> str | None:

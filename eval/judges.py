@@ -13,7 +13,6 @@ originals. Rows that any judge could not score are left out for all, so every ju
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from sklearn.metrics import average_precision_score
 from tqdm import tqdm
 
 from eval.config import StatsConfig
+from eval.harness import write_json
 from eval.report import format_number
 from hfpc_reward.calibration import binary_metrics, grouped_bootstrap_ci, pick_threshold
 from hfpc_reward.config import save_resolved_config
@@ -206,10 +206,6 @@ def run_judges(config: JudgesConfig, scorer: Any = None, itm_judge: Any = None) 
     scores_path.unlink(missing_ok=True)
     append_jsonl(scores_path, records)
     table = judges_table(config, records)
-    (out / "judges.json").write_text(json.dumps(table, indent=2, default=_nan_safe))
+    write_json(out / "judges.json", table)
     (out / "judges.md").write_text(markdown_table(table) + "\n")
     return table
-
-
-def _nan_safe(value: Any) -> Any:
-    return None if isinstance(value, float) and math.isnan(value) else str(value)

@@ -151,7 +151,7 @@ def test_seeds_are_shared_across_versions_and_differ_across_samples(dummy_run):
 
 def test_outputs_are_stamped_and_every_sample_has_a_row(dummy_run):
     out, results, _ = dummy_run
-    stamped = json.loads((out / "results.json").read_text())
+    stamped = json.loads((out / "results.json").read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN
     meta = stamped["meta"]
     assert meta["config"]["generation"]["samples_per_product"] == K and meta["packages"]["numpy"]
     assert meta["date"] and meta["counts"]["samples"] == {"base": N_PRODUCTS * K, "tuned": N_PRODUCTS * K}
