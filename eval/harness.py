@@ -12,6 +12,7 @@ Rows whose generation or scoring raised are retried. Rows made with other seeds 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -38,6 +39,10 @@ logger = logging.getLogger(__name__)
 SAMPLES_NAME = "samples.jsonl"
 RESULTS_NAME = "results.json"
 REPORT_NAME = "report.html"
+# config keys that do not change what a sample is or how it is judged (left out of settings_key)
+RESUME_FREE_KEYS = frozenset(
+    {"device", "itm_device", "dtype", "batch_size", "samples_per_product", "cache_size"}
+)
 PACKAGES = ("hfpc-reward", "torch", "transformers", "diffusers", "peft", "numpy", "pillow", "scikit-learn")
 
 
@@ -91,7 +96,8 @@ def run_eval(
     save_resolved_config(config, out)
     products, skipped = load_products(config.manifest, config.generation.default_prompt)
     samples_path = out / SAMPLES_NAME
-    done = _finished_rows(samples_path, config.generation.seed)
+    settings = {version.name: settings_key(config, version) for version in config.versions}
+    done = _finished_rows(samples_path, settings)
     if scorer is None:
         from hfpc_reward.scorer import HFPCScorer
 
@@ -111,20 +117,45 @@ def run_eval(
         generator = generators.get(version.name) or build_generator(version, config.generation)
         for product, todo in tqdm(pending, desc=f"eval {version.name}", unit="product"):
             rows = _sample_product(config, version, generator, scorer, itm_judge, product, todo)
-            append_jsonl(samples_path, rows)
+            append_jsonl(samples_path, [{**row, "settings": settings[version.name]} for row in rows])
             n_generated += len(todo)
         generators.pop(version.name, None)
         del generator  # free this version's pipeline before the next one loads
     return _write_results(config, out, products, skipped, n_generated)
 
 
-def _finished_rows(samples_path: Path, base_seed: int) -> dict[tuple[str, str, int], dict]:
-    """The last row of every (version, product, k) in samples.jsonl that needs no retry."""
+def settings_key(config: EvalConfig, version: VersionConfig) -> str:
+    """A short hash of everything that decides a version's samples and their scores: the version, the
+    generation settings (seed included) and the judges. Devices, dtypes, batch sizes and the number of
+    samples are left out, so a run can resume on another machine or be extended to more samples."""
+    payload = {
+        "version": config_to_dict(version),
+        "generation": config_to_dict(config.generation),
+        "scorer": config_to_dict(config.scorer),
+        "held_out": config_to_dict(config.held_out),
+    }
+    text = json.dumps(_without_keys(payload, RESUME_FREE_KEYS), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _without_keys(value: Any, keys: frozenset[str]) -> Any:
+    if isinstance(value, dict):
+        return {key: _without_keys(item, keys) for key, item in value.items() if key not in keys}
+    return value
+
+
+def _finished_rows(samples_path: Path, settings: dict[str, str]) -> dict[tuple[str, str, int], dict]:
+    """The last row of every (version, product, k) in samples.jsonl that needs no retry.
+
+    Raises ValueError when rows of a configured version were made with other settings (mixing them would
+    silently compare different generators or judges)."""
     rows: dict[tuple[str, str, int], dict] = {}
     for row in read_jsonl(samples_path):
-        if row["seed"] != sample_seed(base_seed, row["product_id"], row["k"]):
+        expected = settings.get(row["version"])
+        if expected is not None and row.get("settings") != expected:
             raise ValueError(
-                f"{samples_path} holds samples made with another generation.seed; use a new out_dir or the same seed"
+                f"{samples_path} holds samples of version {row['version']!r} made with other settings (version, "
+                "generation or judges changed); use a new out_dir, or rename the version"
             )
         rows[(row["version"], row["product_id"], row["k"])] = row
     return {key: row for key, row in rows.items() if not row.get("retry")}
@@ -247,8 +278,15 @@ def latest_samples(samples_path: Path) -> list[dict]:
 
 
 def _write_results(config: EvalConfig, out: Path, products, skipped, n_generated: int) -> dict[str, Any]:
-    samples = latest_samples(out / SAMPLES_NAME)
     names = [version.name for version in config.versions]
+    wanted = {product.product_id for product in products}
+    samples = [  # this config's samples only (an out_dir may hold rows of dropped versions, products or k)
+        row
+        for row in latest_samples(out / SAMPLES_NAME)
+        if row["version"] in names
+        and row["product_id"] in wanted
+        and row["k"] < config.generation.samples_per_product
+    ]
     results = {
         "meta": {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

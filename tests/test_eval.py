@@ -151,7 +151,9 @@ def test_seeds_are_shared_across_versions_and_differ_across_samples(dummy_run):
 
 def test_outputs_are_stamped_and_every_sample_has_a_row(dummy_run):
     out, results, _ = dummy_run
-    stamped = json.loads((out / "results.json").read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN
+    stamped = json.loads(
+        (out / "results.json").read_text(), parse_constant=pytest.fail
+    )  # strict JSON: no NaN
     meta = stamped["meta"]
     assert meta["config"]["generation"]["samples_per_product"] == K and meta["packages"]["numpy"]
     assert meta["date"] and meta["counts"]["samples"] == {"base": N_PRODUCTS * K, "tuned": N_PRODUCTS * K}
@@ -183,10 +185,10 @@ def test_interrupted_run_resumes_without_regenerating(product_manifest, dummy_ru
         assert results[key] == reference[key]
 
 
-def test_resume_refuses_samples_made_with_another_seed(product_manifest, dummy_run):
+def test_resume_refuses_samples_made_with_other_settings(product_manifest, dummy_run):
     out, _, _ = dummy_run
     config = _config(product_manifest, out, **{"generation.seed": 7})
-    with pytest.raises(ValueError, match="another generation.seed"):
+    with pytest.raises(ValueError, match="version 'base' made with other settings"):
         run_eval(
             config, generators={n: DummyGenerator(r) for n, r in TRUE_RATES.items()}, scorer=DummyScorer()
         )
@@ -380,3 +382,18 @@ def test_an_unreadable_product_is_skipped_and_reported(product_manifest, tmp_pat
     assert list(results["meta"]["counts"]["skipped_products"]) == ["p01"]
     assert "not an image file" in results["meta"]["counts"]["skipped_products"]["p01"]
     assert results["versions"]["base"]["n_products"] == 2
+
+
+def test_a_run_extends_to_more_samples_and_reports_only_its_own(product_manifest, tmp_path):
+    """K=2 then K=4 in the same out_dir generates only k=2,3; going back to K=2 reports K=2 again."""
+    small = _config(product_manifest, tmp_path, **{"generation.samples_per_product": 2})
+    run_eval(small, generators={n: DummyGenerator(r) for n, r in TRUE_RATES.items()}, scorer=DummyScorer())
+    more = {name: DummyGenerator(rate) for name, rate in TRUE_RATES.items()}
+    bigger = _config(product_manifest, tmp_path, **{"generation.batch_size": 1})  # K=4; batch size is free
+    results = run_eval(bigger, generators=more, scorer=DummyScorer())
+    assert (
+        sorted({k for _, k, _ in more["base"].calls}) == [2, 3] and len(more["base"].calls) == N_PRODUCTS * 2
+    )
+    assert results["versions"]["base"]["n_samples"] == N_PRODUCTS * K
+    again = run_eval(small, generators={}, scorer=DummyScorer())  # nothing to generate: no generator is built
+    assert again["versions"]["base"]["n_samples"] == N_PRODUCTS * 2
