@@ -126,11 +126,14 @@ def run_eval(
 
 def settings_key(config: EvalConfig, version: VersionConfig) -> str:
     """A short hash of everything that decides a version's samples and their scores: the version, the
-    generation settings (seed included) and the judges. Devices, dtypes, batch sizes and the number of
+    generation settings (seed included; for folder versions only paste-back) and the judges. Devices, dtypes, batch sizes and the number of
     samples are left out, so a run can resume on another machine or be extended to more samples."""
+    generation = config_to_dict(config.generation)
+    if version.kind == "folder":  # its images exist already: only paste-back changes what is judged
+        generation = {"paste_product": version.pastes_product(config.generation.paste_product)}
     payload = {
         "version": config_to_dict(version),
-        "generation": config_to_dict(config.generation),
+        "generation": generation,
         "scorer": config_to_dict(config.scorer),
         "held_out": config_to_dict(config.held_out),
     }
