@@ -27,6 +27,7 @@ class BlipITMJudge:
         self.processor = AutoProcessor.from_pretrained(model_id)
         self.model = BlipForImageTextRetrieval.from_pretrained(model_id).to(device).eval()
         self.device, self.batch_size, self.torch = device, batch_size, torch
+        self.max_length = self.model.config.text_config.max_position_embeddings  # longer prompts are cut
 
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
         """(B,) float64 match probabilities in [0, 1] (softmax of the ITM head, class "match")."""
@@ -40,6 +41,7 @@ class BlipITMJudge:
                 return_tensors="pt",
                 padding=True,
                 truncation=True,
+                max_length=self.max_length,
             ).to(self.device)
             with self.torch.no_grad():
                 logits = self.model(**inputs, use_itm_head=True).itm_score

@@ -101,6 +101,8 @@ def test_blip_itm_judge_scores_match_probabilities_batch_independently(tmp_path)
     alone = judge.score(images[2:], prompts[2:])
     assert alone[0] == pytest.approx(scores[2], abs=1e-5)
     assert judge.score(images[:1], ["a shoe"])[0] != pytest.approx(scores[0], abs=1e-7)  # the text matters
+    long_prompt = " ".join(["a very long background description"] * 40)  # beyond the text positions
+    assert 0.0 <= judge.score(images[:1], [long_prompt])[0] <= 1.0
     with pytest.raises(ValueError, match="3 images but 2 prompts"):
         judge.score(images, prompts[:2])
 
