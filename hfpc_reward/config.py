@@ -77,6 +77,8 @@ def config_from_dict(schema: type[T], values: dict) -> T:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid stored config: {_first_line(exc)} (key: {exc.full_key})") from None
+    except ValueError as exc:  # a dataclass __post_init__ rejected a value
+        raise ConfigError(f"invalid stored config: {exc}") from None
 
 
 def _read_yaml(path: Path) -> dict:

@@ -119,9 +119,6 @@ def test_stored_config_is_strict_too():
         config_from_dict(Settings, {"thresholds": {"nope": 1}})
 
 
-@pytest.mark.xfail(
-    strict=True, reason="config_from_dict lets a __post_init__ ValueError through unwrapped (reported)"
-)
 def test_stored_config_with_an_invalid_value_is_a_config_error():
     with pytest.raises(ConfigError, match="min_iou"):
         config_from_dict(Settings, {"thresholds": {"min_iou": 2.0}})
