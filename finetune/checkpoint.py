@@ -1,7 +1,9 @@
 """LoRA export in diffusers format and the resumable training state (atomic writes).
 
-`save_lora` writes `pytorch_lora_weights.safetensors` (+ adapter metadata, so alpha != rank survives)
-that `StableDiffusionInpaintPipeline.load_lora_weights(dir)` loads. The training state lives in
+`save_lora` writes `pytorch_lora_weights.safetensors` that `StableDiffusionInpaintPipeline.load_lora_weights(dir)`
+loads: peft key names (the older `lora.down/up` naming of `convert_state_dict_to_diffusers` covers attention
+layers only, so a conv LoRA would mix both namings and the loader would drop half) plus the adapter
+metadata, so alpha != rank survives. The training state lives in
 `state/epoch-NNNN/` (LoRA tensors, optimizer, trainer JSON), written to a temporary folder first, renamed,
 and only then named by the `state/latest` pointer (itself replaced atomically), so an interrupt at any
 moment leaves the previous complete state in place.
@@ -30,14 +32,13 @@ def lora_state_dict(unet) -> dict[str, torch.Tensor]:
 def save_lora(unet, out_dir: str | Path) -> Path:
     """Write the LoRA in diffusers format: `pipe.load_lora_weights(out_dir)` loads it."""
     from diffusers import StableDiffusionInpaintPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
 
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     StableDiffusionInpaintPipeline.save_lora_weights(
         tmp,
-        unet_lora_layers=convert_state_dict_to_diffusers(lora_state_dict(unet)),
+        unet_lora_layers=lora_state_dict(unet),  # peft key names: diffusers' loader reads them for any layer type
         unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
         safe_serialization=True,
     )

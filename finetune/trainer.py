@@ -88,8 +88,11 @@ class DDPOTrainer:
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
             module.requires_grad_(False)
         pipe.to(self.device)
-        pipe.unet.add_adapter(LoraConfig(r=config.model.lora_rank, lora_alpha=config.model.lora_alpha,
-                                         target_modules=list(config.model.lora_targets), init_lora_weights="gaussian"))
+        with torch.random.fork_rng(devices=[]):  # the same LoRA init on every process and every run of a seed
+            torch.manual_seed(config.run.seed)
+            pipe.unet.add_adapter(LoraConfig(r=config.model.lora_rank, lora_alpha=config.model.lora_alpha,
+                                             target_modules=list(config.model.lora_targets),
+                                             init_lora_weights="gaussian"))
         cast_training_params(pipe.unet, dtype=torch.float32)
         if config.model.gradient_checkpointing:
             pipe.unet.enable_gradient_checkpointing()
