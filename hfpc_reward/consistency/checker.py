@@ -4,6 +4,9 @@
     reports = checker.check(originals, generated, masks=None, prompts=None)   # one ConsistencyReport per pair
 
 Batches are lists of paths / PIL images / arrays, or (B,3,H,W) tensors in [0,1] (see images.py).
+`masks[i]`: the product mask of originals[i] (path / array / PIL, white = product) or None; `prompts[i]`:
+the product phrase detection backends look for (e.g. the category "bottle"), or None for the backend's
+default; the classic backend does not use it.
 
 Original-side work (loading, product mask, backend features) is done once per distinct original in a batch:
 originals are the same when they are the same path, or have the same pixels (content hash), with the same
@@ -43,7 +46,12 @@ from PIL import Image
 from hfpc_reward import images
 from hfpc_reward.consistency.backends import MaskFinder, OriginalProduct
 from hfpc_reward.consistency.config import ConsistencyConfig, ThresholdConfig
-from hfpc_reward.consistency.metrics import appearance_metrics, mask_metrics
+from hfpc_reward.consistency.metrics import (
+    OriginalAppearance,
+    appearance_metrics,
+    mask_metrics,
+    original_appearance,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +61,8 @@ BACKENDS: dict[str, str] = {
     "grounded-sam": "hfpc_reward.consistency.grounded_sam:GroundedMaskFinder",
     "grounded-efficientsam": "hfpc_reward.consistency.grounded_sam:GroundedMaskFinder",
 }
+
+ANALYSIS_KEY = "checker.original_appearance"  # the checker's entry in OriginalProduct.cache
 
 # (metric, threshold field, "max" = upper bound | "min" = lower bound, reason format)
 CHECKS: tuple[tuple[str, str, str, str], ...] = (
@@ -222,15 +232,15 @@ class ProductConsistencyChecker:
         results: list[tuple[ConsistencyReport, PairDetails | None]] = [
             (error_report(str(item)), None) if isinstance(item, Exception) else None for item in aligned
         ]
-        analysis: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for i, mask_and_notes in zip(good, found):
             if isinstance(mask_and_notes, Exception):
                 results[i] = (error_report(str(mask_and_notes)), None)
                 continue
             product = products[i]
-            if id(product) not in analysis:
-                analysis[id(product)] = self._analysis_original(product)
-            outcome = _guard(errors, self._compare, analysis[id(product)], aligned[i], mask_and_notes, product.notes)
+            original = _guard(errors, self._analysis_original, product)
+            outcome = original if isinstance(original, Exception) else _guard(
+                errors, self._compare, original, aligned[i], mask_and_notes, product.notes
+            )
             results[i] = (error_report(str(outcome)), None) if isinstance(outcome, Exception) else outcome
         return results
 
@@ -265,10 +275,13 @@ class ProductConsistencyChecker:
         mismatch = abs(float(np.log((w / h) / (ow / oh))))
         return images.resize_to(image, (ow, oh)), mismatch
 
-    def _analysis_original(self, product: OriginalProduct) -> tuple[np.ndarray, np.ndarray]:
-        size = self._analysis_size(product.image.size)
-        rgb = cv2.resize(np.asarray(product.image.convert("RGB")), size, interpolation=cv2.INTER_AREA)
-        return rgb, _resize_mask(product.mask, size)
+    def _analysis_original(self, product: OriginalProduct) -> OriginalAppearance:
+        """The original's appearance arrays, kept in the product's cache (reused by every later call)."""
+        if ANALYSIS_KEY not in product.cache:
+            size = self._analysis_size(product.image.size)
+            rgb = cv2.resize(np.asarray(product.image.convert("RGB")), size, interpolation=cv2.INTER_AREA)
+            product.cache[ANALYSIS_KEY] = original_appearance(rgb, _resize_mask(product.mask, size), self.config.metrics)
+        return product.cache[ANALYSIS_KEY]
 
     def _analysis_size(self, size: tuple[int, int]) -> tuple[int, int]:
         scale = min(1.0, self.config.metrics.analysis_size / max(size))
@@ -276,22 +289,22 @@ class ProductConsistencyChecker:
 
     def _compare(
         self,
-        original: tuple[np.ndarray, np.ndarray],
+        original: OriginalAppearance,
         aligned: tuple[Image.Image, float],
         mask_and_notes: tuple[np.ndarray, list[str]],
         original_notes: list[str],
     ) -> tuple[ConsistencyReport, PairDetails]:
-        (orig_rgb, m_orig), (gen_image, aspect_mismatch), (gen_mask, gen_notes) = original, aligned, mask_and_notes
-        size = (orig_rgb.shape[1], orig_rgb.shape[0])
+        (gen_image, aspect_mismatch), (gen_mask, gen_notes) = aligned, mask_and_notes
+        size = (original.rgb.shape[1], original.rgb.shape[0])
         gen_rgb = cv2.resize(np.asarray(gen_image.convert("RGB")), size, interpolation=cv2.INTER_AREA)
         m_gen = _resize_mask(gen_mask, size)
-        metrics = mask_metrics(m_orig, m_gen, self.config.metrics.boundary_tolerance)
-        appearance, drift = appearance_metrics(orig_rgb, gen_rgb, m_orig, self.config.metrics)
+        metrics = mask_metrics(original.mask, m_gen, self.config.metrics.boundary_tolerance)
+        appearance, drift = appearance_metrics(original, gen_rgb, self.config.metrics)
         metrics.update(appearance)
         metrics["aspect_mismatch"] = aspect_mismatch
         consistent, score, reasons = verdict(metrics, self.config.thresholds)
         report = ConsistencyReport(consistent, score, metrics, reasons + list(original_notes) + list(gen_notes))
-        return report, PairDetails(orig_rgb, gen_rgb, m_orig, m_gen, drift)
+        return report, PairDetails(original.rgb, gen_rgb, original.mask, m_gen, drift)
 
 
 def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -11,7 +11,9 @@ Manifest mode: every input row is written back to RESULTS (JSON Lines, appended 
 `error` (null, or why the row could not be checked: a bad row never stops the run); an input field
 `consistent` (ground truth) is kept as `consistent_truth`. Rows whose
 `manifest_index` is already in RESULTS are skipped, so an interrupted run resumes. Rows of one original
-(same origin, mask and prompt) are checked together so its original-side work is done once. The resolved
+(same origin, mask and category) are checked together so its original-side work is done once; a row's
+`category` (e.g. "bottle") is the product phrase given to detection backends (its `prompt` describes the
+background, so it is not used to find the product). The resolved
 config is saved next to RESULTS; `--overlays DIR` writes DIR/<manifest_index>.png per checked pair.
 A summary table ends the run, with precision / recall / F1 of detecting inconsistent products when the
 rows carry ground truth (`consistent`, else HFPC `label`).
@@ -111,7 +113,7 @@ def check_manifest(
     groups: dict[tuple, list[tuple[int, ManifestRow]]] = {}
     for index, row in enumerate(rows):
         if index not in done:
-            groups.setdefault((row.origin, row.mask, row.prompt), []).append((index, row))
+            groups.setdefault((row.origin, row.mask, row.category), []).append((index, row))
     pending = sum(len(group) for group in groups.values())
     if len(done - {None}):
         logger.info("resuming: %d rows already in %s, %d to check", len(done - {None}), out, pending)
@@ -155,7 +157,7 @@ def _check_group(job: tuple[list[tuple[int, ManifestRow]], str | None]) -> list[
         problem = _remote(first.origin) or (_remote(first.mask) if first.mask else None)
         if problem:
             raise ValueError(problem)
-        product = checker.prepare_originals([first.origin], [first.mask], [first.prompt], errors="report")[0]
+        product = checker.prepare_originals([first.origin], [first.mask], [first.category], errors="report")[0]
         checkable = []
         for index, row in group:
             problem = "row has no generation" if not row.generation else _remote(row.generation)

@@ -33,6 +33,8 @@ Appearance metrics, measured on the original product's pixels (m_orig without a 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -117,59 +119,83 @@ def boundary_f_score(m_a: np.ndarray, m_b: np.ndarray, tolerance_px: float) -> f
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
 
 
-def appearance_metrics(
-    original: np.ndarray, generated: np.ndarray, m_orig: np.ndarray, config: MetricsConfig
-) -> tuple[dict[str, float], np.ndarray]:
-    """Colour and structure drift of the product pixels (uint8 RGB images of the same size).
+@dataclass
+class OriginalAppearance:
+    """The original's side of the appearance metrics, at the analysis size: computed once per original."""
 
-    Returns the metrics and the drift map: (H,W) float32 CIE76 difference after compensation, 0 off-product.
-    """
+    rgb: np.ndarray  # (H,W,3) uint8 original
+    mask: np.ndarray  # (H,W) bool product mask
+    region: np.ndarray  # (H,W) bool product pixels compared (the mask without the ignored band)
+    edge_zone: np.ndarray  # (H,W) bool the region's part within EDGE_ZONE bands of the outline
+    coarse: np.ndarray  # (H,W,3) float32 original blurred at DRIFT_BLUR[1] (grading fit)
+    labs: list[np.ndarray]  # Lab of the original blurred at each DRIFT_BLUR sigma
+    grey: np.ndarray  # (H,W) float32 greyscale original
+    grey_mean: np.ndarray  # its local mean (SSIM window)
+    grey_var: np.ndarray  # its local variance (SSIM window)
+
+
+def original_appearance(original: np.ndarray, m_orig: np.ndarray, config: MetricsConfig) -> OriginalAppearance:
+    """Everything the appearance metrics need from the original (uint8 RGB) and its product mask."""
     band = max(1, int(round(config.ignore_band * box_diagonal(m_orig))))
     region = cv2.erode(m_orig.astype(np.uint8), disk(band)) > 0
     if region.sum() < 16:  # a thin product: keep its pixels rather than nothing
         region = m_orig
-    # off the product, use the original's pixels: windows near the outline then see only product changes
-    composite = np.where(m_orig[..., None], generated, original).astype(np.float32)
-    g, o = fit_grading(_blur(original), _blur(composite), region, config.grading_gain, config.grading_offset)
-    corrected = np.where(m_orig[..., None], undo_grading(composite, g, o), original.astype(np.float32))
-    generated_lab = rgb_to_lab(cv2.GaussianBlur(corrected, (0, 0), DRIFT_BLUR[0]))
+    depth = cv2.distanceTransform(m_orig.astype(np.uint8), cv2.DIST_L2, 3)
     original_float = original.astype(np.float32)
-    # against the original at two blur levels, so a slightly blurred generation is not "drift"
-    drift = np.minimum(
-        *(np.linalg.norm(rgb_to_lab(cv2.GaussianBlur(original_float, (0, 0), sigma)) - generated_lab, axis=2)
-          for sigma in DRIFT_BLUR)
+    grey = _grey(original_float)
+    grey_mean = _ssim_blur(grey)
+    return OriginalAppearance(
+        rgb=original,
+        mask=m_orig,
+        region=region,
+        edge_zone=region & (depth <= EDGE_ZONE * band),
+        coarse=cv2.GaussianBlur(original_float, (0, 0), DRIFT_BLUR[1]),
+        labs=[rgb_to_lab(cv2.GaussianBlur(original_float, (0, 0), sigma)) for sigma in DRIFT_BLUR],
+        grey=grey,
+        grey_mean=grey_mean,
+        grey_var=_ssim_blur(grey * grey) - grey_mean * grey_mean,
     )
+
+
+def appearance_metrics(
+    original: OriginalAppearance, generated: np.ndarray, config: MetricsConfig
+) -> tuple[dict[str, float], np.ndarray]:
+    """Colour and structure drift of the product pixels (`generated`: uint8 RGB at the original's size).
+
+    Returns the metrics and the drift map: (H,W) float32 CIE76 difference after compensation, 0 off-product.
+    """
+    inside, region = original.mask[..., None], original.region
+    # off the product, use the original's pixels: windows near the outline then see only product changes
+    composite = np.where(inside, generated, original.rgb).astype(np.float32)
+    coarse = cv2.GaussianBlur(composite, (0, 0), DRIFT_BLUR[1])
+    g, o = fit_grading(original.coarse, coarse, region, config.grading_gain, config.grading_offset)
+    corrected = np.where(inside, undo_grading(composite, g, o), original.rgb.astype(np.float32))
+    generated_lab = rgb_to_lab(cv2.GaussianBlur(corrected, (0, 0), DRIFT_BLUR[0]))
+    # against the original at two blur levels, so a slightly blurred generation is not "drift"
+    drift = np.minimum(*(np.linalg.norm(lab - generated_lab, axis=2) for lab in original.labs))
     drift = np.where(region, drift, 0.0).astype(np.float32)
-    ssim_map = _ssim_map(_grey(original.astype(np.float32)), _grey(corrected))
+    ssim_map = _ssim_map(original, _grey(corrected))
+    zone = original.edge_zone
     metrics = {
         "delta_e": float(drift[region].mean()),
         "ssim": float(np.clip(ssim_map[region].mean(), -1.0, 1.0)),
         "changed_area": float((drift[region] > config.changed_delta_e).mean()),
-        "edge_changed": _edge_changed(drift, m_orig, region, band, config),
+        "edge_changed": float((drift[zone] > config.edge_delta_e).mean()) if zone.any() else 0.0,
     }
     return metrics, drift
 
 
-def _edge_changed(drift: np.ndarray, m_orig: np.ndarray, region: np.ndarray, band: int, config: MetricsConfig) -> float:
-    """Changed fraction of the product's edge zone: inside the outline, from the ignored band to EDGE_ZONE x it."""
-    depth = cv2.distanceTransform(m_orig.astype(np.uint8), cv2.DIST_L2, 3)
-    zone = region & (depth <= EDGE_ZONE * band)
-    return float((drift[zone] > config.edge_delta_e).mean()) if zone.any() else 0.0
+def _ssim_blur(image: np.ndarray) -> np.ndarray:
+    return cv2.GaussianBlur(image, (0, 0), 1.5)
 
 
-def _ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _ssim_map(original: OriginalAppearance, y: np.ndarray) -> np.ndarray:
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    blur = lambda image: cv2.GaussianBlur(image, (0, 0), 1.5)  # noqa: E731
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x * mu_x
-    var_y = blur(y * y) - mu_y * mu_y
-    cov = blur(x * y) - mu_x * mu_y
+    mu_x, var_x = original.grey_mean, original.grey_var
+    mu_y = _ssim_blur(y)
+    var_y = _ssim_blur(y * y) - mu_y * mu_y
+    cov = _ssim_blur(original.grey * y) - mu_x * mu_y
     return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-
-
-def _blur(rgb: np.ndarray) -> np.ndarray:
-    """Fine detail removed before fitting a grading, so a blurred generation does not look lower-contrast."""
-    return cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), DRIFT_BLUR[1])
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:
