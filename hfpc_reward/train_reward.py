@@ -198,6 +198,19 @@ def _micro_batches(order: np.ndarray, batch_size: int, rank: int, world: int) ->
     return batches
 
 
+def _pair_rewards(wrapped, batch, device, features=None, pair_rows=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw rewards (r_pos, r_neg) of one micro-batch: from cached features (head only) or from pixels."""
+    if features is not None:
+        pos_idx, neg_idx = pair_rows["train"][batch[0]].T
+        scores = wrapped(features[np.concatenate([pos_idx, neg_idx])]).squeeze(-1)
+    else:
+        originals, positives, negatives, texts = batch
+        originals = None if originals is None else originals.to(device)
+        scores = wrapped(originals, torch.cat([positives, negatives]).to(device), texts, standardise=False)
+    r_pos, r_neg = scores.float().chunk(2)
+    return r_pos, r_neg
+
+
 def _split_rows(cfg: RewardDataConfig) -> tuple[list[ManifestRow], list[ManifestRow]]:
     if not cfg.train_manifest:
         raise ValueError(
@@ -317,6 +330,7 @@ def train_reward_model(
         sum(p.numel() for p in model.parameters()),
     )
 
+    features = pair_rows = None
     if cached:
         features, pair_rows, readable = _feature_cache(model, train_pairs, valid_pairs, tcfg.eval_batch_size)
         train_pairs = [pair for pair, ok in zip(train_pairs, readable) if ok]
@@ -358,7 +372,7 @@ def train_reward_model(
             accuracy, loss = _validate_rows(model, valid_rows, valid_pairs, tcfg.eval_batch_size)
         log({"step": state["global_step"], "valid_pair_accuracy": accuracy, "valid_loss": loss})
         logger.info("step %d: valid pairwise accuracy %.4f, loss %.4f", state["global_step"], accuracy, loss)
-        if accuracy > state["best_valid_accuracy"]:
+        if math.isnan(accuracy) or accuracy > state["best_valid_accuracy"]:  # no valid pairs: keep the latest
             state["best_valid_accuracy"], state["best_step"] = accuracy, state["global_step"]
             if accelerator.is_main_process:
                 model.save_pretrained(output_dir / "best")
@@ -390,26 +404,11 @@ def train_reward_model(
             group_start = position - position % tcfg.gradient_accumulation_steps
             group_size = min(tcfg.gradient_accumulation_steps, len(batches) - group_start)
             last_in_group = position - group_start == group_size - 1
-            with accelerator.autocast():
-                if cached:
-                    pos_idx, neg_idx = pair_rows["train"][batch[0]].T
-                    scores = wrapped(features[np.concatenate([pos_idx, neg_idx])]).squeeze(-1)
-                    r_pos, r_neg = scores.chunk(2)
-                elif batch is not None:
-                    originals, positives, negatives, texts = batch
-                    device = accelerator.device
-                    scores = wrapped(
-                        None if originals is None else originals.to(device),
-                        torch.cat([positives, negatives]).to(device),
-                        texts,
-                        standardise=False,
-                    )
-                    r_pos, r_neg = scores.chunk(2)
-                loss = (
-                    _pair_loss(r_pos.float(), r_neg.float(), tcfg.pointwise_weight)
-                    if batch is not None
-                    else None
-                )
+            loss = None  # stays None when every pair of the micro-batch had an unreadable image
+            if batch is not None:
+                with accelerator.autocast():
+                    rewards = _pair_rewards(wrapped, batch, accelerator.device, features, pair_rows)
+                    loss = _pair_loss(*rewards, tcfg.pointwise_weight)
             if loss is not None:
                 with accelerator.no_sync(wrapped) if not last_in_group else contextlib.nullcontext():
                     accelerator.backward(loss / group_size)
@@ -446,12 +445,13 @@ def train_reward_model(
             if on_step is not None:
                 on_step(state["global_step"])
     progress.close()
-    accelerator.end_training()
 
     summary = {**state, "output_dir": str(output_dir), "valid_pairs": len(valid_pairs)}
+    summary["model_dir"] = str(output_dir / "model")
     if accelerator.is_main_process:
-        summary["model_dir"] = str(_finalise(output_dir, cfg, train_rows, valid_rows, accelerator.device))
+        _finalise(output_dir, cfg, train_rows, valid_rows, accelerator.device)
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes trackers and, under torchrun / accelerate launch, the process group
     return summary
 
 
@@ -511,7 +511,7 @@ def _validate_rows(model, rows, pairs, batch_size) -> tuple[float, float]:
     return float((diff > 0).double().mean()), float(-F.logsigmoid(diff).mean())
 
 
-def _finalise(output_dir: Path, cfg: TrainRewardConfig, train_rows, valid_rows, device) -> Path:
+def _finalise(output_dir: Path, cfg: TrainRewardConfig, train_rows, valid_rows, device) -> None:
     """Best model + training-set score mean/std + pass threshold (and probabilities) -> output_dir/model."""
     from hfpc_reward.reward_calibrate import calibrate
 
@@ -536,7 +536,6 @@ def _finalise(output_dir: Path, cfg: TrainRewardConfig, train_rows, valid_rows, 
         model.threshold,
         target,
     )
-    return target
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -72,13 +72,7 @@ def test_referenced_model_learns_what_the_unreferenced_cannot(
 @pytest.mark.slow
 def test_learning_with_more_data_and_epochs(tiny_config, tmp_path):
     manifest = write_colour_preference_task(tmp_path / "data", n_originals=400, seed=3)
-    overrides = [
-        "training.epochs=10",
-        "training.batch_size=16",
-        "training.learning_rate=3e-3",
-        "training.eval_every_steps=1000",
-        "training.save_every_steps=1000",
-    ]
+    overrides = ["training.epochs=10", "training.eval_every_steps=1000", "training.save_every_steps=1000"]
     referenced = _train(tiny_config, manifest, tmp_path / "ref", overrides)
     unreferenced = _train(
         tiny_config, manifest, tmp_path / "unref", [*overrides, "architecture.referenced=false"]
