@@ -17,8 +17,21 @@ $(BIN)/hfpc: pyproject.toml constraints.txt
 
 venv: $(BIN)/hfpc
 
+# The main job end to end on tiny random models, offline (a few minutes on a CPU): sample product pairs,
+# check product consistency (with overlays), train the tiny reward model on the pairs' pass/fail labels,
+# score the pairs with both judges, DDPO-fine-tune the tiny inpainting pipeline with LoRA, then evaluate
+# base vs LoRA and write the HTML report. Every run starts from a clean outputs/demo.
+DEMO := outputs/demo
 demo: venv
-	$(BIN)/python -m hfpc_reward.demo --out outputs/demo
+	rm -rf $(DEMO)
+	$(BIN)/hfpc tiny-models $(DEMO)/tiny --only reward_model sd_inpaint
+	$(BIN)/hfpc sample-data $(DEMO)/pairs --pairs 96 --products 0 --size 128
+	$(BIN)/hfpc check --manifest $(DEMO)/pairs/manifest.jsonl --out $(DEMO)/check/results.jsonl --overlays $(DEMO)/check/overlays
+	$(BIN)/hfpc train-reward --config $(DEMO)/tiny/reward_tiny.yaml data.train_manifest=$(DEMO)/pairs/manifest.jsonl training.output_dir=$(DEMO)/reward
+	$(BIN)/hfpc score --manifest $(DEMO)/pairs/manifest.jsonl --out $(DEMO)/score/results.jsonl reward_model.path=$(DEMO)/reward/model
+	$(BIN)/python -m finetune --config $(DEMO)/tiny/finetune_tiny.yaml
+	$(BIN)/python -m eval run --config configs/eval/tiny.yaml scorer.reward_model.path=$(DEMO)/reward/model
+	@echo "consistency overlays: $(DEMO)/check/overlays   eval report: $(DEMO)/eval/report.html"
 
 test: venv
 	$(BIN)/python -m pytest -q
