@@ -118,12 +118,9 @@ class HFPCRewardModel(nn.Module):
         image_processor = processor.image_processor
         size = image_processor.size
         self.image_size = (int(size["height"]), int(size["width"]))
-        self.register_buffer(
-            "pixel_mean", torch.tensor(image_processor.image_mean).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "pixel_std", torch.tensor(image_processor.image_std).view(1, 3, 1, 1), persistent=False
-        )
+        # the processor's normalisation, kept as floats (not buffers) so casting the model keeps them exact
+        self.pixel_mean = tuple(float(v) for v in image_processor.image_mean)
+        self.pixel_std = tuple(float(v) for v in image_processor.image_std)
 
     # ----------------------------------------------------------------------------------- loading, saving
     @classmethod
@@ -259,12 +256,16 @@ class HFPCRewardModel(nn.Module):
         """(B,3,H,W) floats in [0,1] -> model input (B,3,h,w): differentiable resize + normalisation."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f"expected pixels of shape (B,3,H,W), got {tuple(pixels.shape)}")
-        pixels = pixels.to(device=self.device, dtype=self.segment.dtype)
+        # half-precision models resize in float32 (antialiased bicubic has no half kernels), cast after
+        half = self.segment.dtype in (torch.float16, torch.bfloat16)
+        pixels = pixels.to(device=self.device, dtype=torch.float32 if half else self.segment.dtype)
         if tuple(pixels.shape[-2:]) != self.image_size:
             pixels = F.interpolate(
                 pixels, size=self.image_size, mode="bicubic", align_corners=False, antialias=True
             )
-        return (pixels - self.pixel_mean.to(pixels.dtype)) / self.pixel_std.to(pixels.dtype)
+        mean = torch.tensor(self.pixel_mean, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.pixel_std, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+        return ((pixels - mean) / std).to(self.segment.dtype)
 
     def load_pixels(self, images: Any) -> torch.Tensor:
         """A batch (list of paths/PIL/arrays, or a (B,3,H,W) tensor in [0,1]) as model-size pixels in [0,1]."""

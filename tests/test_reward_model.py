@@ -138,3 +138,19 @@ def test_freeze_fraction(kit):
     assert not model.backbone_frozen
     model.freeze_backbone(1.0)
     assert model.backbone_frozen and model.head[0].weight.requires_grad
+
+
+def test_bfloat16_model_scores_close_to_float32_and_passes_gradients(kit):
+    full = HFPCRewardModel.from_pretrained(kit["reward"])
+    half = HFPCRewardModel.from_pretrained(kit["reward"], dtype=torch.bfloat16)
+    with torch.no_grad():
+        for model in (full, half):
+            model.head[-1].weight.mul_(1000.0)  # spread the near-constant fresh scores
+    originals, generated = _pixels(12, n=4), _pixels(13, n=4)
+    assert half.score(originals, generated).dtype == torch.float32
+    assert torch.allclose(
+        half.score(originals, generated), full.score(originals, generated), atol=0.1, rtol=0.1
+    )
+    pixels = generated.clone().requires_grad_(True)
+    half(originals, pixels).sum().backward()
+    assert pixels.grad.dtype == torch.float32 and pixels.grad.abs().sum() > 0
