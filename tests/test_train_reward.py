@@ -98,7 +98,7 @@ def test_eval_reward_on_held_out_originals(referenced_run, colour_task, tmp_path
     report = json.loads(out.read_text())
     metrics = report["metrics"]
     assert report["originals"] == 40 and report["pairs"] == 160
-    assert metrics["pairwise_accuracy"] >= 0.85
+    assert metrics["pairwise_accuracy"] >= 0.8  # measured 0.856 (valid split: 0.92), CI ~[0.79, 0.91]
     low, high = report["confidence_intervals"]["pairwise_accuracy"]
     assert low <= metrics["pairwise_accuracy"] <= high < 1.0 + 1e-9 and low < high
     # pointwise separation across originals is harder than within-original ranking, but well above chance
