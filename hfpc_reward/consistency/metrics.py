@@ -21,7 +21,8 @@ Appearance metrics, measured on the original product's pixels (m_orig without a 
   are not "drift"), after compensating a *mild* global colour grading: a per-channel gain/offset fitted on
   the product, clamped to 1 +- `grading_gain` and +- `grading_offset`, so a real recolour is not absorbed.
 - `ssim`: mean structural similarity (Gaussian window, sigma 1.5, greyscale) over the product pixels, after
-  the same compensation; a changed label or texture lowers it.
+  the same compensation, per pixel the better of the original as is or blurred (sigma 1 px); a changed label
+  or texture lowers it.
 - `changed_area`: fraction of the product pixels whose local colour difference exceeds `changed_delta_e`
   (catches a recoloured part or a replaced label that is too small to move the mean).
 - `edge_changed`: fraction of the product's edge zone (inside the outline, from the ignored band to 3 times its
@@ -41,6 +42,7 @@ import numpy as np
 from hfpc_reward.consistency.config import MetricsConfig
 
 EDGE_ZONE = 3  # the edge zone reaches this many ignored-band widths into the product
+SSIM_BLUR = (0.0, 1.0)  # px: SSIM against the original as is and slightly blurred (the better one counts)
 DRIFT_BLUR = (2.0, 3.0)  # px at the analysis size: colour is compared at this scale (structure: SSIM)
 METRIC_NAMES = (
     "iou",
@@ -63,21 +65,25 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 
 
 def fit_grading(original: np.ndarray, generated: np.ndarray, region: np.ndarray, gain: float, offset: float):
-    """Per-channel gain g and offset o with generated ~= g * original + o on `region`, clamped to mild grading.
+    """Per-channel gain g and offset o with generated ~= g * original + o on `region`, clamped to mild grading:
+    the least-squares gain through the origin, then the mean residual as offset.
 
-    Returns (g, o), each shape (3,), float32. Undo with (generated - o) / g.
+    Returns (g, o), each shape (3,), float32. Undo with (generated - o) / g. Clipped pixels (near 0 or 255
+    in `generated`) are left out of the fit when enough others remain.
     """
-    src = original[region].astype(np.float32)
-    dst = generated[region].astype(np.float32)
-    if len(src) < 2:
-        return np.ones(3, np.float32), np.zeros(3, np.float32)
-    src_mean, dst_mean = src.mean(0), dst.mean(0)
-    covariance = ((src - src_mean) * (dst - dst_mean)).mean(0)
-    variance = src.var(0)
-    g = np.where(variance > 1.0, covariance / np.maximum(variance, 1e-6), 1.0)
-    g = np.clip(g, 1.0 - gain, 1.0 + gain)
-    o = np.clip(dst_mean - g * src_mean, -offset, offset)
-    return g.astype(np.float32), o.astype(np.float32)
+    g, o = np.ones(3, np.float32), np.zeros(3, np.float32)
+    for c in range(3):
+        src = original[..., c][region].astype(np.float32)
+        dst = generated[..., c][region].astype(np.float32)
+        unclipped = (dst > 3) & (dst < 252)  # a clipped pixel says nothing about the gain
+        if unclipped.sum() >= 16:
+            src, dst = src[unclipped], dst[unclipped]
+        if len(src) < 2:
+            continue
+        # the gain through the origin first (well posed even for a one-colour product), then an offset
+        g[c] = np.clip((src * dst).sum() / max(float((src * src).sum()), 1e-6), 1.0 - gain, 1.0 + gain)
+        o[c] = np.clip(dst.mean() - g[c] * src.mean(), -offset, offset)
+    return g, o
 
 
 def undo_grading(generated: np.ndarray, g: np.ndarray, o: np.ndarray) -> np.ndarray:
@@ -127,11 +133,8 @@ class OriginalAppearance:
     mask: np.ndarray  # (H,W) bool product mask
     region: np.ndarray  # (H,W) bool product pixels compared (the mask without the ignored band)
     edge_zone: np.ndarray  # (H,W) bool the region's part within EDGE_ZONE bands of the outline
-    coarse: np.ndarray  # (H,W,3) float32 original blurred at DRIFT_BLUR[1] (grading fit)
-    labs: list[np.ndarray]  # Lab of the original blurred at each DRIFT_BLUR sigma
-    grey: np.ndarray  # (H,W) float32 greyscale original
-    grey_mean: np.ndarray  # its local mean (SSIM window)
-    grey_var: np.ndarray  # its local variance (SSIM window)
+    blurred: list[np.ndarray]  # (H,W,3) float32 original blurred at each DRIFT_BLUR sigma
+    greys: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per SSIM_BLUR: greyscale original, local mean, variance
 
 
 def original_appearance(original: np.ndarray, m_orig: np.ndarray, config: MetricsConfig) -> OriginalAppearance:
@@ -142,18 +145,18 @@ def original_appearance(original: np.ndarray, m_orig: np.ndarray, config: Metric
         region = m_orig
     depth = cv2.distanceTransform(m_orig.astype(np.uint8), cv2.DIST_L2, 3)
     original_float = original.astype(np.float32)
-    grey = _grey(original_float)
-    grey_mean = _ssim_blur(grey)
+    greys = []
+    for sigma in SSIM_BLUR:
+        grey = _grey(cv2.GaussianBlur(original_float, (0, 0), sigma) if sigma else original_float)
+        grey_mean = _ssim_blur(grey)
+        greys.append((grey, grey_mean, _ssim_blur(grey * grey) - grey_mean * grey_mean))
     return OriginalAppearance(
         rgb=original,
         mask=m_orig,
         region=region,
         edge_zone=region & (depth <= EDGE_ZONE * band),
-        coarse=cv2.GaussianBlur(original_float, (0, 0), DRIFT_BLUR[1]),
-        labs=[rgb_to_lab(cv2.GaussianBlur(original_float, (0, 0), sigma)) for sigma in DRIFT_BLUR],
-        grey=grey,
-        grey_mean=grey_mean,
-        grey_var=_ssim_blur(grey * grey) - grey_mean * grey_mean,
+        blurred=[cv2.GaussianBlur(original_float, (0, 0), sigma) for sigma in DRIFT_BLUR],
+        greys=greys,
     )
 
 
@@ -168,11 +171,16 @@ def appearance_metrics(
     # off the product, use the original's pixels: windows near the outline then see only product changes
     composite = np.where(inside, generated, original.rgb).astype(np.float32)
     coarse = cv2.GaussianBlur(composite, (0, 0), DRIFT_BLUR[1])
-    g, o = fit_grading(original.coarse, coarse, region, config.grading_gain, config.grading_offset)
+    g, o = fit_grading(original.blurred[1], coarse, region, config.grading_gain, config.grading_offset)
     corrected = np.where(inside, undo_grading(composite, g, o), original.rgb.astype(np.float32))
-    generated_lab = rgb_to_lab(cv2.GaussianBlur(corrected, (0, 0), DRIFT_BLUR[0]))
-    # against the original at two blur levels, so a slightly blurred generation is not "drift"
-    drift = np.minimum(*(np.linalg.norm(lab - generated_lab, axis=2) for lab in original.labs))
+    # colour: the original as the fitted grading renders it (clipping included) against the generation, the
+    # original at two blur levels so that a slightly blurred generation is not "drift"
+    graded = np.clip(original.rgb.astype(np.float32) * g + o, 0, 255)
+    generated_lab = rgb_to_lab(cv2.GaussianBlur(np.where(inside, generated, graded), (0, 0), DRIFT_BLUR[0]))
+    drift = np.minimum(
+        *(np.linalg.norm(rgb_to_lab(np.clip(blurred * g + o, 0, 255)) - generated_lab, axis=2)
+          for blurred in original.blurred)
+    )
     drift = np.where(region, drift, 0.0).astype(np.float32)
     ssim_map = _ssim_map(original, _grey(corrected))
     zone = original.edge_zone
@@ -190,12 +198,15 @@ def _ssim_blur(image: np.ndarray) -> np.ndarray:
 
 
 def _ssim_map(original: OriginalAppearance, y: np.ndarray) -> np.ndarray:
+    """Per pixel the best SSIM against the original at each SSIM_BLUR level."""
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu_x, var_x = original.grey_mean, original.grey_var
     mu_y = _ssim_blur(y)
     var_y = _ssim_blur(y * y) - mu_y * mu_y
-    cov = _ssim_blur(original.grey * y) - mu_x * mu_y
-    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    maps = []
+    for x, mu_x, var_x in original.greys:
+        cov = _ssim_blur(x * y) - mu_x * mu_y
+        maps.append(((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)))
+    return np.maximum(*maps)
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:
