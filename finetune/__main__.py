@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from finetune.config import FinetuneConfig
@@ -24,9 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.trainer import train
 
     summary = train(config, resume=args.resume)
-    print(json.dumps({"out_dir": summary.out_dir, "epochs": summary.epochs, "first_reward": summary.first_reward,
-                      "last_reward": summary.last_reward, "reward_gain": summary.reward_gain,
-                      "lora_dir": summary.lora_dir}))
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary line per run, not per process
+        print(json.dumps({"out_dir": summary.out_dir, "epochs": summary.epochs, "first_reward": summary.first_reward,
+                          "last_reward": summary.last_reward, "reward_gain": summary.reward_gain,
+                          "lora_dir": summary.lora_dir}))
     return 0
 
 

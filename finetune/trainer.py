@@ -62,6 +62,8 @@ class DDPOTrainer:
         self.config = config
         self.accelerator = Accelerator(mixed_precision=config.run.mixed_precision, cpu=config.run.cpu)
         self.device = self.accelerator.device
+        logger.info("process %d of %d on %s", self.accelerator.process_index, self.accelerator.num_processes,
+                    self.device)
         self.out_dir = Path(config.run.out_dir)
         procs, sample, train = self.accelerator.num_processes, config.sample, config.train
         if sample.samples_per_epoch % (sample.batch_size * procs):
