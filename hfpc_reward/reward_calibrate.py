@@ -17,7 +17,7 @@ import numpy as np
 
 from hfpc_reward.calibration import pick_threshold
 from hfpc_reward.data import ManifestRow, read_manifest
-from hfpc_reward.reward_model import HFPCRewardModel, score_rows
+from hfpc_reward.reward_model import HFPCRewardModel, require_local_images, score_rows
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    rows = read_manifest(args.manifest)
+    require_local_images(rows, args.manifest)
     model = HFPCRewardModel.from_pretrained(args.model, device=args.device)
-    calibrate(model, read_manifest(args.manifest), args.target_precision, args.batch_size)
+    calibrate(model, rows, args.target_precision, args.batch_size)
     model.write_checkpoint_config(args.model)
     logger.info("wrote threshold %.4f into %s/config.json", model.threshold, args.model)
     return 0

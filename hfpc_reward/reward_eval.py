@@ -20,7 +20,7 @@ import numpy as np
 
 from hfpc_reward.calibration import binary_metrics, grouped_bootstrap_ci
 from hfpc_reward.data import ManifestRow, comparison_pairs, read_manifest
-from hfpc_reward.reward_model import HFPCRewardModel, score_rows
+from hfpc_reward.reward_model import HFPCRewardModel, require_local_images, score_rows
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,8 @@ def evaluate_model(
     if not rows:
         raise ValueError("the manifest has no labelled rows to evaluate on")
     scores = score_rows(model, rows, batch_size)
+    if not np.isfinite(scores).any():
+        raise ValueError("no row of the manifest could be read (see the warnings above); nothing to evaluate")
     probabilities = model.pass_probability(torch.from_numpy(scores))
     report = evaluate_scores(
         scores,
@@ -141,6 +143,10 @@ def evaluate_model(
         seed,
     )
     report["unreadable_rows"] = int((~np.isfinite(scores)).sum())
+    if report["unreadable_rows"]:
+        logger.warning(
+            "%d of %d rows could not be read and were left out", report["unreadable_rows"], len(rows)
+        )
     return report, scores
 
 
@@ -157,8 +163,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import hfpc_reward
 
-    model = HFPCRewardModel.from_pretrained(args.model, device=args.device)
     rows = read_manifest(args.manifest)
+    require_local_images(rows, args.manifest)
+    model = HFPCRewardModel.from_pretrained(args.model, device=args.device)
     report, scores = evaluate_model(model, rows, args.batch_size, args.bootstrap, args.seed)
     report.update(
         {

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hfpc_reward.config import config_from_dict, config_to_dict
-from hfpc_reward.data import ManifestRow
+from hfpc_reward.data import ManifestRow, is_url
 from hfpc_reward.images import ImageLoadError, load_batch, pil_to_tensor, resize_to
 
 logger = logging.getLogger(__name__)
@@ -407,6 +407,18 @@ def replace_directory(staging: Path, target: Path) -> None:
     os.replace(staging, target)
     if old is not None:
         shutil.rmtree(old)
+
+
+def require_local_images(rows: Sequence[ManifestRow], manifest: str | os.PathLike) -> None:
+    """Raise when a manifest still points at URLs: the reward model reads local files only."""
+    remote = sum(
+        1 for row in rows if is_url(row.origin) or (row.generation is not None and is_url(row.generation))
+    )
+    if remote:
+        raise ValueError(
+            f"{manifest}: {remote} of {len(rows)} rows reference http(s) URLs; download them first with "
+            "`hfpc data fetch MANIFEST --cache DIR --out LOCAL.jsonl` and use LOCAL.jsonl"
+        )
 
 
 def row_text(row: ManifestRow) -> str | None:

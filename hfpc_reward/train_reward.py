@@ -41,6 +41,7 @@ from hfpc_reward.reward_model import (
     RewardModelConfig,
     iter_row_batches,
     replace_directory,
+    require_local_images,
     row_features,
     score_rows,
 )
@@ -217,8 +218,11 @@ def _split_rows(cfg: RewardDataConfig) -> tuple[list[ManifestRow], list[Manifest
             "data.train_manifest is not set: pass data.train_manifest=PATH (a labelled manifest)"
         )
     rows = [row for row in read_manifest(cfg.train_manifest) if row.label is not None]
+    require_local_images(rows, cfg.train_manifest)
     if cfg.valid_manifest:
-        return rows, [row for row in read_manifest(cfg.valid_manifest) if row.label is not None]
+        valid = [row for row in read_manifest(cfg.valid_manifest) if row.label is not None]
+        require_local_images(valid, cfg.valid_manifest)
+        return rows, valid
     parts = split_by_original(
         rows, {"train": 1.0 - cfg.valid_fraction, "valid": cfg.valid_fraction}, seed=cfg.split_seed
     )

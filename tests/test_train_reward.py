@@ -228,3 +228,25 @@ def test_cluster_assignment_balances_the_pairs_drawn(tiny_config, colour_task, t
         ["training.epochs=1", "training.freeze_fraction=1.0", f"data.cluster_assignment={path}"],
     )
     assert summary["global_step"] >= 1
+
+
+def test_url_manifest_is_refused_with_the_fetch_hint(tiny_config, tmp_path):
+    manifest = tmp_path / "remote.jsonl"
+    manifest.write_text(
+        '{"origin": "https://example.com/o.jpg", "generation": "https://example.com/g1.jpg", "label": 1}\n'
+        '{"origin": "https://example.com/o.jpg", "generation": "https://example.com/g2.jpg", "label": 0}\n'
+    )
+    with pytest.raises(ValueError, match="hfpc data fetch"):
+        _train(tiny_config, manifest, tmp_path / "run", [])
+    with pytest.raises(ValueError, match="hfpc data fetch"):
+        cli_main(
+            [
+                "eval-reward",
+                "--model",
+                "unused",
+                "--manifest",
+                str(manifest),
+                "--out",
+                str(tmp_path / "m.json"),
+            ]
+        )
