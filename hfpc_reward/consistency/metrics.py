@@ -42,6 +42,7 @@ import numpy as np
 from hfpc_reward.consistency.config import MetricsConfig
 
 EDGE_ZONE = 3  # the edge zone reaches this many ignored-band widths into the product
+GAIN_RIDGE = 100.0  # (0-255 levels)^2: below this channel variance the grading fit prefers an offset to a gain
 SSIM_BLUR = (0.0, 1.0)  # px: SSIM against the original as is and slightly blurred (the better one counts)
 DRIFT_BLUR = (2.0, 3.0)  # px at the analysis size: colour is compared at this scale (structure: SSIM)
 METRIC_NAMES = (
@@ -66,7 +67,7 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 
 def fit_grading(original: np.ndarray, generated: np.ndarray, region: np.ndarray, gain: float, offset: float):
     """Per-channel gain g and offset o with generated ~= g * original + o on `region`, clamped to mild grading:
-    the least-squares gain through the origin, then the mean residual as offset.
+    least squares with a ridge (GAIN_RIDGE) that keeps the gain near 1 where the product has little contrast.
 
     Returns (g, o), each shape (3,), float32. Undo with (generated - o) / g. Clipped pixels (near 0 or 255
     in `generated`) are left out of the fit when enough others remain.
@@ -80,8 +81,9 @@ def fit_grading(original: np.ndarray, generated: np.ndarray, region: np.ndarray,
             src, dst = src[unclipped], dst[unclipped]
         if len(src) < 2:
             continue
-        # the gain through the origin first (well posed even for a one-colour product), then an offset
-        g[c] = np.clip((src * dst).sum() / max(float((src * src).sum()), 1e-6), 1.0 - gain, 1.0 + gain)
+        # least squares with a ridge pulling the gain to 1: a one-colour product (tiny variance) gets an offset
+        covariance = ((src - src.mean()) * (dst - dst.mean())).mean()
+        g[c] = np.clip((covariance + GAIN_RIDGE) / (src.var() + GAIN_RIDGE), 1.0 - gain, 1.0 + gain)
         o[c] = np.clip(dst.mean() - g[c] * src.mean(), -offset, offset)
     return g, o
 
