@@ -26,10 +26,14 @@ from hfpc_reward.data import read_manifest
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--config", type=Path)
-    parser.add_argument("--results", type=Path, help="results JSONL (reused when it exists); default: a temp file")
+    parser.add_argument(
+        "--results", type=Path, help="results JSONL (reused when it exists); default: a temp file"
+    )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()
@@ -47,8 +51,10 @@ def accuracy_report(records: list[dict]) -> str:
     m = detection_metrics([ground_truth(r) for r in rows], [r["consistent"] for r in rows])
     lines = [
         f"rows {len(records)}  labelled {len(rows)}  errors {len(errors)}",
-        f"detecting inconsistent products: precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
-        f"F1 {m['f1']:.3f}  consistent rejected {m['false_rejection']:.1%}",
+        (
+            f"detecting inconsistent products: precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
+            f"F1 {m['f1']:.3f}  consistent rejected {m['false_rejection']:.1%}"
+        ),
         "",
         f"{'defect':18s} {'n':>5s} {'flagged':>8s} {'missed median magnitude':>24s}",
     ]

@@ -19,14 +19,14 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import cv2  # noqa: E402
+import cv2
 
-from hfpc_reward.consistency.checker import ProductConsistencyChecker  # noqa: E402
-from hfpc_reward.consistency.commands import check_manifest  # noqa: E402
-from hfpc_reward.consistency.config import ConsistencyConfig  # noqa: E402
-from hfpc_reward.data import read_manifest  # noqa: E402
-from hfpc_reward.images import load_mask, load_rgb  # noqa: E402
-from hfpc_reward.sample_data import generate_pairs  # noqa: E402
+from hfpc_reward.consistency.checker import ProductConsistencyChecker
+from hfpc_reward.consistency.commands import check_manifest
+from hfpc_reward.consistency.config import ConsistencyConfig
+from hfpc_reward.data import read_manifest
+from hfpc_reward.images import load_mask, load_rgb
+from hfpc_reward.sample_data import generate_pairs
 
 
 def timed(function, repeats: int = 3) -> float:
@@ -40,7 +40,9 @@ def timed(function, repeats: int = 3) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--originals", type=int, default=6)
     parser.add_argument("--per-original", type=int, default=8)
     parser.add_argument("--size", type=int, default=512)
@@ -49,34 +51,57 @@ def main() -> None:
     cv2.setNumThreads(1)
     checker = ProductConsistencyChecker.from_config(ConsistencyConfig())
     with tempfile.TemporaryDirectory() as tmp:
-        rows = read_manifest(generate_pairs(Path(tmp) / "pairs", n_pairs=4 * args.originals, seed=0, size=args.size))
+        rows = read_manifest(
+            generate_pairs(Path(tmp) / "pairs", n_pairs=4 * args.originals, seed=0, size=args.size)
+        )
         by_origin: dict[str, list] = {}
         for row in rows:
             by_origin.setdefault(row.origin, []).append(row)
         # each original with `per_original` generations (its sample generations, repeated as needed)
-        groups = [(origin, group[0].mask, [group[k % len(group)].generation for k in range(args.per_original)])
-                  for origin, group in by_origin.items()]
-        pairs = [(origin, mask, generation) for origin, mask, generations in groups for generation in generations]
+        groups = [
+            (origin, group[0].mask, [group[k % len(group)].generation for k in range(args.per_original)])
+            for origin, group in by_origin.items()
+        ]
+        pairs = [
+            (origin, mask, generation) for origin, mask, generations in groups for generation in generations
+        ]
         n = len(pairs)
         checker.check([pairs[0][0]], [pairs[0][2]], masks=[pairs[0][1]])  # warm-up
 
         from_files = timed(lambda: [checker.check([o], [g], masks=[m]) for o, m, g in pairs]) / n
         decoded = [(load_rgb(o), load_mask(m), load_rgb(g)) for o, m, g in pairs]
         in_memory = timed(lambda: [checker.check([o], [g], masks=[m]) for o, m, g in decoded]) / n
-        shared = timed(lambda: [checker.check([o] * len(gs), gs, masks=[m] * len(gs)) for o, m, gs in groups]) / n
-        products = checker.prepare_originals([load_rgb(o) for o, _, _ in groups], [load_mask(m) for _, m, _ in groups])
+        shared = (
+            timed(lambda: [checker.check([o] * len(gs), gs, masks=[m] * len(gs)) for o, m, gs in groups]) / n
+        )
+        products = checker.prepare_originals(
+            [load_rgb(o) for o, _, _ in groups], [load_mask(m) for _, m, _ in groups]
+        )
         generated = [[load_rgb(g) for g in gs] for _, _, gs in groups]
-        cached = timed(lambda: [checker.check_prepared([p] * len(gs), gs) for p, gs in zip(products, generated)]) / n
+        cached = (
+            timed(lambda: [checker.check_prepared([p] * len(gs), gs) for p, gs in zip(products, generated)])
+            / n
+        )
         manifest_rows = [row for origin, _, gs in groups for row in rows if row.origin == origin]
-        manifest = timed(lambda: check_manifest(manifest_rows, ConsistencyConfig(), Path(tmp) / f"r{time.time()}.jsonl"), 1)
+        manifest = timed(
+            lambda: check_manifest(manifest_rows, ConsistencyConfig(), Path(tmp) / f"r{time.time()}.jsonl"), 1
+        )
         manifest /= len(manifest_rows)
 
-    print(f"classic backend, {args.size}x{args.size}, one thread, {n} pairs, {args.per_original} per original")
+    print(
+        f"classic backend, {args.size}x{args.size}, one thread, {n} pairs, {args.per_original} per original"
+    )
     print(f"  one call per pair, from files           {1000 * from_files:7.1f} ms/pair")
     print(f"  one call per pair, decoded images       {1000 * in_memory:7.1f} ms/pair")
-    print(f"  shared originals, from files            {1000 * shared:7.1f} ms/pair   speed-up x{from_files / shared:.2f}")
-    print(f"  prepared originals, decoded generations {1000 * cached:7.1f} ms/pair   speed-up x{in_memory / cached:.2f}")
-    print(f"  hfpc check --manifest (files, JSONL)    {1000 * manifest:7.1f} ms/pair   speed-up x{from_files / manifest:.2f}")
+    print(
+        f"  shared originals, from files            {1000 * shared:7.1f} ms/pair   speed-up x{from_files / shared:.2f}"
+    )
+    print(
+        f"  prepared originals, decoded generations {1000 * cached:7.1f} ms/pair   speed-up x{in_memory / cached:.2f}"
+    )
+    print(
+        f"  hfpc check --manifest (files, JSONL)    {1000 * manifest:7.1f} ms/pair   speed-up x{from_files / manifest:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -95,7 +95,9 @@ def test_harmless_changes_pass(checker, scene):
 def test_product_coloured_expansion_is_found_and_measured(checker, scene):
     original, generated, mask = scene
     grown = mask.copy()
-    grown[int(SIZE * 0.3) : int(SIZE * 0.6), int(SIZE * 0.65) : int(SIZE * 0.73)] = True  # a bulge on the side
+    grown[int(SIZE * 0.3) : int(SIZE * 0.6), int(SIZE * 0.65) : int(SIZE * 0.73)] = (
+        True  # a bulge on the side
+    )
     expanded = generated.copy()
     expanded[grown & ~mask] = (190, 30, 40)
     truth = (grown.sum() - mask.sum()) / mask.sum()
@@ -127,7 +129,11 @@ def test_recolour_and_changed_label_are_appearance_failures(checker, scene):
     assert any(reason.startswith("recoloured (ΔE") for reason in report.reasons)
 
     relabelled = generated.copy()
-    relabelled[int(SIZE * 0.47) : int(SIZE * 0.62), int(SIZE * 0.38) : int(SIZE * 0.62)] = (240, 220, 60)  # text gone
+    relabelled[int(SIZE * 0.47) : int(SIZE * 0.62), int(SIZE * 0.38) : int(SIZE * 0.62)] = (
+        240,
+        220,
+        60,
+    )  # text gone
     report = checker.check([original], [relabelled], masks=[mask])[0]
     assert not report.consistent and report.metrics["ssim"] < 0.9
 
@@ -186,7 +192,7 @@ def test_original_side_work_once_per_distinct_original(tmp_path, scene):
 def test_tensor_batch_matches_list_batch(checker, scene):
     torch = pytest.importorskip("torch")
     original, generated, mask = scene
-    as_tensor = lambda a: torch.from_numpy(a).permute(2, 0, 1).float().div(255).unsqueeze(0)  # noqa: E731
+    as_tensor = lambda a: torch.from_numpy(a).permute(2, 0, 1).float().div(255).unsqueeze(0)
     from_tensors = checker.check(as_tensor(original), as_tensor(generated), masks=[mask])[0]
     from_arrays = checker.check([original], [generated], masks=[mask])[0]
     assert from_tensors.consistent == from_arrays.consistent
@@ -198,7 +204,10 @@ def test_one_bad_item_does_not_lose_the_batch(checker, scene, tmp_path):
     missing = tmp_path / "missing.png"
     empty_mask = np.zeros_like(mask)
     reports = checker.check(
-        [original, original, original], [generated, missing, generated], masks=[mask, mask, empty_mask], errors="report"
+        [original, original, original],
+        [generated, missing, generated],
+        masks=[mask, mask, empty_mask],
+        errors="report",
     )
     assert reports[0].consistent and reports[0].error is None
     assert "does not exist" in reports[1].error and reports[1].score == 0.0 and not reports[1].consistent
@@ -228,16 +237,29 @@ def test_mask_metrics_values():
 
 
 def test_verdict_score_and_thresholds_from_config():
-    good = {"iou": 0.99, "expansion": 0.01, "lost_area": 0.0, "centroid_shift": 0.0, "boundary_f": 0.99,
-            "delta_e": 1.0, "ssim": 0.98, "changed_area": 0.0, "edge_changed": 0.0, "aspect_mismatch": 0.0}
+    good = {
+        "iou": 0.99,
+        "expansion": 0.01,
+        "lost_area": 0.0,
+        "centroid_shift": 0.0,
+        "boundary_f": 0.99,
+        "delta_e": 1.0,
+        "ssim": 0.98,
+        "changed_area": 0.0,
+        "edge_changed": 0.0,
+        "aspect_mismatch": 0.0,
+    }
     consistent, score, reasons = verdict(good, ThresholdConfig())
     assert consistent and 0.5 <= score <= 1.0 and reasons == []
     bad = dict(good, expansion=0.23, delta_e=14.2, ssim=0.41)
     consistent, score, reasons = verdict(bad, ThresholdConfig())
     assert not consistent and 0.0 <= score < 0.5
     assert {"expanded 23%", "recoloured (ΔE 14.2)", "label or texture changed (SSIM 0.41)"} <= set(reasons)
-    loose = load_config(ConsistencyConfig, None, ["thresholds.max_expansion=0.3", "thresholds.max_delta_e=20",
-                                                  "thresholds.min_ssim=0.3"])
+    loose = load_config(
+        ConsistencyConfig,
+        None,
+        ["thresholds.max_expansion=0.3", "thresholds.max_delta_e=20", "thresholds.min_ssim=0.3"],
+    )
     assert verdict(bad, loose.thresholds)[0]
     with pytest.raises(ConfigError, match="max_expansion must be > 0"):
         load_config(ConsistencyConfig, None, ["thresholds.max_expansion=-1"])

@@ -10,23 +10,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_consistency import SIZE, draw_product, product_mask, textured_background
 
 from hfpc_reward.cli import main
 from hfpc_reward.config import RESOLVED_CONFIG_NAME, load_config
 from hfpc_reward.consistency.commands import check_manifest
 from hfpc_reward.consistency.config import ConsistencyConfig
 from hfpc_reward.data import read_jsonl, read_manifest
-from test_consistency import SIZE, draw_product, product_mask, textured_background
 
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height (a decompression bomb is refused before decoding)."""
 
     def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +85,13 @@ BAD_ROWS = [  # (generation, mask, expected words in the row's error)
 
 def test_manifest_mode_reports_every_row_and_resumes(pairs, tmp_path, capsys):
     rows = [
-        {"origin": "original.png", "generation": "good1.png", "mask": "mask.png", "consistent": True, "sku": "a"},
+        {
+            "origin": "original.png",
+            "generation": "good1.png",
+            "mask": "mask.png",
+            "consistent": True,
+            "sku": "a",
+        },
         {"origin": "original.png", "generation": "expanded.png", "mask": "mask.png", "consistent": False},
     ]
     rows += [{"origin": "original.png", "generation": gen, "mask": mask} for gen, mask, _ in BAD_ROWS]
@@ -90,7 +103,11 @@ def test_manifest_mode_reports_every_row_and_resumes(pairs, tmp_path, capsys):
     records = sorted(read_jsonl(out), key=lambda r: r["manifest_index"])
     assert [r["manifest_index"] for r in records] == list(range(len(rows)))
     assert records[0]["consistent"] is True and records[0]["error"] is None and records[0]["sku"] == "a"
-    assert records[0]["consistent_truth"] is True and set(records[0]["metrics"]) >= {"iou", "expansion", "ssim"}
+    assert records[0]["consistent_truth"] is True and set(records[0]["metrics"]) >= {
+        "iou",
+        "expansion",
+        "ssim",
+    }
     assert records[1]["consistent"] is False and records[1]["consistent_truth"] is False
     assert any(reason.startswith("expanded") for reason in records[1]["reasons"])
     for record, (_, _, words) in zip(records[2:], BAD_ROWS):
@@ -98,13 +115,18 @@ def test_manifest_mode_reports_every_row_and_resumes(pairs, tmp_path, capsys):
         assert record["consistent"] is False and record["consistency_score"] == 0.0
     assert "is a URL" in records[-1]["error"]
     assert (out.parent / RESOLVED_CONFIG_NAME).is_file()
-    assert sorted(p.name for p in overlays.iterdir()) == ["000000.png", "000001.png"]  # names from the row index
+    assert sorted(p.name for p in overlays.iterdir()) == [
+        "000000.png",
+        "000001.png",
+    ]  # names from the row index
     assert Image.open(overlays / "000000.png").size[0] == 3 * SIZE
     summary = capsys.readouterr().out
     assert "errors 8" in summary and "precision 1.000" in summary and "consistent rejected 0.0%" in summary
 
     lines = out.read_text().splitlines()
-    out.write_text("\n".join(lines[:-2]) + "\n" + lines[-2][:10])  # interrupted: one row lost, one half-written
+    out.write_text(
+        "\n".join(lines[:-2]) + "\n" + lines[-2][:10]
+    )  # interrupted: one row lost, one half-written
     assert main(["check", "--manifest", str(manifest), "--out", str(out)]) == 0
     indices = [r["manifest_index"] for r in read_jsonl(out)]
     assert sorted(indices) == list(range(len(rows)))  # the lost rows re-checked, nothing twice
@@ -117,7 +139,7 @@ def test_workers_give_the_same_results(pairs, tmp_path):
     config = ConsistencyConfig()
     one = check_manifest(manifest, config, tmp_path / "one.jsonl", workers=1)
     two = check_manifest(manifest, config, tmp_path / "two.jsonl", workers=2)
-    by_index = lambda records: {r["manifest_index"]: r["metrics"] for r in records}  # noqa: E731
+    by_index = lambda records: {r["manifest_index"]: r["metrics"] for r in records}
     assert by_index(one) == by_index(two) and len(one) == 4
 
 
@@ -125,18 +147,29 @@ def test_single_pair_json_exit_codes_and_overrides(pairs, capsys):
     original, mask = str(pairs / "original.png"), str(pairs / "mask.png")
     assert main(["check", original, str(pairs / "good1.png"), "--mask", mask, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["consistent"] is True and report["error"] is None and 0.5 <= report["consistency_score"] <= 1
+    assert (
+        report["consistent"] is True and report["error"] is None and 0.5 <= report["consistency_score"] <= 1
+    )
     assert main(["check", original, str(pairs / "recoloured.png"), "--mask", mask]) == 1
     assert "recoloured" in capsys.readouterr().out
-    loose = ["thresholds.max_delta_e=1000", "thresholds.max_changed_area=1.01", "thresholds.min_ssim=0.01",
-             "thresholds.max_edge_changed=1.01"]
+    loose = [
+        "thresholds.max_delta_e=1000",
+        "thresholds.max_changed_area=1.01",
+        "thresholds.min_ssim=0.01",
+        "thresholds.max_edge_changed=1.01",
+    ]
     assert main(["check", original, str(pairs / "recoloured.png"), *loose, "--mask", mask]) == 0
     assert main(["check", original, str(pairs / "zero.png")]) == 2
-    assert main(["check", original, str(pairs / "good1.png"), "thresholds.max_expansoin=1"]) == 2  # typo refused
+    assert (
+        main(["check", original, str(pairs / "good1.png"), "thresholds.max_expansoin=1"]) == 2
+    )  # typo refused
 
 
 def test_calibrate_writes_a_loadable_config_that_separates_the_labels(pairs, tmp_path, capsys):
-    rows = [{"origin": "original.png", "generation": f"good{k}.png", "mask": "mask.png", "label": 1} for k in (1, 2, 3)]
+    rows = [
+        {"origin": "original.png", "generation": f"good{k}.png", "mask": "mask.png", "label": 1}
+        for k in (1, 2, 3)
+    ]
     rows += [
         {"origin": "original.png", "generation": f"{name}.png", "mask": "mask.png", "consistent": False}
         for name in ("expanded", "recoloured", "truncated")
@@ -147,6 +180,9 @@ def test_calibrate_writes_a_loadable_config_that_separates_the_labels(pairs, tmp
     assert "after  precision 1.000  recall 1.000  F1 1.000" in capsys.readouterr().out
     fitted = load_config(ConsistencyConfig, out)
     assert fitted.thresholds != ConsistencyConfig().thresholds
-    assert main(["check", "--manifest", str(manifest), "--out", str(tmp_path / "r.jsonl"), "--config", str(out)]) == 0
+    assert (
+        main(["check", "--manifest", str(manifest), "--out", str(tmp_path / "r.jsonl"), "--config", str(out)])
+        == 0
+    )
     records = read_jsonl(tmp_path / "r.jsonl")
     assert sorted(r["consistent"] for r in records) == [False, False, False, True, True, True]

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
@@ -45,7 +46,9 @@ def ground_truth(record: dict[str, Any]) -> bool | None:
     return None
 
 
-def detection_metrics(truth_consistent: Sequence[bool], predicted_consistent: Sequence[bool]) -> dict[str, float]:
+def detection_metrics(
+    truth_consistent: Sequence[bool], predicted_consistent: Sequence[bool]
+) -> dict[str, float]:
     """Detecting inconsistent products (the positive class): precision, recall, F1, and the share of
     truly consistent rows that were rejected (`false_rejection`)."""
     truth = ~np.asarray(truth_consistent, dtype=bool)
@@ -117,13 +120,21 @@ def fit_thresholds(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True, help="labelled manifest (consistent or label field)")
-    parser.add_argument("--out", type=Path, required=True, help="config YAML to write (loadable with --config)")
+    parser.add_argument(
+        "--manifest", type=Path, required=True, help="labelled manifest (consistent or label field)"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="config YAML to write (loadable with --config)"
+    )
     goal = parser.add_mutually_exclusive_group()
-    goal.add_argument("--best-f1", action="store_true", help="maximise F1 of detecting inconsistent pairs (default)")
+    goal.add_argument(
+        "--best-f1", action="store_true", help="maximise F1 of detecting inconsistent pairs (default)"
+    )
     goal.add_argument("--target-precision", type=float, help="maximise recall with at least this precision")
     parser.add_argument("--config", type=Path, help="starting config delta (its other sections are kept)")
-    parser.add_argument("--results", type=Path, help="where the checked rows are cached (default <out>.results.jsonl)")
+    parser.add_argument(
+        "--results", type=Path, help="where the checked rows are cached (default <out>.results.jsonl)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="worker processes for checking")
     parser.add_argument("overrides", nargs="*", help="section.field=value config overrides")
 
@@ -139,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     results = args.results or args.out.with_name(args.out.name + ".results.jsonl")
     records = check_manifest(read_manifest(args.manifest), config, results, workers=args.workers)
-    usable = [(r["metrics"], ground_truth(r)) for r in records if not r.get("error") and ground_truth(r) is not None]
+    usable = [
+        (r["metrics"], ground_truth(r)) for r in records if not r.get("error") and ground_truth(r) is not None
+    ]
     if not usable:
         logger.error("no checked row of %s has ground truth (a 'consistent' or 'label' field)", args.manifest)
         return 2

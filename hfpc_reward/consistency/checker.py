@@ -35,9 +35,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -75,7 +76,12 @@ CHECKS: tuple[tuple[str, str, str, str], ...] = (
     ("ssim", "min_ssim", "min", "label or texture changed (SSIM {:.2f})"),
     ("changed_area", "max_changed_area", "max", "appearance changed on {:.0%} of the product"),
     ("edge_changed", "max_edge_changed", "max", "outline melted or changed ({:.0%} of its edge zone)"),
-    ("aspect_mismatch", "max_aspect_mismatch", "max", "aspect ratio differs from the original's (log ratio {:.2f})"),
+    (
+        "aspect_mismatch",
+        "max_aspect_mismatch",
+        "max",
+        "aspect ratio differs from the original's (log ratio {:.2f})",
+    ),
 )
 
 
@@ -116,7 +122,9 @@ class PairDetails:
 
 
 def error_report(message: str) -> ConsistencyReport:
-    return ConsistencyReport(consistent=False, score=0.0, metrics={}, reasons=[f"error: {message}"], error=message)
+    return ConsistencyReport(
+        consistent=False, score=0.0, metrics={}, reasons=[f"error: {message}"], error=message
+    )
 
 
 def verdict(metrics: dict[str, float], thresholds: ThresholdConfig) -> tuple[bool, float, list[str]]:
@@ -146,7 +154,7 @@ class ProductConsistencyChecker:
         self.backend = backend
 
     @classmethod
-    def from_config(cls, config: ConsistencyConfig) -> "ProductConsistencyChecker":
+    def from_config(cls, config: ConsistencyConfig) -> ProductConsistencyChecker:
         return cls(config, build_backend(config))
 
     def check(
@@ -160,7 +168,9 @@ class ProductConsistencyChecker:
         """One report per (originals[i], generated[i]); original-side work once per distinct original."""
         originals, generated = _as_list(originals), _as_list(generated)
         if len(originals) != len(generated):
-            raise ValueError(f"got {len(originals)} originals but {len(generated)} generated images; pair them 1:1")
+            raise ValueError(
+                f"got {len(originals)} originals but {len(generated)} generated images; pair them 1:1"
+            )
         masks = [None] * len(originals) if masks is None else list(masks)
         prompts = [None] * len(originals) if prompts is None else list(prompts)
         if not len(masks) == len(prompts) == len(originals):
@@ -169,7 +179,10 @@ class ProductConsistencyChecker:
         first_of = {key: i for i, key in reversed(list(enumerate(keys)))}
         unique = list(first_of.values())
         prepared = self.prepare_originals(
-            [originals[i] for i in unique], [masks[i] for i in unique], [prompts[i] for i in unique], errors=errors
+            [originals[i] for i in unique],
+            [masks[i] for i in unique],
+            [prompts[i] for i in unique],
+            errors=errors,
         )
         by_key = dict(zip([keys[i] for i in unique], prepared))
         return self.check_prepared([by_key[key] for key in keys], generated, errors=errors)
@@ -208,13 +221,19 @@ class ProductConsistencyChecker:
         return results
 
     def check_prepared(
-        self, products: Sequence[OriginalProduct | Exception], generated: Sequence[Any] | Any, errors: str = "raise"
+        self,
+        products: Sequence[OriginalProduct | Exception],
+        generated: Sequence[Any] | Any,
+        errors: str = "raise",
     ) -> list[ConsistencyReport]:
         """Reports for generated[i] against products[i] (from prepare_originals; repeats allowed)."""
         return [report for report, _ in self.inspect_prepared(products, generated, errors=errors)]
 
     def inspect_prepared(
-        self, products: Sequence[OriginalProduct | Exception], generated: Sequence[Any] | Any, errors: str = "raise"
+        self,
+        products: Sequence[OriginalProduct | Exception],
+        generated: Sequence[Any] | Any,
+        errors: str = "raise",
     ) -> list[tuple[ConsistencyReport, PairDetails | None]]:
         """Like check_prepared, also returning the arrays behind each report (None for an error)."""
         _check_errors_mode(errors)
@@ -227,7 +246,11 @@ class ProductConsistencyChecker:
                 aligned[i] = _guard(errors, self._align, source, product)
         good = [i for i, item in enumerate(aligned) if not isinstance(item, Exception)]
         found = _batch_or_each(
-            errors, lambda idx: self.backend.generated_masks([aligned[i][0] for i in idx], [products[i] for i in idx]), good
+            errors,
+            lambda idx: self.backend.generated_masks(
+                [aligned[i][0] for i in idx], [products[i] for i in idx]
+            ),
+            good,
         )
         results: list[tuple[ConsistencyReport, PairDetails | None]] = [
             (error_report(str(item)), None) if isinstance(item, Exception) else None for item in aligned
@@ -238,8 +261,10 @@ class ProductConsistencyChecker:
                 continue
             product = products[i]
             original = _guard(errors, self._analysis_original, product)
-            outcome = original if isinstance(original, Exception) else _guard(
-                errors, self._compare, original, aligned[i], mask_and_notes, product.notes
+            outcome = (
+                original
+                if isinstance(original, Exception)
+                else _guard(errors, self._compare, original, aligned[i], mask_and_notes, product.notes)
             )
             results[i] = (error_report(str(outcome)), None) if isinstance(outcome, Exception) else outcome
         return results
@@ -280,7 +305,9 @@ class ProductConsistencyChecker:
         if ANALYSIS_KEY not in product.cache:
             size = self._analysis_size(product.image.size)
             rgb = cv2.resize(np.asarray(product.image.convert("RGB")), size, interpolation=cv2.INTER_AREA)
-            product.cache[ANALYSIS_KEY] = original_appearance(rgb, _resize_mask(product.mask, size), self.config.metrics)
+            product.cache[ANALYSIS_KEY] = original_appearance(
+                rgb, _resize_mask(product.mask, size), self.config.metrics
+            )
         return product.cache[ANALYSIS_KEY]
 
     def _analysis_size(self, size: tuple[int, int]) -> tuple[int, int]:
@@ -303,7 +330,9 @@ class ProductConsistencyChecker:
         metrics.update(appearance)
         metrics["aspect_mismatch"] = aspect_mismatch
         consistent, score, reasons = verdict(metrics, self.config.thresholds)
-        report = ConsistencyReport(consistent, score, metrics, reasons + list(original_notes) + list(gen_notes))
+        report = ConsistencyReport(
+            consistent, score, metrics, reasons + list(original_notes) + list(gen_notes)
+        )
         return report, PairDetails(original.rgb, gen_rgb, original.mask, m_gen, drift)
 
 
@@ -316,7 +345,9 @@ def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _as_list(batch: Sequence[Any] | Any) -> list[Any]:
     """A batch as a list of single sources (tensors / arrays (B,3,H,W) are split, not decoded here)."""
     if isinstance(batch, (str, Path, Image.Image)):
-        raise images.ImageLoadError("expected a batch (a list of images or a (B,3,H,W) tensor), got a single image")
+        raise images.ImageLoadError(
+            "expected a batch (a list of images or a (B,3,H,W) tensor), got a single image"
+        )
     if hasattr(batch, "ndim") and hasattr(batch, "shape"):
         if batch.ndim != 4:
             raise images.ImageLoadError(f"a tensor batch must be (B,3,H,W), got shape {tuple(batch.shape)}")
@@ -353,7 +384,7 @@ def _guard(errors: str, function: Callable, *args):
         return function(*args)
     except (ConsistencyInputError, images.ImageLoadError) as exc:
         return ConsistencyInputError(str(exc))
-    except Exception as exc:  # one bad item must not lose the batch; the message goes into its report
+    except Exception as exc:  # noqa: BLE001 - one bad item must not lose the batch; the message goes into its report
         logger.warning("consistency check of one item failed: %s: %s", type(exc).__name__, exc)
         return ConsistencyInputError(f"{type(exc).__name__}: {exc}")
 
@@ -366,5 +397,5 @@ def _batch_or_each(errors: str, run_batch: Callable[[list[int]], list], indices:
         return run_batch(indices)
     try:
         return run_batch(indices)
-    except Exception:
+    except Exception:  # noqa: BLE001 - retried item by item to find the bad one
         return [_guard(errors, lambda i: run_batch([i])[0], i) for i in indices]

@@ -23,7 +23,7 @@ product-like colours; an attached object of a colour that also occurs in the new
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -48,7 +48,10 @@ class ClassicMaskFinder:
         self.metrics_config = config.metrics
 
     def original_products(
-        self, originals: Sequence[Image.Image], masks: Sequence[np.ndarray | None], prompts: Sequence[str | None]
+        self,
+        originals: Sequence[Image.Image],
+        masks: Sequence[np.ndarray | None],
+        prompts: Sequence[str | None],
     ) -> list[OriginalProduct]:
         products = []
         for image, mask, prompt in zip(originals, masks, prompts):
@@ -60,7 +63,11 @@ class ClassicMaskFinder:
                 source = "studio"
             products.append(
                 OriginalProduct(
-                    image=image, mask=mask, source=source, prompt=prompt or "", notes=notes,
+                    image=image,
+                    mask=mask,
+                    source=source,
+                    prompt=prompt or "",
+                    notes=notes,
                     cache=self._prepare(rgb, mask),
                 )
             )
@@ -69,7 +76,10 @@ class ClassicMaskFinder:
     def generated_masks(
         self, generated: Sequence[Image.Image], products: Sequence[OriginalProduct]
     ) -> list[tuple[np.ndarray, list[str]]]:
-        return [self._generated_mask(np.asarray(image.convert("RGB")), product) for image, product in zip(generated, products)]
+        return [
+            self._generated_mask(np.asarray(image.convert("RGB")), product)
+            for image, product in zip(generated, products)
+        ]
 
     def _prepare(self, rgb: np.ndarray, mask: np.ndarray) -> dict:
         height, width = mask.shape
@@ -78,7 +88,9 @@ class ClassicMaskFinder:
         small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         m_small = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
         if not m_small.any():  # a product smaller than one reduced pixel: keep its brightest-overlap pixel
-            m_small[np.unravel_index(np.argmax(cv2.resize(mask.astype(np.float32), size)), m_small.shape)] = True
+            m_small[np.unravel_index(np.argmax(cv2.resize(mask.astype(np.float32), size)), m_small.shape)] = (
+                True
+            )
         product_size = box_diagonal(m_small)
         band = max(1, round(self.config.band_fraction * product_size))
         dist_in = cv2.distanceTransform(m_small.astype(np.uint8), cv2.DIST_L2, 3)
@@ -98,11 +110,15 @@ class ClassicMaskFinder:
             "product_hist": self._histogram(lab8, core),
         }
 
-    def _generated_mask(self, generated: np.ndarray, product: OriginalProduct) -> tuple[np.ndarray, list[str]]:
+    def _generated_mask(
+        self, generated: np.ndarray, product: OriginalProduct
+    ) -> tuple[np.ndarray, list[str]]:
         cache, cfg = product.cache, self.config
         small = cv2.resize(generated, cache["size"], interpolation=cv2.INTER_AREA)
         m_small, core, dist_out, band = cache["mask"], cache["core"], cache["dist_out"], cache["band"]
-        g, o = fit_grading(cache["small"], small, core, self.metrics_config.grading_gain, self.metrics_config.grading_offset)
+        g, o = fit_grading(
+            cache["small"], small, core, self.metrics_config.grading_gain, self.metrics_config.grading_offset
+        )
         lab_blur = rgb_to_lab(cv2.GaussianBlur(undo_grading(small, g, o), (0, 0), 1.0))
         same = np.linalg.norm(lab_blur - cache["lab_blur"], axis=2) < cfg.same_delta_e
         outside = ~m_small & (dist_out > band)
@@ -113,14 +129,20 @@ class ClassicMaskFinder:
         local_background = self._local_mean(lab_blur, far if far.sum() > 32 else outside)
         shadow = self._shadow_like(lab_blur, local_background)
         seed = cv2.dilate(m_small.astype(np.uint8), disk(band + 1)) > 0
-        far_background = far if far.sum() > 64 else outside  # the new background away from where expansion can be
+        far_background = (
+            far if far.sum() > 64 else outside
+        )  # the new background away from where expansion can be
 
         added = np.zeros_like(m_small)
         for _ in range(2):  # fit the background model, then re-fit it without the pixels found to be product
-            background_hist = 0.5 * (self._histogram(lab8, far_background) + self._histogram(lab8, outside & ~added))
+            background_hist = 0.5 * (
+                self._histogram(lab8, far_background) + self._histogram(lab8, outside & ~added)
+            )
             ratio = self._log_ratio(bins, cache["product_hist"], background_hist)
             candidates = ring & (ratio > cfg.product_margin) & ~shadow & ~same
-            candidates = cv2.morphologyEx(candidates.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8)) > 0
+            candidates = (
+                cv2.morphologyEx(candidates.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8)) > 0
+            )
             added = _connected_to(candidates, seed)
         removed = core & ~same & (ratio < -cfg.product_margin)
         removed = cv2.morphologyEx(removed.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8)) > 0
@@ -141,7 +163,9 @@ class ClassicMaskFinder:
         smooth = gaussian_filter(counts.reshape(bins, bins, bins), sigma=0.7, mode="constant").ravel()
         return smooth / max(float(smooth.sum()), 1.0)
 
-    def _log_ratio(self, bins: np.ndarray, product_hist: np.ndarray, background_hist: np.ndarray) -> np.ndarray:
+    def _log_ratio(
+        self, bins: np.ndarray, product_hist: np.ndarray, background_hist: np.ndarray
+    ) -> np.ndarray:
         ratio = np.log(product_hist[bins] + _EPS) - np.log(background_hist[bins] + _EPS)
         return cv2.GaussianBlur(ratio.astype(np.float32), (0, 0), 0.8)
 
@@ -166,13 +190,24 @@ def studio_mask(rgb: np.ndarray, config: ClassicConfig) -> tuple[np.ndarray, lis
     """
     height, width = rgb.shape[:2]
     scale = min(1.0, STUDIO_WORK_SIZE / max(height, width))
-    work = cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+    work = cv2.resize(
+        rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
+    )
     lab = rgb_to_lab(cv2.GaussianBlur(work.astype(np.float32), (0, 0), 1.0))
-    border = np.concatenate([lab[:2].reshape(-1, 3), lab[-2:].reshape(-1, 3), lab[:, :2].reshape(-1, 3), lab[:, -2:].reshape(-1, 3)])
+    border = np.concatenate(
+        [
+            lab[:2].reshape(-1, 3),
+            lab[-2:].reshape(-1, 3),
+            lab[:, :2].reshape(-1, 3),
+            lab[:, -2:].reshape(-1, 3),
+        ]
+    )
     backdrop = np.median(border, axis=0)
     notes = []
     if np.percentile(np.linalg.norm(border - backdrop, axis=1), 90) > config.studio_delta_e:
-        notes.append("original has no plain studio background; its extracted product mask may be wrong (pass a mask)")
+        notes.append(
+            "original has no plain studio background; its extracted product mask may be wrong (pass a mask)"
+        )
     foreground = (np.linalg.norm(lab - backdrop, axis=2) > config.studio_delta_e).astype(np.uint8)
     radius = max(1, round(0.01 * max(work.shape[:2])))
     foreground = cv2.morphologyEx(foreground, cv2.MORPH_CLOSE, disk(radius))
@@ -190,7 +225,7 @@ def studio_mask(rgb: np.ndarray, config: ClassicConfig) -> tuple[np.ndarray, lis
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    count, labels = cv2.connectedComponents((~mask).astype(np.uint8), connectivity=4)
+    _, labels = cv2.connectedComponents((~mask).astype(np.uint8), connectivity=4)
     edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     return mask | ~np.isin(labels, edge_labels)
 
@@ -199,6 +234,6 @@ def _connected_to(candidates: np.ndarray, seed: np.ndarray) -> np.ndarray:
     """The candidate pixels that belong to a connected region touching `seed`."""
     if not candidates.any():
         return candidates
-    count, labels = cv2.connectedComponents((candidates | seed).astype(np.uint8), connectivity=8)
+    _, labels = cv2.connectedComponents((candidates | seed).astype(np.uint8), connectivity=8)
     touching = np.unique(labels[seed])
     return candidates & np.isin(labels, touching[touching > 0])

@@ -26,8 +26,9 @@ import json
 import logging
 import multiprocessing
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tqdm import tqdm
 
@@ -42,12 +43,18 @@ INDEX_FIELD = "manifest_index"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "items", nargs="*", metavar="ORIGINAL GENERATED [section.field=value ...]",
+        "items",
+        nargs="*",
+        metavar="ORIGINAL GENERATED [section.field=value ...]",
         help="one pair to check, then config overrides such as thresholds.max_expansion=0.1",
     )
-    parser.add_argument("--mask", help="product mask of the original (white = product); default: alpha or studio extraction")
+    parser.add_argument(
+        "--mask", help="product mask of the original (white = product); default: alpha or studio extraction"
+    )
     parser.add_argument("--backend", choices=BACKEND_NAMES, help="consistency backend (overrides the config)")
-    parser.add_argument("--config", type=Path, help="YAML config delta (e.g. configs/consistency/classic.yaml)")
+    parser.add_argument(
+        "--config", type=Path, help="YAML config delta (e.g. configs/consistency/classic.yaml)"
+    )
     parser.add_argument("--json", action="store_true", help="one pair: print the report as JSON")
     parser.add_argument("--manifest", type=Path, help="JSON Lines manifest of pairs (HFPC schemas or ours)")
     parser.add_argument("--out", type=Path, help="manifest mode: results JSON Lines (resumed when it exists)")
@@ -78,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
     return _check_pair(paths[0], paths[1], args.mask, config, args.json)
 
 
-def _check_pair(original: str, generated: str, mask: str | None, config: ConsistencyConfig, as_json: bool) -> int:
+def _check_pair(
+    original: str, generated: str, mask: str | None, config: ConsistencyConfig, as_json: bool
+) -> int:
     from hfpc_reward.consistency.checker import ProductConsistencyChecker
 
     checker = ProductConsistencyChecker.from_config(config)
@@ -157,7 +166,9 @@ def _check_group(job: tuple[list[tuple[int, ManifestRow]], str | None]) -> list[
         problem = _remote(first.origin) or (_remote(first.mask) if first.mask else None)
         if problem:
             raise ValueError(problem)
-        product = checker.prepare_originals([first.origin], [first.mask], [first.category], errors="report")[0]
+        product = checker.prepare_originals([first.origin], [first.mask], [first.category], errors="report")[
+            0
+        ]
         checkable = []
         for index, row in group:
             problem = "row has no generation" if not row.generation else _remote(row.generation)
@@ -165,15 +176,20 @@ def _check_group(job: tuple[list[tuple[int, ManifestRow]], str | None]) -> list[
                 reports[index] = error_report(problem)
             else:
                 checkable.append((index, row))
-        outcomes = checker.inspect_prepared([product] * len(checkable), [row.generation for _, row in checkable], errors="report")
+        outcomes = checker.inspect_prepared(
+            [product] * len(checkable), [row.generation for _, row in checkable], errors="report"
+        )
         for (index, _), (report, details) in zip(checkable, outcomes):
             reports[index] = report
             if overlays and details is not None:
                 _write_overlay(Path(overlays), index, details, report, checker.config.thresholds.max_delta_e)
-    except Exception as exc:  # never fatal: the rows of this original are reported as errors
+    except Exception as exc:  # noqa: BLE001 - never fatal: the rows of this original are reported as errors
         logger.warning("rows of %s failed: %s", first.origin, exc)
         for index, _ in group:
-            reports.setdefault(index, error_report(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)))
+            reports.setdefault(
+                index,
+                error_report(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)),
+            )
     return [_result_record(index, row, reports[index]) for index, row in group]
 
 
@@ -209,10 +225,14 @@ def summary_table(records: list[dict[str, Any]]) -> str:
     checked = [r for r in records if not r.get("error")]
     consistent = sum(bool(r.get("consistent")) for r in checked)
     lines = [
-        f"rows {len(records)}  checked {len(checked)}  consistent {consistent}  "
-        f"inconsistent {len(checked) - consistent}  errors {len(errors)}"
+        (
+            f"rows {len(records)}  checked {len(checked)}  consistent {consistent}  "
+            f"inconsistent {len(checked) - consistent}  errors {len(errors)}"
+        )
     ]
-    reasons = Counter(reason.split(" (")[0].rstrip("0123456789.% ") for r in checked for reason in r.get("reasons", []))
+    reasons = Counter(
+        reason.split(" (")[0].rstrip("0123456789.% ") for r in checked for reason in r.get("reasons", [])
+    )
     for reason, count in reasons.most_common(8):
         lines.append(f"  {count:6d}  {reason}")
     for message, count in Counter(str(r["error"]).split(": ", 1)[-1] for r in errors).most_common(5):

@@ -42,7 +42,9 @@ import numpy as np
 from hfpc_reward.consistency.config import MetricsConfig
 
 EDGE_ZONE = 3  # the edge zone reaches this many ignored-band widths into the product
-GAIN_RIDGE = 100.0  # (0-255 levels)^2: below this channel variance the grading fit prefers an offset to a gain
+GAIN_RIDGE = (
+    100.0  # (0-255 levels)^2: below this channel variance the grading fit prefers an offset to a gain
+)
 SSIM_BLUR = (0.0, 1.0)  # px: SSIM against the original as is and slightly blurred (the better one counts)
 DRIFT_BLUR = (2.0, 3.0)  # px at the analysis size: colour is compared at this scale (structure: SSIM)
 METRIC_NAMES = (
@@ -136,12 +138,16 @@ class OriginalAppearance:
     region: np.ndarray  # (H,W) bool product pixels compared (the mask without the ignored band)
     edge_zone: np.ndarray  # (H,W) bool the region's part within EDGE_ZONE bands of the outline
     blurred: list[np.ndarray]  # (H,W,3) float32 original blurred at each DRIFT_BLUR sigma
-    greys: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per SSIM_BLUR: greyscale original, local mean, variance
+    greys: list[
+        tuple[np.ndarray, np.ndarray, np.ndarray]
+    ]  # per SSIM_BLUR: greyscale original, local mean, variance
 
 
-def original_appearance(original: np.ndarray, m_orig: np.ndarray, config: MetricsConfig) -> OriginalAppearance:
+def original_appearance(
+    original: np.ndarray, m_orig: np.ndarray, config: MetricsConfig
+) -> OriginalAppearance:
     """Everything the appearance metrics need from the original (uint8 RGB) and its product mask."""
-    band = max(1, int(round(config.ignore_band * box_diagonal(m_orig))))
+    band = max(1, round(config.ignore_band * box_diagonal(m_orig)))
     region = cv2.erode(m_orig.astype(np.uint8), disk(band)) > 0
     if region.sum() < 16:  # a thin product: keep its pixels rather than nothing
         region = m_orig
@@ -180,8 +186,10 @@ def appearance_metrics(
     graded = np.clip(original.rgb.astype(np.float32) * g + o, 0, 255)
     generated_lab = rgb_to_lab(cv2.GaussianBlur(np.where(inside, generated, graded), (0, 0), DRIFT_BLUR[0]))
     drift = np.minimum(
-        *(np.linalg.norm(rgb_to_lab(np.clip(blurred * g + o, 0, 255)) - generated_lab, axis=2)
-          for blurred in original.blurred)
+        *(
+            np.linalg.norm(rgb_to_lab(np.clip(blurred * g + o, 0, 255)) - generated_lab, axis=2)
+            for blurred in original.blurred
+        )
     )
     drift = np.where(region, drift, 0.0).astype(np.float32)
     ssim_map = _ssim_map(original, _grey(corrected))
@@ -207,7 +215,9 @@ def _ssim_map(original: OriginalAppearance, y: np.ndarray) -> np.ndarray:
     maps = []
     for x, mu_x, var_x in original.greys:
         cov = _ssim_blur(x * y) - mu_x * mu_y
-        maps.append(((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)))
+        maps.append(
+            ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+        )
     return np.maximum(*maps)
 
 

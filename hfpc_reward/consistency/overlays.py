@@ -37,12 +37,22 @@ def overlay_image(details: PairDetails, report: ConsistencyReport, max_delta_e: 
     lines = [f"{verdict}  score {report.score:.2f}", "; ".join(report.reasons) or "no problem found"]
     for row, text in enumerate(lines):
         ascii_text = text.replace("Δ", "d").encode("ascii", "replace").decode()
-        cv2.putText(caption, ascii_text[:150], (6, 17 + 20 * row), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        cv2.putText(
+            caption,
+            ascii_text[:150],
+            (6, 17 + 20 * row),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     return np.concatenate([panels, caption], axis=0)
 
 
-def write_overlay(path: str | Path, details: PairDetails, report: ConsistencyReport, max_delta_e: float) -> Path:
+def write_overlay(
+    path: str | Path, details: PairDetails, report: ConsistencyReport, max_delta_e: float
+) -> Path:
     """Write the overlay PNG to `path` (the caller chooses a safe name inside its overlay folder)."""
     path = Path(path)
     Image.fromarray(overlay_image(details, report, max_delta_e)).save(path, format="PNG")
