@@ -32,7 +32,6 @@ Each metric's badness is value / threshold (upper bounds) or (1 - value) / (1 - 
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 from collections.abc import Callable, Sequence
@@ -356,19 +355,7 @@ def _as_list(batch: Sequence[Any] | Any) -> list[Any]:
 
 
 def _original_key(source: Any, mask: Any, prompt: str | None) -> tuple:
-    return (_source_key(source), None if mask is None else _source_key(mask), prompt)
-
-
-def _source_key(source: Any) -> str:
-    """Same key for the same path, or for in-memory images with the same pixels."""
-    if isinstance(source, (str, Path)):
-        return f"path:{Path(source)}"
-    if isinstance(source, Image.Image):
-        data, shape = source.tobytes(), (source.mode, source.size)
-    else:
-        array = source.detach().cpu().numpy() if hasattr(source, "detach") else np.asarray(source)
-        data, shape = np.ascontiguousarray(array).tobytes(), (array.dtype.str, array.shape)
-    return f"pixels:{shape}:{hashlib.blake2b(data, digest_size=16).hexdigest()}"
+    return (images.content_key(source), None if mask is None else images.content_key(mask), prompt)
 
 
 def _check_errors_mode(errors: str) -> None:
