@@ -16,8 +16,12 @@ Generated side (mask-guided segmentation), at the same reduced size:
   feathered or anti-aliased edges do not count.
 The background colour model averages two histograms of the generated image: every pixel outside the product
 (re-fitted once without the added pixels) and the pixels beyond the search zone, which an expansion cannot
-reach (so a large expansion does not become "background" itself). Expansion is thus found when it is made of
-product-like colours; an attached object of a colour that also occurs in the new background is not. The generated mask is the original mask minus lost plus added, at the original's size.
+reach (so a large expansion does not become "background" itself). The generated mask is the original mask
+minus lost plus added, at the original's size.
+
+Known limit: expansion is found when it is made of product-like colours (the product grew). An object of
+another colour attached to the product (a stand, a handle in a new colour) cannot be told from a background
+object next to the product by colour alone; it is missed unless it also covers the product (appearance metrics).
 """
 
 from __future__ import annotations
