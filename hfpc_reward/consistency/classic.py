@@ -26,7 +26,6 @@ object next to the product by colour alone; it is missed unless it also covers t
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import cv2
@@ -37,8 +36,6 @@ from scipy.ndimage import gaussian_filter
 from hfpc_reward.consistency.backends import OriginalProduct
 from hfpc_reward.consistency.config import ClassicConfig, ConsistencyConfig
 from hfpc_reward.consistency.metrics import box_diagonal, disk, fit_grading, rgb_to_lab, undo_grading
-
-logger = logging.getLogger(__name__)
 
 STUDIO_WORK_SIZE = 512  # longest side at which studio-background extraction runs
 _EPS = 1e-4  # floor of histogram probabilities (unseen colours)
