@@ -6,8 +6,9 @@ Ground truth per row: the `consistent` field (bool; results rows keep it as `con
 that human labels also reject pairs for their background, so they are a noisier target). The rows are
 checked once (results cached in `--results`, default <out>.results.jsonl, resumable), then every threshold
 of ThresholdConfig is fitted by coordinate ascent over candidate values (midpoints between quantiles of
-that metric), a few rounds, starting from the current config; each takes the most lenient value within
-`SLACK` of the best objective, so the fitted thresholds keep a margin for pairs not seen in calibration. The detection task is "inconsistent" as the
+that metric), a few rounds, starting from the current config; a last pass moves each threshold to its most
+lenient value that keeps the objective within `SLACK` of the best, so the fitted thresholds keep a margin
+for pairs not seen in calibration. The detection task is "inconsistent" as the
 positive class: `--best-f1` maximises F1; `--target-precision P` maximises recall among settings with
 precision >= P. The output YAML is the input config delta (if any) with the fitted `thresholds` section,
 loadable with `--config`.
@@ -77,7 +78,8 @@ def fit_thresholds(
 ) -> ThresholdConfig:
     """Thresholds maximising F1 (or recall at `target_precision`) of detecting inconsistent rows.
 
-    Each threshold takes the most lenient value whose F1 (recall) is within `slack` of the best one.
+    Coordinate ascent finds the best objective; a last pass then moves each threshold to its most lenient
+    value that keeps the objective within `slack` of that best (a margin for unseen consistent pairs).
     """
     from hfpc_reward.consistency.checker import CHECKS
 
@@ -99,7 +101,9 @@ def fit_thresholds(
         reached = m["precision"] >= target_precision
         return (reached, m["recall"] if reached else m["precision"])
 
-    for _ in range(ROUNDS):
+    def sweep(floor: tuple | None) -> tuple:
+        """One pass over the thresholds; each takes the most lenient value whose objective is the best one
+        (floor None) or at least `floor`. Returns the objective after the pass."""
         for name, field, kind, _ in CHECKS:
             others = np.zeros(truth.size, dtype=bool)
             for other, other_field, other_kind, _ in CHECKS:
@@ -107,15 +111,17 @@ def fit_thresholds(
                     others |= fails(other, other_field, other_kind, limits[other_field])
             quantiles = np.unique(np.quantile(values[name], np.linspace(0, 1, CANDIDATES)))
             candidates = np.concatenate([(quantiles[:-1] + quantiles[1:]) / 2, [limits[field]]])
-            if kind == "min":
-                candidates = np.clip(candidates, 0.0, 0.999)
-            else:
-                candidates = np.maximum(candidates, 1e-4)
+            candidates = np.clip(candidates, 0.0, 0.999) if kind == "min" else np.maximum(candidates, 1e-4)
             scored = [(objective(others | fails(name, field, kind, c)), c) for c in candidates]
-            best = max(score for score, _ in scored)
-            # among values within `slack` of the best, the most lenient: a margin for unseen consistent pairs
-            tied = [c for score, c in scored if score[:-1] == best[:-1] and score[-1] >= best[-1] - slack]
-            limits[field] = float(max(tied) if kind == "max" else min(tied))
+            target = floor if floor is not None else max(score for score, _ in scored)
+            good = [c for score, c in scored if score[:-1] == target[:-1] and score[-1] >= target[-1]]
+            limits[field] = float(max(good) if kind == "max" else min(good))
+        return objective(np.any([fails(n, f, k, limits[f]) for n, f, k, _ in CHECKS], axis=0))
+
+    for _ in range(ROUNDS):  # coordinate ascent to the best objective
+        best = sweep(None)
+    # then relax every threshold as far as the objective stays within `slack` of that best, in total
+    sweep(best[:-1] + (best[-1] - slack,))
     return replace(start, **{field: round(value, 5) for field, value in limits.items()})
 
 
