@@ -265,3 +265,37 @@ def test_verdict_score_and_thresholds_from_config():
         load_config(ConsistencyConfig, None, ["thresholds.max_expansion=-1"])
     with pytest.raises(ConfigError, match="segment_size"):
         load_config(ConsistencyConfig, None, ["classic.segment_size=8"])
+
+
+def test_fit_thresholds_separates_labels_and_never_ends_worse():
+    from hfpc_reward.consistency.calibrate import detection_metrics, fit_thresholds
+
+    rng = np.random.default_rng(0)
+    good = {
+        "iou": 1.0,
+        "expansion": 0.0,
+        "lost_area": 0.0,
+        "centroid_shift": 0.0,
+        "boundary_f": 1.0,
+        "delta_e": 1.0,
+        "ssim": 0.99,
+        "changed_area": 0.0,
+        "edge_changed": 0.0,
+        "aspect_mismatch": 0.0,
+    }
+    metrics, truth = [], []
+    for k in range(
+        60
+    ):  # consistent pairs drift by up to 3 dE; recoloured ones by 4 to 12 (over the default 2.5)
+        consistent = k % 2 == 0
+        delta_e = rng.uniform(0.2, 3.0) if consistent else rng.uniform(4.0, 12.0)
+        metrics.append(dict(good, delta_e=delta_e))
+        truth.append(consistent)
+    start = ThresholdConfig()
+    before = detection_metrics(truth, [verdict(m, start)[0] for m in metrics])
+    fitted = fit_thresholds(metrics, truth, start)
+    after = detection_metrics(truth, [verdict(m, fitted)[0] for m in metrics])
+    assert before["false_rejection"] > 0 and after["f1"] == 1.0 and after["false_rejection"] == 0.0
+    assert 3.0 <= fitted.max_delta_e <= 4.0
+    with pytest.raises(ValueError, match="both consistent and inconsistent"):
+        fit_thresholds(metrics[::2], truth[::2], start)
