@@ -26,29 +26,33 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, str | None]:
-    parser = argparse.ArgumentParser(prog="hfpc", description="HFPC reward toolkit")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
-    for name, (module_name, help_text) in COMMANDS.items():
-        command_parser = sub.add_parser(name, help=help_text, description=help_text)
-        if name == chosen:
-            importlib.import_module(module_name).add_arguments(command_parser)
-    return parser, chosen if chosen in COMMANDS else None
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser, chosen = build_parser(argv)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    top = argparse.ArgumentParser(
+        prog="hfpc",
+        description="HFPC reward toolkit. Commands:\n"
+        + "\n".join(f"  {name:22s} {help_text}" for name, (_, help_text) in COMMANDS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    if chosen is None:
-        parser.print_help()
+    top.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    top.add_argument("command", choices=COMMANDS, metavar="COMMAND", help="see the list above")
+    top.add_argument("args", nargs=argparse.REMAINDER, help="the command's arguments (hfpc COMMAND --help)")
+    if not argv:
+        top.print_help()
         return 2
-    return int(importlib.import_module(COMMANDS[chosen][0]).run(args) or 0)
+    parsed = top.parse_args(argv)
+    module_name, help_text = COMMANDS[parsed.command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"hfpc {parsed.command}", description=help_text)
+    module.add_arguments(parser)
+    try:  # options may follow positional overrides (hfpc check A B --mask M thresholds.x=1)
+        args = parser.parse_intermixed_args(parsed.args)
+    except TypeError:  # a command with its own subcommands (hfpc data ...) cannot intermix
+        args = parser.parse_args(parsed.args)
+    logging.basicConfig(
+        level=logging.DEBUG if parsed.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    return int(module.run(args) or 0)
 
 
 if __name__ == "__main__":

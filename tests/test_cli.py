@@ -1,0 +1,39 @@
+"""The `hfpc` entry point: command table, help, and options mixed with positional overrides."""
+
+import json
+
+import pytest
+
+from hfpc_reward.cli import COMMANDS, main
+from hfpc_reward.sample_data import generate_pairs
+
+
+def test_every_command_module_builds_its_parser():
+    import argparse
+    import importlib
+
+    for name, (module_name, _) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        module.add_arguments(argparse.ArgumentParser(prog=f"hfpc {name}"))
+        assert callable(module.run), name
+
+
+def test_no_command_prints_the_command_list(capsys):
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS)
+
+
+def test_unknown_command_is_an_error(capsys):
+    with pytest.raises(SystemExit):
+        main(["chek"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_options_may_follow_config_overrides(tmp_path, capsys):
+    manifest = generate_pairs(tmp_path, n_pairs=1, seed=1, size=96)
+    row = json.loads(manifest.read_text().splitlines()[0])
+    original, generated, mask = (str(tmp_path / row[key]) for key in ("origin", "generation", "mask"))
+    code = main(["check", original, generated, "thresholds.max_expansion=0.5", "--mask", mask, "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code in (0, 1) and report["error"] is None and "expansion" in report["metrics"]
