@@ -109,7 +109,6 @@ def main() -> None:
     print(f"sampling with log-probs  {ours_s:8.3f} s   overhead {ours_s / plain_s:.2f}x (target <= 1.2x)")
     if args.epochs == 0:
         return
-    del pipe
     from finetune.trainer import train
 
     pretrained = work / "pipeline"

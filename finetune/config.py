@@ -8,7 +8,7 @@ optimisation on 1 or N processes; sizes marked *per process* are what fits in on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -18,7 +18,7 @@ class ModelConfig:
     """The pipeline being fine-tuned and its LoRA adapter (base weights are frozen, only LoRA trains)."""
 
     pretrained: str = "stable-diffusion-v1-5/stable-diffusion-inpainting"  # hub id or local folder (9-channel UNet)
-    revision: Optional[str] = None  # hub revision of `pretrained` (None = default branch)
+    revision: str | None = None  # hub revision of `pretrained` (None = default branch)
     lora_rank: int = 4  # LoRA rank r of every targeted layer
     lora_alpha: float = 4.0  # LoRA scale numerator: the update is (alpha / r) * B @ A
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])  # UNet modules

@@ -30,7 +30,7 @@ class Conditioning:
     mask: torch.Tensor  # (B,1,h,w) inpainting mask at latent size: 1 = repaint (background)
     masked_image_latents: torch.Tensor  # (B,4,h,w) VAE latents of the image with the background blanked
 
-    def select(self, index) -> "Conditioning":
+    def select(self, index) -> Conditioning:
         return Conditioning(self.prompt_embeds[index], self.negative_embeds, self.mask[index],
                             self.masked_image_latents[index])
 

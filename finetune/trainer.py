@@ -25,7 +25,14 @@ from finetune.config import FinetuneConfig
 from finetune.data import ProductPrompt, epoch_group_items, load_products
 from finetune.ddim_logprob import ddim_step_with_logprob
 from finetune.rewards import call_reward, load_reward
-from finetune.sampling import Trajectory, decode, paste_back, predict_noise, prepare_conditioning, sample_with_logprob
+from finetune.sampling import (
+    Trajectory,
+    decode,
+    paste_back,
+    predict_noise,
+    prepare_conditioning,
+    sample_with_logprob,
+)
 from hfpc_reward.config import save_resolved_config
 from hfpc_reward.data import append_jsonl, read_jsonl
 
@@ -277,7 +284,7 @@ class DDPOTrainer:
     def _run_epoch(self, epoch: int, pool: ThreadPoolExecutor) -> dict:
         cfg, acc = self.config, self.accelerator
         started = time.perf_counter()
-        items, trajectories, conds, futures, drifts, shown, reward_metrics = self.sample_epoch(epoch, pool)
+        _, trajectories, conds, futures, drifts, shown, reward_metrics = self.sample_epoch(epoch, pool)
         sampled = time.perf_counter()
         results = [future.result() for future in futures]
         rewarded = time.perf_counter()

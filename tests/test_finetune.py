@@ -36,11 +36,11 @@ def make_config(tiny_kit, out_dir, **sections) -> FinetuneConfig:
 
 
 # small, CFG-on settings for the invariance tests (the learning test uses the kit's own config)
-SMALL = dict(
-    model={"lora_targets": ["to_q", "to_k", "to_v", "to_out.0", "conv_out"]},
-    sample={"guidance_scale": 3.0, "samples_per_epoch": 8, "batch_size": 4},
-    train={"group_size": 4, "train_batch_size": 4, "samples_per_step": 8, "learning_rate": 0.01},
-)
+SMALL = {
+    "model": {"lora_targets": ["to_q", "to_k", "to_v", "to_out.0", "conv_out"]},
+    "sample": {"guidance_scale": 3.0, "samples_per_epoch": 8, "batch_size": 4},
+    "train": {"group_size": 4, "train_batch_size": 4, "samples_per_step": 8, "learning_rate": 0.01},
+}
 
 
 def ddim_scheduler(steps_offset=1):
@@ -170,7 +170,7 @@ def trained(tiny_kit, tmp_path_factory):
 
 
 def test_ratio_is_exactly_one_before_the_first_update(trained):
-    trainer, _, _, summary = trained
+    trainer = trained[0]
     record = read_jsonl(trainer.out_dir / "metrics.jsonl")[0]
     assert record["ratio_deviation_before_update"] == 0.0
     assert record["approx_kl"] > 0.0  # the second optimizer step saw a changed policy
@@ -194,8 +194,8 @@ def test_saved_lora_loads_into_a_fresh_pipeline_with_identical_images(trained, t
 
     trainer, _, _, summary = trained
     item = trainer.products[0]
-    kwargs = dict(prompt=[item.prompt], image=item.image, mask_image=item.inpaint_mask(), height=32, width=32,
-                  num_inference_steps=4, guidance_scale=3.0, output_type="np")
+    kwargs = {"prompt": [item.prompt], "image": item.image, "mask_image": item.inpaint_mask(), "height": 32,
+              "width": 32, "num_inference_steps": 4, "guidance_scale": 3.0, "output_type": "np"}
     trainer.unet.eval()
     expected = trainer.pipe(generator=torch.Generator().manual_seed(3), **kwargs).images
     fresh = StableDiffusionInpaintPipeline.from_pretrained(tiny_kit[1]["model"]["pretrained"], safety_checker=None)
@@ -271,7 +271,7 @@ def test_two_processes_give_the_same_lora_update_as_one(tiny_kit, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
          "-m", "finetune", "--config", str(tmp_path / "two.yaml")],
-        cwd=repo, env=env, capture_output=True, text=True, timeout=600,
+        cwd=repo, env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "process 1 of 2" in result.stderr
