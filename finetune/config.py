@@ -117,7 +117,7 @@ class TrainConfig:
 class RewardConfig:
     """The reward function: a name from finetune.rewards.REWARDS (e.g. `hfpc`) and its keyword arguments."""
 
-    name: str = "hfpc"  # hfpc (HFPCReward), background_brightness, background_colour
+    name: str = "hfpc"  # hfpc, hfpc_background, hfpc_consistency, background_brightness, background_colour
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the reward's constructor (e.g. config: path)
     num_workers: int = 2  # threads computing rewards while the next batch samples
 

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 # reward name -> "module:class"; imported only when chosen (hfpc pulls in the HFPC judges)
 REWARDS: dict[str, str] = {
     "hfpc": "hfpc_reward.rewards:HFPCReward",
+    "hfpc_background": "hfpc_reward.rewards:BackgroundReward",
+    "hfpc_consistency": "hfpc_reward.rewards:ConsistencyReward",
     "background_brightness": "finetune.rewards:BackgroundBrightness",
     "background_colour": "finetune.rewards:BackgroundColour",
 }
@@ -100,11 +102,12 @@ class BackgroundColour(_BackgroundReward):
 
 
 def call_reward(reward: Callable, prompts: list[str], completions: list, originals: list, masks: list,
-                log_metric: Callable[[str, float], Any]) -> list[float | None]:
+                log_metric: Callable[[str, float], Any], category: list[str | None] | None = None,
+                ) -> list[float | None]:
     """Call a reward and check its answer; a failing reward abstains on the whole batch (logged)."""
     try:
         values = list(reward(prompts=prompts, completions=completions, image=originals, mask_image=masks,
-                             log_metric=log_metric))
+                             category=category, log_metric=log_metric))
     except Exception:  # one bad batch must not end a long run
         logger.exception("reward %s failed on a batch of %d; abstaining", getattr(reward, "__name__", reward),
                          len(prompts))

@@ -156,7 +156,8 @@ class DDPOTrainer:
         started = time.perf_counter()
         values = call_reward(self.reward_fn, [b.prompt for b in batch], images, [b.image for b in batch],
                              [b.product_mask for b in batch],
-                             lambda name, value: metrics.setdefault(name, []).append(float(value)))
+                             lambda name, value: metrics.setdefault(name, []).append(float(value)),
+                             category=[b.category for b in batch])
         return values, time.perf_counter() - started
 
     def train_epoch(self, epoch: int, trajectories: list[Trajectory], conds, advantages: torch.Tensor) -> dict:

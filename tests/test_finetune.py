@@ -155,6 +155,21 @@ def test_config_rejects_inconsistent_sizes_with_the_fix():
         load_config(FinetuneConfig, None, ["sample.eta=0"])
 
 
+def test_the_hfpc_reward_drives_a_run_and_reports_its_components(tiny_kit, tmp_path):
+    from pathlib import Path
+
+    from finetune import train
+
+    scorer_config = Path(__file__).resolve().parents[1] / "configs" / "scorer" / "classic.yaml"
+    config = make_config(tiny_kit, tmp_path / "hfpc", sample={"samples_per_epoch": 8},
+                         train={"epochs": 1, "samples_per_step": 8},
+                         reward={"name": "hfpc", "kwargs": {"config": str(scorer_config)}})
+    summary = train(config)
+    record = read_jsonl(tmp_path / "hfpc" / "metrics.jsonl")[0]
+    assert 0.0 <= summary.first_reward <= 1.0 and record["reward_abstained"] == 0
+    assert "reward/hfpc/pass_rate" in record
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_kit, tmp_path_factory):
     """One epoch of DDPO with CFG, a KL penalty and two optimizer steps; parameters snapshotted before."""
