@@ -64,7 +64,9 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="hfpc-bench-"))
     model = build_reward_model(work, args.vision_hidden, args.vision_layers, args.image_size)
-    rows = read_manifest(generate_pairs(work / "pairs", n_pairs=args.originals * args.generations, size=args.size))
+    rows = read_manifest(generate_pairs(
+        work / "pairs", n_pairs=args.originals * args.generations, size=args.size, generations_per_original=args.generations
+    ))
     rows.sort(key=lambda r: r.origin)
     print(f"{len(rows)} pairs, {len({r.origin for r in rows})} originals, {args.size}px; reward model "
           f"ViT hidden {args.vision_hidden} x {args.vision_layers} layers at {args.image_size}px")

@@ -560,29 +560,37 @@ def _defect_plan(n_pairs: int, defect_fraction: float, seed: int) -> list[str]:
 
 
 def generate_pairs(
-    out_dir: str | Path, n_pairs: int = 200, seed: int = 0, size: int = 512, defect_fraction: float = 0.5
+    out_dir: str | Path,
+    n_pairs: int = 200,
+    seed: int = 0,
+    size: int = 512,
+    defect_fraction: float = 0.5,
+    generations_per_original: int = GENERATIONS_PER_ORIGINAL,
 ) -> Path:
     """Write `n_pairs` (original, generation) pairs with ground truth; returns out_dir/manifest.jsonl.
 
-    Each original gets GENERATIONS_PER_ORIGINAL generations (the last one fewer when n_pairs is not a
+    Each original gets `generations_per_original` generations (the last one fewer when n_pairs is not a
     multiple). Same seed, same files.
     """
-    if n_pairs < 1 or size < 64:
-        raise ValueError(f"need n_pairs >= 1 and size >= 64, got n_pairs={n_pairs}, size={size}")
+    if n_pairs < 1 or size < 64 or generations_per_original < 1:
+        raise ValueError(
+            f"need n_pairs >= 1, size >= 64 and generations_per_original >= 1, got n_pairs={n_pairs}, "
+            f"size={size}, generations_per_original={generations_per_original}"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plan = _defect_plan(n_pairs, defect_fraction, seed)
     manifest = out / "manifest.jsonl"
     rows = []
     with tqdm(total=n_pairs, desc="sample pairs", unit="pair") as progress:
-        for index in range(0, n_pairs, GENERATIONS_PER_ORIGINAL):
-            product = index // GENERATIONS_PER_ORIGINAL
+        for index in range(0, n_pairs, generations_per_original):
+            product = index // generations_per_original
             product_id = f"p{product:04d}"
             rng = np.random.default_rng([seed, product])
             spec = random_spec(rng, size, CATEGORIES[product % len(CATEGORIES)])
             layer = draw_product(spec, size)
             original = _write_original(rng, spec, layer, out, product_id)
-            for k in range(index, min(index + GENERATIONS_PER_ORIGINAL, n_pairs)):
+            for k in range(index, min(index + generations_per_original, n_pairs)):
                 gen_rng = np.random.default_rng([seed, product, k + 1])
                 row = dict(
                     original, **_write_generation(gen_rng, spec, layer, plan[k], out, f"{product_id}_g{k}")

@@ -3,6 +3,7 @@
 import hashlib
 import importlib.util
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,11 @@ def test_heldout_set_has_our_fields_other_products_and_clear_defects(tmp_path):
         low = heldout.RANGES.get(row["defect"], (heldout.MIN_CHANGED_FRACTION,))[0]
         if not row["consistent"]:
             assert row["defect_magnitude"] >= 0.9 * low, row
+
+
+def test_generations_per_original_groups_rows(tmp_path):
+    rows = [json.loads(line) for line in generate_pairs(tmp_path, n_pairs=10, size=64, generations_per_original=8).read_text().splitlines()]
+    per_original = Counter(row["origin"] for row in rows)
+    assert sorted(per_original.values()) == [2, 8]
+    with pytest.raises(ValueError, match="generations_per_original"):
+        generate_pairs(tmp_path / "x", n_pairs=2, size=64, generations_per_original=0)
