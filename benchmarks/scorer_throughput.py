@@ -29,14 +29,14 @@ def build_reward_model(folder: Path, hidden: int, layers: int, image_size: int):
 
     processor = tiny_blip_processor(image_size=image_size)
     config = BlipConfig(
-        vision_config=dict(
-            image_size=image_size, patch_size=16, hidden_size=hidden, intermediate_size=4 * hidden,
-            num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64), initializer_range=0.02,
-        ),
-        text_config=dict(
-            vocab_size=len(processor.tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
-            num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64), encoder_hidden_size=hidden,
-        ),
+        vision_config={
+            "image_size": image_size, "patch_size": 16, "hidden_size": hidden, "intermediate_size": 4 * hidden,
+            "num_hidden_layers": layers, "num_attention_heads": max(1, hidden // 64), "initializer_range": 0.02,
+        },
+        text_config={
+            "vocab_size": len(processor.tokenizer), "hidden_size": hidden, "intermediate_size": 4 * hidden,
+            "num_hidden_layers": layers, "num_attention_heads": max(1, hidden // 64), "encoder_hidden_size": hidden,
+        },
     )
     torch.manual_seed(0)
     BlipForImageTextRetrieval(config).save_pretrained(folder / "blip")

@@ -10,8 +10,9 @@ validates values, so a config object that exists is a valid one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from omegaconf import OmegaConf

@@ -18,16 +18,17 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000
 
-ImageSource = Union[str, Path, Image.Image, np.ndarray, Any]
+ImageSource = str | Path | Image.Image | np.ndarray | Any
 
 
 class ImageLoadError(ValueError):
@@ -90,15 +91,21 @@ def load_mask(source: ImageSource, size: tuple[int, int] | None = None) -> np.nd
     return mask.astype(bool)
 
 
-def load_batch(batch: Sequence[ImageSource] | Any) -> list[Image.Image]:
-    """A batch (list of sources or a (B,3,H,W) tensor/array) as a list of RGB PIL images."""
-    if _is_tensor(batch) or isinstance(batch, np.ndarray):
-        if batch.ndim != 4:
-            raise ImageLoadError(f"a tensor batch must be (B,3,H,W), got shape {tuple(batch.shape)}")
-        return [load_rgb(item) for item in batch]
+def split_batch(batch: Sequence[ImageSource] | Any, masks: bool = False) -> list[Any]:
+    """A batch as a list of single sources, not decoded: a list stays a list, a (B,3,H,W) tensor / array is
+    split along B (with `masks`, also (B,H,W)). A single image is refused: public APIs take batches."""
     if isinstance(batch, (str, Path, Image.Image)):
         raise ImageLoadError("expected a batch (a list of images or a (B,3,H,W) tensor), got a single image")
-    return [load_rgb(item) for item in batch]
+    if _is_tensor(batch) or isinstance(batch, np.ndarray):
+        if batch.ndim != 4 and not (masks and batch.ndim == 3):
+            expected = "(B,1,H,W) or (B,H,W)" if masks else "(B,3,H,W)"
+            raise ImageLoadError(f"a tensor batch must be {expected}, got shape {tuple(batch.shape)}")
+    return list(batch)
+
+
+def load_batch(batch: Sequence[ImageSource] | Any) -> list[Image.Image]:
+    """A batch (list of sources or a (B,3,H,W) tensor/array) as a list of RGB PIL images."""
+    return [load_rgb(item) for item in split_batch(batch)]
 
 
 def pil_to_tensor(images: Sequence[Image.Image]):

@@ -14,9 +14,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ class HFPCReward:
         self._scorer: HFPCScorer | None = None
 
     @classmethod
-    def from_scorer(cls, scorer: HFPCScorer) -> "HFPCReward":
+    def from_scorer(cls, scorer: HFPCScorer) -> HFPCReward:
         """A reward around an already-built scorer (shares its models and cache)."""
         reward = cls(scorer.config)
         reward._scorer = scorer

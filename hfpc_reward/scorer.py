@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hfpc_reward import images
 from hfpc_reward.consistency.config import ConsistencyConfig
@@ -114,7 +114,7 @@ class HFPCScorer:
             reward_model.eval()
 
     @classmethod
-    def from_config(cls, config: ScorerConfig) -> "HFPCScorer":
+    def from_config(cls, config: ScorerConfig) -> HFPCScorer:
         from hfpc_reward.consistency.checker import ProductConsistencyChecker
 
         reward_model = None
@@ -150,9 +150,9 @@ class HFPCScorer:
         `prompts` are the background prompts (the reward model's query text); `categories` name the
         product for detecting backends (grounded-*; else `grounded.default_prompt`).
         """
-        originals, generated = _as_list(originals), _as_list(generated)
+        originals, generated = images.split_batch(originals), images.split_batch(generated)
         count = len(generated)
-        masks = [None] * count if masks is None else _as_list(masks)
+        masks = [None] * count if masks is None else images.split_batch(masks, masks=True)
         prompts = [None] * count if prompts is None else list(prompts)
         categories = [None] * count if categories is None else list(categories)
         if not len(originals) == len(masks) == len(prompts) == len(categories) == count:
@@ -290,12 +290,6 @@ class _LRU(OrderedDict):
         self.move_to_end(key)
         while len(self) > self.capacity:
             self.popitem(last=False)
-
-
-def _as_list(batch: Any) -> list:
-    if isinstance(batch, (str, Path)) or hasattr(batch, "getpixel"):
-        raise TypeError("expected a batch (a list of images or a (B,3,H,W) tensor), got a single image")
-    return list(batch)  # a (B,3,H,W) tensor or array splits into B images
 
 
 def _load_or_error(source: Any, result: HFPCResult):

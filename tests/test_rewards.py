@@ -35,12 +35,12 @@ def kit(tmp_path_factory):
 
 
 def call_kwargs(rows):
-    return dict(
-        prompts=[r.prompt for r in rows],
-        completions=[load_rgb(r.generation) for r in rows],
-        image=[load_rgb(r.origin) for r in rows],
-        mask_image=[load_mask(r.mask) for r in rows],
-    )
+    return {
+        "prompts": [r.prompt for r in rows],
+        "completions": [load_rgb(r.generation) for r in rows],
+        "image": [load_rgb(r.origin) for r in rows],
+        "mask_image": [load_mask(r.mask) for r in rows],
+    }
 
 
 @pytest.mark.parametrize("cls", [HFPCReward, BackgroundReward, ConsistencyReward])

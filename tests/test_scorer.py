@@ -124,3 +124,22 @@ def test_score_command_writes_rows_summary_and_resumes(kit, tmp_path, capsys):
     assert (tmp_path / "config.resolved.yaml").is_file()
     assert main(args) == 0  # resume: nothing left to score, nothing duplicated
     assert len(read_jsonl(out)) == len(records)
+
+
+def test_tensor_batches_of_images_and_masks_score_like_files(kit):
+    import torch
+
+    from hfpc_reward.images import ImageLoadError, load_mask, load_rgb, pil_to_tensor
+
+    rows = kit["rows"][:2]
+    origins, generations, masks, prompts = columns(rows)
+    scorer = make_scorer(kit)
+    expected = scorer.score(origins, generations, masks, prompts)
+    tensor_masks = torch.from_numpy(__import__("numpy").stack([load_mask(m) for m in masks]))  # (B,H,W) bool
+    generated = pil_to_tensor([load_rgb(g) for g in generations])  # (B,3,H,W) in [0,1]
+    results = scorer.score(origins, generated, tensor_masks, prompts)
+    for a, b in zip(expected, results):
+        assert a.background_score == pytest.approx(b.background_score, abs=1e-4)
+        assert a.consistency.consistent == b.consistency.consistent
+    with pytest.raises(ImageLoadError, match=r"\(B,3,H,W\)"):
+        scorer.score(origins[:1], generated[0], None, prompts[:1])  # one (3,H,W) image is not a batch

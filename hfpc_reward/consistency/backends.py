@@ -6,8 +6,9 @@ Backends load their models lazily through `from_pretrained` (hub id or local fol
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 from PIL import Image

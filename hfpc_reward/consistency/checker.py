@@ -36,7 +36,6 @@ import importlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -165,7 +164,7 @@ class ProductConsistencyChecker:
         errors: str = "raise",
     ) -> list[ConsistencyReport]:
         """One report per (originals[i], generated[i]); original-side work once per distinct original."""
-        originals, generated = _as_list(originals), _as_list(generated)
+        originals, generated = images.split_batch(originals), images.split_batch(generated)
         if len(originals) != len(generated):
             raise ValueError(
                 f"got {len(originals)} originals but {len(generated)} generated images; pair them 1:1"
@@ -198,7 +197,7 @@ class ProductConsistencyChecker:
         With errors="report", a bad original is returned as its ConsistencyInputError instead of raising.
         """
         _check_errors_mode(errors)
-        originals = _as_list(originals)
+        originals = images.split_batch(originals)
         masks = [None] * len(originals) if masks is None else list(masks)
         prompts = [None] * len(originals) if prompts is None else list(prompts)
         loaded = [_guard(errors, self._load_original, o, m) for o, m in zip(originals, masks)]
@@ -236,7 +235,7 @@ class ProductConsistencyChecker:
     ) -> list[tuple[ConsistencyReport, PairDetails | None]]:
         """Like check_prepared, also returning the arrays behind each report (None for an error)."""
         _check_errors_mode(errors)
-        generated = _as_list(generated)
+        generated = images.split_batch(generated)
         if len(products) != len(generated):
             raise ValueError(f"got {len(products)} prepared originals but {len(generated)} generated images")
         aligned: list[Any] = list(products)
@@ -339,19 +338,6 @@ def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if (mask.shape[1], mask.shape[0]) == size:
         return mask.astype(bool)
     return cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
-
-
-def _as_list(batch: Sequence[Any] | Any) -> list[Any]:
-    """A batch as a list of single sources (tensors / arrays (B,3,H,W) are split, not decoded here)."""
-    if isinstance(batch, (str, Path, Image.Image)):
-        raise images.ImageLoadError(
-            "expected a batch (a list of images or a (B,3,H,W) tensor), got a single image"
-        )
-    if hasattr(batch, "ndim") and hasattr(batch, "shape"):
-        if batch.ndim != 4:
-            raise images.ImageLoadError(f"a tensor batch must be (B,3,H,W), got shape {tuple(batch.shape)}")
-        return [item for item in batch]
-    return list(batch)
 
 
 def _original_key(source: Any, mask: Any, prompt: str | None) -> tuple:
