@@ -96,10 +96,10 @@ def split_batch(batch: Sequence[ImageSource] | Any, masks: bool = False) -> list
     split along B (with `masks`, also (B,H,W)). A single image is refused: public APIs take batches."""
     if isinstance(batch, (str, Path, Image.Image)):
         raise ImageLoadError("expected a batch (a list of images or a (B,3,H,W) tensor), got a single image")
-    if _is_tensor(batch) or isinstance(batch, np.ndarray):
-        if batch.ndim != 4 and not (masks and batch.ndim == 3):
-            expected = "(B,1,H,W) or (B,H,W)" if masks else "(B,3,H,W)"
-            raise ImageLoadError(f"a tensor batch must be {expected}, got shape {tuple(batch.shape)}")
+    is_array = _is_tensor(batch) or isinstance(batch, np.ndarray)
+    if is_array and batch.ndim != 4 and not (masks and batch.ndim == 3):
+        expected = "(B,1,H,W) or (B,H,W)" if masks else "(B,3,H,W)"
+        raise ImageLoadError(f"a tensor batch must be {expected}, got shape {tuple(batch.shape)}")
     return list(batch)
 
 
