@@ -5,8 +5,8 @@
    (target: <= 1.2x).
 2. One short fine-tune: seconds per epoch spent sampling, waiting for rewards, and training.
 
-    python benchmarks/ddpo_step.py                       # tiny kit on the CPU
-    python benchmarks/ddpo_step.py --size sd15 --device cuda --dtype float16 --resolution 512 --steps 50
+    python -m benchmarks.ddpo_step                       # tiny kit on the CPU
+    python -m benchmarks.ddpo_step --size sd15 --device cuda --dtype float16 --resolution 512 --steps 50
 `--size sd15` builds a randomly initialised pipeline with SD-1.5-inpainting layer sizes (no download).
 """
 
@@ -16,11 +16,11 @@ import argparse
 import json
 import logging
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.timing import timed
 from finetune.config import FinetuneConfig
 from finetune.data import load_products
 from finetune.sampling import decode, prepare_conditioning, sample_with_logprob
@@ -47,20 +47,6 @@ def build_sd15_sized(seed: int = 0):
     pipe.register_modules(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder)
     pipe.vae_scale_factor = 8
     return pipe
-
-
-def timed(fn, device: str, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:

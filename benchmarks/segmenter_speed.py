@@ -9,20 +9,19 @@ and the SAM / EfficientSAM ratio (how many times faster EfficientSAM is).
 
 Full-size models (1024 px) are slow on CPU; `--size 512` (or less) scales both to the same smaller input.
 
-  python benchmarks/segmenter_speed.py --size 1024 --device cuda --dtype float16
-  OMP_NUM_THREADS=2 python benchmarks/segmenter_speed.py --size 512 --repeats 2
+  python -m benchmarks.segmenter_speed --size 1024 --device cuda --dtype float16
+  OMP_NUM_THREADS=2 python -m benchmarks.segmenter_speed --size 512 --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.timing import timed
 from hfpc_reward.consistency.efficientsam import EfficientSamSegmenter
 from hfpc_reward.consistency.efficientsam_model import EfficientSam, EfficientSamConfig
 from hfpc_reward.consistency.grounded_sam import SamSegmenter
@@ -56,21 +55,6 @@ def build_sam(size: int, device: str, dtype: torch.dtype) -> SamSegmenter:
     return SamSegmenter(model, processor)
 
 
-def timed(fn, repeats: int, device: str) -> float:
-    """Median seconds of `repeats` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(
     segmenter, image: Image.Image, boxes: np.ndarray, pixels: torch.Tensor, repeats: int, device: str
 ):
@@ -83,9 +67,9 @@ def measure(
         )
         embedded = segmenter.embed([image])
         return {
-            "image": timed(lambda: segmenter.segment([image], [boxes[:1]]), repeats, device),
-            "encode": timed(encode, repeats, device),
-            "box": timed(lambda: segmenter.segment_embedded(embedded, [boxes]), repeats, device) / len(boxes),
+            "image": timed(lambda: segmenter.segment([image], [boxes[:1]]), device, repeats),
+            "encode": timed(encode, device, repeats),
+            "box": timed(lambda: segmenter.segment_embedded(embedded, [boxes]), device, repeats) / len(boxes),
         }
 
 
