@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 import numpy as np
 from sklearn.metrics import average_precision_score
 from tqdm import tqdm
@@ -73,26 +75,38 @@ def score_rows(config: JudgesConfig, rows: list[ManifestRow], scorer: Any, itm_j
 
 
 def _score_batch(config: JudgesConfig, batch: list[ManifestRow], scorer: Any, itm_judge: Any) -> list[dict]:
+    """Scores of one original's rows; an unreadable original errors its rows, an unreadable generation only its own."""
     base = [{"origin": row.origin, "generation": row.generation, "label": row.label} for row in batch]
     try:
         original = load_rgb(batch[0].origin)
         mask = load_mask(batch[0].mask, size=original.size) if batch[0].mask else None
-        generated = [load_rgb(row.generation) for row in batch]
     except ImageLoadError as exc:
         logger.warning("skipping %d rows of %s: %s", len(batch), batch[0].origin, exc)
         return [{**record, "error": str(exc)} for record in base]
-    prompts = [row.prompt or config.default_prompt for row in batch]
+    generated: list[Image.Image | None] = []
+    for record, row in zip(base, batch):
+        try:
+            generated.append(load_rgb(row.generation))
+        except ImageLoadError as exc:
+            record["error"] = str(exc)
+            generated.append(None)
+    readable = [i for i, image in enumerate(generated) if image is not None]
+    if not readable:
+        return base
+    rows = [batch[i] for i in readable]
+    images = [generated[i] for i in readable]
+    prompts = [row.prompt or config.default_prompt for row in rows]
     results = scorer.score(
-        [original] * len(batch),
-        generated,
-        masks=None if mask is None else [mask] * len(batch),
+        [original] * len(rows),
+        images,
+        masks=None if mask is None else [mask] * len(rows),
         prompts=prompts,
-        categories=[row.category for row in batch],
+        categories=[row.category for row in rows],
     )
-    itm = itm_judge.score(generated, prompts) if itm_judge is not None else [None] * len(batch)
-    for record, result, match in zip(base, results, itm):
+    itm = itm_judge.score(images, prompts) if itm_judge is not None else [None] * len(rows)
+    for i, result, match in zip(readable, results, itm):
         report = result.consistency
-        record.update(
+        base[i].update(
             {
                 JUDGE_NAMES[0]: result.reward,
                 JUDGE_NAMES[1]: None if report is None or result.error else float(report.score),

@@ -133,3 +133,20 @@ def test_judges_command_on_sample_pairs_with_the_real_scorer(tmp_path, capsys):
     assert list(table["judges"]) == list(JUDGE_NAMES) and table["rows_used"] == 64
     assert table["judges"]["consistency only"]["pr_auc"] > 0.75
     assert len((tmp_path / "judges" / "scores.jsonl").read_text().splitlines()) == 64
+
+
+def test_an_unreadable_generation_errors_only_its_own_row(tmp_path):
+    from eval.judges import JudgesConfig, score_rows
+    from hfpc_reward.data import read_manifest
+    from hfpc_reward.sample_data import generate_pairs
+    from hfpc_reward.scorer import HFPCScorer, ScorerConfig
+
+    rows = read_manifest(generate_pairs(tmp_path, n_pairs=4, size=96, seed=2))  # one original, 4 generations
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    rows[1].generation = str(broken)
+    config = JudgesConfig(manifest=str(tmp_path / "manifest.jsonl"))
+    records = score_rows(config, rows, HFPCScorer.from_config(ScorerConfig()), None)
+    assert "broken.png" in records[1]["error"]
+    assert [records[i]["error"] for i in (0, 2, 3)] == [None, None, None]
+    assert all(records[i][JUDGE_NAMES[1]] is not None for i in (0, 2, 3))
