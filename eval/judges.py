@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 import numpy as np
+from PIL import Image
 from sklearn.metrics import average_precision_score
 from tqdm import tqdm
 
