@@ -205,13 +205,15 @@ def select_best(
     prompt: str,
     n: int = 8,
     scorer: HFPCScorer | None = None,
+    category: str | None = None,
     seed: int = 0,
     paste_back: bool = True,
     **pipe_kwargs: Any,
 ) -> BestOfN:
     """Rejection sampling for production: n inpainted candidates, the best passing one by reward.
 
-    `image` is the original product photo, `mask_image` its product mask (white = product); the pipeline
+    `image` is the original product photo, `mask_image` its product mask (white = product), `category` the
+    product's name for detecting consistency backends; the pipeline
     inpaints the background (the inverse of the product mask). With `paste_back`, the original product
     pixels are pasted onto each candidate before judging, as in production.
     """
@@ -239,7 +241,9 @@ def select_best(
     candidates = [images.resize_to(c, original.size) for c in output.images]
     if paste_back:
         candidates = [images.paste_product(c, original, product) for c in candidates]
-    results = scorer.score([original] * n, candidates, masks=[product] * n, prompts=[prompt] * n)
+    results = scorer.score(
+        [original] * n, candidates, masks=[product] * n, prompts=[prompt] * n, categories=[category] * n
+    )
     passing = [i for i, r in enumerate(results) if r.passed and r.reward is not None]
     best_index = max(passing, key=lambda i: results[i].reward) if passing else None
     return BestOfN(None if best_index is None else candidates[best_index], best_index, candidates, results)

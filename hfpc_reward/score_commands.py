@@ -95,7 +95,13 @@ def _score_rows(scorer: HFPCScorer, batch: list[tuple[int, ManifestRow]]) -> lis
         else:
             scorable.append(k)
     rows = [batch[k][1] for k in scorable]
-    scored = scorer.score([r.origin for r in rows], [r.generation for r in rows], [r.mask for r in rows], [r.prompt for r in rows])
+    scored = scorer.score(
+        [r.origin for r in rows],
+        [r.generation for r in rows],
+        [r.mask for r in rows],
+        [r.prompt for r in rows],
+        [r.category for r in rows],  # the product's name, for detecting consistency backends
+    )
     for k, result in zip(scorable, scored):
         results[k] = result
     return results

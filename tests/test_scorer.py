@@ -143,3 +143,13 @@ def test_tensor_batches_of_images_and_masks_score_like_files(kit):
         assert a.consistency.consistent == b.consistency.consistent
     with pytest.raises(ImageLoadError, match=r"\(B,3,H,W\)"):
         scorer.score(origins[:1], generated[0], None, prompts[:1])  # one (3,H,W) image is not a batch
+
+
+def test_score_command_names_the_product_by_category_not_by_background_prompt(kit, tmp_path):
+    from hfpc_reward.score_commands import score_manifest
+
+    scorer = make_scorer(kit)
+    score_manifest(kit["rows"], scorer, tmp_path / "r.jsonl")
+    used = {category for (_, _, category) in scorer._products}
+    assert used == {row.category for row in kit["rows"]}  # the detection phrase, never the background prompt
+    assert [p.prompt for p in scorer._products.values()][0] in used
