@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    from hfpc_reward.cli import run_reporting_user_errors
+
+    return run_reporting_user_errors(_run, args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from hfpc_reward.config import load_config
 
     if args.command == "run":

@@ -9,6 +9,7 @@ import os
 import sys
 
 from finetune.config import FinetuneConfig
+from hfpc_reward.cli import run_reporting_user_errors
 from hfpc_reward.config import load_config
 
 
@@ -21,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_reporting_user_errors(_run, args)
+
+
+def _run(args: argparse.Namespace) -> int:
     config = load_config(FinetuneConfig, args.config, args.overrides)
     from finetune.trainer import train
 

@@ -10,6 +10,11 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
+
+from hfpc_reward.config import ConfigError
+from hfpc_reward.data import ManifestError
 
 # command name -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -52,7 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if parsed.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    return int(module.run(args) or 0)
+    return run_reporting_user_errors(module.run, args)
+
+
+def run_reporting_user_errors(run: Callable[..., int | None], *args: Any) -> int:
+    """run(*args) as an exit code; a wrong config or manifest is logged as one clear line and exits 2."""
+    try:
+        return int(run(*args) or 0)
+    except (ConfigError, ManifestError) as exc:  # the user's input is wrong: say what, without a traceback
+        logging.getLogger("hfpc").error("%s", exc)
+        return 2
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from hfpc_reward.config import ConfigError, load_config, save_resolved_config
+from hfpc_reward.config import load_config, save_resolved_config
 from hfpc_reward.consistency.commands import INDEX_FIELD
 from hfpc_reward.data import ManifestRow, append_jsonl, is_url, read_jsonl, read_manifest
 from hfpc_reward.scorer import HFPCResult, HFPCScorer, ScorerConfig
@@ -42,11 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(ScorerConfig, args.config, args.overrides)
-    except ConfigError as exc:
-        logger.error("%s", exc)
-        return 2
+    config = load_config(ScorerConfig, args.config, args.overrides)
     if args.batch_size < 1:
         logger.error("--batch-size must be >= 1, got %d", args.batch_size)
         return 2

@@ -37,3 +37,22 @@ def test_options_may_follow_config_overrides(tmp_path, capsys):
     code = main(["check", original, generated, "thresholds.max_expansion=0.5", "--mask", mask, "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code in (0, 1) and report["error"] is None and "expansion" in report["metrics"]
+
+
+def test_a_bad_config_key_is_one_clear_line_and_exit_code_2(tmp_path, caplog):
+    import finetune.__main__ as finetune_main
+
+    import eval.__main__ as eval_main
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"origin": "a.png", "generation": "b.png"}\n')
+    assert main(["score", "--manifest", str(manifest), "--out", str(tmp_path / "r.jsonl"), "polcy.reward=gate"]) == 2
+    assert "polcy" in caplog.text
+    assert finetune_main.main(["train.epoch=3"]) == 2
+    assert "Did you mean" in caplog.text
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    assert main(["check", "--manifest", str(bad), "--out", str(tmp_path / "c.jsonl")]) == 2
+    assert "bad.jsonl:1" in caplog.text
+    assert eval_main.main(["run", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in caplog.text

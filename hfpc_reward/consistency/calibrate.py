@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hfpc_reward.config import ConfigError, config_to_dict, load_config
+from hfpc_reward.config import config_to_dict, load_config
 from hfpc_reward.consistency.config import ConsistencyConfig, ThresholdConfig
 
 logger = logging.getLogger(__name__)
@@ -149,11 +149,7 @@ def run(args: argparse.Namespace) -> int:
     from hfpc_reward.consistency.commands import check_manifest
     from hfpc_reward.data import read_manifest
 
-    try:
-        config = load_config(ConsistencyConfig, args.config, args.overrides)
-    except ConfigError as exc:
-        logger.error("%s", exc)
-        return 2
+    config = load_config(ConsistencyConfig, args.config, args.overrides)
     results = args.results or args.out.with_name(args.out.name + ".results.jsonl")
     records = check_manifest(read_manifest(args.manifest), config, results, workers=args.workers)
     usable = [

@@ -32,7 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from hfpc_reward.config import ConfigError, load_config, save_resolved_config
+from hfpc_reward.config import load_config, save_resolved_config
 from hfpc_reward.consistency.config import BACKEND_NAMES, ConsistencyConfig
 from hfpc_reward.data import ManifestRow, append_jsonl, is_url, read_jsonl, read_manifest
 
@@ -67,11 +67,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = [item for item in args.items if item not in paths]
     if args.backend:
         overrides.append(f"backend={args.backend}")
-    try:
-        config = load_config(ConsistencyConfig, args.config, overrides)
-    except ConfigError as exc:
-        logger.error("%s", exc)
-        return 2
+    config = load_config(ConsistencyConfig, args.config, overrides)
     if args.manifest is not None:
         if paths or args.out is None:
             logger.error("manifest mode takes --manifest M --out RESULTS and no image paths")
