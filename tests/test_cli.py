@@ -40,9 +40,8 @@ def test_options_may_follow_config_overrides(tmp_path, capsys):
 
 
 def test_a_bad_config_key_is_one_clear_line_and_exit_code_2(tmp_path, caplog):
-    import finetune.__main__ as finetune_main
-
     import eval.__main__ as eval_main
+    import finetune.__main__ as finetune_main
 
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"origin": "a.png", "generation": "b.png"}\n')

@@ -152,4 +152,4 @@ def test_score_command_names_the_product_by_category_not_by_background_prompt(ki
     score_manifest(kit["rows"], scorer, tmp_path / "r.jsonl")
     used = {category for (_, _, category) in scorer._products}
     assert used == {row.category for row in kit["rows"]}  # the detection phrase, never the background prompt
-    assert [p.prompt for p in scorer._products.values()][0] in used
+    assert next(p.prompt for p in scorer._products.values()) in used
