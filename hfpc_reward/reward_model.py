@@ -8,6 +8,8 @@ Architecture (HFPC's first judge; fusion and head follow ImageReward where the p
     [CLS] (B,Dt) --MLP head (Dt-1024-128-64-16-1)--> raw score (B,) --(raw - mean) / std--> score
 
 The unreferenced ablation (`referenced: false`) drops the original's tokens from the memory.
+Scoring many generations of one original: `encode_original` precomputes the original's half of every
+cross-attention layer's keys and values once (`OriginalMemory`); `score_from_tokens` reuses it.
 A checkpoint folder holds `config.json` (our settings, score standardisation stats, pass threshold and
 the BLIP config), `model.safetensors` and the BLIP processor/tokenizer files, so loading needs no network.
 `from_pretrained` also accepts a plain BLIP ITM checkpoint (hub id or folder): it then builds a new,
@@ -72,6 +74,51 @@ class RewardModelConfig:
             raise ValueError(
                 f"max_text_length must be >= 2 (room for [CLS] and [SEP]), got {self.max_text_length}"
             )
+
+
+# Why the original's half of the memory can be precomputed: the text encoder only sees the memory through
+# each layer's cross-attention keys K_l = memory @ Wk_l + bk_l and values V_l = memory @ Wv_l + bv_l, which
+# act on every memory token on its own. So for memory = [generated ; original] (tokens concatenated),
+#     K_l(memory) = [K_l(generated) ; K_l(original)]   (and the same for V_l),
+# and K_l(original), V_l(original) depend on the original alone: one original scored against G generations
+# needs them once, not G times (at BLIP-base shapes: 12 layers x 2 projections of 577 tokens per pair).
+# The memory's attention mask is all ones, so the attention of query q is, with s_x = q K_l(x)^T / sqrt(d),
+#     softmax([s_gen , s_orig]) = [P_gen , P_orig],   context = P_gen V_l(gen) + P_orig V_l(orig),
+# which `_memory_cross_attention` computes from the two halves without ever concatenating the keys/values
+# (on a CPU those copies cost more than the projection they save; BLIP's own cache path, which takes one
+# concatenated cache tensor per layer, measured slower than no caching at all).
+@dataclass(frozen=True)
+class OriginalMemory:
+    """The originals' half of the cross-attention memory of a batch of B originals (see the comment above).
+
+    Made by `HFPCRewardModel.encode_original`; accepted by `score_from_tokens` / `fused_features` in place
+    of the originals' vision tokens. Memory cost: 2 x layers x N x Dt numbers per original (BLIP-base at
+    384 px: ~42 MB in float32).
+    """
+
+    keys: tuple[torch.Tensor, ...]  # per text layer: (B, heads, N, head_dim) keys of tokens + segment[1]
+    values: tuple[torch.Tensor, ...]  # per text layer: (B, heads, N, head_dim) values, same layout
+
+    def __len__(self) -> int:
+        return self.keys[0].shape[0]
+
+    def split(self) -> list[OriginalMemory]:
+        """One memory per original, each its own copy (so each can be cached and freed on its own)."""
+        return [
+            OriginalMemory(
+                tuple(k[i : i + 1].clone() for k in self.keys),
+                tuple(v[i : i + 1].clone() for v in self.values),
+            )
+            for i in range(len(self))
+        ]
+
+    @classmethod
+    def cat(cls, memories: Sequence[OriginalMemory]) -> OriginalMemory:
+        """The memories of several batches of originals as one batch, in order (repeats allowed)."""
+        return cls(
+            tuple(torch.cat(layer) for layer in zip(*(m.keys for m in memories))),
+            tuple(torch.cat(layer) for layer in zip(*(m.values for m in memories))),
+        )
 
 
 class RewardModelLoadError(ValueError):
@@ -278,6 +325,16 @@ class HFPCRewardModel(nn.Module):
         """Vision tokens (B,N,Dv) of (B,3,H,W) pixels in [0,1]; cache them for originals scored many times."""
         return self.vision(pixel_values=self.preprocess(pixels)).last_hidden_state
 
+    def encode_original(self, pixels: torch.Tensor) -> OriginalMemory:
+        """The originals' cross-attention keys/values in every text layer, for scoring many generations each."""
+        if not self.config.referenced:
+            raise ValueError("this reward model is unreferenced: it does not use the original images")
+        memory = self.encode_images(pixels) + self.segment[1]
+        keys_values = [_keys_values(layer.crossattention.self, memory) for layer in self.text.encoder.layer]
+        return OriginalMemory(
+            tuple(k.contiguous() for k, _ in keys_values), tuple(v.contiguous() for _, v in keys_values)
+        )
+
     def tokenize(
         self, prompts: Sequence[str | None] | None, batch_size: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,17 +360,23 @@ class HFPCRewardModel(nn.Module):
 
     def fused_features(
         self,
-        original_tokens: torch.Tensor | None,
+        original_tokens: torch.Tensor | OriginalMemory | None,
         generated_tokens: torch.Tensor,
         prompts: Sequence[str | None] | None = None,
     ) -> torch.Tensor:
-        """The text encoder's [CLS] feature (B,Dt) after cross-attending to the image memory."""
+        """The text encoder's [CLS] feature (B,Dt) after cross-attending to the image memory.
+
+        `original_tokens`: the originals' vision tokens (B,N,Dv), or their precomputed `OriginalMemory`
+        (same result, without projecting the originals' tokens again); ignored by an unreferenced model.
+        """
         memory = generated_tokens + self.segment[0]
+        input_ids, attention_mask = self.tokenize(prompts, generated_tokens.shape[0])
+        if self.config.referenced and isinstance(original_tokens, OriginalMemory):
+            return self._features_with_original_memory(input_ids, attention_mask, memory, original_tokens)
         if self.config.referenced:
             if original_tokens is None:
                 raise ValueError("this reward model is image-referenced: pass the original images' tokens")
             memory = torch.cat([memory, original_tokens + self.segment[1]], dim=1)
-        input_ids, attention_mask = self.tokenize(prompts, generated_tokens.shape[0])
         memory_mask = torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device)
         out = self.text(
             input_ids=input_ids,
@@ -323,17 +386,52 @@ class HFPCRewardModel(nn.Module):
         )
         return out.last_hidden_state[:, 0, :]
 
+    def _features_with_original_memory(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        generated_memory: torch.Tensor,
+        original: OriginalMemory,
+    ) -> torch.Tensor:
+        """`fused_features` with the originals' keys/values precomputed (see the comment above OriginalMemory).
+
+        The steps of transformers' BlipTextModel / BlipTextLayer forward (models/blip/modeling_blip_text.py),
+        with each layer's cross-attention core replaced by `_memory_cross_attention`.
+        """
+        from transformers.masking_utils import create_bidirectional_mask
+        from transformers.pytorch_utils import apply_chunking_to_forward
+
+        if len(original) != generated_memory.shape[0]:
+            raise ValueError(
+                f"got an OriginalMemory of {len(original)} originals for {generated_memory.shape[0]} generated "
+                "images: pass one per generated image (OriginalMemory.cat repeats them)"
+            )
+        hidden = self.text.embeddings(input_ids=input_ids)
+        self_mask = create_bidirectional_mask(
+            config=self.text.config, inputs_embeds=hidden, attention_mask=attention_mask
+        )
+        for layer, orig_keys, orig_values in zip(self.text.encoder.layer, original.keys, original.values):
+            hidden, _ = layer.attention(hidden, attention_mask=self_mask)
+            cross = layer.crossattention
+            context = _memory_cross_attention(cross.self, hidden, generated_memory, orig_keys, orig_values)
+            hidden = cross.output(context, hidden)
+            hidden = apply_chunking_to_forward(
+                layer.feed_forward_chunk, layer.chunk_size_feed_forward, layer.seq_len_dim, hidden
+            )
+        return hidden[:, 0, :]
+
     def standardise(self, raw: torch.Tensor) -> torch.Tensor:
         return (raw - self.score_mean) / self.score_std
 
     def score_from_tokens(
         self,
-        original_tokens: torch.Tensor | None,
+        original_tokens: torch.Tensor | OriginalMemory | None,
         generated_tokens: torch.Tensor,
         prompts: Sequence[str | None] | None = None,
         standardise: bool = True,
     ) -> torch.Tensor:
-        """Scores (B,) from precomputed vision tokens (see `encode_images`)."""
+        """Scores (B,) from precomputed vision tokens (see `encode_images`); the originals' side may be their
+        `OriginalMemory` (see `encode_original`), the fast way to score many generations per original."""
         raw = self.head(self.fused_features(original_tokens, generated_tokens, prompts)).squeeze(-1)
         return self.standardise(raw) if standardise else raw
 
@@ -394,6 +492,37 @@ class HFPCRewardModel(nn.Module):
             return None
         cal = self.probability_calibration
         return torch.sigmoid(cal["scale"] * scores + cal["bias"])
+
+
+def _keys_values(attention: nn.Module, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-attention (keys, values), each (B, heads, N, head_dim), of memory tokens (B, N, Dv), shaped as
+    BlipTextSelfAttention shapes them."""
+    shape = (*memory.shape[:-1], -1, attention.attention_head_size)
+    return (
+        attention.key(memory).view(shape).transpose(1, 2),
+        attention.value(memory).view(shape).transpose(1, 2),
+    )
+
+
+def _memory_cross_attention(
+    attention: nn.Module,
+    hidden: torch.Tensor,
+    generated_memory: torch.Tensor,
+    orig_keys: torch.Tensor,
+    orig_values: torch.Tensor,
+) -> torch.Tensor:
+    """BlipTextSelfAttention's cross-attention context (B, L, Dt) of `hidden` (B, L, Dt) over the memory
+    [generated ; original] with all-ones mask, from the generated tokens and the original's precomputed
+    keys/values (see the comment above OriginalMemory)."""
+    batch, length = hidden.shape[:2]
+    head_size = attention.attention_head_size
+    query = attention.query(hidden).view(batch, length, -1, head_size).transpose(1, 2)
+    gen_keys, gen_values = _keys_values(attention, generated_memory)
+    scores = torch.cat([query @ gen_keys.transpose(-1, -2), query @ orig_keys.transpose(-1, -2)], dim=-1)
+    probs = attention.dropout(torch.softmax(scores / math.sqrt(head_size), dim=-1))
+    split = gen_keys.shape[2]
+    context = probs[..., :split] @ gen_values + probs[..., split:] @ orig_values
+    return context.transpose(1, 2).reshape(batch, length, -1)
 
 
 def replace_directory(staging: Path, target: Path) -> None:

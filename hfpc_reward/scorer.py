@@ -99,9 +99,10 @@ class HFPCResult:
 class HFPCScorer:
     """Both HFPC judges on batches of pairs, with the original side of each pair computed once.
 
-    The original side (consistency product mask and features, reward-model vision tokens) is kept in a
-    bounded LRU cache keyed by content (`images.content_key`), so scoring G generations of one original,
-    or the same originals again in the next RL step, encodes each original once.
+    The original side (consistency product mask and features; for the reward model, the original's
+    cross-attention keys/values in every text layer, its `OriginalMemory`) is kept in a bounded LRU cache
+    keyed by content (`images.content_key`), so scoring G generations of one original, or the same
+    originals again in the next RL step, encodes and projects each original once.
     """
 
     def __init__(self, reward_model: Any, checker: Any, config: ScorerConfig | None = None):
@@ -109,7 +110,7 @@ class HFPCScorer:
         self.checker = checker  # ProductConsistencyChecker
         self.config = config or ScorerConfig()
         self._products = _LRU(self.config.cache_size)  # (image, mask, category) key -> OriginalProduct or error
-        self._tokens = _LRU(self.config.cache_size)  # image key -> reward-model vision tokens (N,D)
+        self._tokens = _LRU(self.config.cache_size)  # image key -> reward model's OriginalMemory
         if reward_model is not None:
             reward_model.eval()
 
@@ -178,7 +179,8 @@ class HFPCScorer:
 
     # ------------------------------------------------------------------------------------------ internals
     def _original_sides(self, originals, masks, categories, results) -> list[tuple | None]:
-        """(OriginalProduct, reward-model tokens) per item, from the caches or computed for the missing ones."""
+        """(OriginalProduct, reward-model OriginalMemory or None) per item, from the caches or computed for the
+        missing ones (an unreferenced reward model needs no original side)."""
         image_keys = [images.content_key(o) for o in originals]
         keys = [
             (image_key, None if m is None else images.content_key(m), c)
@@ -195,13 +197,13 @@ class HFPCScorer:
         for key, product in current.items():
             self._products.put(key, product)
         tokens = {key: self._tokens.get(key) for key in image_keys if key in self._tokens}
-        if self.reward_model is not None:
+        if self.reward_model is not None and self.reward_model.config.referenced:
             need = {
                 image_key: current[key].image
                 for image_key, key in zip(image_keys, keys)
                 if image_key not in tokens and not isinstance(current[key], Exception)
             }
-            tokens.update(zip(need, self._encode(list(need.values()))))
+            tokens.update(zip(need, self._encode_originals(list(need.values()))))
             for image_key, value in tokens.items():
                 self._tokens.put(image_key, value)
         sides: list[tuple | None] = []
@@ -214,10 +216,8 @@ class HFPCScorer:
                 sides.append((product, tokens.get(image_key)))
         return sides
 
-    def _encode(self, pil_images: list) -> list | None:
-        """Reward-model vision tokens (one (N,D) tensor per image), batched; None without a reward model."""
-        if self.reward_model is None:
-            return None
+    def _encode_originals(self, pil_images: list) -> list:
+        """The reward model's `OriginalMemory` of each original (one per image), encoded in batches."""
         import torch
 
         out = []
@@ -225,22 +225,27 @@ class HFPCScorer:
         with torch.inference_mode():
             for start in range(0, len(pil_images), batch):
                 chunk = self.reward_model.load_pixels(pil_images[start : start + batch])
-                out.extend(self.reward_model.encode_images(chunk))
+                out.extend(self.reward_model.encode_original(chunk).split())
         return out
 
-    def _background_scores(self, original_tokens, pixels, prompts) -> list[float] | None:
-        if self.reward_model is None or not original_tokens:
+    def _background_scores(self, original_memories, pixels, prompts) -> list[float] | None:
+        if self.reward_model is None or not pixels:
             return None
         import torch
 
+        from hfpc_reward.reward_model import OriginalMemory
+
+        model = self.reward_model
         scores: list[float] = []
         batch = self.config.reward_model.batch_size
         with torch.inference_mode():
-            for start in range(0, len(original_tokens), batch):
+            for start in range(0, len(pixels), batch):
                 stop = start + batch
-                chunk = self.reward_model.score_from_tokens(
-                    torch.stack(original_tokens[start:stop]), torch.stack(self._encode(pixels[start:stop])), prompts[start:stop]
-                )
+                originals = None
+                if model.config.referenced:
+                    originals = OriginalMemory.cat(original_memories[start:stop])
+                generated = model.encode_images(model.load_pixels(pixels[start:stop]))
+                chunk = model.score_from_tokens(originals, generated, prompts[start:stop])
                 scores.extend(chunk.float().cpu().tolist())
         return scores
 

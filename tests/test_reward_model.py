@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from hfpc_reward.reward_model import HFPCRewardModel, RewardModelConfig, RewardModelLoadError, score_rows
+from hfpc_reward.reward_model import (
+    HFPCRewardModel,
+    OriginalMemory,
+    RewardModelConfig,
+    RewardModelLoadError,
+    score_rows,
+)
 from hfpc_reward.testing.tiny_blip import TINY_HEAD, write_tiny_reward_model
 
 
@@ -154,3 +160,74 @@ def test_bfloat16_model_scores_close_to_float32_and_passes_gradients(kit):
     pixels = generated.clone().requires_grad_(True)
     half(originals, pixels).sum().backward()
     assert pixels.grad.dtype == torch.float32 and pixels.grad.abs().sum() > 0
+
+
+def _spread(model):
+    """Scale the fresh head's last layer so scores differ visibly between inputs."""
+    with torch.no_grad():
+        model.head[-1].weight.mul_(1000.0)
+    return model
+
+
+def test_original_memory_scores_equal_the_plain_path_for_mixed_and_repeated_originals(kit):
+    model = _spread(HFPCRewardModel.from_pretrained(kit["reward"]).eval())
+    originals, generated = _pixels(20, n=3), _pixels(21, n=6)
+    which = [0, 2, 0, 1, 2, 0]  # generations of three originals, interleaved, one original three times
+    prompts = ["a red shoe on marble", None, "a cup in the kitchen", None, None, "a bag"]
+    with torch.no_grad():
+        per_original = model.encode_original(originals).split()
+        memory = OriginalMemory.cat([per_original[i] for i in which])
+        tokens = model.encode_images(originals)[which]
+        generated_tokens = model.encode_images(generated)
+        cached = model.score_from_tokens(memory, generated_tokens, prompts, standardise=False)
+        plain = model.score_from_tokens(tokens, generated_tokens, prompts, standardise=False)
+        cached_features = model.fused_features(memory, generated_tokens, prompts)
+        plain_features = model.fused_features(tokens, generated_tokens, prompts)
+        other_original = model.fused_features(model.encode_images(1 - originals)[which], generated_tokens, prompts)
+    assert cached.dtype == plain.dtype == torch.float32
+    assert torch.allclose(cached, plain, atol=1e-5, rtol=0)
+    assert torch.allclose(cached_features, plain_features, atol=1e-5, rtol=0)
+    # the equality above is meaningful: other originals move the features 100x the tolerance
+    assert (other_original - plain_features).abs().max() > 1e-3
+    assert len(memory) == 6 and len(per_original) == 3
+
+
+def test_original_memory_split_then_cat_equals_the_batch_and_wrong_sizes_are_refused(kit):
+    model = HFPCRewardModel.from_pretrained(kit["reward"]).eval()
+    with torch.no_grad():
+        batch = model.encode_original(_pixels(22, n=3))
+        generated_tokens = model.encode_images(_pixels(23, n=2))
+    joined = OriginalMemory.cat(batch.split())
+    layers = len(model.text.encoder.layer)
+    assert len(joined.keys) == len(joined.values) == layers
+    assert all(torch.equal(a, b) for a, b in zip(joined.keys + joined.values, batch.keys + batch.values))
+    heads = model.text.config.num_attention_heads
+    assert batch.keys[0].shape[:2] == (3, heads)
+    with pytest.raises(ValueError, match="OriginalMemory of 3 originals for 2 generated"):
+        model.score_from_tokens(batch, generated_tokens)
+
+
+def test_unreferenced_model_has_no_original_memory_and_scores_as_before(kit):
+    config = RewardModelConfig(head_dims=[8], head_dropout=[0.0], referenced=False)
+    model = HFPCRewardModel.from_pretrained(kit["blip"], config=config).eval()
+    generated = _pixels(24, n=2)
+    with pytest.raises(ValueError, match="unreferenced"):
+        model.encode_original(_pixels(25, n=2))
+    with torch.no_grad():
+        from_tokens = model.score_from_tokens(None, model.encode_images(generated))
+    assert torch.allclose(from_tokens, model.score(None, generated), atol=1e-6)
+
+
+def test_original_memory_passes_the_same_gradients_to_generated_pixels(kit):
+    model = _spread(HFPCRewardModel.from_pretrained(kit["reward"], dtype=torch.float64).eval())
+    originals = _pixels(26, n=2).double()
+    pixels = _pixels(27, n=2).double()
+    with torch.no_grad():
+        memory, tokens = model.encode_original(originals), model.encode_images(originals)
+    grads = []
+    for original_side in (memory, tokens):
+        generated = pixels.clone().requires_grad_(True)
+        model.score_from_tokens(original_side, model.encode_images(generated)).sum().backward()
+        grads.append(generated.grad)
+    assert grads[0].abs().sum() > 0
+    assert torch.allclose(grads[0], grads[1], atol=1e-9, rtol=1e-7)
