@@ -183,7 +183,9 @@ def test_original_memory_scores_equal_the_plain_path_for_mixed_and_repeated_orig
         plain = model.score_from_tokens(tokens, generated_tokens, prompts, standardise=False)
         cached_features = model.fused_features(memory, generated_tokens, prompts)
         plain_features = model.fused_features(tokens, generated_tokens, prompts)
-        other_original = model.fused_features(model.encode_images(1 - originals)[which], generated_tokens, prompts)
+        other_original = model.fused_features(
+            model.encode_images(1 - originals)[which], generated_tokens, prompts
+        )
     assert cached.dtype == plain.dtype == torch.float32
     assert torch.allclose(cached, plain, atol=1e-5, rtol=0)
     assert torch.allclose(cached_features, plain_features, atol=1e-5, rtol=0)
@@ -192,19 +194,30 @@ def test_original_memory_scores_equal_the_plain_path_for_mixed_and_repeated_orig
     assert len(memory) == 6 and len(per_original) == 3
 
 
-def test_original_memory_split_then_cat_equals_the_batch_and_wrong_sizes_are_refused(kit):
+def test_original_memory_split_cat_and_select_keep_each_original_once(kit):
     model = HFPCRewardModel.from_pretrained(kit["reward"]).eval()
     with torch.no_grad():
         batch = model.encode_original(_pixels(22, n=3))
-        generated_tokens = model.encode_images(_pixels(23, n=2))
-    joined = OriginalMemory.cat(batch.split())
-    layers = len(model.text.encoder.layer)
-    assert len(joined.keys) == len(joined.values) == layers
+        generated_tokens = model.encode_images(_pixels(23, n=4))
+    first, second, third = batch.split()
+    joined = OriginalMemory.cat([first, second, third])
+    assert len(joined.keys) == len(joined.values) == len(model.text.encoder.layer)
     assert all(torch.equal(a, b) for a, b in zip(joined.keys + joined.values, batch.keys + batch.values))
-    heads = model.text.config.num_attention_heads
-    assert batch.keys[0].shape[:2] == (3, heads)
-    with pytest.raises(ValueError, match="OriginalMemory of 3 originals for 2 generated"):
+    assert batch.keys[0].shape[:2] == (3, model.text.config.num_attention_heads)
+    repeated = OriginalMemory.cat([third, first, third, third])  # a cached memory reused: stored once
+    assert repeated.keys[0].shape[0] == 2 and repeated.rows == (0, 1, 0, 0)
+    selected = batch.select([2, 0, 2, 2])  # the same items, sharing the batch's tensors
+    assert selected.keys is batch.keys and selected.rows == (2, 0, 2, 2)
+    with torch.no_grad():
+        assert torch.allclose(
+            model.score_from_tokens(repeated, generated_tokens),
+            model.score_from_tokens(selected, generated_tokens),
+            atol=1e-6,
+        )
+    with pytest.raises(ValueError, match="OriginalMemory of 3 originals for 4 generated"):
         model.score_from_tokens(batch, generated_tokens)
+    with pytest.raises(ValueError, match="rows must index its 3 originals"):
+        OriginalMemory(batch.keys, batch.values, (3,))
 
 
 def test_unreferenced_model_has_no_original_memory_and_scores_as_before(kit):
@@ -231,3 +244,23 @@ def test_original_memory_passes_the_same_gradients_to_generated_pixels(kit):
         grads.append(generated.grad)
     assert grads[0].abs().sum() > 0
     assert torch.allclose(grads[0], grads[1], atol=1e-9, rtol=1e-7)
+
+
+def test_scorer_with_an_unreferenced_model_scores_as_the_model(kit, tmp_path):
+    from hfpc_reward.consistency.checker import ProductConsistencyChecker
+    from hfpc_reward.consistency.config import ConsistencyConfig
+    from hfpc_reward.data import read_manifest
+    from hfpc_reward.sample_data import generate_pairs
+    from hfpc_reward.scorer import HFPCScorer
+
+    config = RewardModelConfig(head_dims=[8], head_dropout=[0.0], referenced=False)
+    model = _spread(HFPCRewardModel.from_pretrained(kit["blip"], config=config).eval())
+    rows = read_manifest(generate_pairs(tmp_path / "pairs", n_pairs=4, seed=1, size=64))
+    scorer = HFPCScorer(model, ProductConsistencyChecker.from_config(ConsistencyConfig()))
+    results = scorer.score(
+        [r.origin for r in rows], [r.generation for r in rows], prompts=[r.prompt for r in rows]
+    )
+    expected = model.score(None, [r.generation for r in rows], prompts=[r.prompt for r in rows])
+    assert [r.error for r in results] == [None] * 4
+    assert [r.background_score for r in results] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert len(scorer._tokens) == 0  # no original side is computed for a model that does not use it
