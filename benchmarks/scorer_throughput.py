@@ -1,7 +1,7 @@
 """Throughput of HFPCScorer (batched, original side cached) vs a per-pair loop with the same models.
 
     OMP_NUM_THREADS=1 python benchmarks/scorer_throughput.py [--originals 6] [--generations 8] [--size 512]
-        [--vision-hidden 256] [--vision-layers 4] [--image-size 224] [--repeats 1]
+        [--vision-hidden 256] [--vision-layers 4] [--image-size 224] [--repeats 1] [--batch-size N]
 
 The reward model is a random BLIP of the given size (default: a small ViT at 224 px, so the run takes
 about a minute on one CPU core; pass --vision-hidden 768 --vision-layers 12 --image-size 384 for BLIP-base
@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument("--vision-layers", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=224, help="reward-model input size (px)")
     parser.add_argument("--repeats", type=int, default=1, help="time each side N times, keep the best")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="the scorer's reward_model.batch_size (default: the config's)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -63,7 +66,7 @@ def main() -> None:
     from hfpc_reward.consistency.config import ConsistencyConfig
     from hfpc_reward.data import read_manifest
     from hfpc_reward.sample_data import generate_pairs
-    from hfpc_reward.scorer import HFPCScorer, ScorerConfig
+    from hfpc_reward.scorer import HFPCScorer, RewardModelRef, ScorerConfig
 
     work = Path(tempfile.mkdtemp(prefix="hfpc-bench-"))
     model = build_reward_model(work, args.vision_hidden, args.vision_layers, args.image_size)
@@ -74,7 +77,8 @@ def main() -> None:
     print(f"{len(rows)} pairs, {len({r.origin for r in rows})} originals, {args.size}px; reward model "
           f"ViT hidden {args.vision_hidden} x {args.vision_layers} layers at {args.image_size}px")
     checker = ProductConsistencyChecker.from_config(ConsistencyConfig())
-    config = ScorerConfig()
+    config = ScorerConfig() if args.batch_size is None else ScorerConfig(RewardModelRef(batch_size=args.batch_size))
+    print(f"scorer reward_model.batch_size {config.reward_model.batch_size}")
 
     def per_pair() -> list[float]:
         rewards = []
