@@ -63,7 +63,7 @@ class ScorerConfig:
     reward_model: RewardModelRef = field(default_factory=RewardModelRef)  # the background judge
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)  # the product judge
     policy: PolicyConfig = field(default_factory=PolicyConfig)  # verdict and reward
-    cache_size: int = 64  # distinct originals whose judged side (tokens, product mask) is kept in memory
+    cache_size: int = 16  # distinct originals kept: product mask + cross-attention K/V (~42 MB each at BLIP-base fp32)
 
     def __post_init__(self):
         if self.cache_size < 1:
