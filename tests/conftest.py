@@ -30,3 +30,13 @@ def hfpc44k_dir() -> Path:
     if not (SHARED_DATA / "test.json").is_file():
         pytest.skip(f"HFPC-44k manifests not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_kit(tmp_path_factory) -> dict:
+    """The tiny kit's reward model, written once per session: {"blip": folder, "reward": folder, "root": dir}."""
+    from hfpc_reward.testing.tiny_blip import write_tiny_reward_model
+
+    root = tmp_path_factory.mktemp("tiny_reward")
+    configs = write_tiny_reward_model(root)
+    return {"blip": configs["reward_tiny"]["model"], "reward": configs["reward_model_tiny"]["path"], "root": root}

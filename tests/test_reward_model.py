@@ -13,18 +13,12 @@ from hfpc_reward.reward_model import (
     RewardModelLoadError,
     score_rows,
 )
-from hfpc_reward.testing.tiny_blip import TINY_HEAD, write_tiny_reward_model
+from hfpc_reward.testing.tiny_blip import TINY_HEAD
 
 
 @pytest.fixture(scope="module")
-def kit(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny_reward")
-    configs = write_tiny_reward_model(out)
-    return {
-        "blip": configs["reward_tiny"]["model"],
-        "reward": configs["reward_model_tiny"]["path"],
-        "root": out,
-    }
+def kit(tiny_reward_kit):
+    return tiny_reward_kit
 
 
 def _pixels(seed, n=3, size=40):

@@ -19,16 +19,12 @@ from hfpc_reward.rewards import (
 )
 from hfpc_reward.sample_data import generate_pairs
 from hfpc_reward.scorer import HFPCScorer, ScorerConfig
-from hfpc_reward.testing import write_tiny_models
 
 
 @pytest.fixture(scope="module")
-def kit(tmp_path_factory):
-    import yaml
-
+def kit(tmp_path_factory, tiny_reward_kit):
     root = tmp_path_factory.mktemp("rewards")
-    configs = write_tiny_models(root / "kit", only=["reward_model"])
-    reward_path = yaml.safe_load(configs["reward_model_tiny"].read_text())["path"]
+    reward_path = tiny_reward_kit["reward"]
     rows = read_manifest(generate_pairs(root / "pairs", n_pairs=6, seed=5, size=96))
     config = load_config(ScorerConfig, overrides=[f"reward_model.path={reward_path}", "policy.reward=weighted"])
     return {"config": config, "rows": rows, "reward_path": reward_path}

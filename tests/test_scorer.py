@@ -8,16 +8,12 @@ from hfpc_reward.config import load_config
 from hfpc_reward.data import read_manifest
 from hfpc_reward.sample_data import generate_pairs
 from hfpc_reward.scorer import HFPCScorer, ScorerConfig
-from hfpc_reward.testing import write_tiny_models
 
 
 @pytest.fixture(scope="module")
-def kit(tmp_path_factory):
+def kit(tmp_path_factory, tiny_reward_kit):
     root = tmp_path_factory.mktemp("scorer")
-    configs = write_tiny_models(root / "kit", only=["reward_model"])
-    import yaml
-
-    reward_path = yaml.safe_load(configs["reward_model_tiny"].read_text())["path"]
+    reward_path = tiny_reward_kit["reward"]
     rows = read_manifest(generate_pairs(root / "pairs", n_pairs=12, seed=3, size=128))
     return {"root": root, "reward_path": reward_path, "rows": rows}
 
