@@ -121,9 +121,10 @@ def _process_rank() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True, CPU processes each think they are alone
     return state.process_index, state.num_processes
 
 

@@ -1,6 +1,7 @@
 """HFPCScorer and `hfpc score` on the tiny kit: batched/cached == per pair, per-item errors, policies."""
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +150,22 @@ def test_score_command_names_the_product_by_category_not_by_background_prompt(ki
     used = {category for (_, _, category) in scorer._products}
     assert used == {row.category for row in kit["rows"]}  # the detection phrase, never the background prompt
     assert next(p.prompt for p in scorer._products.values()) in used
+
+
+def test_score_command_under_two_processes_writes_each_row_once_in_order(kit, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from hfpc_reward.data import read_jsonl
+
+    manifest = kit["root"] / "pairs" / "manifest.jsonl"
+    out = tmp_path / "results.jsonl"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    classic = Path(__file__).resolve().parents[1] / "configs" / "scorer" / "classic.yaml"  # consistency only: fast
+    command = [*torchrun, "-m", "hfpc_reward.cli", "score", "--manifest", str(manifest), "--out", str(out), "--config", str(classic)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    subprocess.run(command, check=True, env=env, capture_output=True, timeout=300)
+    records = read_jsonl(out)
+    assert [r["manifest_index"] for r in records] == list(range(len(kit["rows"])))
+    assert not list(tmp_path.glob("*.part-*"))  # shards merged and removed
