@@ -33,13 +33,14 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Iter
     """Build a `schema` instance from its defaults, an optional YAML delta and dotted overrides.
 
     `overrides` are strings like `"thresholds.max_expansion=0.1"`; they are applied after the file.
+    `key=` sets an empty string; `key=null` sets None.
     Raises ConfigError naming the offending key (with a close match when it is a typo).
     """
     merged = OmegaConf.structured(schema)
     layers = []
     if path is not None:
         layers.append((str(path), _read_yaml(Path(path))))
-    overrides = list(overrides)
+    overrides = [f'{item}""' if item.endswith("=") else item for item in overrides]  # `key=` means an empty string
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form section.field=value")

@@ -122,3 +122,10 @@ def test_stored_config_is_strict_too():
 def test_stored_config_with_an_invalid_value_is_a_config_error():
     with pytest.raises(ConfigError, match="min_iou"):
         config_from_dict(Settings, {"thresholds": {"min_iou": 2.0}})
+
+
+def test_an_empty_override_is_an_empty_string_and_null_is_none():
+    from hfpc_reward.scorer import ScorerConfig
+
+    config = load_config(ScorerConfig, overrides=["reward_model.path=/some/model", "reward_model.path=", "policy.threshold=null"])
+    assert config.reward_model.path == "" and config.policy.threshold is None
