@@ -110,7 +110,7 @@ class HFPCScorer:
         self.checker = checker  # ProductConsistencyChecker
         self.config = config or ScorerConfig()
         self._products = _LRU(self.config.cache_size)  # (image, mask, category) key -> OriginalProduct or error
-        self._tokens = _LRU(self.config.cache_size)  # image key -> reward model's OriginalMemory
+        self._memories = _LRU(self.config.cache_size)  # image key -> reward model's OriginalMemory
         if reward_model is not None:
             reward_model.eval()
 
@@ -175,7 +175,7 @@ class HFPCScorer:
 
     def clear_cache(self) -> None:
         self._products.clear()
-        self._tokens.clear()
+        self._memories.clear()
 
     # ------------------------------------------------------------------------------------------ internals
     def _original_sides(self, originals, masks, categories, results) -> list[tuple | None]:
@@ -196,16 +196,16 @@ class HFPCScorer:
             current.update({keys[i]: product for i, product in zip(missing, products)})
         for key, product in current.items():
             self._products.put(key, product)
-        tokens = {key: self._tokens.get(key) for key in image_keys if key in self._tokens}
+        memories = {key: self._memories.get(key) for key in image_keys if key in self._memories}
         if self.reward_model is not None and self.reward_model.config.referenced:
             need = {
                 image_key: current[key].image
                 for image_key, key in zip(image_keys, keys)
-                if image_key not in tokens and not isinstance(current[key], Exception)
+                if image_key not in memories and not isinstance(current[key], Exception)
             }
-            tokens.update(zip(need, self._encode_originals(list(need.values()))))
-            for image_key, value in tokens.items():
-                self._tokens.put(image_key, value)
+            memories.update(zip(need, self._encode_originals(list(need.values()))))
+            for image_key, value in memories.items():
+                self._memories.put(image_key, value)
         sides: list[tuple | None] = []
         for image_key, key, result in zip(image_keys, keys, results):
             product = current[key]
@@ -213,7 +213,7 @@ class HFPCScorer:
                 result.error = f"original: {product}"
                 sides.append(None)
             else:
-                sides.append((product, tokens.get(image_key)))
+                sides.append((product, memories.get(image_key)))
         return sides
 
     def _encode_originals(self, pil_images: list) -> list:

@@ -257,4 +257,4 @@ def test_scorer_with_an_unreferenced_model_scores_as_the_model(kit, tmp_path):
     expected = model.score(None, [r.generation for r in rows], prompts=[r.prompt for r in rows])
     assert [r.error for r in results] == [None] * 4
     assert [r.background_score for r in results] == pytest.approx(expected.tolist(), abs=1e-5)
-    assert len(scorer._tokens) == 0  # no original side is computed for a model that does not use it
+    assert len(scorer._memories) == 0  # no original side is computed for a model that does not use it

@@ -52,7 +52,7 @@ def test_originals_are_encoded_once_and_cache_is_bounded(kit):
     scorer.score(*columns(rows))
     originals_encoded = sum(calls) - len(rows)  # every generation is encoded once, each original once
     assert originals_encoded == distinct
-    assert len(scorer._products) <= 2 and len(scorer._tokens) <= 2
+    assert len(scorer._products) <= 2 and len(scorer._memories) <= 2
     calls.clear()
     scorer.score(*columns(rows[-1:]))  # the last original is still cached: only the generation is encoded
     assert sum(calls) == 1
