@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from hfpc_reward.data import replace_directory
+
 LATEST = "latest"
 
 
@@ -42,7 +44,7 @@ def save_lora(unet, out_dir: str | Path) -> Path:
         unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
         safe_serialization=True,
     )
-    _replace_dir(tmp, out)
+    replace_directory(tmp, out)
     return out
 
 
@@ -57,7 +59,7 @@ def save_state(state_root: str | Path, epoch: int, unet, optimizer, trainer_stat
     save_file(lora_state_dict(unet), tmp / "lora.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "trainer.json").write_text(json.dumps({"epoch": epoch, **trainer_state}))
-    _replace_dir(tmp, final)
+    replace_directory(tmp, final)
     pointer = root / (LATEST + ".tmp")
     pointer.write_text(final.name)
     os.replace(pointer, root / LATEST)
@@ -80,14 +82,3 @@ def load_state(state_root: str | Path, unet, optimizer) -> dict | None:
         raise ValueError(f"{folder}: LoRA state does not fit this UNet (unexpected keys {result.unexpected_keys[:3]})")
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     return json.loads((folder / "trainer.json").read_text())
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,3 +324,16 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
     tmp.unlink(missing_ok=True)
     append_jsonl(tmp, records)
     os.replace(tmp, path)
+
+
+def replace_directory(staging: Path, target: Path) -> None:
+    """Move a fully written `staging` folder to `target`, replacing any old one (never a half-written target)."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old)

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hfpc_reward.config import config_from_dict, config_to_dict
-from hfpc_reward.data import ManifestRow, is_url
+from hfpc_reward.data import ManifestRow, is_url, replace_directory
 from hfpc_reward.images import ImageLoadError, load_batch, pil_to_tensor, resize_to
 
 logger = logging.getLogger(__name__)
@@ -571,19 +570,6 @@ def _shared_matmul(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     items, heads, length, inner = left.shape
     folded = left.transpose(0, 1).reshape(heads, items * length, inner)
     return (folded @ right).view(heads, items, length, -1).transpose(0, 1)
-
-
-def replace_directory(staging: Path, target: Path) -> None:
-    """Move a fully written `staging` folder to `target`, replacing any old one (never a half-written target)."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 def require_local_images(rows: Sequence[ManifestRow], manifest: str | os.PathLike) -> None:

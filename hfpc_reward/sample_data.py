@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import logging
 from dataclasses import dataclass, replace
 from functools import cache, lru_cache
@@ -33,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from hfpc_reward.data import write_jsonl
 from hfpc_reward.images import load_rgb
 from hfpc_reward.sample_defects import DEFECT_KINDS, ProductLayer, apply_defect, compose_generation
 
@@ -597,7 +597,7 @@ def generate_pairs(
                 )
                 rows.append({key: row[key] for key in _ROW_ORDER})
                 progress.update(1)
-    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(manifest, rows)
     logger.info(
         "wrote %d pairs (%d defective) to %s", len(rows), sum(not r["consistent"] for r in rows), manifest
     )
@@ -637,7 +637,7 @@ def generate_products(out_dir: str | Path, n_products: int = 16, seed: int = 0, 
             {key: f"products/{value}" if key in ("origin", "mask") else value for key, value in row.items()}
         )
     manifest = Path(out_dir) / "products.jsonl"
-    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(manifest, rows)
     return manifest
 
 

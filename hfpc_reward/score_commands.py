@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from hfpc_reward.config import load_config, save_resolved_config
 from hfpc_reward.consistency.commands import INDEX_FIELD
-from hfpc_reward.data import ManifestRow, append_jsonl, is_url, read_jsonl, read_manifest
+from hfpc_reward.data import ManifestRow, append_jsonl, is_url, read_jsonl, read_manifest, write_jsonl
 from hfpc_reward.scorer import HFPCResult, HFPCScorer, ScorerConfig
 
 logger = logging.getLogger(__name__)
@@ -136,10 +136,7 @@ def _merge_parts(out: Path, world: int) -> None:
     if state.is_main_process:
         parts = [out.with_name(f"{out.stem}.part-{r}-of-{world}.jsonl") for r in range(world)]
         merged = {record[INDEX_FIELD]: record for path in [out, *parts] for record in read_jsonl(path)}
-        staging = out.with_name(out.name + ".tmp")
-        staging.unlink(missing_ok=True)
-        append_jsonl(staging, [merged[i] for i in sorted(merged)])
-        os.replace(staging, out)
+        write_jsonl(out, [merged[i] for i in sorted(merged)])
         for path in parts:
             path.unlink(missing_ok=True)
     state.wait_for_everyone()

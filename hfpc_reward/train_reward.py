@@ -35,12 +35,18 @@ import torch.nn.functional as F
 import yaml
 
 from hfpc_reward.config import RESOLVED_CONFIG_NAME, config_to_dict, load_config, save_resolved_config
-from hfpc_reward.data import ManifestRow, append_jsonl, comparison_pairs, read_manifest, split_by_original
+from hfpc_reward.data import (
+    ManifestRow,
+    append_jsonl,
+    comparison_pairs,
+    read_manifest,
+    replace_directory,
+    split_by_original,
+)
 from hfpc_reward.reward_model import (
     HFPCRewardModel,
     RewardModelConfig,
     iter_row_batches,
-    replace_directory,
     require_local_images,
     row_features,
     score_rows,

@@ -34,9 +34,8 @@ from tqdm.auto import tqdm
 from hfpc_reward.config import load_config, save_resolved_config
 from hfpc_reward.consistency.grounded_sam import mask_box
 from hfpc_reward.consistency.metrics import mask_metrics
-from hfpc_reward.data import append_jsonl, read_manifest, split_by_original
+from hfpc_reward.data import append_jsonl, read_manifest, replace_directory, split_by_original
 from hfpc_reward.images import ImageLoadError, load_mask, load_rgb, pil_to_tensor
-from hfpc_reward.reward_model import replace_directory
 
 logger = logging.getLogger(__name__)
 

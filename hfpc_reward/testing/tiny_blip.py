@@ -154,10 +154,10 @@ def write_colour_preference_task(
     (label 0) repaint the product in another random colour. Product colours of accepted and rejected
     generations have the same distribution, so a judge that does not see the original scores at chance.
     """
-    import json
-
     import numpy as np
     from PIL import Image
+
+    from hfpc_reward.data import write_jsonl
 
     rng = np.random.default_rng(seed)
     out_dir = Path(out_dir)
@@ -189,5 +189,5 @@ def write_colour_preference_task(
                 {"origin": origin, "generation": save(picture(other), f"gen{i:04d}_neg{j}.png"), "label": 0}
             )
     manifest = out_dir / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_jsonl(manifest, records)
     return manifest

@@ -121,10 +121,10 @@ def write_tiny_sd_inpaint(out_dir: Path) -> dict:
 
 def write_tiny_products(out_dir: Path, n_products: int, size: int, seed: int = 0) -> Path:
     """A manifest of simple synthetic products (a coloured shape on a grey background + its mask)."""
-    import json
-
     import numpy as np
     from PIL import Image
+
+    from hfpc_reward.data import write_jsonl
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -149,5 +149,5 @@ def write_tiny_products(out_dir: Path, n_products: int, size: int, seed: int = 0
             }
         )
     manifest = out_dir / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(manifest, rows)
     return manifest
