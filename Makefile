@@ -29,8 +29,8 @@ demo: venv
 	$(BIN)/hfpc check --manifest $(DEMO)/pairs/manifest.jsonl --out $(DEMO)/check/results.jsonl --overlays $(DEMO)/check/overlays
 	$(BIN)/hfpc train-reward --config $(DEMO)/tiny/reward_tiny.yaml data.train_manifest=$(DEMO)/pairs/manifest.jsonl training.output_dir=$(DEMO)/reward
 	$(BIN)/hfpc score --manifest $(DEMO)/pairs/manifest.jsonl --out $(DEMO)/score/results.jsonl reward_model.path=$(DEMO)/reward/model
-	$(BIN)/python -m finetune --config $(DEMO)/tiny/finetune_tiny.yaml
-	$(BIN)/python -m eval run --config configs/eval/tiny.yaml scorer.reward_model.path=$(DEMO)/reward/model
+	$(BIN)/hfpc finetune --config $(DEMO)/tiny/finetune_tiny.yaml
+	$(BIN)/hfpc eval run --config configs/eval/tiny.yaml scorer.reward_model.path=$(DEMO)/reward/model
 	@echo "consistency overlays: $(DEMO)/check/overlays   eval report: $(DEMO)/eval/report.html"
 
 test: venv
@@ -44,6 +44,7 @@ test-gpu: venv
 
 lint: venv
 	$(BIN)/ruff check hfpc_reward finetune eval tests benchmarks
+	$(BIN)/ruff format --check hfpc_reward finetune eval tests benchmarks
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

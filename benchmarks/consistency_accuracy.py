@@ -22,7 +22,7 @@ from hfpc_reward.config import load_config
 from hfpc_reward.consistency.calibrate import detection_metrics, ground_truth
 from hfpc_reward.consistency.commands import check_manifest
 from hfpc_reward.consistency.config import ConsistencyConfig
-from hfpc_reward.data import read_manifest
+from hfpc_reward.data.manifest import read_manifest
 
 
 def main() -> None:

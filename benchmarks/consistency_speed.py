@@ -24,9 +24,9 @@ import cv2
 from hfpc_reward.consistency.checker import ProductConsistencyChecker
 from hfpc_reward.consistency.commands import check_manifest
 from hfpc_reward.consistency.config import ConsistencyConfig
-from hfpc_reward.data import read_manifest
+from hfpc_reward.data.manifest import read_manifest
 from hfpc_reward.images import load_mask, load_rgb
-from hfpc_reward.sample_data import generate_pairs
+from hfpc_reward.sample.pairs import generate_pairs
 
 
 def timed(function, repeats: int = 3) -> float:

@@ -19,13 +19,13 @@ import tempfile
 from pathlib import Path
 
 import torch
+from hfpc_finetune.config import FinetuneConfig
+from hfpc_finetune.data import load_products
+from hfpc_finetune.sampling import decode, prepare_conditioning, sample_with_logprob
 
 from benchmarks.timing import timed
-from finetune.config import FinetuneConfig
-from finetune.data import load_products
-from finetune.sampling import decode, prepare_conditioning, sample_with_logprob
 from hfpc_reward.config import config_from_dict
-from hfpc_reward.data import read_jsonl
+from hfpc_reward.data.manifest import read_jsonl
 from hfpc_reward.testing.tiny_sd import build_tiny_sd_inpaint, write_tiny_products
 
 
@@ -38,19 +38,35 @@ def build_sd15_sized(seed: int = 0):
     torch.manual_seed(seed)
     pipe.unet = UNet2DConditionModel(in_channels=9, out_channels=4, cross_attention_dim=768, sample_size=64)
     pipe.vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
     )
-    pipe.text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=pipe.tokenizer.vocab_size, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-        num_attention_heads=12, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    pipe.text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=pipe.tokenizer.vocab_size,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
     pipe.register_modules(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder)
     pipe.vae_scale_factor = 8
     return pipe
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", choices=["tiny", "sd15"], default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -60,7 +76,9 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2, help="epochs of the time-split fine-tune (0 = skip)")
-    parser.add_argument("--train-steps", type=int, default=None, help="DDIM steps of the fine-tune (default --steps)")
+    parser.add_argument(
+        "--train-steps", type=int, default=None, help="DDIM steps of the fine-tune (default --steps)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     dtype = getattr(torch, args.dtype)
@@ -71,51 +89,86 @@ def main() -> None:
     pipe.to(args.device)
     pipe.set_progress_bar_config(disable=True)
     manifest = write_tiny_products(work / "products", n_products=4, size=args.resolution)
-    data = config_from_dict(FinetuneConfig, {"data": {"manifest": str(manifest), "resolution": args.resolution}}).data
+    data = config_from_dict(
+        FinetuneConfig, {"data": {"manifest": str(manifest), "resolution": args.resolution}}
+    ).data
     items = (load_products(data) * args.batch)[: args.batch]
-    prompts, images, masks = [i.prompt for i in items], [i.image for i in items], [i.inpaint_mask() for i in items]
+    prompts, images, masks = (
+        [i.prompt for i in items],
+        [i.image for i in items],
+        [i.inpaint_mask() for i in items],
+    )
 
     def plain():
-        pipe(prompt=prompts, image=images, mask_image=masks, height=args.resolution, width=args.resolution,
-             num_inference_steps=args.steps, guidance_scale=args.guidance, eta=1.0, output_type="pt",
-             generator=torch.Generator(args.device).manual_seed(0))
+        pipe(
+            prompt=prompts,
+            image=images,
+            mask_image=masks,
+            height=args.resolution,
+            width=args.resolution,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            eta=1.0,
+            output_type="pt",
+            generator=torch.Generator(args.device).manual_seed(0),
+        )
 
     def ours():
         with torch.no_grad():
             cond = prepare_conditioning(pipe, prompts, images, masks, "", args.resolution, args.device, dtype)
-            traj = sample_with_logprob(pipe, pipe.scheduler, cond, list(range(args.batch)), args.steps,
-                                       args.guidance, 1.0)
+            traj = sample_with_logprob(
+                pipe, pipe.scheduler, cond, list(range(args.batch)), args.steps, args.guidance, 1.0
+            )
             decode(pipe, traj.latents[:, -1])
 
     plain_s, ours_s = timed(plain, args.device, args.repeats), timed(ours, args.device, args.repeats)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"[{args.size} on {device_name}, {args.dtype}, {args.resolution}px, {args.steps} steps, batch {args.batch}, "
-          f"CFG {args.guidance}]")
+    print(
+        f"[{args.size} on {device_name}, {args.dtype}, {args.resolution}px, {args.steps} steps, batch {args.batch}, "
+        f"CFG {args.guidance}]"
+    )
     print(f"plain pipeline call      {plain_s:8.3f} s")
     print(f"sampling with log-probs  {ours_s:8.3f} s   overhead {ours_s / plain_s:.2f}x (target <= 1.2x)")
     if args.epochs == 0:
         return
-    from finetune.trainer import train
+    from hfpc_finetune.trainer import train
 
     pretrained = work / "pipeline"
     precision = {"float32": "no", "float16": "fp16", "bfloat16": "bf16"}[args.dtype]
-    config = config_from_dict(FinetuneConfig, {
-        "model": {"pretrained": str(pretrained), "gradient_checkpointing": args.size == "sd15"},
-        "data": {"manifest": str(manifest), "resolution": args.resolution},
-        "sample": {"num_steps": args.train_steps or args.steps, "guidance_scale": args.guidance,
-                   "batch_size": args.batch, "samples_per_epoch": 2 * args.batch},
-        "train": {"epochs": args.epochs, "group_size": args.batch, "train_batch_size": args.batch,
-                  "samples_per_step": 2 * args.batch},
-        "reward": {"name": "background_brightness"},
-        "run": {"out_dir": str(work / "run"), "mixed_precision": precision, "cpu": args.device == "cpu",
-                "grid_every": 0},
-    })
+    config = config_from_dict(
+        FinetuneConfig,
+        {
+            "model": {"pretrained": str(pretrained), "gradient_checkpointing": args.size == "sd15"},
+            "data": {"manifest": str(manifest), "resolution": args.resolution},
+            "sample": {
+                "num_steps": args.train_steps or args.steps,
+                "guidance_scale": args.guidance,
+                "batch_size": args.batch,
+                "samples_per_epoch": 2 * args.batch,
+            },
+            "train": {
+                "epochs": args.epochs,
+                "group_size": args.batch,
+                "train_batch_size": args.batch,
+                "samples_per_step": 2 * args.batch,
+            },
+            "reward": {"name": "background_brightness"},
+            "run": {
+                "out_dir": str(work / "run"),
+                "mixed_precision": precision,
+                "cpu": args.device == "cpu",
+                "grid_every": 0,
+            },
+        },
+    )
     train(config)
     print(f"fine-tune, {2 * args.batch} samples x {config.sample.num_steps} steps per epoch (seconds):")
     print(f"{'epoch':>5} {'sample':>8} {'reward wait':>12} {'reward compute':>15} {'train':>8}")
     for record in read_jsonl(work / "run" / "metrics.jsonl"):
-        print(f"{record['epoch']:>5} {record['time_sample']:8.2f} {record['time_reward_wait']:12.3f} "
-              f"{record['time_reward_compute']:15.3f} {record['time_train']:8.2f}")
+        print(
+            f"{record['epoch']:>5} {record['time_sample']:8.2f} {record['time_reward_wait']:12.3f} "
+            f"{record['time_reward_compute']:15.3f} {record['time_train']:8.2f}"
+        )
     if args.device.startswith("cuda"):
         print(json.dumps({"max_memory_allocated_gib": torch.cuda.max_memory_allocated() / 2**30}))
 

@@ -1,6 +1,6 @@
 """Held-out product pairs for measuring the consistency checker on data it was never tuned on.
 
-Built independently of `hfpc_reward.sample_data` on purpose: other products (mugs, phones, bags, lamps,
+Built independently of `hfpc_reward.sample` on purpose: other products (mugs, phones, bags, lamps,
 tubes, watches, a horse figurine cut from scikit-image's silhouette), drawn with OpenCV instead of PIL,
 other photos (astronaut, rocket, motorcycles; moon / coins / camera as textures), other harmless-change
 parameters and other defect magnitudes (every defect is well above what a reviewer would let pass).
@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from hfpc_reward.images import load_rgb
-from hfpc_reward.sample_defects import DEFECT_KINDS as KINDS  # the names only: the drawing code is our own
+from hfpc_reward.sample.defects import DEFECT_KINDS as KINDS
 
 RANGES = {  # magnitudes drawn per kind: clearly visible, never borderline
     "expanded": (0.12, 0.6),

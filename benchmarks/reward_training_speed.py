@@ -24,14 +24,14 @@ import torch
 import yaml
 
 from hfpc_reward.config import load_config
-from hfpc_reward.data import read_jsonl
+from hfpc_reward.data.manifest import read_jsonl
+from hfpc_reward.reward.train import TrainRewardConfig, train_reward_model
 from hfpc_reward.testing.tiny_blip import (
     TINY_HEAD,
     tiny_blip_processor,
     write_colour_preference_task,
     write_tiny_blip,
 )
-from hfpc_reward.train_reward import TrainRewardConfig, train_reward_model
 
 
 def write_base_size_blip(out_dir: Path) -> Path:

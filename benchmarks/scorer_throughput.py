@@ -26,29 +26,42 @@ import torch
 def build_reward_model(folder: Path, hidden: int, layers: int, image_size: int):
     from transformers import BlipConfig, BlipForImageTextRetrieval
 
-    from hfpc_reward.reward_model import HFPCRewardModel, RewardModelConfig
+    from hfpc_reward.reward.model import HFPCRewardModel, RewardModelConfig
     from hfpc_reward.testing.tiny_blip import tiny_blip_processor
 
     processor = tiny_blip_processor(image_size=image_size)
     config = BlipConfig(
         vision_config={
-            "image_size": image_size, "patch_size": 16, "hidden_size": hidden, "intermediate_size": 4 * hidden,
-            "num_hidden_layers": layers, "num_attention_heads": max(1, hidden // 64), "initializer_range": 0.02,
+            "image_size": image_size,
+            "patch_size": 16,
+            "hidden_size": hidden,
+            "intermediate_size": 4 * hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": max(1, hidden // 64),
+            "initializer_range": 0.02,
         },
         text_config={
-            "vocab_size": len(processor.tokenizer), "hidden_size": hidden, "intermediate_size": 4 * hidden,
-            "num_hidden_layers": layers, "num_attention_heads": max(1, hidden // 64), "encoder_hidden_size": hidden,
+            "vocab_size": len(processor.tokenizer),
+            "hidden_size": hidden,
+            "intermediate_size": 4 * hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": max(1, hidden // 64),
+            "encoder_hidden_size": hidden,
         },
     )
     torch.manual_seed(0)
     BlipForImageTextRetrieval(config).save_pretrained(folder / "blip")
     processor.save_pretrained(folder / "blip")
-    model = HFPCRewardModel.from_pretrained(folder / "blip", config=RewardModelConfig(head_dims=[1024, 128, 64, 16]))
+    model = HFPCRewardModel.from_pretrained(
+        folder / "blip", config=RewardModelConfig(head_dims=[1024, 128, 64, 16])
+    )
     return HFPCRewardModel.from_pretrained(model.save_pretrained(folder / "reward")).eval()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--originals", type=int, default=6)
     parser.add_argument("--generations", type=int, default=8, help="generations per original")
     parser.add_argument("--size", type=int, default=512, help="sample image size (px)")
@@ -57,27 +70,41 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224, help="reward-model input size (px)")
     parser.add_argument("--repeats", type=int, default=1, help="time each side N times, keep the best")
     parser.add_argument(
-        "--batch-size", type=int, default=None, help="the scorer's reward_model.batch_size (default: the config's)"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="the scorer's reward_model.batch_size (default: the config's)",
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     from hfpc_reward.consistency.checker import ProductConsistencyChecker
     from hfpc_reward.consistency.config import ConsistencyConfig
-    from hfpc_reward.data import read_manifest
-    from hfpc_reward.sample_data import generate_pairs
+    from hfpc_reward.data.manifest import read_manifest
+    from hfpc_reward.sample.pairs import generate_pairs
     from hfpc_reward.scorer import HFPCScorer, RewardModelRef, ScorerConfig
 
     work = Path(tempfile.mkdtemp(prefix="hfpc-bench-"))
     model = build_reward_model(work, args.vision_hidden, args.vision_layers, args.image_size)
-    rows = read_manifest(generate_pairs(
-        work / "pairs", n_pairs=args.originals * args.generations, size=args.size, generations_per_original=args.generations
-    ))
+    rows = read_manifest(
+        generate_pairs(
+            work / "pairs",
+            n_pairs=args.originals * args.generations,
+            size=args.size,
+            generations_per_original=args.generations,
+        )
+    )
     rows.sort(key=lambda r: r.origin)
-    print(f"{len(rows)} pairs, {len({r.origin for r in rows})} originals, {args.size}px; reward model "
-          f"ViT hidden {args.vision_hidden} x {args.vision_layers} layers at {args.image_size}px")
+    print(
+        f"{len(rows)} pairs, {len({r.origin for r in rows})} originals, {args.size}px; reward model "
+        f"ViT hidden {args.vision_hidden} x {args.vision_layers} layers at {args.image_size}px"
+    )
     checker = ProductConsistencyChecker.from_config(ConsistencyConfig())
-    config = ScorerConfig() if args.batch_size is None else ScorerConfig(RewardModelRef(batch_size=args.batch_size))
+    config = (
+        ScorerConfig()
+        if args.batch_size is None
+        else ScorerConfig(RewardModelRef(batch_size=args.batch_size))
+    )
     print(f"scorer reward_model.batch_size {config.reward_model.batch_size}")
 
     def per_pair() -> list[float]:
@@ -91,7 +118,10 @@ def main() -> None:
     def batched() -> list[float]:
         scorer = HFPCScorer(model, checker, config)
         results = scorer.score(
-            [r.origin for r in rows], [r.generation for r in rows], [r.mask for r in rows], [r.prompt for r in rows]
+            [r.origin for r in rows],
+            [r.generation for r in rows],
+            [r.mask for r in rows],
+            [r.prompt for r in rows],
         )
         return [r.reward for r in results]
 
@@ -106,9 +136,13 @@ def main() -> None:
     a, b = outputs.values()
     max_diff = float(np.max(np.abs(np.array(a) - np.array(b))))
     for name, seconds in timings.items():
-        print(f"{name:28s} {seconds:7.2f} s   {len(rows) / seconds:7.2f} pairs/s   (best of {max(1, args.repeats)})")
-    print(f"speed-up: {timings['per-pair loop'] / timings['HFPCScorer batched+cached']:.2f}x   "
-          f"max |reward difference|: {max_diff:.2e} (identical outputs: {max_diff < 1e-4})")
+        print(
+            f"{name:28s} {seconds:7.2f} s   {len(rows) / seconds:7.2f} pairs/s   (best of {max(1, args.repeats)})"
+        )
+    print(
+        f"speed-up: {timings['per-pair loop'] / timings['HFPCScorer batched+cached']:.2f}x   "
+        f"max |reward difference|: {max_diff:.2e} (identical outputs: {max_diff < 1e-4})"
+    )
 
 
 if __name__ == "__main__":

@@ -1,22 +1,20 @@
-"""`python -m eval {run,compare,judges}`: the eval harness from a checkout.
+"""`hfpc eval {run,compare,judges,screenshot}`: the eval harness.
 
-python -m eval run --config configs/eval/tiny.yaml [section.field=value ...]
-python -m eval compare A/results.json B/results.json [--pair a:b] [--out comparison.json]
-python -m eval judges --config configs/eval/judges_tiny.yaml [--manifest labelled.jsonl] [overrides]
-python -m eval screenshot outputs/demo/eval/report.html docs/report.png   (needs Chromium)
+hfpc eval run --config configs/eval/tiny.yaml [section.field=value ...]
+hfpc eval compare A/results.json B/results.json [--pair a:b] [--out comparison.json]
+hfpc eval judges --config configs/eval/judges_tiny.yaml [--manifest labelled.jsonl] [overrides]
+hfpc eval screenshot outputs/demo/eval/report.html docs/report.png   (needs Chromium)
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m eval", description="pass rates of generator versions")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(prog="hfpc eval", description="pass rates of generator versions")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="sample, judge and report generator versions")
     run.add_argument("--config", required=True, help="YAML under configs/eval/ (deltas over EvalConfig)")
@@ -41,9 +39,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
     from hfpc_reward.cli import run_reporting_user_errors
 
     return run_reporting_user_errors(_run, args)
@@ -53,17 +48,17 @@ def _run(args: argparse.Namespace) -> int:
     from hfpc_reward.config import load_config
 
     if args.command == "run":
-        from eval.config import EvalConfig
-        from eval.harness import REPORT_NAME, run_eval
-        from eval.report import terminal_table
+        from hfpc_eval.config import EvalConfig
+        from hfpc_eval.harness import REPORT_NAME, run_eval
+        from hfpc_eval.report import terminal_table
 
         config = load_config(EvalConfig, args.config, args.overrides)
         results = run_eval(config)
         print(terminal_table(results))
         print(f"report: {Path(config.out_dir).resolve() / REPORT_NAME}")
     elif args.command == "compare":
-        from eval.compare import compare_runs, comparison_table
-        from eval.harness import write_json
+        from hfpc_eval.compare import compare_runs, comparison_table
+        from hfpc_eval.harness import write_json
 
         pairs = [tuple(item.split(":", 1)) for item in args.pair]
         if any(len(pair) != 2 for pair in pairs):
@@ -74,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
         print(comparison_table(comparison))
         print(f"written: {out}")
     elif args.command == "screenshot":
-        from eval.browser import check_page, screenshot
+        from hfpc_eval.browser import check_page, screenshot
 
         check, console = check_page(args.report)
         if check["errors"] or check["broken"] or console:
@@ -83,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
             )
         print(f"written: {screenshot(args.report, args.png, height=args.height)}")
     else:
-        from eval.judges import JudgesConfig, markdown_table, run_judges
+        from hfpc_eval.judges import JudgesConfig, markdown_table, run_judges
 
         overrides = list(args.overrides) + ([f"manifest={args.manifest}"] if args.manifest else [])
         config = load_config(JudgesConfig, args.config, overrides)
@@ -92,5 +87,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m hfpc_eval: the same as `hfpc eval`
+    from hfpc_reward.cli import main as hfpc_main
+
+    sys.exit(hfpc_main(["eval", *sys.argv[1:]]))

@@ -12,10 +12,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from eval.config import StatsConfig
-from eval.harness import SAMPLES_NAME, latest_samples
-from eval.report import format_number
-from eval.stats import paired_difference
+from hfpc_eval.config import StatsConfig
+from hfpc_eval.harness import SAMPLES_NAME, latest_samples
+from hfpc_eval.report import format_number
+from hfpc_eval.stats import paired_difference
+
 from hfpc_reward.config import config_from_dict
 
 logger = logging.getLogger(__name__)

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from hfpc_eval.config import GenerationConfig, VersionConfig
 from PIL import Image
 
-from eval.config import GenerationConfig, VersionConfig
-from hfpc_reward.data import read_jsonl, resolve_source
+from hfpc_reward.data.manifest import read_jsonl, resolve_source
 from hfpc_reward.images import load_rgb, resize_to
 
 logger = logging.getLogger(__name__)

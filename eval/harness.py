@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hfpc_eval.config import EvalConfig, VersionConfig
+from hfpc_eval.generators import Generator, Product, build_generator, sample_seed
+from hfpc_eval.stats import summarise
 from PIL import Image
 from tqdm import tqdm
 
-from eval.config import EvalConfig, VersionConfig
-from eval.generators import Generator, Product, build_generator, sample_seed
-from eval.stats import summarise
 from hfpc_reward.config import config_to_dict, save_resolved_config
-from hfpc_reward.data import append_jsonl, read_jsonl, read_manifest
+from hfpc_reward.data.manifest import append_jsonl, read_jsonl, read_manifest
 from hfpc_reward.images import ImageLoadError, load_mask, open_image, paste_product, resize_to
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def run_eval(
 
         scorer = HFPCScorer.from_config(config.scorer)
     if itm_judge is None and config.held_out.itm_model:
-        from eval.itm import BlipITMJudge
+        from hfpc_eval.itm import BlipITMJudge
 
         itm_judge = BlipITMJudge(config.held_out.itm_model, config.held_out.itm_device)
     generators = dict(generators or {})
@@ -307,7 +307,7 @@ def _write_results(config: EvalConfig, out: Path, products, skipped, n_generated
         **summarise(samples, names, config.stats),
     }
     write_json(out / RESULTS_NAME, results)
-    from eval.report import write_report
+    from hfpc_eval.report import write_report
 
     write_report(out, results, samples, config)
     return results

@@ -20,18 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hfpc_eval.config import StatsConfig
+from hfpc_eval.harness import write_json
+from hfpc_eval.report import format_number
 from PIL import Image
 from sklearn.metrics import average_precision_score
 from tqdm import tqdm
 
-from eval.config import StatsConfig
-from eval.harness import write_json
-from eval.report import format_number
-from hfpc_reward.calibration import binary_metrics, grouped_bootstrap_ci, pick_threshold
 from hfpc_reward.config import save_resolved_config
-from hfpc_reward.data import ManifestRow, append_jsonl, group_by_original, read_manifest, split_by_original
+from hfpc_reward.data.manifest import ManifestRow, append_jsonl, group_by_original, read_manifest
+from hfpc_reward.data.splits import split_by_original
 from hfpc_reward.images import ImageLoadError, load_mask, load_rgb
 from hfpc_reward.scorer import ScorerConfig
+from hfpc_reward.stats import binary_metrics, grouped_bootstrap_ci, pick_threshold
 
 JUDGE_NAMES = ("HFPC (combined)", "consistency only", "background only", "BLIP ITM (zero-shot)")
 REPORTED = ("precision", "recall", "f1", "pr_auc")
@@ -211,7 +212,7 @@ def run_judges(config: JudgesConfig, scorer: Any = None, itm_judge: Any = None) 
 
         scorer = HFPCScorer.from_config(config.scorer)
     if itm_judge is None and config.itm_model:
-        from eval.itm import BlipITMJudge
+        from hfpc_eval.itm import BlipITMJudge
 
         itm_judge = BlipITMJudge(config.itm_model, config.itm_device)
     records = score_rows(config, rows, scorer, itm_judge)

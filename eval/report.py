@@ -12,10 +12,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hfpc_eval.config import EvalConfig
+from hfpc_eval.stats import reason_kind
 from markupsafe import Markup
-
-from eval.config import EvalConfig
-from eval.stats import reason_kind
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")

@@ -2,7 +2,7 @@
 breakdowns by category and failure reason, and mean reward with its components.
 
 Samples of one product are correlated (same original, same prompt), so every interval resamples whole
-products (`hfpc_reward.calibration.grouped_bootstrap_ci`). A version difference is paired: both versions
+products (`hfpc_reward.stats.grouped_bootstrap_ci`). A version difference is paired: both versions
 sampled product p with the same seeds, so the test works on per-product differences of pass rates.
 """
 
@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from hfpc_eval.config import StatsConfig
 
-from eval.config import StatsConfig
-from hfpc_reward.calibration import grouped_bootstrap_ci
+from hfpc_reward.stats import grouped_bootstrap_ci
 
 # reason kind -> words that mark it (checked in order on the lower-cased reason text)
 REASON_KINDS: dict[str, tuple[str, ...]] = {

@@ -1,15 +1,16 @@
 """DDPO fine-tuning of a Stable Diffusion inpainting pipeline with LoRA, rewarded by HFPC (or any reward).
 
-`python -m finetune --config configs/finetune/ddpo_sd_inpaint.yaml [section.field=value ...] [--resume]`,
-or `accelerate launch -m finetune ...` on several GPUs / nodes. From Python: `finetune.train(config)`.
+`hfpc finetune --config configs/finetune/ddpo_sd_inpaint.yaml [section.field=value ...] [--resume]`,
+or `accelerate launch -m hfpc_finetune ...` on several GPUs / nodes. From Python: `hfpc_finetune.train(config)`.
+The repo folder `finetune/` installs as the package `hfpc_finetune`.
 """
 
-from finetune.config import FinetuneConfig
+from hfpc_finetune.config import FinetuneConfig
 
 
 def train(config: FinetuneConfig, resume: bool = False):
     """Run a fine-tune; returns a RunSummary (first / last epoch reward, output folder, LoRA folder)."""
-    from finetune.trainer import train as _train
+    from hfpc_finetune.trainer import train as _train
 
     return _train(config, resume=resume)
 

@@ -40,7 +40,7 @@ class GroupAdvantages:
                 if valid[i]:
                     advantages[i] = (rewards[i] - mean) / std
             if self.history:
-                self.past[key] = (self.past.get(key, []) + [current])[-self.history:]
+                self.past[key] = (self.past.get(key, []) + [current])[-self.history :]
         return advantages
 
     def state_dict(self) -> dict:

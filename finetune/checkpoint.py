@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from hfpc_reward.data import replace_directory
+from hfpc_reward.runs import replace_directory
 
 LATEST = "latest"
 
@@ -28,7 +28,9 @@ def lora_state_dict(unet) -> dict[str, torch.Tensor]:
     """The UNet's LoRA tensors in peft naming (the DDP `module.` prefix never appears: the UNet is not wrapped)."""
     from peft.utils import get_peft_model_state_dict
 
-    return {name: tensor.detach().cpu().contiguous() for name, tensor in get_peft_model_state_dict(unet).items()}
+    return {
+        name: tensor.detach().cpu().contiguous() for name, tensor in get_peft_model_state_dict(unet).items()
+    }
 
 
 def save_lora(unet, out_dir: str | Path) -> Path:
@@ -40,7 +42,9 @@ def save_lora(unet, out_dir: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     StableDiffusionInpaintPipeline.save_lora_weights(
         tmp,
-        unet_lora_layers=lora_state_dict(unet),  # peft key names: diffusers' loader reads them for any layer type
+        unet_lora_layers=lora_state_dict(
+            unet
+        ),  # peft key names: diffusers' loader reads them for any layer type
         unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
         safe_serialization=True,
     )
@@ -79,6 +83,8 @@ def load_state(state_root: str | Path, unet, optimizer) -> dict | None:
     folder = root / (root / LATEST).read_text().strip()
     result = set_peft_model_state_dict(unet, load_file(folder / "lora.safetensors"))
     if getattr(result, "unexpected_keys", None):
-        raise ValueError(f"{folder}: LoRA state does not fit this UNet (unexpected keys {result.unexpected_keys[:3]})")
+        raise ValueError(
+            f"{folder}: LoRA state does not fit this UNet (unexpected keys {result.unexpected_keys[:3]})"
+        )
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     return json.loads((folder / "trainer.json").read_text())

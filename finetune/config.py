@@ -17,11 +17,15 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 class ModelConfig:
     """The pipeline being fine-tuned and its LoRA adapter (base weights are frozen, only LoRA trains)."""
 
-    pretrained: str = "stable-diffusion-v1-5/stable-diffusion-inpainting"  # hub id or local folder (9-channel UNet)
+    pretrained: str = (
+        "stable-diffusion-v1-5/stable-diffusion-inpainting"  # hub id or local folder (9-channel UNet)
+    )
     revision: str | None = None  # hub revision of `pretrained` (None = default branch)
     lora_rank: int = 4  # LoRA rank r of every targeted layer
     lora_alpha: float = 4.0  # LoRA scale numerator: the update is (alpha / r) * B @ A
-    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])  # UNet modules
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"]
+    )  # UNet modules
     gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, ~30% slower
     xformers: bool = False  # xformers attention (GPU only; torch SDPA is used otherwise)
 
@@ -29,17 +33,25 @@ class ModelConfig:
         if self.lora_rank < 1:
             raise ValueError(f"model.lora_rank must be >= 1, got {self.lora_rank}")
         if self.lora_alpha <= 0:
-            raise ValueError(f"model.lora_alpha must be > 0 (use lora_rank for scale 1), got {self.lora_alpha}")
+            raise ValueError(
+                f"model.lora_alpha must be > 0 (use lora_rank for scale 1), got {self.lora_alpha}"
+            )
         if not self.lora_targets:
-            raise ValueError("model.lora_targets is empty: name UNet modules, e.g. [to_q, to_k, to_v, to_out.0]")
+            raise ValueError(
+                "model.lora_targets is empty: name UNet modules, e.g. [to_q, to_k, to_v, to_out.0]"
+            )
 
 
 @dataclass
 class DataConfig:
     """Products to inpaint. The inpainting mask is the background: NOT the product mask of each row."""
 
-    manifest: str = ""  # JSON Lines with origin (image), mask (product mask, white = product), prompt, product_id
-    prompts: list[str] = field(default_factory=list)  # if set, every product is crossed with every prompt here
+    manifest: str = (
+        ""  # JSON Lines with origin (image), mask (product mask, white = product), prompt, product_id
+    )
+    prompts: list[str] = field(
+        default_factory=list
+    )  # if set, every product is crossed with every prompt here
     default_prompt: str = "a professional product photo on a clean background"  # rows without a prompt
     resolution: int = 512  # square side (px) images and masks are resized to; a multiple of 8
 
@@ -57,7 +69,9 @@ class SampleConfig:
     eta: float = 1.0  # DDIM noise weight; > 0 is needed for a stochastic policy with a log-prob
     negative_prompt: str = ""  # the unconditional prompt of CFG
     batch_size: int = 8  # per process: samples generated at once
-    samples_per_epoch: int = 256  # global: samples per epoch (a multiple of batch_size x processes and group size)
+    samples_per_epoch: int = (
+        256  # global: samples per epoch (a multiple of batch_size x processes and group size)
+    )
     paste_back: bool = True  # paste the original product onto the decoded image before the reward
 
     def __post_init__(self):
@@ -66,7 +80,9 @@ class SampleConfig:
         if not 0.0 < self.eta <= 1.0:
             raise ValueError(f"sample.eta must be in (0, 1] (0 has no log-prob), got {self.eta}")
         if self.guidance_scale < 1.0:
-            raise ValueError(f"sample.guidance_scale must be >= 1 (1 disables guidance), got {self.guidance_scale}")
+            raise ValueError(
+                f"sample.guidance_scale must be >= 1 (1 disables guidance), got {self.guidance_scale}"
+            )
         if self.samples_per_epoch % self.batch_size:
             raise ValueError(
                 f"sample.samples_per_epoch ({self.samples_per_epoch}) must be a multiple of sample.batch_size "
@@ -79,7 +95,9 @@ class TrainConfig:
     """DDPO-IS: PPO-clip on the per-step likelihood ratio, advantages normalised within groups."""
 
     epochs: int = 100  # sample -> reward -> update rounds
-    group_size: int = 8  # G samples per (product, mask, prompt) per epoch; advantages are normalised per group
+    group_size: int = (
+        8  # G samples per (product, mask, prompt) per epoch; advantages are normalised per group
+    )
     min_group_count: int = 4  # groups with fewer valid rewards use the whole batch's mean/std instead
     group_history: int = 0  # past epochs of rewards kept per group for its statistics (0 = this epoch only)
     learning_rate: float = 3e-4  # AdamW learning rate of the LoRA weights
@@ -93,7 +111,9 @@ class TrainConfig:
     timestep_fraction: float = 1.0  # fraction of the denoising steps trained on per sample (random subset)
     train_batch_size: int = 4  # per process: samples per UNet forward when training
     samples_per_step: int = 64  # global: samples whose gradients are accumulated into one optimizer step
-    kl_coef: float = 0.0  # weight of the KL penalty to the reference model (LoRA disabled); > 0 costs a forward
+    kl_coef: float = (
+        0.0  # weight of the KL penalty to the reference model (LoRA disabled); > 0 costs a forward
+    )
 
     def __post_init__(self):
         if self.group_size < 1 or self.min_group_count < 1:
@@ -110,7 +130,9 @@ class TrainConfig:
                 f"({self.train_batch_size}) x processes"
             )
         if self.kl_coef < 0 or self.inner_epochs < 1 or self.epochs < 1 or self.group_history < 0:
-            raise ValueError("train.kl_coef and train.group_history must be >= 0, epochs and inner_epochs >= 1")
+            raise ValueError(
+                "train.kl_coef and train.group_history must be >= 0, epochs and inner_epochs >= 1"
+            )
 
 
 @dataclass
@@ -118,7 +140,9 @@ class RewardConfig:
     """The reward function: a name from finetune.rewards.REWARDS (e.g. `hfpc`) and its keyword arguments."""
 
     name: str = "hfpc"  # hfpc, hfpc_background, hfpc_consistency, background_brightness, background_colour
-    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the reward's constructor (e.g. config: path)
+    kwargs: dict[str, Any] = field(
+        default_factory=dict
+    )  # passed to the reward's constructor (e.g. config: path)
     num_workers: int = 2  # threads computing rewards while the next batch samples
 
     def __post_init__(self):
@@ -131,7 +155,9 @@ class RunConfig:
     """Outputs, seeding, precision and checkpointing of a run."""
 
     out_dir: str = "outputs/finetune"  # metrics.jsonl, grids/, lora/, state/ and the resolved config go here
-    seed: int = 0  # every random draw derives from (seed, epoch, sample index): runs and resumes are reproducible
+    seed: int = (
+        0  # every random draw derives from (seed, epoch, sample index): runs and resumes are reproducible
+    )
     mixed_precision: str = "fp16"  # no | fp16 | bf16: frozen weights in this dtype, LoRA weights stay float32
     cpu: bool = False  # force the CPU even when a GPU is visible
     grid_every: int = 10  # save a PNG grid of samples every N epochs (0 = never)
@@ -139,7 +165,9 @@ class RunConfig:
 
     def __post_init__(self):
         if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"run.mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+            raise ValueError(
+                f"run.mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}"
+            )
         if self.grid_every < 0 or self.save_every < 1:
             raise ValueError("run.grid_every must be >= 0 and run.save_every >= 1")
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from hfpc_finetune.config import DataConfig
 from PIL import Image
 
-from finetune.config import DataConfig
-from hfpc_reward.data import read_manifest
+from hfpc_reward.data.manifest import read_manifest
 from hfpc_reward.images import ImageLoadError, load_mask, open_image, resize_to
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,9 @@ class ProductPrompt:
 def load_products(config: DataConfig) -> list[ProductPrompt]:
     """Every (row, prompt) of the manifest; unreadable rows are logged and skipped, none readable is an error."""
     if not config.manifest:
-        raise ValueError("data.manifest is not set: give a JSON Lines manifest with origin, mask and prompt fields")
+        raise ValueError(
+            "data.manifest is not set: give a JSON Lines manifest with origin, mask and prompt fields"
+        )
     size = (config.resolution, config.resolution)
     items: list[ProductPrompt] = []
     for row in read_manifest(config.manifest):
@@ -58,13 +60,17 @@ def load_products(config: DataConfig) -> list[ProductPrompt]:
             logger.warning("skipping manifest line %d: %s", row.line, exc)
             continue
         if not mask.any() or mask.all():
-            logger.warning("skipping manifest line %d: product mask is empty or covers the whole image", row.line)
+            logger.warning(
+                "skipping manifest line %d: product mask is empty or covers the whole image", row.line
+            )
             continue
         image = resize_to(loaded.rgb, size)
         mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST)).astype(bool)
         product_id = row.product_id or Path(row.origin).stem
         for prompt in config.prompts or [row.prompt or config.default_prompt]:
-            items.append(ProductPrompt(f"{product_id}|{prompt}", image, mask, prompt, product_id, row.category))
+            items.append(
+                ProductPrompt(f"{product_id}|{prompt}", image, mask, prompt, product_id, row.category)
+            )
     if not items:
         raise ValueError(f"no usable product in {config.manifest}: every row failed to load (see warnings)")
     logger.info("loaded %d (product, prompt) groups from %s", len(items), config.manifest)

@@ -82,7 +82,9 @@ def ddim_step_with_logprob(
     if prev_sample is None:
         prev_sample = (mean + std * noise.float()).to(sample.dtype)
     log_prob = (
-        -((prev_sample.detach().float() - mean) ** 2) / (2 * std**2) - std.log() - math.log(math.sqrt(2 * math.pi))
+        -((prev_sample.detach().float() - mean) ** 2) / (2 * std**2)
+        - std.log()
+        - math.log(math.sqrt(2 * math.pi))
     )
     return DDIMStepOutput(prev_sample, log_prob.mean(dim=tuple(range(1, log_prob.ndim))), mean, std)
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from hfpc_finetune.config import RewardConfig
 
-from finetune.config import RewardConfig
 from hfpc_reward.images import ImageLoadError, load_batch, load_mask
 
 logger = logging.getLogger(__name__)
@@ -28,8 +28,8 @@ REWARDS: dict[str, str] = {
     "hfpc": "hfpc_reward.rewards:HFPCReward",
     "hfpc_background": "hfpc_reward.rewards:BackgroundReward",
     "hfpc_consistency": "hfpc_reward.rewards:ConsistencyReward",
-    "background_brightness": "finetune.rewards:BackgroundBrightness",
-    "background_colour": "finetune.rewards:BackgroundColour",
+    "background_brightness": "hfpc_finetune.rewards:BackgroundBrightness",
+    "background_colour": "hfpc_finetune.rewards:BackgroundColour",
 }
 
 
@@ -101,16 +101,31 @@ class BackgroundColour(_BackgroundReward):
         return 1.0 - float(np.linalg.norm(background - self.target, axis=1).mean() / np.sqrt(3.0))
 
 
-def call_reward(reward: Callable, prompts: list[str], completions: list, originals: list, masks: list,
-                log_metric: Callable[[str, float], Any], category: list[str | None] | None = None,
-                ) -> list[float | None]:
+def call_reward(
+    reward: Callable,
+    prompts: list[str],
+    completions: list,
+    originals: list,
+    masks: list,
+    log_metric: Callable[[str, float], Any],
+    category: list[str | None] | None = None,
+) -> list[float | None]:
     """Call a reward and check its answer; a failing reward abstains on the whole batch (logged)."""
     try:
-        values = list(reward(prompts=prompts, completions=completions, image=originals, mask_image=masks,
-                             category=category, log_metric=log_metric))
+        values = list(
+            reward(
+                prompts=prompts,
+                completions=completions,
+                image=originals,
+                mask_image=masks,
+                category=category,
+                log_metric=log_metric,
+            )
+        )
     except Exception:  # one bad batch must not end a long run
-        logger.exception("reward %s failed on a batch of %d; abstaining", getattr(reward, "__name__", reward),
-                         len(prompts))
+        logger.exception(
+            "reward %s failed on a batch of %d; abstaining", getattr(reward, "__name__", reward), len(prompts)
+        )
         return [None] * len(prompts)
     if len(values) != len(prompts):
         raise ValueError(f"reward returned {len(values)} values for {len(prompts)} samples")

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hfpc_finetune.ddim_logprob import ddim_step_with_logprob
 from PIL import Image
 
-from finetune.ddim_logprob import ddim_step_with_logprob
 from hfpc_reward.images import paste_product, tensor_to_pil
 
 
@@ -31,8 +31,12 @@ class Conditioning:
     masked_image_latents: torch.Tensor  # (B,4,h,w) VAE latents of the image with the background blanked
 
     def select(self, index) -> Conditioning:
-        return Conditioning(self.prompt_embeds[index], self.negative_embeds, self.mask[index],
-                            self.masked_image_latents[index])
+        return Conditioning(
+            self.prompt_embeds[index],
+            self.negative_embeds,
+            self.mask[index],
+            self.masked_image_latents[index],
+        )
 
 
 @dataclass
@@ -43,21 +47,32 @@ class Trajectory:
 
 
 @torch.no_grad()
-def prepare_conditioning(pipe, prompts: list[str], images: list[Image.Image], inpaint_masks: list[Image.Image],
-                         negative_prompt: str, resolution: int, device, dtype) -> Conditioning:
+def prepare_conditioning(
+    pipe,
+    prompts: list[str],
+    images: list[Image.Image],
+    inpaint_masks: list[Image.Image],
+    negative_prompt: str,
+    resolution: int,
+    device,
+    dtype,
+) -> Conditioning:
     """Encode prompts, the background mask and the masked image like the inpainting pipeline does."""
     prompt_embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
     negative_embeds, _ = pipe.encode_prompt([negative_prompt], device, 1, False)
     pixels = pipe.image_processor.preprocess(images, height=resolution, width=resolution).to(device, dtype)
-    mask = pipe.mask_processor.preprocess(inpaint_masks, height=resolution, width=resolution).to(device, dtype)
+    mask = pipe.mask_processor.preprocess(inpaint_masks, height=resolution, width=resolution).to(
+        device, dtype
+    )
     masked = pixels * (mask < 0.5)
     latents = pipe.vae.encode(masked).latent_dist.mode() * pipe.vae.config.scaling_factor
     mask = F.interpolate(mask, size=latents.shape[-2:])
     return Conditioning(prompt_embeds.to(dtype), negative_embeds.to(dtype), mask, latents.to(dtype))
 
 
-def predict_noise(unet, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
-                  guidance_scale: float) -> torch.Tensor:
+def predict_noise(
+    unet, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning, guidance_scale: float
+) -> torch.Tensor:
     """The guided noise prediction eps(x_t, t) (B,4,h,w); `timesteps` is a scalar or (B,) tensor."""
     batch = latents.shape[0]
     timesteps = timesteps.reshape(-1).expand(batch) if timesteps.numel() == 1 else timesteps
@@ -65,10 +80,15 @@ def predict_noise(unet, scheduler, latents: torch.Tensor, timesteps: torch.Tenso
     latent_input = scheduler.scale_model_input(latents, timesteps)
     if guidance_scale > 1.0:
         model_input = torch.cat([latent_input] * 2)
-        model_input = torch.cat([model_input, cond.mask.repeat(2, 1, 1, 1),
-                                 cond.masked_image_latents.repeat(2, 1, 1, 1)], dim=1)
-        out = unet(model_input, timesteps.repeat(2), encoder_hidden_states=torch.cat([negative, cond.prompt_embeds]),
-                   return_dict=False)[0]
+        model_input = torch.cat(
+            [model_input, cond.mask.repeat(2, 1, 1, 1), cond.masked_image_latents.repeat(2, 1, 1, 1)], dim=1
+        )
+        out = unet(
+            model_input,
+            timesteps.repeat(2),
+            encoder_hidden_states=torch.cat([negative, cond.prompt_embeds]),
+            return_dict=False,
+        )[0]
         uncond, text = out.chunk(2)
         return uncond + guidance_scale * (text - uncond)
     model_input = torch.cat([latent_input, cond.mask, cond.masked_image_latents], dim=1)
@@ -76,8 +96,9 @@ def predict_noise(unet, scheduler, latents: torch.Tensor, timesteps: torch.Tenso
 
 
 @torch.no_grad()
-def sample_with_logprob(pipe, scheduler, cond: Conditioning, seeds: list[int], num_steps: int,
-                        guidance_scale: float, eta: float) -> Trajectory:
+def sample_with_logprob(
+    pipe, scheduler, cond: Conditioning, seeds: list[int], num_steps: int, guidance_scale: float, eta: float
+) -> Trajectory:
     """Run the DDIM (eta) chain from seeded noise, recording every x_t and each step's log-prob."""
     unet = pipe.unet
     device, dtype = cond.prompt_embeds.device, cond.prompt_embeds.dtype
@@ -86,7 +107,9 @@ def sample_with_logprob(pipe, scheduler, cond: Conditioning, seeds: list[int], n
     shape = (pipe.vae.config.latent_channels, h, w)
 
     def noise() -> torch.Tensor:  # (B,4,h,w), each sample from its own generator
-        return torch.stack([torch.randn(shape, generator=g, device=device, dtype=torch.float32) for g in generators])
+        return torch.stack(
+            [torch.randn(shape, generator=g, device=device, dtype=torch.float32) for g in generators]
+        )
 
     scheduler.set_timesteps(num_steps, device=device)
     latents = (noise() * scheduler.init_noise_sigma).to(dtype)
@@ -97,7 +120,9 @@ def sample_with_logprob(pipe, scheduler, cond: Conditioning, seeds: list[int], n
         latents = step.prev_sample
         all_latents.append(latents)
         log_probs.append(step.log_prob)
-    return Trajectory(torch.stack(all_latents, dim=1), torch.stack(log_probs, dim=1), scheduler.timesteps.clone())
+    return Trajectory(
+        torch.stack(all_latents, dim=1), torch.stack(log_probs, dim=1), scheduler.timesteps.clone()
+    )
 
 
 @torch.no_grad()
@@ -107,8 +132,9 @@ def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
     return (images.float() / 2 + 0.5).clamp(0, 1).cpu()
 
 
-def paste_back(decoded: torch.Tensor, originals: list[Image.Image], product_masks: list[np.ndarray],
-               paste: bool = True) -> tuple[list[Image.Image], list[float]]:
+def paste_back(
+    decoded: torch.Tensor, originals: list[Image.Image], product_masks: list[np.ndarray], paste: bool = True
+) -> tuple[list[Image.Image], list[float]]:
     """The images the reward sees (product pasted back if `paste`) and each sample's product drift.
 
     Drift = mean |decoded - original| over product pixels (RGB in [0,1]) *before* paste-back: how much the

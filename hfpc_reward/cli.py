@@ -1,6 +1,6 @@
 """`hfpc` command line: one subcommand per job, each implemented next to the code it drives.
 
-Every command module exposes `add_arguments(parser)` and `run(args) -> int`. Only the chosen command's
+Every command lives in its domain's `commands.py` as `add_<stem>_arguments(parser)` + `run_<stem>(args) -> int`. Only the chosen command's
 module is imported, so `hfpc --help` and light commands stay fast (no torch import unless needed).
 """
 
@@ -13,59 +13,129 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from hfpc_reward.config import ConfigError
-from hfpc_reward.data import ManifestError
+from hfpc_reward import __version__
+from hfpc_reward.errors import UsageError
 
-# command name -> (module implementing it, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "sample-data": ("hfpc_reward.sample_data", "generate sample product pairs with known ground truth"),
-    "tiny-models": ("hfpc_reward.testing.commands", "write tiny random offline checkpoints and configs"),
-    "check": ("hfpc_reward.consistency.commands", "check product consistency of generated images"),
-    "calibrate-consistency": ("hfpc_reward.consistency.calibrate", "fit consistency thresholds on a manifest"),
-    "finetune-segmenter": ("hfpc_reward.consistency.segmenter_finetune", "fine-tune a segmenter on product masks"),
-    "data": ("hfpc_reward.data_commands", "manifest statistics, fetching, splits and category clusters"),
-    "train-reward": ("hfpc_reward.train_reward", "train the image-referenced reward model"),
-    "eval-reward": ("hfpc_reward.reward_eval", "evaluate a reward model on a labelled manifest"),
-    "calibrate-reward": ("hfpc_reward.reward_calibrate", "pick the reward model's pass threshold"),
-    "score": ("hfpc_reward.score_commands", "score a manifest with both HFPC judges"),
+# command name -> (module implementing it, function name stem, one-line help); the module defines
+# add_<stem>_arguments(parser) and run_<stem>(args) -> exit code
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "sample-data": (
+        "hfpc_reward.sample.commands",
+        "sample_data",
+        "generate sample product pairs with known ground truth",
+    ),
+    "tiny-models": (
+        "hfpc_reward.testing.commands",
+        "tiny_models",
+        "write tiny random offline checkpoints and configs",
+    ),
+    "check": ("hfpc_reward.consistency.commands", "check", "check product consistency of generated images"),
+    "calibrate-consistency": (
+        "hfpc_reward.consistency.commands",
+        "calibrate_consistency",
+        "fit consistency thresholds on a manifest",
+    ),
+    "finetune-segmenter": (
+        "hfpc_reward.consistency.commands",
+        "finetune_segmenter",
+        "fine-tune a segmenter on product masks",
+    ),
+    "data": (
+        "hfpc_reward.data.commands",
+        "data",
+        "manifest statistics, fetching, splits and category clusters",
+    ),
+    "train-reward": (
+        "hfpc_reward.reward.commands",
+        "train_reward",
+        "train the image-referenced reward model",
+    ),
+    "eval-reward": (
+        "hfpc_reward.reward.commands",
+        "eval_reward",
+        "evaluate a reward model on a labelled manifest",
+    ),
+    "calibrate-reward": (
+        "hfpc_reward.reward.commands",
+        "calibrate_reward",
+        "pick the reward model's pass threshold",
+    ),
+    "score": ("hfpc_reward.commands", "score", "score a manifest with both HFPC judges"),
+}
+# commands that parse their own arguments: name -> (module with main(argv) -> int, one-line help)
+OWN_PARSER_COMMANDS: dict[str, tuple[str, str]] = {
+    "finetune": (
+        "hfpc_finetune.__main__",
+        "DDPO-LoRA fine-tuning of an inpainting pipeline (hfpc finetune --help)",
+    ),
+    "eval": ("hfpc_eval.__main__", "pass rates of generator versions: run, compare, judges, screenshot"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbosity = _pop_verbosity(argv)  # -v / -q may stand anywhere on the line
+    everything = {name: help_text for name, (*_, help_text) in COMMANDS.items()}
+    everything.update({name: help_text for name, (_, help_text) in OWN_PARSER_COMMANDS.items()})
     top = argparse.ArgumentParser(
         prog="hfpc",
         description="HFPC reward toolkit. Commands:\n"
-        + "\n".join(f"  {name:22s} {help_text}" for name, (_, help_text) in COMMANDS.items()),
+        + "\n".join(f"  {name:22s} {help_text}" for name, help_text in everything.items()),
+        epilog="-v (debug logging, library chatter included) and -q (warnings only) may stand anywhere.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    top.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    top.add_argument("command", choices=COMMANDS, metavar="COMMAND", help="see the list above")
+    top.add_argument("--version", action="version", version=f"hfpc-reward {__version__}")
+    top.add_argument("command", choices=everything, metavar="COMMAND", help="see the list above")
     top.add_argument("args", nargs=argparse.REMAINDER, help="the command's arguments (hfpc COMMAND --help)")
     if not argv:
         top.print_help()
         return 2
     parsed = top.parse_args(argv)
-    module_name, help_text = COMMANDS[parsed.command]
+    configure_logging(verbosity)
+    if parsed.command in OWN_PARSER_COMMANDS:
+        module = importlib.import_module(OWN_PARSER_COMMANDS[parsed.command][0])
+        return module.main(parsed.args)
+    module_name, stem, help_text = COMMANDS[parsed.command]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"hfpc {parsed.command}", description=help_text)
-    module.add_arguments(parser)
+    getattr(module, f"add_{stem}_arguments")(parser)
     try:  # options may follow positional overrides (hfpc check A B --mask M thresholds.x=1)
         args = parser.parse_intermixed_args(parsed.args)
     except TypeError:  # a command with its own subcommands (hfpc data ...) cannot intermix
         args = parser.parse_args(parsed.args)
-    logging.basicConfig(
-        level=logging.DEBUG if parsed.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    return run_reporting_user_errors(module.run, args)
+    return run_reporting_user_errors(getattr(module, f"run_{stem}"), args)
+
+
+def _pop_verbosity(argv: list[str]) -> int:
+    """Remove -v/--verbose and -q/--quiet from argv (before a `--`); +1 per -v, -1 per -q."""
+    level = 0
+    end = argv.index("--") if "--" in argv else len(argv)
+    for index in reversed(range(end)):
+        if argv[index] in ("-v", "--verbose", "-q", "--quiet"):
+            level += 1 if argv.pop(index) in ("-v", "--verbose") else -1
+    return level
+
+
+# libraries whose INFO lines (accelerate's "Saving current state", transformers' fallbacks) are chatter
+# for our users: shown only with -v
+CHATTY_LIBRARIES = ("accelerate", "transformers", "diffusers", "peft", "urllib3", "matplotlib", "PIL")
+
+
+def configure_logging(verbosity: int = 0) -> None:
+    """One log format for every command: INFO for hfpc's own loggers, WARNING for libraries, DEBUG with -v."""
+    level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # no-op when a handler exists (pytest)
+    logging.getLogger().setLevel(level)
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbosity > 0 else logging.WARNING)
 
 
 def run_reporting_user_errors(run: Callable[..., int | None], *args: Any) -> int:
-    """run(*args) as an exit code; a wrong config or manifest is logged as one clear line and exits 2."""
+    """run(*args) as an exit code; a user's mistake (any UsageError) is logged as one clear line and exits 2."""
     try:
         return int(run(*args) or 0)
-    except (ConfigError, ManifestError) as exc:  # the user's input is wrong: say what, without a traceback
-        logging.getLogger("hfpc").error("%s", exc)
+    except UsageError as exc:  # the user's input is wrong: say what, without a traceback
+        logging.getLogger("hfpc").error("%s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
         return 2
 
 

@@ -18,6 +18,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hfpc_reward.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -25,7 +27,7 @@ T = TypeVar("T")
 RESOLVED_CONFIG_NAME = "config.resolved.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration file or override is invalid; the message says which key and how to fix it."""
 
 
@@ -40,7 +42,9 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Iter
     layers = []
     if path is not None:
         layers.append((str(path), _read_yaml(Path(path))))
-    overrides = [f'{item}""' if item.endswith("=") else item for item in overrides]  # `key=` means an empty string
+    overrides = [
+        f'{item}""' if item.endswith("=") else item for item in overrides
+    ]  # `key=` means an empty string
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form section.field=value")
@@ -50,7 +54,9 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Iter
         try:
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as exc:
-            raise ConfigError(f"invalid config in {source}: {_first_line(exc)} (key: {exc.full_key})") from None
+            raise ConfigError(
+                f"invalid config in {source}: {_first_line(exc)} (key: {exc.full_key})"
+            ) from None
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:

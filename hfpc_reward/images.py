@@ -26,12 +26,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from hfpc_reward.errors import UsageError
+
 DEFAULT_MAX_PIXELS = 64_000_000
 
 ImageSource = str | Path | Image.Image | np.ndarray | Any
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(UsageError):
     """An input could not be turned into an image; the message names the input and the problem."""
 
 
@@ -57,12 +59,16 @@ def open_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     """Open any accepted source as 8-bit RGB plus its alpha mask (if it had transparency)."""
     if isinstance(source, (str, Path)):
         image = _open_file(Path(source), max_pixels)
-    elif isinstance(source, Image.Image):  # an Image.open()ed phone photo is upright too, as its path would be
+    elif isinstance(
+        source, Image.Image
+    ):  # an Image.open()ed phone photo is upright too, as its path would be
         image = ImageOps.exif_transpose(source) if source.getexif().get(0x0112, 1) != 1 else source
     elif isinstance(source, np.ndarray) or _is_tensor(source):
         image = _array_to_pil(source)
     else:
-        raise ImageLoadError(f"cannot use {describe(source)} as an image: pass a path, PIL image, array or tensor")
+        raise ImageLoadError(
+            f"cannot use {describe(source)} as an image: pass a path, PIL image, array or tensor"
+        )
     _check_pixels(image, max_pixels, describe(source))
     return _normalise_mode(image)
 

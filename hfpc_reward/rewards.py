@@ -71,7 +71,9 @@ class HFPCReward:
     ) -> list[float | None]:
         """Rewards for `completions[i]` generated from original `image[i]` (its product mask `mask_image[i]`,
         product name `category[i]` when known); None where an item could not be judged."""
-        results = self.scorer.score(image, completions, masks=mask_image, prompts=prompts, categories=category)
+        results = self.scorer.score(
+            image, completions, masks=mask_image, prompts=prompts, categories=category
+        )
         _log_components(results, log_metric, log_extra)
         return [None if result.error is not None else self.value(result) for result in results]
 
@@ -88,7 +90,9 @@ class BackgroundReward(HFPCReward):
     def __init__(self, config: ScorerConfig | str | Path | None = None, overrides: Sequence[str] = ()):
         super().__init__(config, overrides)
         if not self.config.reward_model.path:
-            raise ValueError("BackgroundReward needs a reward model: set reward_model.path in the scorer config")
+            raise ValueError(
+                "BackgroundReward needs a reward model: set reward_model.path in the scorer config"
+            )
 
     def value(self, result: HFPCResult) -> float | None:
         return result.background_score
@@ -116,7 +120,10 @@ def _log_components(results: list[HFPCResult], log_metric, log_extra) -> None:
     if log_extra is not None:
         log_extra("hfpc_passed", [r.passed for r in results])
         log_extra("hfpc_background_score", [r.background_score for r in results])
-        log_extra("hfpc_consistency_score", [None if r.consistency is None else r.consistency.score for r in results])
+        log_extra(
+            "hfpc_consistency_score",
+            [None if r.consistency is None else r.consistency.score for r in results],
+        )
         log_extra("hfpc_reasons", ["; ".join(r.reasons or ([r.error] if r.error else [])) for r in results])
 
 
@@ -126,12 +133,16 @@ class _DdpoRewardFn:
     def __init__(self, reward: HFPCReward):
         self.reward = reward
 
-    def __call__(self, images: Any, prompts: Sequence[str], metadata: Sequence[dict]) -> tuple[np.ndarray, dict]:
+    def __call__(
+        self, images: Any, prompts: Sequence[str], metadata: Sequence[dict]
+    ) -> tuple[np.ndarray, dict]:
         if len(metadata) != len(prompts):
             raise ValueError(f"got {len(metadata)} metadata dicts for {len(prompts)} prompts")
         missing = [i for i, meta in enumerate(metadata) if "image" not in meta]
         if missing:
-            raise KeyError(f"metadata of samples {missing[:5]} has no 'image' (the original); add it per sample")
+            raise KeyError(
+                f"metadata of samples {missing[:5]} has no 'image' (the original); add it per sample"
+            )
         extras: dict[str, list] = {}
         values = self.reward(
             prompts=list(prompts),
@@ -145,7 +156,9 @@ class _DdpoRewardFn:
         return rewards, extras
 
 
-def as_ddpo_reward_fn(reward: HFPCReward | None = None) -> Callable[[Any, Sequence[str], Sequence[dict]], tuple]:
+def as_ddpo_reward_fn(
+    reward: HFPCReward | None = None,
+) -> Callable[[Any, Sequence[str], Sequence[dict]], tuple]:
     """`fn(images, prompts, metadata) -> (rewards np.ndarray (B,), info dict)` for ddpo-pytorch-style trainers.
 
     `metadata[i]` must carry the original as `"image"` and may carry the product mask as `"mask_image"`.

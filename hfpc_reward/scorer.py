@@ -33,7 +33,9 @@ REWARD_POLICIES = ("gate", "product", "weighted")
 class RewardModelRef:
     """Which background reward model to load, and how."""
 
-    path: str = ""  # folder or hub id of a trained HFPCRewardModel; "" = no background judge (consistency only)
+    path: str = (
+        ""  # folder or hub id of a trained HFPCRewardModel; "" = no background judge (consistency only)
+    )
     device: str = "cpu"  # torch device the reward model runs on
     dtype: str = "float32"  # torch dtype name ("float32", "float16", "bfloat16")
     batch_size: int = 16  # pairs per forward pass
@@ -63,7 +65,9 @@ class ScorerConfig:
     reward_model: RewardModelRef = field(default_factory=RewardModelRef)  # the background judge
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)  # the product judge
     policy: PolicyConfig = field(default_factory=PolicyConfig)  # verdict and reward
-    cache_size: int = 16  # distinct originals kept: product mask + cross-attention K/V (~42 MB each at BLIP-base fp32)
+    cache_size: int = (
+        16  # distinct originals kept: product mask + cross-attention K/V (~42 MB each at BLIP-base fp32)
+    )
 
     def __post_init__(self):
         if self.cache_size < 1:
@@ -109,7 +113,9 @@ class HFPCScorer:
         self.reward_model = reward_model  # HFPCRewardModel or None (consistency-only judging)
         self.checker = checker  # ProductConsistencyChecker
         self.config = config or ScorerConfig()
-        self._products = _LRU(self.config.cache_size)  # (image, mask, category) key -> OriginalProduct or error
+        self._products = _LRU(
+            self.config.cache_size
+        )  # (image, mask, category) key -> OriginalProduct or error
         self._memories = _LRU(self.config.cache_size)  # image key -> reward model's OriginalMemory
         if reward_model is not None:
             reward_model.eval()
@@ -122,7 +128,7 @@ class HFPCScorer:
         if config.reward_model.path:
             import torch
 
-            from hfpc_reward.reward_model import HFPCRewardModel
+            from hfpc_reward.reward.model import HFPCRewardModel
 
             reward_model = HFPCRewardModel.from_pretrained(
                 config.reward_model.path,
@@ -163,9 +169,13 @@ class HFPCScorer:
             )
         results = [HFPCResult() for _ in range(count)]
         sides = self._original_sides(originals, masks, categories, results)
-        pixels = [_load_or_error(generated[i], results[i]) if sides[i] is not None else None for i in range(count)]
+        pixels = [
+            _load_or_error(generated[i], results[i]) if sides[i] is not None else None for i in range(count)
+        ]
         good = [i for i in range(count) if pixels[i] is not None]
-        reports = self.checker.check_prepared([sides[i][0] for i in good], [pixels[i] for i in good], errors="report")
+        reports = self.checker.check_prepared(
+            [sides[i][0] for i in good], [pixels[i] for i in good], errors="report"
+        )
         background = self._background_scores(
             [sides[i][1] for i in good], [pixels[i] for i in good], [prompts[i] for i in good]
         )
@@ -190,7 +200,9 @@ class HFPCScorer:
         missing = [keys.index(key) for key in dict.fromkeys(keys) if key not in current]
         if missing:
             products = self.checker.prepare_originals(
-                [originals[i] for i in missing], [masks[i] for i in missing], [categories[i] for i in missing],
+                [originals[i] for i in missing],
+                [masks[i] for i in missing],
+                [categories[i] for i in missing],
                 errors="report",
             )
             current.update({keys[i]: product for i, product in zip(missing, products)})
@@ -233,7 +245,7 @@ class HFPCScorer:
             return None
         import torch
 
-        from hfpc_reward.reward_model import OriginalMemory
+        from hfpc_reward.reward.model import OriginalMemory
 
         model = self.reward_model
         scores: list[float] = []

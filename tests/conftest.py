@@ -39,4 +39,8 @@ def tiny_reward_kit(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("tiny_reward")
     configs = write_tiny_reward_model(root)
-    return {"blip": configs["reward_tiny"]["model"], "reward": configs["reward_model_tiny"]["path"], "root": root}
+    return {
+        "blip": configs["reward_tiny"]["model"],
+        "reward": configs["reward_model_tiny"]["path"],
+        "root": root,
+    }

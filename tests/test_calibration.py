@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hfpc_reward.calibration import (
+from hfpc_reward.stats import (
     CalibrationError,
     binary_metrics,
     expected_calibration_error,

@@ -5,17 +5,17 @@ import json
 import pytest
 
 from hfpc_reward.cli import COMMANDS, main
-from hfpc_reward.sample_data import generate_pairs
+from hfpc_reward.sample.pairs import generate_pairs
 
 
 def test_every_command_module_builds_its_parser():
     import argparse
     import importlib
 
-    for name, (module_name, _) in COMMANDS.items():
+    for name, (module_name, stem, _) in COMMANDS.items():
         module = importlib.import_module(module_name)
-        module.add_arguments(argparse.ArgumentParser(prog=f"hfpc {name}"))
-        assert callable(module.run), name
+        getattr(module, f"add_{stem}_arguments")(argparse.ArgumentParser(prog=f"hfpc {name}"))
+        assert callable(getattr(module, f"run_{stem}")), name
 
 
 def test_no_command_prints_the_command_list(capsys):
@@ -40,12 +40,15 @@ def test_options_may_follow_config_overrides(tmp_path, capsys):
 
 
 def test_a_bad_config_key_is_one_clear_line_and_exit_code_2(tmp_path, caplog):
-    import eval.__main__ as eval_main
-    import finetune.__main__ as finetune_main
+    import hfpc_eval.__main__ as eval_main
+    import hfpc_finetune.__main__ as finetune_main
 
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"origin": "a.png", "generation": "b.png"}\n')
-    assert main(["score", "--manifest", str(manifest), "--out", str(tmp_path / "r.jsonl"), "polcy.reward=gate"]) == 2
+    assert (
+        main(["score", "--manifest", str(manifest), "--out", str(tmp_path / "r.jsonl"), "polcy.reward=gate"])
+        == 2
+    )
     assert "polcy" in caplog.text
     assert finetune_main.main(["train.epoch=3"]) == 2
     assert "Did you mean" in caplog.text

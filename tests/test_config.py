@@ -127,5 +127,8 @@ def test_stored_config_with_an_invalid_value_is_a_config_error():
 def test_an_empty_override_is_an_empty_string_and_null_is_none():
     from hfpc_reward.scorer import ScorerConfig
 
-    config = load_config(ScorerConfig, overrides=["reward_model.path=/some/model", "reward_model.path=", "policy.threshold=null"])
+    config = load_config(
+        ScorerConfig,
+        overrides=["reward_model.path=/some/model", "reward_model.path=", "policy.threshold=null"],
+    )
     assert config.reward_model.path == "" and config.policy.threshold is None

@@ -16,7 +16,7 @@ from hfpc_reward.cli import main
 from hfpc_reward.config import RESOLVED_CONFIG_NAME, load_config
 from hfpc_reward.consistency.commands import check_manifest
 from hfpc_reward.consistency.config import ConsistencyConfig
-from hfpc_reward.data import read_jsonl, read_manifest
+from hfpc_reward.data.manifest import read_jsonl, read_manifest
 
 
 def png_header_only(width: int, height: int) -> bytes:

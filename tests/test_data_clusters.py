@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hfpc_reward.clusters import (
+from hfpc_reward.data.clusters import (
     BalancedPairSampler,
     BlipImageFeatures,
     ClusterAssignment,
@@ -20,7 +20,7 @@ from hfpc_reward.clusters import (
     pair_weights,
     write_contact_sheets,
 )
-from hfpc_reward.data import ManifestRow, comparison_pairs
+from hfpc_reward.data.manifest import ManifestRow, comparison_pairs
 
 BASE_COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
 
@@ -73,7 +73,7 @@ def test_k_is_capped_and_bad_originals_are_skipped(coloured_originals, tmp_path,
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     originals = [*list(coloured_originals)[:4], str(broken)]
-    with caplog.at_level(logging.WARNING, logger="hfpc_reward.clusters"):
+    with caplog.at_level(logging.WARNING, logger="hfpc_reward.data.clusters"):
         result = cluster_originals(originals, colour_histogram, k=25)
     assert result.k == 4 and sorted(result.sizes()) == [1, 1, 1, 1]
     assert list(result.skipped) == [str(broken)] and "not an image" in result.skipped[str(broken)]
@@ -165,7 +165,7 @@ def test_blip_features_use_the_checkpoint_weights(tmp_path, coloured_originals):
     import torch
     from transformers import BlipForImageTextRetrieval
 
-    from hfpc_reward.reward_model import HFPCRewardModel
+    from hfpc_reward.reward.model import HFPCRewardModel
     from hfpc_reward.testing.tiny_blip import write_tiny_blip
 
     blip_dir = write_tiny_blip(tmp_path / "blip")

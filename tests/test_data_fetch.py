@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from hfpc_reward.cli import main as hfpc_main
-from hfpc_reward.data import ManifestError, read_jsonl, read_manifest
-from hfpc_reward.data_fetch import FetchConfig, ImageCache, download_all, fetch_manifest
+from hfpc_reward.data.fetch import FetchConfig, ImageCache, download_all, fetch_manifest
+from hfpc_reward.data.manifest import ManifestError, read_jsonl, read_manifest
 from hfpc_reward.images import load_rgb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,8 +206,8 @@ def test_resume_after_the_process_is_killed(server, tmp_path):
     manifest = _write_manifest(tmp_path / "remote.jsonl", [{"origin": server.url(r)} for r in routes])
     cache, out = tmp_path / "cache", tmp_path / "out.jsonl"
     script = (
-        "from hfpc_reward.data import read_manifest\n"
-        "from hfpc_reward.data_fetch import FetchConfig, fetch_manifest\n"
+        "from hfpc_reward.data.manifest import read_manifest\n"
+        "from hfpc_reward.data.fetch import FetchConfig, fetch_manifest\n"
         f"fetch_manifest(read_manifest({str(manifest)!r}), {str(cache)!r}, {str(out)!r}, FetchConfig(workers=1))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from hfpc_reward.data import (
+from hfpc_reward.data.manifest import (
     ManifestRow,
     comparison_pairs,
     group_by_original,
     manifest_stats,
     read_manifest,
-    split_by_original,
 )
+from hfpc_reward.data.splits import split_by_original
 
 
 def _rows(spec: dict[str, list[int]], category_of=None) -> list[ManifestRow]:
@@ -223,7 +223,7 @@ def test_split_keeps_input_order_without_line_numbers():
 
 
 def test_append_after_an_interrupted_write_keeps_new_records(tmp_path):
-    from hfpc_reward.data import append_jsonl, read_jsonl
+    from hfpc_reward.data.manifest import append_jsonl, read_jsonl
 
     path = tmp_path / "log.jsonl"
     append_jsonl(path, [{"step": 1}])

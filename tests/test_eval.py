@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hfpc_eval.compare import compare_runs, comparison_table
+from hfpc_eval.config import EvalConfig, VersionConfig
+from hfpc_eval.generators import FolderGenerator, sample_seed
+from hfpc_eval.harness import latest_samples, run_eval
+from hfpc_eval.report import terminal_table
+from hfpc_eval.stats import paired_difference, reason_kind
 from PIL import Image
 
-from eval.compare import compare_runs, comparison_table
-from eval.config import EvalConfig, VersionConfig
-from eval.generators import FolderGenerator, sample_seed
-from eval.harness import latest_samples, run_eval
-from eval.report import terminal_table
-from eval.stats import paired_difference, reason_kind
 from hfpc_reward.config import ConfigError, load_config
 from hfpc_reward.consistency.checker import ConsistencyReport
 from hfpc_reward.scorer import HFPCResult
@@ -248,7 +248,7 @@ def test_compare_two_runs(dummy_run, product_manifest, tmp_path):
 
 
 def test_compare_command_prints_and_writes(dummy_run, capsys, tmp_path):
-    from eval.__main__ import main
+    from hfpc_eval.__main__ import main
 
     out, _, _ = dummy_run
     target = tmp_path / "cmp.json"
@@ -275,7 +275,7 @@ def test_compare_command_prints_and_writes(dummy_run, capsys, tmp_path):
 def test_paired_permutation_test_holds_its_level_under_the_null():
     """With no real difference (both versions pass with 0.5), p < 0.05 happens at most ~5% of the time:
     200 seeded null datasets of 30 products x 8 samples; the sign-flip test is exact, at most conservative."""
-    from eval.config import StatsConfig
+    from hfpc_eval.config import StatsConfig
 
     rng = np.random.default_rng(0)
     cfg = StatsConfig(n_resamples=200)
@@ -314,7 +314,7 @@ def test_config_errors_say_the_fix(product_manifest, tmp_path):
 def _chromium() -> str:
     import os
 
-    from eval.browser import find_chromium
+    from hfpc_eval.browser import find_chromium
 
     found = find_chromium()
     if found is None:
@@ -326,7 +326,7 @@ def _chromium() -> str:
 
 
 def test_report_loads_in_a_headless_browser_with_grid_and_charts(dummy_run):
-    from eval.browser import check_page
+    from hfpc_eval.browser import check_page
 
     out, _, _ = dummy_run
     check, console = check_page(out / "report.html", _chromium())
@@ -340,7 +340,7 @@ def test_report_loads_in_a_headless_browser_with_grid_and_charts(dummy_run):
 
 def test_browser_check_catches_a_broken_page(tmp_path):
     """The check above can fail: a page with a script error and a missing image is caught."""
-    from eval.browser import check_page
+    from hfpc_eval.browser import check_page
 
     page = tmp_path / "broken.html"
     page.write_text(
@@ -355,7 +355,7 @@ def test_browser_check_catches_a_broken_page(tmp_path):
 
 @pytest.mark.parametrize("name", ["tiny", "real", "showcase", "judges_tiny", "judges_real"])
 def test_shipped_configs_load(name):
-    from eval.judges import JudgesConfig
+    from hfpc_eval.judges import JudgesConfig
 
     schema = JudgesConfig if name.startswith("judges") else EvalConfig
     config = load_config(schema, Path(__file__).parents[1] / "configs" / "eval" / f"{name}.yaml")

@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-
-from eval.judges import JUDGE_NAMES, JudgesConfig, judges_table, markdown_table
+from hfpc_eval.judges import JUDGE_NAMES, JudgesConfig, judges_table, markdown_table
 
 
 def _records(n_originals: int = 40, per_original: int = 4, seed: int = 0) -> list[dict]:
@@ -76,8 +75,9 @@ def test_config_errors_say_the_fix():
 
 
 def test_resample_metrics_agree_with_the_shared_binary_metrics():
-    from eval.judges import REPORTED, _reported_metrics
-    from hfpc_reward.calibration import binary_metrics
+    from hfpc_eval.judges import REPORTED, _reported_metrics
+
+    from hfpc_reward.stats import binary_metrics
 
     rng = np.random.default_rng(3)
     for _ in range(20):
@@ -88,9 +88,9 @@ def test_resample_metrics_agree_with_the_shared_binary_metrics():
 
 
 def test_blip_itm_judge_scores_match_probabilities_batch_independently(tmp_path):
+    from hfpc_eval.itm import BlipITMJudge
     from PIL import Image
 
-    from eval.itm import BlipITMJudge
     from hfpc_reward.testing.tiny_blip import write_tiny_blip
 
     judge = BlipITMJudge(str(write_tiny_blip(tmp_path / "blip")), batch_size=2)
@@ -108,14 +108,14 @@ def test_blip_itm_judge_scores_match_probabilities_batch_independently(tmp_path)
 
 
 def test_judges_command_on_sample_pairs_with_the_real_scorer(tmp_path, capsys):
-    """`python -m eval judges` on labelled sample pairs (label = product kept): real HFPCScorer with the tiny
+    """`hfpc eval judges` on labelled sample pairs (label = product kept): real HFPCScorer with the tiny
     reward model, the tiny BLIP ITM baseline; the consistency judge must beat chance clearly."""
     import json
 
     import yaml
+    from hfpc_eval.__main__ import main
 
-    from eval.__main__ import main
-    from hfpc_reward.sample_data import generate_pairs
+    from hfpc_reward.sample.pairs import generate_pairs
     from hfpc_reward.testing.tiny_blip import write_tiny_reward_model
 
     manifest = generate_pairs(tmp_path / "pairs", n_pairs=64, size=96, seed=1)
@@ -136,9 +136,10 @@ def test_judges_command_on_sample_pairs_with_the_real_scorer(tmp_path, capsys):
 
 
 def test_an_unreadable_generation_errors_only_its_own_row(tmp_path):
-    from eval.judges import JudgesConfig, score_rows
-    from hfpc_reward.data import read_manifest
-    from hfpc_reward.sample_data import generate_pairs
+    from hfpc_eval.judges import JudgesConfig, score_rows
+
+    from hfpc_reward.data.manifest import read_manifest
+    from hfpc_reward.sample.pairs import generate_pairs
     from hfpc_reward.scorer import HFPCScorer, ScorerConfig
 
     rows = read_manifest(generate_pairs(tmp_path, n_pairs=4, size=96, seed=2))  # one original, 4 generations

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from hfpc_eval.config import EvalConfig
+from hfpc_eval.generators import InpaintPipelineGenerator, Product, canvas_size
+from hfpc_eval.harness import latest_samples
 from PIL import Image
 
-from eval.config import EvalConfig
-from eval.generators import InpaintPipelineGenerator, Product, canvas_size
-from eval.harness import latest_samples
 from hfpc_reward.config import config_to_dict, load_config
 
 
@@ -101,8 +101,9 @@ def test_pipeline_generator_repaints_background_only_and_is_seeded(kit):
 
 
 def test_base_and_lora_versions_end_to_end(kit, tmp_path, capsys):
-    """`python -m eval run` on the tiny kit: real pipelines, real HFPCScorer (reward model + consistency), ITM."""
-    from eval.__main__ import main
+    """`hfpc eval run` on the tiny kit: real pipelines, real HFPCScorer (reward model + consistency), ITM."""
+    from hfpc_eval.__main__ import main
+
     from hfpc_reward.scorer import HFPCScorer
 
     overrides = {

@@ -8,15 +8,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from hfpc_finetune.advantages import GroupAdvantages
+from hfpc_finetune.config import FinetuneConfig
+from hfpc_finetune.data import load_products
+from hfpc_finetune.ddim_logprob import ddim_step_with_logprob
+from hfpc_finetune.rewards import BackgroundBrightness, BackgroundColour, call_reward, load_reward
 from PIL import Image
 
-from finetune.advantages import GroupAdvantages
-from finetune.config import FinetuneConfig
-from finetune.data import load_products
-from finetune.ddim_logprob import ddim_step_with_logprob
-from finetune.rewards import BackgroundBrightness, BackgroundColour, call_reward, load_reward
 from hfpc_reward.config import ConfigError, config_from_dict, load_config
-from hfpc_reward.data import read_jsonl
+from hfpc_reward.data.manifest import read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,14 @@ SMALL = {
 def ddim_scheduler(steps_offset=1):
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                         set_alpha_to_one=False, steps_offset=steps_offset)
+    return DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=steps_offset,
+    )
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -62,7 +68,9 @@ def test_ddim_step_matches_scheduler_and_logprob_is_the_gaussian_density(predict
         expected = scheduler.step(output, t, sample, eta=1.0, variance_noise=noise).prev_sample
         ours = ddim_step_with_logprob(scheduler, output, t, sample, eta=1.0, noise=noise)
         torch.testing.assert_close(ours.prev_sample, expected, rtol=0, atol=1e-6)
-        density = torch.distributions.Normal(ours.mean, ours.std).log_prob(ours.prev_sample).mean(dim=(1, 2, 3))
+        density = (
+            torch.distributions.Normal(ours.mean, ours.std).log_prob(ours.prev_sample).mean(dim=(1, 2, 3))
+        )
         torch.testing.assert_close(ours.log_prob, density, rtol=1e-5, atol=1e-5)
         rescored = ddim_step_with_logprob(scheduler, output, t, sample, eta=1.0, prev_sample=ours.prev_sample)
         assert torch.equal(rescored.log_prob, ours.log_prob)
@@ -70,9 +78,10 @@ def test_ddim_step_matches_scheduler_and_logprob_is_the_gaussian_density(predict
     mixed = scheduler.timesteps[[0, 2, 5]]
     batch = ddim_step_with_logprob(scheduler, output, mixed, sample, noise=noise)
     for row, t in enumerate(mixed):
-        single = ddim_step_with_logprob(scheduler, output[row:row + 1], t, sample[row:row + 1],
-                                        noise=noise[row:row + 1])
-        torch.testing.assert_close(batch.log_prob[row:row + 1], single.log_prob)
+        single = ddim_step_with_logprob(
+            scheduler, output[row : row + 1], t, sample[row : row + 1], noise=noise[row : row + 1]
+        )
+        torch.testing.assert_close(batch.log_prob[row : row + 1], single.log_prob)
 
 
 def test_ddim_step_refuses_zero_std_with_the_fix_in_the_message():
@@ -87,11 +96,16 @@ def test_products_use_the_background_as_inpainting_mask_and_skip_bad_rows(tiny_k
     manifest = tmp_path / "manifest.jsonl"
     base = tiny_kit[0] / "products"
     good = json.loads((base / "manifest.jsonl").read_text().splitlines()[0])
-    rows = [{**good, "origin": str(base / good["origin"]), "mask": str(base / good["mask"])},
-            {"origin": str(tmp_path / "missing.png"), "mask": str(base / good["mask"]), "product_id": "gone"}]
+    rows = [
+        {**good, "origin": str(base / good["origin"]), "mask": str(base / good["mask"])},
+        {"origin": str(tmp_path / "missing.png"), "mask": str(base / good["mask"]), "product_id": "gone"},
+    ]
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    cfg = load_config(FinetuneConfig, None, [f"data.manifest={manifest}", "data.resolution=32",
-                                             "data.prompts=[on marble,on sand]"])
+    cfg = load_config(
+        FinetuneConfig,
+        None,
+        [f"data.manifest={manifest}", "data.resolution=32", "data.prompts=[on marble,on sand]"],
+    )
     items = load_products(cfg.data)
     assert [item.prompt for item in items] == ["on marble", "on sand"]  # bad row skipped, prompts crossed
     assert items[0].key != items[1].key and items[0].image.size == (32, 32)
@@ -105,25 +119,35 @@ def test_toy_rewards_score_the_background_and_abstain_on_bad_masks():
     white_bg = np.zeros((8, 8, 3), np.uint8)
     white_bg[~mask] = 255  # product black, background white
     images = [Image.fromarray(white_bg), Image.new("RGB", (8, 8), (0, 0, 0))]
-    assert BackgroundBrightness()(prompts=["a", "b"], completions=images, image=images,
-                                  mask_image=[mask, mask]) == pytest.approx([1.0, 0.0])
-    assert BackgroundBrightness(target=0.0)(prompts=["a"], completions=images[:1], image=None,
-                                            mask_image=[mask]) == pytest.approx([0.0])
+    assert BackgroundBrightness()(
+        prompts=["a", "b"], completions=images, image=images, mask_image=[mask, mask]
+    ) == pytest.approx([1.0, 0.0])
+    assert BackgroundBrightness(target=0.0)(
+        prompts=["a"], completions=images[:1], image=None, mask_image=[mask]
+    ) == pytest.approx([0.0])
     tensor = torch.zeros(1, 3, 8, 8)
     tensor[:, 0] = 1.0  # red
-    assert BackgroundColour((1, 0, 0))(prompts=["a"], completions=tensor, image=None,
-                                       mask_image=[mask]) == pytest.approx([1.0])
+    assert BackgroundColour((1, 0, 0))(
+        prompts=["a"], completions=tensor, image=None, mask_image=[mask]
+    ) == pytest.approx([1.0])
     logged = {}
-    values = call_reward(BackgroundBrightness(), ["a", "b"], images, images, [mask, "missing.png"],
-                         lambda name, value: logged.setdefault(name, value))
+    values = call_reward(
+        BackgroundBrightness(),
+        ["a", "b"],
+        images,
+        images,
+        [mask, "missing.png"],
+        lambda name, value: logged.setdefault(name, value),
+    )
     assert values == [pytest.approx(1.0), None] and logged["background_brightness_mean"] == pytest.approx(1.0)
 
 
 def test_rewards_load_by_name():
-    from finetune.config import RewardConfig
+    from hfpc_finetune.config import RewardConfig
 
-    assert isinstance(load_reward(RewardConfig(name="background_colour", kwargs={"target": [0, 0, 0]})),
-                      BackgroundColour)
+    assert isinstance(
+        load_reward(RewardConfig(name="background_colour", kwargs={"target": [0, 0, 0]})), BackgroundColour
+    )
     with pytest.raises(ValueError, match="background_brightness"):
         load_reward(RewardConfig(name="brightnes"))
     hfpc = load_reward(RewardConfig(name="hfpc", kwargs={"config": "configs/scorer/classic.yaml"}))
@@ -140,7 +164,9 @@ def test_group_advantages_normalise_within_groups_and_fall_back_to_the_batch():
     assert adv[2] == pytest.approx((10.0 - valid.mean()) / valid.std(), abs=1e-5)  # b: 1 valid -> batch stats
     history = GroupAdvantages(min_count=3, history=2)
     history(["a", "a"], np.array([0.0, 2.0]))
-    assert history(["a", "a"], np.array([1.0, 1.0]))[0] == pytest.approx(0.0, abs=1e-5)  # pooled with last epoch
+    assert history(["a", "a"], np.array([1.0, 1.0]))[0] == pytest.approx(
+        0.0, abs=1e-5
+    )  # pooled with last epoch
     restored = GroupAdvantages(min_count=3, history=2)
     restored.load_state_dict(json.loads(json.dumps(history.state_dict())))
     assert restored.past == history.past
@@ -148,9 +174,17 @@ def test_group_advantages_normalise_within_groups_and_fall_back_to_the_batch():
 
 def test_config_rejects_inconsistent_sizes_with_the_fix():
     with pytest.raises(ConfigError, match="multiple of train.group_size"):
-        load_config(FinetuneConfig, None, ["sample.samples_per_epoch=24", "sample.batch_size=8",
-                                           "train.group_size=16", "train.samples_per_step=8",
-                                           "train.train_batch_size=8"])
+        load_config(
+            FinetuneConfig,
+            None,
+            [
+                "sample.samples_per_epoch=24",
+                "sample.batch_size=8",
+                "train.group_size=16",
+                "train.samples_per_step=8",
+                "train.train_batch_size=8",
+            ],
+        )
     with pytest.raises(ConfigError, match="eta must be in"):
         load_config(FinetuneConfig, None, ["sample.eta=0"])
 
@@ -158,12 +192,16 @@ def test_config_rejects_inconsistent_sizes_with_the_fix():
 def test_the_hfpc_reward_drives_a_run_and_reports_its_components(tiny_kit, tmp_path):
     from pathlib import Path
 
-    from finetune import train
+    from hfpc_finetune import train
 
     scorer_config = Path(__file__).resolve().parents[1] / "configs" / "scorer" / "classic.yaml"
-    config = make_config(tiny_kit, tmp_path / "hfpc", sample={"samples_per_epoch": 8},
-                         train={"epochs": 1, "samples_per_step": 8},
-                         reward={"name": "hfpc", "kwargs": {"config": str(scorer_config)}})
+    config = make_config(
+        tiny_kit,
+        tmp_path / "hfpc",
+        sample={"samples_per_epoch": 8},
+        train={"epochs": 1, "samples_per_step": 8},
+        reward={"name": "hfpc", "kwargs": {"config": str(scorer_config)}},
+    )
     summary = train(config)
     record = read_jsonl(tmp_path / "hfpc" / "metrics.jsonl")[0]
     assert 0.0 <= summary.first_reward <= 1.0 and record["reward_abstained"] == 0
@@ -173,7 +211,7 @@ def test_the_hfpc_reward_drives_a_run_and_reports_its_components(tiny_kit, tmp_p
 @pytest.fixture(scope="module")
 def trained(tiny_kit, tmp_path_factory):
     """One epoch of DDPO with CFG, a KL penalty and two optimizer steps; parameters snapshotted before."""
-    from finetune.trainer import DDPOTrainer
+    from hfpc_finetune.trainer import DDPOTrainer
 
     out = tmp_path_factory.mktemp("run_small")
     settings = {**SMALL, "train": {**SMALL["train"], "samples_per_step": 4, "epochs": 1, "kl_coef": 0.1}}
@@ -190,9 +228,19 @@ def test_ratio_is_exactly_one_before_the_first_update(trained):
     assert record["ratio_deviation_before_update"] == 0.0
     assert record["approx_kl"] > 0.0  # the second optimizer step saw a changed policy
     assert record["kl"] > 0.0  # ... which has moved away from the reference (LoRA disabled)
-    assert set(record) >= {"reward_mean", "reward_std", "product_drift", "clipfrac", "grad_norm", "time_sample",
-                           "time_train", "reward/background_brightness_mean"}
-    assert (trainer.out_dir / "config.resolved.yaml").is_file() and list((trainer.out_dir / "grids").glob("*.png"))
+    assert set(record) >= {
+        "reward_mean",
+        "reward_std",
+        "product_drift",
+        "clipfrac",
+        "grad_norm",
+        "time_sample",
+        "time_train",
+        "reward/background_brightness_mean",
+    }
+    assert (trainer.out_dir / "config.resolved.yaml").is_file() and list(
+        (trainer.out_dir / "grids").glob("*.png")
+    )
 
 
 def test_lora_changes_and_base_weights_do_not(trained):
@@ -200,7 +248,9 @@ def test_lora_changes_and_base_weights_do_not(trained):
     for name, p in trainer.unet.named_parameters():
         if name in base:
             assert torch.equal(p, base[name]), name
-    changed = [name for name, p in trainer.unet.named_parameters() if name in lora and not torch.equal(p, lora[name])]
+    changed = [
+        name for name, p in trainer.unet.named_parameters() if name in lora and not torch.equal(p, lora[name])
+    ]
     assert any("lora_B" in name for name in changed)
 
 
@@ -209,11 +259,21 @@ def test_saved_lora_loads_into_a_fresh_pipeline_with_identical_images(trained, t
 
     trainer, _, _, summary = trained
     item = trainer.products[0]
-    kwargs = {"prompt": [item.prompt], "image": item.image, "mask_image": item.inpaint_mask(), "height": 32,
-              "width": 32, "num_inference_steps": 4, "guidance_scale": 3.0, "output_type": "np"}
+    kwargs = {
+        "prompt": [item.prompt],
+        "image": item.image,
+        "mask_image": item.inpaint_mask(),
+        "height": 32,
+        "width": 32,
+        "num_inference_steps": 4,
+        "guidance_scale": 3.0,
+        "output_type": "np",
+    }
     trainer.unet.eval()
     expected = trainer.pipe(generator=torch.Generator().manual_seed(3), **kwargs).images
-    fresh = StableDiffusionInpaintPipeline.from_pretrained(tiny_kit[1]["model"]["pretrained"], safety_checker=None)
+    fresh = StableDiffusionInpaintPipeline.from_pretrained(
+        tiny_kit[1]["model"]["pretrained"], safety_checker=None
+    )
     fresh.set_progress_bar_config(disable=True)
     before = fresh(generator=torch.Generator().manual_seed(3), **kwargs).images
     fresh.load_lora_weights(summary.lora_dir)
@@ -223,13 +283,16 @@ def test_saved_lora_loads_into_a_fresh_pipeline_with_identical_images(trained, t
 
 
 def test_resume_reproduces_the_uninterrupted_run(tiny_kit, tmp_path):
+    from hfpc_finetune import train
     from safetensors.torch import load_file
-
-    from finetune import train
 
     settings = {**SMALL, "train": {**SMALL["train"], "epochs": 3}}
     full = train(make_config(tiny_kit, tmp_path / "full", **settings))
-    train(make_config(tiny_kit, tmp_path / "resumed", **{**settings, "train": {**settings["train"], "epochs": 2}}))
+    train(
+        make_config(
+            tiny_kit, tmp_path / "resumed", **{**settings, "train": {**settings["train"], "epochs": 2}}
+        )
+    )
     with (tmp_path / "resumed" / "metrics.jsonl").open("a") as handle:
         handle.write('{"epoch": 2, "partial')  # a line torn by the interruption
     resumed = train(make_config(tiny_kit, tmp_path / "resumed", **settings), resume=True)
@@ -237,7 +300,9 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_kit, tmp_path):
     keys = ("epoch", "reward_mean", "approx_kl", "grad_norm", "product_drift")
     full_records = read_jsonl(tmp_path / "full" / "metrics.jsonl")
     resumed_records = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
-    assert [{k: r[k] for k in keys} for r in full_records] == [{k: r[k] for k in keys} for r in resumed_records]
+    assert [{k: r[k] for k in keys} for r in full_records] == [
+        {k: r[k] for k in keys} for r in resumed_records
+    ]
     lora_a = load_file(tmp_path / "full" / "lora" / "pytorch_lora_weights.safetensors")
     lora_b = load_file(tmp_path / "resumed" / "lora" / "pytorch_lora_weights.safetensors")
     assert lora_a.keys() == lora_b.keys() and all(torch.equal(lora_a[k], lora_b[k]) for k in lora_a)
@@ -245,13 +310,15 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_kit, tmp_path):
 
 def test_learning_is_real_on_the_tiny_pipeline(tiny_kit, tmp_path):
     """The kit's config (dark-background brightness reward, 8 epochs x 32 samples) must raise the reward clearly."""
-    from finetune import train
+    from hfpc_finetune import train
 
     summary = train(make_config(tiny_kit, tmp_path / "learn"))
     records = read_jsonl(tmp_path / "learn" / "metrics.jsonl")
     first, last = records[0], float(np.mean([r["reward_mean"] for r in records[-2:]]))
-    print(f"\nmean reward: first epoch {first['reward_mean']:.4f} (std {first['reward_std']:.4f}) -> "
-          f"last two epochs {last:.4f}, gain {last - first['reward_mean']:+.4f}")
+    print(
+        f"\nmean reward: first epoch {first['reward_mean']:.4f} (std {first['reward_std']:.4f}) -> "
+        f"last two epochs {last:.4f}, gain {last - first['reward_mean']:+.4f}"
+    )
     assert summary.epochs == 8
     assert last - first["reward_mean"] > max(0.05, 4 * first["reward_std"])
 
@@ -265,9 +332,8 @@ def test_two_processes_give_the_same_lora_update_as_one(tiny_kit, tmp_path):
     from pathlib import Path
 
     import yaml
+    from hfpc_finetune import train
     from safetensors.torch import load_file
-
-    from finetune import train
 
     settings = {**SMALL, "train": {**SMALL["train"], "epochs": 1}}
     config = make_config(tiny_kit, tmp_path / "one", **settings)
@@ -284,9 +350,25 @@ def test_two_processes_give_the_same_lora_update_as_one(tiny_kit, tmp_path):
         port = probe.getsockname()[1]
     # torchrun = what `accelerate launch --multi_gpu` runs; on CPUs accelerate's own launcher needs mpirun
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-         "-m", "finetune", "--config", str(tmp_path / "two.yaml")],
-        cwd=repo, env=env, capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            "-m",
+            "hfpc_finetune",
+            "--config",
+            str(tmp_path / "two.yaml"),
+        ],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "process 1 of 2" in result.stderr
@@ -305,12 +387,19 @@ def test_two_processes_give_the_same_lora_update_as_one(tiny_kit, tmp_path):
 @pytest.mark.slow
 def test_learning_with_attention_lora_and_guidance(tiny_kit, tmp_path):
     """The SD-style setting (LoRA on attention + output conv, CFG 3) also learns, over more epochs."""
-    from finetune import train
+    from hfpc_finetune import train
 
-    config = make_config(tiny_kit, tmp_path / "learn_cfg", model={"lora_targets": SMALL["model"]["lora_targets"]},
-                         sample={"guidance_scale": 3.0}, train={"epochs": 12, "learning_rate": 0.05})
+    config = make_config(
+        tiny_kit,
+        tmp_path / "learn_cfg",
+        model={"lora_targets": SMALL["model"]["lora_targets"]},
+        sample={"guidance_scale": 3.0},
+        train={"epochs": 12, "learning_rate": 0.05},
+    )
     train(config)
     records = read_jsonl(tmp_path / "learn_cfg" / "metrics.jsonl")
     first, last = records[0]["reward_mean"], float(np.mean([r["reward_mean"] for r in records[-3:]]))
-    print(f"\nmean reward with CFG: first epoch {first:.4f} -> last three epochs {last:.4f} ({last - first:+.4f})")
+    print(
+        f"\nmean reward with CFG: first epoch {first:.4f} -> last three epochs {last:.4f} ({last - first:+.4f})"
+    )
     assert last - first > 0.05

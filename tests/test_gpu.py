@@ -25,7 +25,7 @@ def reward_path(tmp_path_factory):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_reward_model_on_cuda_matches_cpu_and_has_pixel_gradients(reward_path, dtype):
-    from hfpc_reward.reward_model import HFPCRewardModel
+    from hfpc_reward.reward.model import HFPCRewardModel
 
     torch.manual_seed(0)
     original, generated = torch.rand(4, 3, 64, 64), torch.rand(4, 3, 64, 64)
@@ -42,15 +42,22 @@ def test_reward_model_on_cuda_matches_cpu_and_has_pixel_gradients(reward_path, d
 
 def test_scorer_on_cuda_gives_the_cpu_results(reward_path, tmp_path):
     from hfpc_reward.config import load_config
-    from hfpc_reward.data import read_manifest
-    from hfpc_reward.sample_data import generate_pairs
+    from hfpc_reward.data.manifest import read_manifest
+    from hfpc_reward.sample.pairs import generate_pairs
     from hfpc_reward.scorer import HFPCScorer, ScorerConfig
 
     rows = read_manifest(generate_pairs(tmp_path, n_pairs=8, size=96))
-    columns = ([r.origin for r in rows], [r.generation for r in rows], [r.mask for r in rows], [r.prompt for r in rows])
+    columns = (
+        [r.origin for r in rows],
+        [r.generation for r in rows],
+        [r.mask for r in rows],
+        [r.prompt for r in rows],
+    )
     results = {}
     for device in ("cpu", "cuda"):
-        config = load_config(ScorerConfig, overrides=[f"reward_model.path={reward_path}", f"reward_model.device={device}"])
+        config = load_config(
+            ScorerConfig, overrides=[f"reward_model.path={reward_path}", f"reward_model.device={device}"]
+        )
         results[device] = HFPCScorer.from_config(config).score(*columns)
     for a, b in zip(results["cpu"], results["cuda"]):
         assert a.background_score == pytest.approx(b.background_score, abs=1e-3)
@@ -59,8 +66,7 @@ def test_scorer_on_cuda_gives_the_cpu_results(reward_path, tmp_path):
 
 def test_ddim_logprob_step_on_cuda_matches_the_scheduler():
     from diffusers import DDIMScheduler
-
-    from finetune.ddim_logprob import ddim_step_with_logprob
+    from hfpc_finetune.ddim_logprob import ddim_step_with_logprob
 
     scheduler = DDIMScheduler(steps_offset=1, set_alpha_to_one=False)  # as SD checkpoints ship it
     scheduler.set_timesteps(5)

@@ -15,17 +15,13 @@ from PIL import Image
 from hfpc_reward.config import ConfigError, load_config
 from hfpc_reward.consistency.classic import studio_mask
 from hfpc_reward.consistency.config import ClassicConfig, ConsistencyConfig, GroundedConfig
+from hfpc_reward.consistency.geometry import box_iou, box_mask, choose_box, mask_box, sam_input_boxes
 from hfpc_reward.consistency.grounded_sam import (
     EMPTY_ORIGINAL_SEGMENT,
     NO_GENERATED_DETECTION,
     NO_ORIGINAL_DETECTION,
     GroundedMaskFinder,
-    box_iou,
-    box_mask,
-    choose_box,
     detection_text,
-    mask_box,
-    sam_input_boxes,
 )
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from hfpc_reward.data import ManifestError, append_jsonl, read_jsonl, read_manifest
+from hfpc_reward.data.manifest import ManifestError, append_jsonl, read_jsonl, read_manifest
 
 URL_A = "https://example.com/a.jpg"
 

@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from hfpc_reward.reward_model import (
-    HFPCRewardModel,
-    OriginalMemory,
-    RewardModelConfig,
-    RewardModelLoadError,
-    score_rows,
-)
+from hfpc_reward.reward.model import HFPCRewardModel, OriginalMemory, RewardModelConfig, RewardModelLoadError
+from hfpc_reward.reward.rows import score_rows
 from hfpc_reward.testing.tiny_blip import TINY_HEAD
 
 
@@ -115,7 +110,7 @@ def test_gradients_reach_generated_pixels_finite_difference(kit):
 def test_score_rows_skips_unreadable_rows_keeps_the_rest(kit, tmp_path):
     from PIL import Image
 
-    from hfpc_reward.data import ManifestRow
+    from hfpc_reward.data.manifest import ManifestRow
 
     good = tmp_path / "good.png"
     Image.fromarray(np.full((20, 20, 3), 120, np.uint8)).save(good)
@@ -243,8 +238,8 @@ def test_original_memory_passes_the_same_gradients_to_generated_pixels(kit):
 def test_scorer_with_an_unreferenced_model_scores_as_the_model(kit, tmp_path):
     from hfpc_reward.consistency.checker import ProductConsistencyChecker
     from hfpc_reward.consistency.config import ConsistencyConfig
-    from hfpc_reward.data import read_manifest
-    from hfpc_reward.sample_data import generate_pairs
+    from hfpc_reward.data.manifest import read_manifest
+    from hfpc_reward.sample.pairs import generate_pairs
     from hfpc_reward.scorer import HFPCScorer
 
     config = RewardModelConfig(head_dims=[8], head_dropout=[0.0], referenced=False)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hfpc_reward.config import load_config
-from hfpc_reward.data import read_manifest
+from hfpc_reward.data.manifest import read_manifest
 from hfpc_reward.images import load_mask, load_rgb, pil_to_tensor
 from hfpc_reward.rewards import (
     BackgroundReward,
@@ -17,7 +17,7 @@ from hfpc_reward.rewards import (
     as_ddpo_reward_fn,
     select_best,
 )
-from hfpc_reward.sample_data import generate_pairs
+from hfpc_reward.sample.pairs import generate_pairs
 from hfpc_reward.scorer import HFPCScorer, ScorerConfig
 
 
@@ -26,7 +26,9 @@ def kit(tmp_path_factory, tiny_reward_kit):
     root = tmp_path_factory.mktemp("rewards")
     reward_path = tiny_reward_kit["reward"]
     rows = read_manifest(generate_pairs(root / "pairs", n_pairs=6, seed=5, size=96))
-    config = load_config(ScorerConfig, overrides=[f"reward_model.path={reward_path}", "policy.reward=weighted"])
+    config = load_config(
+        ScorerConfig, overrides=[f"reward_model.path={reward_path}", "policy.reward=weighted"]
+    )
     return {"config": config, "rows": rows, "reward_path": reward_path}
 
 
@@ -46,7 +48,9 @@ def test_reward_classes_pickle_without_models_and_score_the_same(kit, cls):
     before = reward(**kwargs)
     clone = pickle.loads(pickle.dumps(reward))
     assert clone._scorer is None  # the models are not pickled; they load again lazily
-    assert clone.__name__ == reward.__name__ and reward.__name__.startswith("hfpc")  # trainers log by __name__
+    assert clone.__name__ == reward.__name__ and reward.__name__.startswith(
+        "hfpc"
+    )  # trainers log by __name__
     assert clone(**kwargs) == pytest.approx(before, abs=1e-6)
     assert all(isinstance(v, float) for v in before)
 
@@ -95,7 +99,7 @@ def test_background_reward_needs_a_reward_model():
 
 
 def test_differentiable_reward_has_correct_gradients_to_generated_pixels(kit):
-    from hfpc_reward.reward_model import HFPCRewardModel
+    from hfpc_reward.reward.model import HFPCRewardModel
 
     model = HFPCRewardModel.from_pretrained(kit["reward_path"], dtype=torch.float64).eval()
     reward = DifferentiableHFPCReward(model, preservation_weight=5.0)
@@ -111,13 +115,18 @@ def test_differentiable_reward_has_correct_gradients_to_generated_pixels(kit):
     direction = torch.randn_like(generated)
     eps = 1e-6
     with torch.no_grad():
-        numeric = (reward(original, generated + eps * direction, mask).sum() - reward(original, generated - eps * direction, mask).sum()) / (2 * eps)
+        numeric = (
+            reward(original, generated + eps * direction, mask).sum()
+            - reward(original, generated - eps * direction, mask).sum()
+        ) / (2 * eps)
     assert (grad * direction).sum().item() == pytest.approx(numeric.item(), rel=1e-4, abs=1e-8)
     # inside the product, the preservation term pulls the generation towards the original
     inside = generated.detach().clone().requires_grad_(True)
     only_preservation = DifferentiableHFPCReward(model, background_weight=0.0, preservation_weight=1.0)
     (g,) = torch.autograd.grad(only_preservation(original, inside, mask).sum(), inside)
-    assert torch.all(g[:, :, 0, 0] == 0) and torch.all(g[:, :, 8:24, 8:24] * (original - inside.detach())[:, :, 8:24, 8:24] >= 0)
+    assert torch.all(g[:, :, 0, 0] == 0) and torch.all(
+        g[:, :, 8:24, 8:24] * (original - inside.detach())[:, :, 8:24, 8:24] >= 0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -136,14 +145,42 @@ def tiny_pipe(tmp_path_factory):
 
 def test_select_best_returns_the_best_passing_candidate(kit, tiny_pipe):
     row = kit["rows"][0]
-    scorer = HFPCScorer.from_config(load_config(ScorerConfig, overrides=[f"reward_model.path={kit['reward_path']}", "policy.threshold=-100"]))
-    found = select_best(tiny_pipe, row.origin, row.mask, row.prompt, n=3, scorer=scorer, num_inference_steps=2, width=64, height=64)
+    scorer = HFPCScorer.from_config(
+        load_config(
+            ScorerConfig, overrides=[f"reward_model.path={kit['reward_path']}", "policy.threshold=-100"]
+        )
+    )
+    found = select_best(
+        tiny_pipe,
+        row.origin,
+        row.mask,
+        row.prompt,
+        n=3,
+        scorer=scorer,
+        num_inference_steps=2,
+        width=64,
+        height=64,
+    )
     assert len(found.candidates) == len(found.results) == 3
     passing = [i for i, r in enumerate(found.results) if r.passed]
     assert passing, "with the product pasted back and a threshold of -100, candidates pass"
     assert found.best_index == max(passing, key=lambda i: found.results[i].reward)
     assert found.best is found.candidates[found.best_index]
     assert found.best.size == load_rgb(row.origin).size
-    strict = HFPCScorer.from_config(load_config(ScorerConfig, overrides=[f"reward_model.path={kit['reward_path']}", "policy.threshold=100"]))
-    none = select_best(tiny_pipe, row.origin, row.mask, row.prompt, n=2, scorer=strict, num_inference_steps=2, width=64, height=64)
+    strict = HFPCScorer.from_config(
+        load_config(
+            ScorerConfig, overrides=[f"reward_model.path={kit['reward_path']}", "policy.threshold=100"]
+        )
+    )
+    none = select_best(
+        tiny_pipe,
+        row.origin,
+        row.mask,
+        row.prompt,
+        n=2,
+        scorer=strict,
+        num_inference_steps=2,
+        width=64,
+        height=64,
+    )
     assert none.best is None and none.best_index is None and len(none.results) == 2

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from hfpc_reward.cli import main as cli_main
-from hfpc_reward.data import read_manifest
+from hfpc_reward.data.manifest import read_manifest
 from hfpc_reward.images import load_mask, load_rgb, open_image
-from hfpc_reward.sample_data import CATEGORIES, generate_pairs, generate_products
-from hfpc_reward.sample_defects import DEFECT_KINDS, MIN_DEFECT_MAGNITUDE
+from hfpc_reward.sample.defects import DEFECT_KINDS, MIN_DEFECT_MAGNITUDE
+from hfpc_reward.sample.pairs import generate_pairs, generate_products
+from hfpc_reward.sample.products import CATEGORIES
 
 FIELDS = {
     "origin",
@@ -181,7 +182,12 @@ def test_heldout_set_has_our_fields_other_products_and_clear_defects(tmp_path):
 
 
 def test_generations_per_original_groups_rows(tmp_path):
-    rows = [json.loads(line) for line in generate_pairs(tmp_path, n_pairs=10, size=64, generations_per_original=8).read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in generate_pairs(tmp_path, n_pairs=10, size=64, generations_per_original=8)
+        .read_text()
+        .splitlines()
+    ]
     per_original = Counter(row["origin"] for row in rows)
     assert sorted(per_original.values()) == [2, 8]
     with pytest.raises(ValueError, match="generations_per_original"):

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from hfpc_reward.config import load_config
-from hfpc_reward.data import read_manifest
-from hfpc_reward.sample_data import generate_pairs
+from hfpc_reward.data.manifest import read_manifest
+from hfpc_reward.sample.pairs import generate_pairs
 from hfpc_reward.scorer import HFPCScorer, ScorerConfig
 
 
@@ -25,7 +25,12 @@ def make_scorer(kit, *overrides):
 
 
 def columns(rows):
-    return [r.origin for r in rows], [r.generation for r in rows], [r.mask for r in rows], [r.prompt for r in rows]
+    return (
+        [r.origin for r in rows],
+        [r.generation for r in rows],
+        [r.mask for r in rows],
+        [r.prompt for r in rows],
+    )
 
 
 def test_batched_cached_scoring_equals_per_pair(kit):
@@ -67,13 +72,17 @@ def test_a_bad_item_gets_an_error_and_the_rest_is_scored(kit, tmp_path):
     origins[2] = str(tmp_path / "missing.png")
     results = make_scorer(kit).score(origins, generations, masks, prompts)
     assert results[0].error is None and results[0].reward is not None
-    assert results[1].reward is None and "not an image" in results[1].error and "generated" in results[1].error
+    assert (
+        results[1].reward is None and "not an image" in results[1].error and "generated" in results[1].error
+    )
     assert results[2].reward is None and "does not exist" in results[2].error
 
 
 def test_reward_policies_combine_the_judges_as_documented(kit):
     rows = kit["rows"]
-    gate = make_scorer(kit, "policy.reward=gate", "policy.fail_value=-7", "policy.threshold=-1").score(*columns(rows))
+    gate = make_scorer(kit, "policy.reward=gate", "policy.fail_value=-7", "policy.threshold=-1").score(
+        *columns(rows)
+    )
     product = make_scorer(kit, "policy.reward=product", "policy.threshold=-1").score(*columns(rows))
     weighted = make_scorer(
         kit, "policy.reward=weighted", "policy.background_weight=2", "policy.consistency_weight=3"
@@ -107,15 +116,24 @@ def test_mismatched_batch_lengths_are_refused(kit):
 
 def test_score_command_writes_rows_summary_and_resumes(kit, tmp_path, capsys):
     from hfpc_reward.cli import main
-    from hfpc_reward.data import read_jsonl
+    from hfpc_reward.data.manifest import read_jsonl
 
     manifest = kit["root"] / "pairs" / "manifest.jsonl"
     out = tmp_path / "results.jsonl"
-    args = ["score", "--manifest", str(manifest), "--out", str(out), f"reward_model.path={kit['reward_path']}"]
+    args = [
+        "score",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        f"reward_model.path={kit['reward_path']}",
+    ]
     assert main(args) == 0
     records = read_jsonl(out)
     assert sorted(r["manifest_index"] for r in records) == list(range(len(kit["rows"])))
-    assert all({"passed", "reward", "background_score", "consistent", "metrics", "error"} <= set(r) for r in records)
+    assert all(
+        {"passed", "reward", "background_score", "consistent", "metrics", "error"} <= set(r) for r in records
+    )
     printed = capsys.readouterr().out
     assert "pass rate" in printed and "95% CI" in printed
     assert (tmp_path / "config.resolved.yaml").is_file()
@@ -143,7 +161,7 @@ def test_tensor_batches_of_images_and_masks_score_like_files(kit):
 
 
 def test_score_command_names_the_product_by_category_not_by_background_prompt(kit, tmp_path):
-    from hfpc_reward.score_commands import score_manifest
+    from hfpc_reward.commands import score_manifest
 
     scorer = make_scorer(kit)
     score_manifest(kit["rows"], scorer, tmp_path / "r.jsonl")
@@ -157,13 +175,26 @@ def test_score_command_under_two_processes_writes_each_row_once_in_order(kit, tm
     import subprocess
     import sys
 
-    from hfpc_reward.data import read_jsonl
+    from hfpc_reward.data.manifest import read_jsonl
 
     manifest = kit["root"] / "pairs" / "manifest.jsonl"
     out = tmp_path / "results.jsonl"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    classic = Path(__file__).resolve().parents[1] / "configs" / "scorer" / "classic.yaml"  # consistency only: fast
-    command = [*torchrun, "-m", "hfpc_reward.cli", "score", "--manifest", str(manifest), "--out", str(out), "--config", str(classic)]
+    classic = (
+        Path(__file__).resolve().parents[1] / "configs" / "scorer" / "classic.yaml"
+    )  # consistency only: fast
+    command = [
+        *torchrun,
+        "-m",
+        "hfpc_reward.cli",
+        "score",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--config",
+        str(classic),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     subprocess.run(command, check=True, env=env, capture_output=True, timeout=300)
     records = read_jsonl(out)

@@ -14,17 +14,17 @@ from PIL import Image
 from hfpc_reward.cli import main as cli_main
 from hfpc_reward.config import ConfigError, load_config
 from hfpc_reward.consistency.efficientsam import EfficientSamSegmenter
-from hfpc_reward.consistency.grounded_sam import mask_box
-from hfpc_reward.consistency.segmenter_finetune import (
+from hfpc_reward.consistency.geometry import mask_box
+from hfpc_reward.consistency.segmenter_train import (
     SegmenterFinetuneConfig,
     _split,
     finetune_segmenter,
     mask_iou,
     segmentation_losses,
 )
-from hfpc_reward.data import read_jsonl
+from hfpc_reward.data.manifest import read_jsonl
 from hfpc_reward.images import load_mask, load_rgb
-from hfpc_reward.sample_data import generate_products
+from hfpc_reward.sample.pairs import generate_products
 from hfpc_reward.testing.tiny_efficientsam import write_tiny_efficientsam
 
 
@@ -80,22 +80,22 @@ def test_finetuning_raises_held_out_miou(tiny_kit, products, tmp_path, capsys):
 
 
 def test_resume_continues_exactly(tiny_kit, products, tmp_path, monkeypatch):
-    from hfpc_reward.consistency import segmenter_finetune
+    from hfpc_reward.consistency import segmenter_train
 
     overrides = ["train.epochs=3", "model.train_encoder_blocks=0", "train.learning_rate=1e-2"]
     finetune_segmenter(_config(tiny_kit, products, tmp_path / "straight", *overrides))
 
-    save_state = segmenter_finetune._save_state
+    save_state = segmenter_train._save_state
 
     def crash_after_epoch_2(accelerator, state_dir, trainer, generator):
         save_state(accelerator, state_dir, trainer, generator)
         if trainer["epoch"] == 2:
             raise KeyboardInterrupt("simulated crash")
 
-    monkeypatch.setattr(segmenter_finetune, "_save_state", crash_after_epoch_2)
+    monkeypatch.setattr(segmenter_train, "_save_state", crash_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         finetune_segmenter(_config(tiny_kit, products, tmp_path / "crashed", *overrides))
-    monkeypatch.setattr(segmenter_finetune, "_save_state", save_state)
+    monkeypatch.setattr(segmenter_train, "_save_state", save_state)
     summary = finetune_segmenter(_config(tiny_kit, products, tmp_path / "crashed", *overrides), resume=True)
 
     straight = read_jsonl(tmp_path / "straight" / "run" / "metrics.jsonl")

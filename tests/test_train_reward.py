@@ -9,13 +9,14 @@ import pytest
 import torch
 import yaml
 
-from hfpc_reward.calibration import binary_metrics, recall_at_precision
 from hfpc_reward.cli import main as cli_main
 from hfpc_reward.config import load_config
-from hfpc_reward.data import read_manifest
-from hfpc_reward.reward_model import HFPCRewardModel, score_rows
+from hfpc_reward.data.manifest import read_manifest
+from hfpc_reward.reward.model import HFPCRewardModel
+from hfpc_reward.reward.rows import score_rows
+from hfpc_reward.reward.train import TrainRewardConfig, train_reward_model
+from hfpc_reward.stats import binary_metrics, recall_at_precision
 from hfpc_reward.testing.tiny_blip import write_colour_preference_task, write_tiny_reward_model
-from hfpc_reward.train_reward import TrainRewardConfig, train_reward_model
 
 # the tiny config's CPU recipe learns the colour task; validate once per epoch, hold out 50 originals
 LEARNING = ["training.eval_every_steps=1000", "training.save_every_steps=1000", "data.valid_fraction=0.25"]
@@ -207,9 +208,9 @@ def test_train_reward_cli_rejects_missing_manifest(tiny_config, tmp_path):
 
 
 def test_cluster_assignment_balances_the_pairs_drawn(tiny_config, colour_task, tmp_path):
-    from hfpc_reward.clusters import ClusterAssignment
-    from hfpc_reward.data import comparison_pairs
-    from hfpc_reward.train_reward import _epoch_order
+    from hfpc_reward.data.clusters import ClusterAssignment
+    from hfpc_reward.data.manifest import comparison_pairs
+    from hfpc_reward.reward.train import _epoch_order
 
     rows = read_manifest(colour_task["small"])
     origins = list(dict.fromkeys(row.origin for row in rows))

@@ -49,7 +49,10 @@ class MaskFinder(Protocol):
     """A consistency backend: finds the product mask in the original and in each generated image."""
 
     def original_products(
-        self, originals: Sequence[Image.Image], masks: Sequence[np.ndarray | None], prompts: Sequence[str | None]
+        self,
+        originals: Sequence[Image.Image],
+        masks: Sequence[np.ndarray | None],
+        prompts: Sequence[str | None],
     ) -> list[OriginalProduct]:
         """One OriginalProduct per original; `masks[i]` is the user's product mask when given."""
 

@@ -16,18 +16,14 @@ loadable with `--config`.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from hfpc_reward.config import config_to_dict, load_config
-from hfpc_reward.consistency.config import ConsistencyConfig, ThresholdConfig
+from hfpc_reward.consistency.config import ThresholdConfig
 
 logger = logging.getLogger(__name__)
 
@@ -123,57 +119,3 @@ def fit_thresholds(
     # then relax every threshold as far as the objective stays within `slack` of that best, in total
     sweep(best[:-1] + (best[-1] - slack,))
     return replace(start, **{field: round(value, 5) for field, value in limits.items()})
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--manifest", type=Path, required=True, help="labelled manifest (consistent or label field)"
-    )
-    parser.add_argument(
-        "--out", type=Path, required=True, help="config YAML to write (loadable with --config)"
-    )
-    goal = parser.add_mutually_exclusive_group()
-    goal.add_argument(
-        "--best-f1", action="store_true", help="maximise F1 of detecting inconsistent pairs (default)"
-    )
-    goal.add_argument("--target-precision", type=float, help="maximise recall with at least this precision")
-    parser.add_argument("--config", type=Path, help="starting config delta (its other sections are kept)")
-    parser.add_argument(
-        "--results", type=Path, help="where the checked rows are cached (default <out>.results.jsonl)"
-    )
-    parser.add_argument("--workers", type=int, default=1, help="worker processes for checking")
-    parser.add_argument("overrides", nargs="*", help="section.field=value config overrides")
-
-
-def run(args: argparse.Namespace) -> int:
-    from hfpc_reward.consistency.commands import check_manifest
-    from hfpc_reward.data import read_manifest
-
-    config = load_config(ConsistencyConfig, args.config, args.overrides)
-    results = args.results or args.out.with_name(args.out.name + ".results.jsonl")
-    records = check_manifest(read_manifest(args.manifest), config, results, workers=args.workers)
-    usable = [
-        (r["metrics"], ground_truth(r)) for r in records if not r.get("error") and ground_truth(r) is not None
-    ]
-    if not usable:
-        logger.error("no checked row of %s has ground truth (a 'consistent' or 'label' field)", args.manifest)
-        return 2
-    metrics, truth = [m for m, _ in usable], [t for _, t in usable]
-    thresholds = fit_thresholds(metrics, truth, config.thresholds, args.target_precision)
-    fitted = replace(config, thresholds=thresholds)
-    from hfpc_reward.consistency.checker import verdict
-
-    before = detection_metrics(truth, [verdict(m, config.thresholds)[0] for m in metrics])
-    after = detection_metrics(truth, [verdict(m, thresholds)[0] for m in metrics])
-    delta = yaml.safe_load(args.config.read_text()) if args.config else {}
-    delta = delta or {}
-    delta["thresholds"] = config_to_dict(fitted)["thresholds"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(yaml.safe_dump(delta, sort_keys=False))
-    for name, m in (("before", before), ("after", after)):
-        print(
-            f"{name:6s} precision {m['precision']:.3f}  recall {m['recall']:.3f}  F1 {m['f1']:.3f}  "
-            f"consistent rejected {m['false_rejection']:.1%}  (n={m['n']})"
-        )
-    print(f"wrote {args.out}")
-    return 0

@@ -51,6 +51,7 @@ from hfpc_reward.consistency.metrics import (
     mask_metrics,
     original_appearance,
 )
+from hfpc_reward.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ CHECKS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
-class ConsistencyInputError(ValueError):
+class ConsistencyInputError(UsageError):
     """One item of a batch cannot be checked (bad image, bad mask); the message says what and which."""
 
 

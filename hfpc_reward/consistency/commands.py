@@ -27,21 +27,25 @@ import logging
 import multiprocessing
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm import tqdm
 
-from hfpc_reward.config import load_config, save_resolved_config
+from hfpc_reward.config import config_to_dict, load_config, save_resolved_config
+from hfpc_reward.consistency.calibrate import detection_metrics, fit_thresholds, ground_truth
 from hfpc_reward.consistency.config import BACKEND_NAMES, ConsistencyConfig
-from hfpc_reward.data import ManifestRow, append_jsonl, is_url, read_jsonl, read_manifest
+from hfpc_reward.consistency.segmenter_train import SegmenterFinetuneConfig, finetune_segmenter
+from hfpc_reward.data.manifest import ManifestRow, append_jsonl, is_url, read_jsonl, read_manifest
 
 logger = logging.getLogger(__name__)
 
 INDEX_FIELD = "manifest_index"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "items",
         nargs="*",
@@ -62,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="manifest mode: worker processes")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_check(args: argparse.Namespace) -> int:
     paths = [item for item in args.items if "=" not in item or Path(item).exists()]
     overrides = [item for item in args.items if item not in paths]
     if args.backend:
@@ -243,3 +247,73 @@ def summary_table(records: list[dict[str, Any]]) -> str:
             f"consistent rejected {m['false_rejection']:.1%}"
         )
     return "\n".join(lines)
+
+
+def add_calibrate_consistency_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--manifest", type=Path, required=True, help="labelled manifest (consistent or label field)"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="config YAML to write (loadable with --config)"
+    )
+    goal = parser.add_mutually_exclusive_group()
+    goal.add_argument(
+        "--best-f1", action="store_true", help="maximise F1 of detecting inconsistent pairs (default)"
+    )
+    goal.add_argument("--target-precision", type=float, help="maximise recall with at least this precision")
+    parser.add_argument("--config", type=Path, help="starting config delta (its other sections are kept)")
+    parser.add_argument(
+        "--results", type=Path, help="where the checked rows are cached (default <out>.results.jsonl)"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes for checking")
+    parser.add_argument("overrides", nargs="*", help="section.field=value config overrides")
+
+
+def run_calibrate_consistency(args: argparse.Namespace) -> int:
+    from hfpc_reward.consistency.commands import check_manifest
+    from hfpc_reward.data.manifest import read_manifest
+
+    config = load_config(ConsistencyConfig, args.config, args.overrides)
+    results = args.results or args.out.with_name(args.out.name + ".results.jsonl")
+    records = check_manifest(read_manifest(args.manifest), config, results, workers=args.workers)
+    usable = [
+        (r["metrics"], ground_truth(r)) for r in records if not r.get("error") and ground_truth(r) is not None
+    ]
+    if not usable:
+        logger.error("no checked row of %s has ground truth (a 'consistent' or 'label' field)", args.manifest)
+        return 2
+    metrics, truth = [m for m, _ in usable], [t for _, t in usable]
+    thresholds = fit_thresholds(metrics, truth, config.thresholds, args.target_precision)
+    fitted = replace(config, thresholds=thresholds)
+    from hfpc_reward.consistency.checker import verdict
+
+    before = detection_metrics(truth, [verdict(m, config.thresholds)[0] for m in metrics])
+    after = detection_metrics(truth, [verdict(m, thresholds)[0] for m in metrics])
+    delta = yaml.safe_load(args.config.read_text()) if args.config else {}
+    delta = delta or {}
+    delta["thresholds"] = config_to_dict(fitted)["thresholds"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(yaml.safe_dump(delta, sort_keys=False))
+    for name, m in (("before", before), ("after", after)):
+        print(
+            f"{name:6s} precision {m['precision']:.3f}  recall {m['recall']:.3f}  F1 {m['f1']:.3f}  "
+            f"consistent rejected {m['false_rejection']:.1%}  (n={m['n']})"
+        )
+    print(f"wrote {args.out}")
+    return 0
+
+
+def add_finetune_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", help="YAML delta over the defaults, e.g. configs/segmenter/efficientsam_ti.yaml"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from output_dir/state if it exists")
+    parser.add_argument(
+        "overrides", nargs="*", help="dotted overrides, e.g. data.train_manifest=products.jsonl"
+    )
+
+
+def run_finetune_segmenter(args: argparse.Namespace) -> int:
+    config = load_config(SegmenterFinetuneConfig, args.config, args.overrides)
+    finetune_segmenter(config, resume=args.resume)  # logs before / best metrics and writes summary.json
+    return 0

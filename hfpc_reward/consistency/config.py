@@ -12,22 +12,34 @@ BACKEND_NAMES = ("classic", "grounded-sam", "grounded-efficientsam")
 class GroundedConfig:
     """GroundingDINO finds the product; a SAM-family segmenter cuts it out (backends grounded-*)."""
 
-    detector_id: str = "IDEA-Research/grounding-dino-tiny"  # hub id or local folder of a GroundingDINO checkpoint
-    sam_id: str = "facebook/sam-vit-base"  # hub id or folder of a transformers SAM (SlimSAM / SAM-HQ ids work too)
+    detector_id: str = (
+        "IDEA-Research/grounding-dino-tiny"  # hub id or local folder of a GroundingDINO checkpoint
+    )
+    sam_id: str = (
+        "facebook/sam-vit-base"  # hub id or folder of a transformers SAM (SlimSAM / SAM-HQ ids work too)
+    )
     efficientsam_checkpoint: str = ""  # EfficientSAM weights (.pt / folder) for grounded-efficientsam
     default_prompt: str = "product"  # detection text when a row has no category / prompt
     box_threshold: float = 0.3  # minimum box confidence kept from the detector
     text_threshold: float = 0.25  # minimum phrase confidence for a box's label
-    box_choice: str = "best-overlap"  # generated-side box: "best-overlap" (with the original's box) or "highest-score"
-    fallback: str = "original-box"  # nothing detected in the generated image: "original-box" (segment there) or "empty"
-    clip_masks_to_box: bool = True  # cut each SAM mask to its prompt box (the detector's box bounds the product)
+    box_choice: str = (
+        "best-overlap"  # generated-side box: "best-overlap" (with the original's box) or "highest-score"
+    )
+    fallback: str = (
+        "original-box"  # nothing detected in the generated image: "original-box" (segment there) or "empty"
+    )
+    clip_masks_to_box: bool = (
+        True  # cut each SAM mask to its prompt box (the detector's box bounds the product)
+    )
     batch_size: int = 8  # images per detector / SAM encoder forward pass (lower it when memory is short)
     device: str = "cpu"  # torch device for both models
     dtype: str = "float32"  # torch dtype name for both models: "float32", "float16" or "bfloat16"
 
     def __post_init__(self):
         if self.box_choice not in ("best-overlap", "highest-score"):
-            raise ValueError(f"grounded.box_choice must be 'best-overlap' or 'highest-score', got {self.box_choice!r}")
+            raise ValueError(
+                f"grounded.box_choice must be 'best-overlap' or 'highest-score', got {self.box_choice!r}"
+            )
         if self.fallback not in ("original-box", "empty"):
             raise ValueError(f"grounded.fallback must be 'original-box' or 'empty', got {self.fallback!r}")
         for name in ("box_threshold", "text_threshold"):
@@ -44,12 +56,20 @@ class ClassicConfig:
     """The weight-free OpenCV/numpy backend: studio-background extraction and mask-guided segmentation."""
 
     segment_size: int = 160  # longest side (px) at which the generated product is segmented; larger = slower
-    band_fraction: float = 0.025  # boundary band ignored (feathered edges), as a fraction of the product's size
+    band_fraction: float = (
+        0.025  # boundary band ignored (feathered edges), as a fraction of the product's size
+    )
     search_fraction: float = 0.35  # how far outside the original mask expansion is searched, x product size
     same_delta_e: float = 12.0  # Lab distance below which a generated pixel still "is" the original pixel
-    product_margin: float = 1.5  # log-likelihood ratio (product vs new background) a pixel needs to count as product
-    shadow_max_chroma: float = 12.0  # shadows/reflections: a darker pixel within this Lab chroma of the background
-    studio_delta_e: float = 10.0  # studio extraction: Lab distance from the border colour that counts as product
+    product_margin: float = (
+        1.5  # log-likelihood ratio (product vs new background) a pixel needs to count as product
+    )
+    shadow_max_chroma: float = (
+        12.0  # shadows/reflections: a darker pixel within this Lab chroma of the background
+    )
+    studio_delta_e: float = (
+        10.0  # studio extraction: Lab distance from the border colour that counts as product
+    )
     histogram_bins: int = 12  # bins per Lab channel of the product / background colour models
 
     def __post_init__(self):
@@ -80,18 +100,33 @@ class ThresholdConfig:
     max_lost_area: float = 0.03  # fraction of the original product missing in the generated image
     max_centroid_shift: float = 0.05  # centroid shift / diagonal of the original product's box
     min_boundary_f: float = 0.6  # boundary F-score of the two outlines (tolerance: boundary_tolerance)
-    max_delta_e: float = 2.5  # mean CIE76 Lab colour difference inside the product (after mild-grading compensation)
+    max_delta_e: float = (
+        2.5  # mean CIE76 Lab colour difference inside the product (after mild-grading compensation)
+    )
     min_ssim: float = 0.88  # structural similarity of the product region (greyscale)
-    max_changed_area: float = 0.01  # fraction of the product whose local colour changed by more than changed_delta_e
-    max_edge_changed: float = 0.02  # fraction of the product's edge zone changed by more than edge_delta_e (melting)
-    max_aspect_mismatch: float = 0.03  # |log(aspect_gen / aspect_orig)|; above it the pair is refused as distorted
+    max_changed_area: float = (
+        0.01  # fraction of the product whose local colour changed by more than changed_delta_e
+    )
+    max_edge_changed: float = (
+        0.02  # fraction of the product's edge zone changed by more than edge_delta_e (melting)
+    )
+    max_aspect_mismatch: float = (
+        0.03  # |log(aspect_gen / aspect_orig)|; above it the pair is refused as distorted
+    )
 
     def __post_init__(self):
         for name in ("min_iou", "min_boundary_f", "min_ssim"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"thresholds.{name} must be in [0, 1), got {getattr(self, name)}")
-        for name in ("max_expansion", "max_lost_area", "max_centroid_shift", "max_delta_e", "max_changed_area",
-                     "max_edge_changed", "max_aspect_mismatch"):
+        for name in (
+            "max_expansion",
+            "max_lost_area",
+            "max_centroid_shift",
+            "max_delta_e",
+            "max_changed_area",
+            "max_edge_changed",
+            "max_aspect_mismatch",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"thresholds.{name} must be > 0, got {getattr(self, name)}")
 
@@ -101,10 +136,14 @@ class MetricsConfig:
     """How the metrics are measured (resolution, tolerances); thresholds live in ThresholdConfig."""
 
     analysis_size: int = 256  # longest side (px) at which masks and appearance are compared
-    boundary_tolerance: float = 0.02  # boundary F-score match distance, as a fraction of the product box diagonal
+    boundary_tolerance: float = (
+        0.02  # boundary F-score match distance, as a fraction of the product box diagonal
+    )
     ignore_band: float = 0.02  # appearance ignores this band inside the product outline (x box diagonal)
     edge_delta_e: float = 5.0  # Lab difference that marks an edge-zone pixel as changed (metric edge_changed)
-    changed_delta_e: float = 10.0  # local Lab difference (CIE76, after smoothing) that marks a pixel as changed
+    changed_delta_e: float = (
+        10.0  # local Lab difference (CIE76, after smoothing) that marks a pixel as changed
+    )
     grading_gain: float = 0.15  # mild global colour grading absorbed: per-channel gain within 1 +- this
     grading_offset: float = 20.0  # ... and per-channel offset within +- this (0-255 scale)
 
@@ -115,17 +154,23 @@ class MetricsConfig:
             if not 0.0 <= getattr(self, name) <= 0.5:
                 raise ValueError(f"metrics.{name} must be in [0, 0.5], got {getattr(self, name)}")
         if self.changed_delta_e <= 0 or self.edge_delta_e <= 0 or self.grading_offset < 0:
-            raise ValueError("metrics.changed_delta_e and edge_delta_e must be > 0, metrics.grading_offset >= 0")
+            raise ValueError(
+                "metrics.changed_delta_e and edge_delta_e must be > 0, metrics.grading_offset >= 0"
+            )
 
 
 @dataclass
 class ConsistencyConfig:
     backend: str = "classic"  # one of BACKEND_NAMES: "classic" is weight-free; grounded-* load models
     grounded: GroundedConfig = field(default_factory=GroundedConfig)  # settings of the grounded-* backends
-    classic: ClassicConfig = field(default_factory=ClassicConfig)  # settings of the weight-free classic backend
+    classic: ClassicConfig = field(
+        default_factory=ClassicConfig
+    )  # settings of the weight-free classic backend
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  # how masks and appearance are compared
     thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)  # verdict thresholds (calibratable)
-    min_mask_fraction: float = 0.001  # an original product mask smaller than this fraction of the image is refused
+    min_mask_fraction: float = (
+        0.001  # an original product mask smaller than this fraction of the image is refused
+    )
     max_mask_fraction: float = 0.95  # ... and one larger than this (no background left to compare) is refused
 
     def __post_init__(self):

@@ -31,6 +31,7 @@ from hfpc_reward.consistency.efficientsam_model import (
     EfficientSam,
     EfficientSamConfig,
 )
+from hfpc_reward.errors import UsageError
 from hfpc_reward.images import pil_to_tensor
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ MODEL_TYPE = "efficientsam"
 MASK_CHOICES = ("best-iou", "single", "0", "1", "2")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint does not fit the EfficientSAM architecture; the message names the keys."""
 
 

@@ -127,7 +127,7 @@ def write_tiny_reward_model(out_dir: Path) -> dict:
     """Write the tiny BLIP backbone and a tiny reward model under `out_dir`; see the module docstring."""
     import torch
 
-    from hfpc_reward.reward_model import HFPCRewardModel, RewardModelConfig
+    from hfpc_reward.reward.model import HFPCRewardModel, RewardModelConfig
 
     out_dir = Path(out_dir).resolve()
     blip_dir = write_tiny_blip(out_dir / "blip")
@@ -157,7 +157,7 @@ def write_colour_preference_task(
     import numpy as np
     from PIL import Image
 
-    from hfpc_reward.data import write_jsonl
+    from hfpc_reward.data.manifest import write_jsonl
 
     rng = np.random.default_rng(seed)
     out_dir = Path(out_dir)

@@ -98,7 +98,12 @@ def write_tiny_sd_inpaint(out_dir: Path) -> dict:
     # learns in a CPU minute: LoRA on the UNet's output conv (it can move the latents' channel means that the
     # tiny decoder turns into brightness), no CFG (half the UNet work), a dark-background brightness target
     config = {
-        "model": {"pretrained": str(pipeline_dir), "lora_rank": 4, "lora_alpha": 4.0, "lora_targets": ["conv_out"]},
+        "model": {
+            "pretrained": str(pipeline_dir),
+            "lora_rank": 4,
+            "lora_alpha": 4.0,
+            "lora_targets": ["conv_out"],
+        },
         "data": {
             "manifest": str(manifest),
             "prompts": ["a photo on a dark studio background", "product on a wooden table"],
@@ -124,7 +129,7 @@ def write_tiny_products(out_dir: Path, n_products: int, size: int, seed: int = 0
     import numpy as np
     from PIL import Image
 
-    from hfpc_reward.data import write_jsonl
+    from hfpc_reward.data.manifest import write_jsonl
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

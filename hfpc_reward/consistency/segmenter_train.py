@@ -18,7 +18,6 @@ mIoU and boundary F), `best/` (save_pretrained of the best epoch by held-out mIo
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -31,11 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from hfpc_reward.config import load_config, save_resolved_config
-from hfpc_reward.consistency.grounded_sam import mask_box
+from hfpc_reward.config import save_resolved_config
+from hfpc_reward.consistency.geometry import mask_box
 from hfpc_reward.consistency.metrics import mask_metrics
-from hfpc_reward.data import append_jsonl, read_manifest, replace_directory, split_by_original
+from hfpc_reward.data.manifest import append_jsonl, read_manifest
+from hfpc_reward.data.splits import split_by_original
 from hfpc_reward.images import ImageLoadError, load_mask, load_rgb, pil_to_tensor
+from hfpc_reward.runs import replace_directory
 
 logger = logging.getLogger(__name__)
 
@@ -514,19 +515,3 @@ def _save_state(accelerator, state_dir: Path, trainer: dict, generator: torch.Ge
         (staging / "trainer_state.json").write_text(json.dumps(trainer))
         replace_directory(staging, state_dir)
     accelerator.wait_for_everyone()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", help="YAML delta over the defaults, e.g. configs/segmenter/efficientsam_ti.yaml"
-    )
-    parser.add_argument("--resume", action="store_true", help="continue from output_dir/state if it exists")
-    parser.add_argument(
-        "overrides", nargs="*", help="dotted overrides, e.g. data.train_manifest=products.jsonl"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    config = load_config(SegmenterFinetuneConfig, args.config, args.overrides)
-    finetune_segmenter(config, resume=args.resume)  # logs before / best metrics and writes summary.json
-    return 0

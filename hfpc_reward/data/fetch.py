@@ -31,7 +31,7 @@ import requests
 import urllib3.exceptions
 from tqdm.auto import tqdm
 
-from hfpc_reward.data import ManifestRow, append_jsonl, is_url, read_jsonl, write_jsonl
+from hfpc_reward.data.manifest import ManifestRow, append_jsonl, is_url, read_jsonl, write_jsonl
 from hfpc_reward.images import DEFAULT_MAX_PIXELS, ImageLoadError, open_image
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,6 @@ Multi-GPU: `accelerate launch -m hfpc_reward.cli train-reward ...`.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -34,23 +33,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from hfpc_reward.config import RESOLVED_CONFIG_NAME, config_to_dict, load_config, save_resolved_config
-from hfpc_reward.data import (
-    ManifestRow,
-    append_jsonl,
-    comparison_pairs,
-    read_manifest,
-    replace_directory,
-    split_by_original,
-)
-from hfpc_reward.reward_model import (
-    HFPCRewardModel,
-    RewardModelConfig,
-    iter_row_batches,
-    require_local_images,
-    row_features,
-    score_rows,
-)
+from hfpc_reward.config import RESOLVED_CONFIG_NAME, config_to_dict, save_resolved_config
+from hfpc_reward.data.manifest import ManifestRow, append_jsonl, comparison_pairs, read_manifest
+from hfpc_reward.data.splits import split_by_original
+from hfpc_reward.reward.model import HFPCRewardModel, RewardModelConfig
+from hfpc_reward.reward.rows import iter_row_batches, require_local_images, row_features, score_rows
+from hfpc_reward.runs import replace_directory
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +174,7 @@ def _epoch_order(pairs: list, epoch: int, cfg: TrainRewardConfig, assignment: di
     """The pair indices of one epoch: a seeded permutation, or a cluster-balanced draw with replacement."""
     if assignment is None:
         return np.random.default_rng([cfg.training.seed, epoch]).permutation(len(pairs))
-    from hfpc_reward.clusters import balanced_pair_sampler
+    from hfpc_reward.data.clusters import balanced_pair_sampler
 
     sampler = balanced_pair_sampler(pairs, assignment, seed=cfg.training.seed)
     sampler.set_epoch(epoch)
@@ -347,7 +335,7 @@ def train_reward_model(
     trained_module = model.head if cached else model
     assignment = None
     if cfg.data.cluster_assignment:
-        from hfpc_reward.clusters import ClusterAssignment
+        from hfpc_reward.data.clusters import ClusterAssignment
 
         assignment = ClusterAssignment.load(cfg.data.cluster_assignment).assignment
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -469,7 +457,7 @@ def _new_head_config(cfg: TrainRewardConfig) -> RewardModelConfig | None:
     """The architecture config for a new head; None when `model` is already a reward-model checkpoint."""
     from transformers.utils import cached_file
 
-    from hfpc_reward.reward_model import CONFIG_KEY, CONFIG_NAME
+    from hfpc_reward.reward.model import CONFIG_KEY, CONFIG_NAME
 
     stored = json.loads(Path(cached_file(cfg.model, CONFIG_NAME)).read_text())
     return None if CONFIG_KEY in stored else cfg.architecture
@@ -523,7 +511,7 @@ def _validate_rows(model, rows, pairs, batch_size) -> tuple[float, float]:
 
 def _finalise(output_dir: Path, cfg: TrainRewardConfig, train_rows, valid_rows, device) -> None:
     """Best model + training-set score mean/std + pass threshold (and probabilities) -> output_dir/model."""
-    from hfpc_reward.reward_calibrate import calibrate
+    from hfpc_reward.reward.calibrate import calibrate
 
     source = output_dir / "best"
     model = HFPCRewardModel.from_pretrained(source, device=device)
@@ -546,18 +534,3 @@ def _finalise(output_dir: Path, cfg: TrainRewardConfig, train_rows, valid_rows, 
         model.threshold,
         target,
     )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML delta over the defaults, e.g. configs/reward/blip_base.yaml")
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the newest checkpoint of output_dir"
-    )
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.train_manifest=train.jsonl")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = load_config(TrainRewardConfig, args.config, args.overrides)
-    summary = train_reward_model(cfg, resume=args.resume)
-    logger.info("done: %s", json.dumps(summary))
-    return 0

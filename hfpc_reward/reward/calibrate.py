@@ -8,16 +8,16 @@ expected calibration error. Both are written into the model folder's config.json
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Sequence
 
 import numpy as np
 
-from hfpc_reward.calibration import pick_threshold
-from hfpc_reward.data import ManifestRow, read_manifest
-from hfpc_reward.reward_model import HFPCRewardModel, require_local_images, score_rows
+from hfpc_reward.data.manifest import ManifestRow
+from hfpc_reward.reward.model import HFPCRewardModel
+from hfpc_reward.reward.rows import score_rows
+from hfpc_reward.stats import pick_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -55,28 +55,3 @@ def calibrate(
     }
     logger.info("calibrated: %s", json.dumps(result))
     return result
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="reward-model folder (its config.json is updated)")
-    parser.add_argument(
-        "--manifest", required=True, help="labelled validation manifest (never the test split)"
-    )
-    parser.add_argument(
-        "--target-precision",
-        type=float,
-        default=None,
-        help="pick the highest-recall threshold with at least this precision (default: best F1)",
-    )
-    parser.add_argument("--batch-size", type=int, default=32, help="rows scored per batch")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-
-
-def run(args: argparse.Namespace) -> int:
-    rows = read_manifest(args.manifest)
-    require_local_images(rows, args.manifest)
-    model = HFPCRewardModel.from_pretrained(args.model, device=args.device)
-    calibrate(model, rows, args.target_precision, args.batch_size)
-    model.write_checkpoint_config(args.model)
-    logger.info("wrote threshold %.4f into %s/config.json", model.threshold, args.model)
-    return 0

@@ -27,21 +27,32 @@ from tqdm import tqdm
 
 from hfpc_reward.config import load_config, save_resolved_config
 from hfpc_reward.consistency.commands import INDEX_FIELD
-from hfpc_reward.data import ManifestRow, append_jsonl, is_url, read_jsonl, read_manifest, write_jsonl
+from hfpc_reward.data.manifest import (
+    ManifestRow,
+    append_jsonl,
+    is_url,
+    read_jsonl,
+    read_manifest,
+    write_jsonl,
+)
 from hfpc_reward.scorer import HFPCResult, HFPCScorer, ScorerConfig
 
 logger = logging.getLogger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="section.field=value", help="config overrides")
-    parser.add_argument("--manifest", type=Path, required=True, help="JSON Lines manifest (HFPC schemas or ours)")
+    parser.add_argument(
+        "--manifest", type=Path, required=True, help="JSON Lines manifest (HFPC schemas or ours)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="results JSON Lines (resumed when it exists)")
-    parser.add_argument("--config", type=Path, help="scorer YAML config delta (reward model, consistency, policy)")
+    parser.add_argument(
+        "--config", type=Path, help="scorer YAML config delta (reward model, consistency, policy)"
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per scorer call")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_score(args: argparse.Namespace) -> int:
     config = load_config(ScorerConfig, args.config, args.overrides)
     if args.batch_size < 1:
         logger.error("--batch-size must be >= 1, got %d", args.batch_size)
@@ -74,7 +85,9 @@ def score_manifest(
     with tqdm(total=len(pending), desc="score", unit="pair", disable=rank != 0) as progress:
         for start in range(0, len(pending), batch_size):
             batch = pending[start : start + batch_size]
-            append_jsonl(part, [_record(i, row, result) for (i, row), result in zip(batch, _score_rows(scorer, batch))])
+            append_jsonl(
+                part, [_record(i, row, result) for (i, row), result in zip(batch, _score_rows(scorer, batch))]
+            )
             progress.update(len(batch))
     if world > 1:
         _merge_parts(out, world)
@@ -124,7 +137,9 @@ def _process_rank() -> tuple[int, int]:
     import torch
     from accelerate import PartialState
 
-    state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True, CPU processes each think they are alone
+    state = PartialState(
+        cpu=not torch.cuda.is_available()
+    )  # without cpu=True, CPU processes each think they are alone
     return state.process_index, state.num_processes
 
 
@@ -144,18 +159,26 @@ def _merge_parts(out: Path, world: int) -> None:
 
 def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Pass rate (bootstrap CI over originals), error count, and agreement with human labels if present."""
-    from hfpc_reward.calibration import binary_metrics, grouped_bootstrap_ci
+    from hfpc_reward.stats import binary_metrics, grouped_bootstrap_ci
 
     judged = [r for r in records if r.get("error") is None]
-    result: dict[str, Any] = {"rows": len(records), "judged": len(judged), "errors": len(records) - len(judged)}
+    result: dict[str, Any] = {
+        "rows": len(records),
+        "judged": len(judged),
+        "errors": len(records) - len(judged),
+    }
     if not judged:
         return result
     passed = np.array([bool(r["passed"]) for r in judged], dtype=float)
-    result["pass_rate"] = grouped_bootstrap_ci(lambda idx: float(passed[idx].mean()), [r["origin"] for r in judged])
+    result["pass_rate"] = grouped_bootstrap_ci(
+        lambda idx: float(passed[idx].mean()), [r["origin"] for r in judged]
+    )
     result["mean_reward"] = float(np.mean([r["reward"] for r in judged]))
     labelled = [r for r in judged if r.get("label") is not None]
     if labelled:
-        metrics = binary_metrics([float(r["passed"]) for r in labelled], [int(r["label"]) for r in labelled], 0.5)
+        metrics = binary_metrics(
+            [float(r["passed"]) for r in labelled], [int(r["label"]) for r in labelled], 0.5
+        )
         result["vs_labels"] = {key: metrics[key] for key in ("n", "precision", "recall", "f1")}
     return result
 
@@ -165,7 +188,9 @@ def summary_table(records: list[dict[str, Any]]) -> str:
     lines = [f"rows {stats['rows']}   judged {stats['judged']}   errors {stats['errors']}"]
     if "pass_rate" in stats:
         rate = stats["pass_rate"]
-        lines.append(f"pass rate {rate['estimate']:.1%}  (95% CI {rate['low']:.1%} - {rate['high']:.1%}, over originals)")
+        lines.append(
+            f"pass rate {rate['estimate']:.1%}  (95% CI {rate['low']:.1%} - {rate['high']:.1%}, over originals)"
+        )
         lines.append(f"mean reward {stats['mean_reward']:.3f}")
     if "vs_labels" in stats:
         agree = stats["vs_labels"]
@@ -179,5 +204,8 @@ def summary_table(records: list[dict[str, Any]]) -> str:
             kind = reason.split(" (")[0].split(" ")[0]
             reasons[kind] = reasons.get(kind, 0) + 1
     if reasons:
-        lines.append("fail reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])))
+        lines.append(
+            "fail reasons: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        )
     return "\n".join(lines)

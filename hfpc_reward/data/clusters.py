@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from hfpc_reward.data import ManifestRow
+from hfpc_reward.data.manifest import ManifestRow
 from hfpc_reward.images import ImageLoadError, load_rgb
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def load_blip_vision(source: str):
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
     from transformers.utils import cached_file
 
-    from hfpc_reward.reward_model import CONFIG_KEY, HFPCRewardModel
+    from hfpc_reward.reward.model import CONFIG_KEY, HFPCRewardModel
 
     stored = json.loads(Path(cached_file(source, "config.json")).read_text())
     if CONFIG_KEY in stored:

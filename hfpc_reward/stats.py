@@ -19,13 +19,15 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from hfpc_reward.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 # The precision the HFPC paper reports for its judge; recall at this precision is a headline metric.
 HEADLINE_PRECISION = 0.964
 
 
-class CalibrationError(ValueError):
+class CalibrationError(UsageError):
     """A threshold cannot be chosen or a metric cannot be computed; the message says why."""
 
 

@@ -8,20 +8,13 @@ import logging
 import sys
 from pathlib import Path
 
-from hfpc_reward.data import (
-    DEFAULT_SPLIT_FRACTIONS,
-    group_by_original,
-    is_url,
-    manifest_stats,
-    read_manifest,
-    split_by_original,
-    write_jsonl,
-)
+from hfpc_reward.data.manifest import group_by_original, is_url, manifest_stats, read_manifest, write_jsonl
+from hfpc_reward.data.splits import DEFAULT_SPLIT_FRACTIONS, split_by_original
 
 logger = logging.getLogger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     stats = actions.add_parser("stats", help="rows, originals, labels and comparative pairs of a manifest")
@@ -73,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     clusters.add_argument("--batch-size", type=int, default=32)
 
 
-def run(args: argparse.Namespace) -> int:
+def run_data(args: argparse.Namespace) -> int:
     actions = {"stats": _stats, "split": _split, "fetch": _fetch, "clusters": _clusters}
     return actions[args.data_command](args)
 
@@ -116,7 +109,7 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from hfpc_reward.data_fetch import FetchConfig, fetch_manifest
+    from hfpc_reward.data.fetch import FetchConfig, fetch_manifest
 
     config = FetchConfig(
         workers=args.workers,
@@ -136,8 +129,13 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _clusters(args: argparse.Namespace) -> int:
-    from hfpc_reward.clusters import BlipImageFeatures, ClusterConfig, cluster_originals, write_contact_sheets
     from hfpc_reward.config import save_resolved_config
+    from hfpc_reward.data.clusters import (
+        BlipImageFeatures,
+        ClusterConfig,
+        cluster_originals,
+        write_contact_sheets,
+    )
 
     config = ClusterConfig(k=args.k, seed=args.seed, device=args.device, batch_size=args.batch_size)
     if args.backbone:

@@ -9,18 +9,16 @@ gets a bootstrap confidence interval that resamples whole originals. Also writes
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from hfpc_reward.calibration import binary_metrics, grouped_bootstrap_ci
-from hfpc_reward.data import ManifestRow, comparison_pairs, read_manifest
-from hfpc_reward.reward_model import HFPCRewardModel, require_local_images, score_rows
+from hfpc_reward.data.manifest import ManifestRow, comparison_pairs
+from hfpc_reward.reward.model import HFPCRewardModel
+from hfpc_reward.reward.rows import score_rows
+from hfpc_reward.stats import binary_metrics, grouped_bootstrap_ci
 
 logger = logging.getLogger(__name__)
 
@@ -148,51 +146,3 @@ def evaluate_model(
             "%d of %d rows could not be read and were left out", report["unreadable_rows"], len(rows)
         )
     return report, scores
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="reward-model folder or hub id")
-    parser.add_argument("--manifest", required=True, help="labelled manifest to evaluate on")
-    parser.add_argument("--out", required=True, help="metrics JSON to write (plots go next to it)")
-    parser.add_argument("--batch-size", type=int, default=32, help="rows scored per batch")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of originals")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-
-
-def run(args: argparse.Namespace) -> int:
-    import hfpc_reward
-
-    rows = read_manifest(args.manifest)
-    require_local_images(rows, args.manifest)
-    model = HFPCRewardModel.from_pretrained(args.model, device=args.device)
-    report, scores = evaluate_model(model, rows, args.batch_size, args.bootstrap, args.seed)
-    report.update(
-        {
-            "model": str(args.model),
-            "manifest": str(args.manifest),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "hfpc_reward_version": getattr(hfpc_reward, "__version__", "unknown"),
-        }
-    )
-    out = Path(args.out)
-    labelled = [row for row in rows if row.label is not None]
-    ok = np.isfinite(scores)
-    labels = np.array([row.label for row in labelled])[ok]
-    report["plots"] = [str(p) for p in plot_curves(scores[ok], labels, model.threshold, out.parent)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out)
-    m = report["metrics"]
-    logger.info(
-        "pairwise accuracy %.4f, precision %.4f, recall %.4f, F1 %.4f, PR-AUC %.4f, ROC-AUC %.4f -> %s",
-        m["pairwise_accuracy"],
-        m["precision"],
-        m["recall"],
-        m["f1"],
-        m["pr_auc"],
-        m["roc_auc"],
-        out,
-    )
-    return 0
