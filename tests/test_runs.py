@@ -1,0 +1,116 @@
+"""The run contract: output ownership, settings stamp, resume policy."""
+
+import json
+
+import pytest
+
+from hfpc_reward.errors import UsageError
+from hfpc_reward.runs import (
+    OutputExistsError,
+    OutputIsInputError,
+    ResumeMismatchError,
+    RunLockedError,
+    RunOutput,
+    changed_settings,
+    settings_hash,
+    stamp_path,
+)
+
+
+def enter(out, settings, **options):
+    """Open and close a RunOutput (what a refused run gets as far as)."""
+    with RunOutput(out, settings, **options):
+        pass
+
+
+SETTINGS = {"train": {"lr": 1e-5, "epochs": 2}, "data": {"manifest": "m.jsonl"}}
+
+
+def test_settings_hash_is_stable_and_order_free():
+    assert settings_hash({"a": 1, "b": {"c": 2}}) == settings_hash({"b": {"c": 2}, "a": 1})
+    assert settings_hash({"a": 1}) != settings_hash({"a": 2})
+
+
+def test_changed_settings_names_dotted_keys():
+    changes = changed_settings(SETTINGS, {"train": {"lr": 1e-4, "epochs": 2}})
+    assert changes == {"data.manifest": ("m.jsonl", None), "train.lr": (1e-5, 1e-4)}
+
+
+def test_stamp_is_named_after_the_output(tmp_path):
+    assert stamp_path(tmp_path / "check" / "results.jsonl") == tmp_path / "check" / "results.run.json"
+    assert stamp_path(tmp_path / "reward") == tmp_path / "reward" / "run.json"
+    with (
+        RunOutput(tmp_path / "a.jsonl", SETTINGS, resume=False),
+        RunOutput(tmp_path / "b.jsonl", {"x": 1}, resume=False),
+    ):
+        pass
+    a = json.loads((tmp_path / "a.run.json").read_text())
+    assert a["settings"] == SETTINGS and a["settings_hash"] == settings_hash(SETTINGS)
+    assert json.loads((tmp_path / "b.run.json").read_text())["settings"] == {"x": 1}
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp_path):
+    out = tmp_path / "results.jsonl"
+    with (
+        RunOutput(out, SETTINGS, resume=False),
+        pytest.raises(RunLockedError, match="another run is writing"),
+    ):
+        enter(out, SETTINGS, resume=True)
+    with RunOutput(out, SETTINGS, resume=True) as run:  # released on exit
+        assert run.resuming
+
+
+def test_resume_with_a_changed_result_setting_is_refused_naming_the_keys(tmp_path):
+    out = tmp_path / "results.jsonl"
+    with RunOutput(out, SETTINGS, resume=False):
+        out.write_text("{}\n")
+    changed = {"train": {"lr": 1e-4, "epochs": 2}, "data": {"manifest": "other.jsonl"}}
+    with pytest.raises(ResumeMismatchError) as error:
+        enter(out, changed, resume=True, safe_keys=["train.epochs"])
+    message = str(error.value)
+    assert "train.lr" in message and "data.manifest" in message and "\n" not in message
+    assert isinstance(error.value, UsageError)
+    assert json.loads(stamp_path(out).read_text())["settings"] == SETTINGS  # refused: stamp untouched
+
+
+def test_resume_with_a_safe_change_updates_the_stamp(tmp_path):
+    out = tmp_path / "run"
+    with RunOutput(out, SETTINGS, resume=False):
+        (out / "metrics.jsonl").write_text("")
+    more = {"train": {"lr": 1e-5, "epochs": 5}, "data": {"manifest": "m.jsonl"}}
+    with RunOutput(out, more, resume=True, safe_keys=["train.epochs"]) as run:
+        assert run.resuming and run.previous == SETTINGS
+    stamp = json.loads((out / "run.json").read_text())
+    assert stamp["settings"]["train"]["epochs"] == 5 and stamp["resumes"] == 1
+
+
+def test_fresh_run_over_an_existing_output_needs_overwrite(tmp_path):
+    out = tmp_path / "results.jsonl"
+    with RunOutput(out, SETTINGS, resume=False):
+        out.write_text("{}\n")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        enter(out, SETTINGS, resume=False)
+    with RunOutput(out, {"other": 1}, resume=False, overwrite=True) as run:
+        assert not run.resuming
+    assert json.loads(stamp_path(out).read_text())["settings"] == {"other": 1}
+
+
+def test_resume_without_any_output_starts_fresh_and_without_a_stamp_is_refused(tmp_path):
+    with RunOutput(tmp_path / "new.jsonl", SETTINGS, resume=True) as run:
+        assert not run.resuming
+    legacy = tmp_path / "legacy.jsonl"
+    legacy.write_text("{}\n")
+    with pytest.raises(ResumeMismatchError, match="no run stamp"):
+        enter(legacy, SETTINGS, resume=True)
+
+
+def test_output_equal_to_or_over_an_input_is_refused(tmp_path):
+    manifest = tmp_path / "data" / "manifest.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_text("{}\n")
+    for out in (manifest, tmp_path / "data", manifest.parent / "model" / "x.jsonl"):
+        inputs = [manifest, manifest.parent / "model"] if out.name == "x.jsonl" else [manifest]
+        (manifest.parent / "model").mkdir(exist_ok=True)
+        with pytest.raises(OutputIsInputError, match="choose an --out outside the inputs"):
+            enter(out, SETTINGS, resume=False, inputs=inputs)
+    assert manifest.read_text() == "{}\n"
