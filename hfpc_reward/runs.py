@@ -266,6 +266,18 @@ class RunOutput:
         os.replace(temp, self.stamp)
 
 
+def add_run_arguments(parser) -> None:
+    """The run flags every command shares: --resume and --overwrite (their meaning: the module docstring)."""
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue this output's run (refused if a result setting changed)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="start over an existing output instead of refusing"
+    )
+
+
 def _version() -> str:
     from hfpc_reward import __version__
 
