@@ -108,6 +108,18 @@ def test_product_coloured_expansion_is_found_and_measured(checker, scene):
     assert report.metrics["lost_area"] < 0.02
 
 
+def test_a_shifted_product_is_moved_and_nothing_else(checker, scene):
+    original, generated, mask = scene
+    shift = SIZE // 8
+    moved = np.roll(generated, shift, axis=1)
+    moved[:, :shift] = generated[:, :shift]
+    report = checker.check([original], [moved], masks=[mask])[0]
+    assert not report.consistent
+    assert report.primary_reason == "moved" and report.failed_checks == ["moved"]
+    assert len(report.reasons) == 1 and report.reasons[0].startswith("moved")
+    assert report.to_record()["primary_reason"] == "moved"
+
+
 def test_truncation_is_found_and_measured(checker, scene):
     original, generated, mask = scene
     truncated = generated.copy()
@@ -210,7 +222,8 @@ def test_one_bad_item_does_not_lose_the_batch(checker, scene, tmp_path):
         errors="report",
     )
     assert reports[0].consistent and reports[0].error is None
-    assert "does not exist" in reports[1].error and reports[1].score == 0.0 and not reports[1].consistent
+    assert "does not exist" in reports[1].error and reports[1].score == 0.0 and reports[1].consistent is None
+    assert reports[1].failed_checks == ["error"] and reports[1].primary_reason == "error"
     assert "product mask (given) is empty" in reports[2].error
     assert reports[1].reasons == [f"error: {reports[1].error}"] and reports[1].metrics == {}
     with pytest.raises(ImageLoadError, match="does not exist"):
@@ -249,18 +262,20 @@ def test_verdict_score_and_thresholds_from_config():
         "edge_changed": 0.0,
         "aspect_mismatch": 0.0,
     }
-    consistent, score, reasons = verdict(good, ThresholdConfig())
-    assert consistent and 0.5 <= score <= 1.0 and reasons == []
+    outcome = verdict(good, ThresholdConfig())
+    assert outcome.consistent and 0.5 <= outcome.score <= 1.0 and outcome.reasons == []
+    assert outcome.failed_checks == []
     bad = dict(good, expansion=0.23, delta_e=14.2, ssim=0.41)
-    consistent, score, reasons = verdict(bad, ThresholdConfig())
-    assert not consistent and 0.0 <= score < 0.5
-    assert {"expanded 23%", "recoloured (ΔE 14.2)", "label or texture changed (SSIM 0.41)"} <= set(reasons)
+    outcome = verdict(bad, ThresholdConfig())
+    assert not outcome.consistent and 0.0 <= outcome.score < 0.5
+    assert outcome.failed_checks == ["expanded", "recoloured"]  # the SSIM drop is explained by the recolour
+    assert outcome.reasons == ["expanded 23%", "recoloured (ΔE 14.2)"]
     loose = load_config(
         ConsistencyConfig,
         None,
         ["thresholds.max_expansion=0.3", "thresholds.max_delta_e=20", "thresholds.min_ssim=0.3"],
     )
-    assert verdict(bad, loose.thresholds)[0]
+    assert verdict(bad, loose.thresholds).consistent
     with pytest.raises(ConfigError, match="max_expansion must be > 0"):
         load_config(ConsistencyConfig, None, ["thresholds.max_expansion=-1"])
     with pytest.raises(ConfigError, match="segment_size"):
@@ -292,9 +307,9 @@ def test_fit_thresholds_separates_labels_and_never_ends_worse():
         metrics.append(dict(good, delta_e=delta_e))
         truth.append(consistent)
     start = ThresholdConfig()
-    before = detection_metrics(truth, [verdict(m, start)[0] for m in metrics])
+    before = detection_metrics(truth, [verdict(m, start).consistent for m in metrics])
     fitted = fit_thresholds(metrics, truth, start)
-    after = detection_metrics(truth, [verdict(m, fitted)[0] for m in metrics])
+    after = detection_metrics(truth, [verdict(m, fitted).consistent for m in metrics])
     assert before["false_rejection"] > 0 and after["f1"] == 1.0 and after["false_rejection"] == 0.0
     assert 3.0 <= fitted.max_delta_e <= 4.0
     with pytest.raises(ValueError, match="both consistent and inconsistent"):

@@ -85,7 +85,7 @@ def fit_thresholds(
     if truth.all() or not truth.any():
         raise ValueError("calibration needs both consistent and inconsistent rows")
     values = {name: np.array([m[name] for m in metrics], dtype=np.float64) for name, *_ in CHECKS}
-    limits = {field: getattr(start, field) for _, field, _, _ in CHECKS}
+    limits = {field: getattr(start, field) for _, field, _, *_ in CHECKS}
 
     def fails(name: str, field: str, kind: str, limit: float) -> np.ndarray:
         return values[name] > limit if kind == "max" else values[name] < limit
@@ -100,9 +100,9 @@ def fit_thresholds(
     def sweep(floor: tuple | None) -> tuple:
         """One pass over the thresholds; each takes the most lenient value whose objective is the best one
         (floor None) or at least `floor`. Returns the objective after the pass."""
-        for name, field, kind, _ in CHECKS:
+        for name, field, kind, *_ in CHECKS:
             others = np.zeros(truth.size, dtype=bool)
-            for other, other_field, other_kind, _ in CHECKS:
+            for other, other_field, other_kind, *_ in CHECKS:
                 if other != name:
                     others |= fails(other, other_field, other_kind, limits[other_field])
             quantiles = np.unique(np.quantile(values[name], np.linspace(0, 1, CANDIDATES)))
@@ -112,7 +112,7 @@ def fit_thresholds(
             target = floor if floor is not None else max(score for score, _ in scored)
             good = [c for score, c in scored if score[:-1] == target[:-1] and score[-1] >= target[-1]]
             limits[field] = float(max(good) if kind == "max" else min(good))
-        return objective(np.any([fails(n, f, k, limits[f]) for n, f, k, _ in CHECKS], axis=0))
+        return objective(np.any([fails(n, f, k, limits[f]) for n, f, k, *_ in CHECKS], axis=0))
 
     for _ in range(ROUNDS):  # coordinate ascent to the best objective
         best = sweep(None)

@@ -21,7 +21,8 @@ small stretch is ignored.
 
 Errors: `errors="raise"` (default) raises `ConsistencyInputError` (or the image loader's `ImageLoadError`)
 for the first bad item. `errors="report"` never raises for one bad item: its report has `error` set to the
-message, `consistent=False`, `score=0.0`, empty `metrics`, and `reasons=["error: <message>"]`; every other
+message, `consistent=None`, `score=0.0`, empty `metrics`, `failed_checks=["error"]`, `primary_reason="error"` and
+`reasons=["error: <message>"]`; every other
 item is checked normally. Bad inputs include unreadable images, a product mask that is empty or covers
 (nearly) the whole image (`min_mask_fraction` / `max_mask_fraction`), and a mask file that cannot be read.
 
@@ -35,7 +36,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -64,21 +65,61 @@ BACKENDS: dict[str, str] = {
 
 ANALYSIS_KEY = "checker.original_appearance"  # the checker's entry in OriginalProduct.cache
 
-# (metric, threshold field, "max" = upper bound | "min" = lower bound, reason format)
-CHECKS: tuple[tuple[str, str, str, str], ...] = (
-    ("expansion", "max_expansion", "max", "expanded {:.0%}"),
-    ("lost_area", "max_lost_area", "max", "truncated ({:.0%} of the product missing)"),
-    ("iou", "min_iou", "min", "product mask changed (IoU {:.2f})"),
-    ("centroid_shift", "max_centroid_shift", "max", "moved ({:.0%} of its size)"),
-    ("boundary_f", "min_boundary_f", "min", "outline changed (boundary F {:.2f})"),
-    ("delta_e", "max_delta_e", "max", "recoloured (ΔE {:.1f})"),
-    ("ssim", "min_ssim", "min", "label or texture changed (SSIM {:.2f})"),
-    ("changed_area", "max_changed_area", "max", "appearance changed on {:.0%} of the product"),
-    ("edge_changed", "max_edge_changed", "max", "outline melted or changed ({:.0%} of its edge zone)"),
+# Machine-readable kinds of failure (ConsistencyReport.failed_checks / primary_reason); group by these.
+DISTORTED = "distorted"  # the generated image's aspect ratio differs: the product would be stretched
+MOVED = "moved"  # the product is not where it was
+TRUNCATED = "truncated"  # part of the product is missing
+EXPANDED = "expanded"  # the product grew into the background (object expansion)
+BLED = "bled"  # the outline melted: product and background colours smeared across it
+RESHAPED = "reshaped"  # the outline changed shape (mask IoU / boundary) without a clearer cause
+RELABELLED = "relabelled"  # label, print or texture changed (structure)
+RECOLOURED = "recoloured"  # the product's colour changed
+APPEARANCE = "appearance"  # a local part of the product changed
+ERROR = "error"  # the pair could not be checked (consistent is None)
+
+# Order of precedence for the primary reason, and the kinds a primary failure explains (its consequences:
+# a moved product also fails every pixel comparison, a truncated one loses appearance where it is missing).
+# A centroid shift is not MOVED when the product only lost area or only gained area: the shift is then the
+# consequence of that truncation or expansion.
+FAILURE_PRECEDENCE = (
+    DISTORTED,
+    MOVED,
+    TRUNCATED,
+    EXPANDED,
+    BLED,
+    RESHAPED,
+    RECOLOURED,
+    RELABELLED,
+    APPEARANCE,
+)
+EXPLAINS: dict[str, frozenset[str]] = {
+    DISTORTED: frozenset(FAILURE_PRECEDENCE),
+    MOVED: frozenset(FAILURE_PRECEDENCE),
+    TRUNCATED: frozenset({RESHAPED, BLED, RELABELLED, RECOLOURED, APPEARANCE}),
+    EXPANDED: frozenset({RESHAPED, BLED}),
+    BLED: frozenset({RESHAPED, APPEARANCE}),
+    RESHAPED: frozenset(),
+    RELABELLED: frozenset({APPEARANCE}),
+    RECOLOURED: frozenset({APPEARANCE, RELABELLED}),
+    APPEARANCE: frozenset(),
+}
+
+# (metric, threshold field, "max" = upper bound | "min" = lower bound, failure kind, reason format)
+CHECKS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("expansion", "max_expansion", "max", EXPANDED, "expanded {:.0%}"),
+    ("lost_area", "max_lost_area", "max", TRUNCATED, "truncated ({:.0%} of the product missing)"),
+    ("iou", "min_iou", "min", RESHAPED, "product mask changed (IoU {:.2f})"),
+    ("centroid_shift", "max_centroid_shift", "max", MOVED, "moved ({:.0%} of its size)"),
+    ("boundary_f", "min_boundary_f", "min", RESHAPED, "outline changed (boundary F {:.2f})"),
+    ("delta_e", "max_delta_e", "max", RECOLOURED, "recoloured (ΔE {:.1f})"),
+    ("ssim", "min_ssim", "min", RELABELLED, "label or texture changed (SSIM {:.2f})"),
+    ("changed_area", "max_changed_area", "max", APPEARANCE, "appearance changed on {:.0%} of the product"),
+    ("edge_changed", "max_edge_changed", "max", BLED, "outline melted or changed ({:.0%} of its edge zone)"),
     (
         "aspect_mismatch",
         "max_aspect_mismatch",
         "max",
+        DISTORTED,
         "aspect ratio differs from the original's (log ratio {:.2f})",
     ),
 )
@@ -92,11 +133,13 @@ class ConsistencyInputError(UsageError):
 class ConsistencyReport:
     """The verdict on one (original, generated) pair."""
 
-    consistent: bool  # the product was kept (every metric within its threshold)
+    consistent: bool | None  # the product was kept (every check passed); None when it could not be checked
     score: float  # in [0, 1]; >= 0.5 exactly when consistent (see the module docstring)
     metrics: dict[str, float]  # the metrics of metrics.py (empty when `error` is set)
-    reasons: list[str]  # human-readable: the failed checks, then notes of the backend
+    reasons: list[str]  # human-readable: the failed checks not explained by the primary one, then notes
     error: str | None = None  # set when this item could not be checked (errors="report")
+    failed_checks: list[str] = field(default_factory=list)  # failure kinds (module constants), primary first
+    primary_reason: str | None = None  # the kind that explains the verdict (None when consistent)
 
     def to_record(self) -> dict[str, Any]:
         """The fields written into a results row (manifest mode)."""
@@ -105,6 +148,8 @@ class ConsistencyReport:
             "consistency_score": self.score,
             "metrics": self.metrics,
             "reasons": self.reasons,
+            "failed_checks": self.failed_checks,
+            "primary_reason": self.primary_reason,
             "error": self.error,
         }
 
@@ -122,22 +167,51 @@ class PairDetails:
 
 def error_report(message: str) -> ConsistencyReport:
     return ConsistencyReport(
-        consistent=False, score=0.0, metrics={}, reasons=[f"error: {message}"], error=message
+        consistent=None,
+        score=0.0,
+        metrics={},
+        reasons=[f"error: {message}"],
+        error=message,
+        failed_checks=[ERROR],
+        primary_reason=ERROR,
     )
 
 
-def verdict(metrics: dict[str, float], thresholds: ThresholdConfig) -> tuple[bool, float, list[str]]:
-    """(consistent, score, reasons) of a metrics dict under `thresholds` (see the module docstring)."""
+@dataclass
+class Verdict:
+    """The outcome of the thresholds on one metrics dict."""
+
+    consistent: bool
+    score: float  # 0.5 ** (worst badness): >= 0.5 exactly when consistent
+    failed_checks: list[str]  # kinds that failed and are not explained by an earlier one, primary first
+    reasons: list[str]  # one human-readable line per failed metric of those kinds
+
+
+def verdict(metrics: dict[str, float], thresholds: ThresholdConfig) -> Verdict:
+    """The verdict of a metrics dict under `thresholds` (see the module docstring).
+
+    Failed kinds are ordered by FAILURE_PRECEDENCE; a kind explained by an earlier failed kind (EXPLAINS) is
+    dropped, so a moved product reports "moved" only, not also the colour drift its shift causes.
+    """
     worst = 0.0
-    reasons = []
-    for name, field_name, kind, reason in CHECKS:
+    failed: dict[str, list[str]] = {}
+    for name, field_name, kind, failure, reason in CHECKS:
         limit = getattr(thresholds, field_name)
         value = metrics[name]
         badness = value / limit if kind == "max" else (1.0 - value) / (1.0 - limit)
         worst = max(worst, badness)
         if badness > 1.0:
-            reasons.append(reason.format(value))
-    return worst <= 1.0, float(0.5**worst), reasons
+            failed.setdefault(failure, []).append(reason.format(value))
+    if MOVED in failed and (TRUNCATED in failed) != (EXPANDED in failed):
+        del failed[MOVED]  # the shift of a product that only lost (or only gained) area
+    explained: set[str] = set()
+    kinds = []
+    for failure in FAILURE_PRECEDENCE:
+        if failure in failed and failure not in explained:
+            kinds.append(failure)
+            explained |= EXPLAINS[failure]
+    reasons = [line for failure in kinds for line in failed[failure]]
+    return Verdict(worst <= 1.0, float(0.5**worst), kinds, reasons)
 
 
 def build_backend(config: ConsistencyConfig) -> MaskFinder:
@@ -328,9 +402,14 @@ class ProductConsistencyChecker:
         appearance, drift = appearance_metrics(original, gen_rgb, self.config.metrics)
         metrics.update(appearance)
         metrics["aspect_mismatch"] = aspect_mismatch
-        consistent, score, reasons = verdict(metrics, self.config.thresholds)
+        outcome = verdict(metrics, self.config.thresholds)
         report = ConsistencyReport(
-            consistent, score, metrics, reasons + list(original_notes) + list(gen_notes)
+            outcome.consistent,
+            outcome.score,
+            metrics,
+            outcome.reasons + list(original_notes) + list(gen_notes),
+            failed_checks=outcome.failed_checks,
+            primary_reason=outcome.failed_checks[0] if outcome.failed_checks else None,
         )
         return report, PairDetails(original.rgb, gen_rgb, original.mask, m_gen, drift)
 

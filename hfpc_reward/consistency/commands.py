@@ -287,8 +287,8 @@ def run_calibrate_consistency(args: argparse.Namespace) -> int:
     fitted = replace(config, thresholds=thresholds)
     from hfpc_reward.consistency.checker import verdict
 
-    before = detection_metrics(truth, [verdict(m, config.thresholds)[0] for m in metrics])
-    after = detection_metrics(truth, [verdict(m, thresholds)[0] for m in metrics])
+    before = detection_metrics(truth, [verdict(m, config.thresholds).consistent for m in metrics])
+    after = detection_metrics(truth, [verdict(m, thresholds).consistent for m in metrics])
     delta = yaml.safe_load(args.config.read_text()) if args.config else {}
     delta = delta or {}
     delta["thresholds"] = config_to_dict(fitted)["thresholds"]
