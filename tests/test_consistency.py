@@ -314,3 +314,35 @@ def test_fit_thresholds_separates_labels_and_never_ends_worse():
     assert 3.0 <= fitted.max_delta_e <= 4.0
     with pytest.raises(ValueError, match="both consistent and inconsistent"):
         fit_thresholds(metrics[::2], truth[::2], start)
+
+
+def test_a_tiny_generated_image_is_an_error_not_a_verdict(scene):
+    original, _, mask = scene
+    checker = ProductConsistencyChecker.from_config(ConsistencyConfig())
+    tiny = Image.new("RGB", (1, 1), (200, 30, 40))
+    report = checker.check([original], [tiny], masks=[mask], errors="report")[0]
+    assert report.consistent is None and report.primary_reason == "error"
+    assert "1x1 px, below min_image_size=32" in report.error
+    with pytest.raises(ConsistencyInputError, match="the generated image is 1x1 px"):
+        checker.check([original], [tiny], masks=[mask])
+    lenient = ProductConsistencyChecker.from_config(
+        load_config(ConsistencyConfig, None, ["min_image_size=1"])
+    )
+    assert lenient.check([original], [tiny], masks=[mask], errors="report")[0].error is None
+
+
+def test_a_palette_png_of_a_consistent_image_stays_consistent(tmp_path):
+    mask = product_mask()
+    scene = draw_product(textured_background(3), mask)
+    ramp = (0.6 + 0.4 * np.linspace(0, 1, SIZE))[None, :, None]  # a shaded product: many colours to quantise
+    original = np.where(mask[..., None], np.clip(scene * ramp, 0, 255), scene).astype(np.uint8)
+    checker = ProductConsistencyChecker.from_config(ConsistencyConfig())
+    palette_png = tmp_path / "generated.png"
+    Image.fromarray(original).quantize(32).save(palette_png)
+    assert Image.open(palette_png).mode == "P"
+    report = checker.check([original], [palette_png], masks=[mask])[0]
+    assert report.consistent, report.reasons  # before: "recoloured (ΔE 5.1)" from quantisation alone
+    assert report.metrics["delta_e"] < 1.0
+    recoloured = np.where(mask[..., None], original[..., ::-1], original)
+    Image.fromarray(recoloured).quantize(32).save(palette_png)
+    assert not checker.check([original], [palette_png], masks=[mask])[0].consistent

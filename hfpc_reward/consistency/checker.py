@@ -51,6 +51,8 @@ from hfpc_reward.consistency.metrics import (
     appearance_metrics,
     mask_metrics,
     original_appearance,
+    quantisation_palette,
+    quantise_to_palette,
 )
 from hfpc_reward.errors import UsageError
 
@@ -333,7 +335,7 @@ class ProductConsistencyChecker:
                 results[i] = (error_report(str(mask_and_notes)), None)
                 continue
             product = products[i]
-            original = _guard(errors, self._analysis_original, product)
+            original = _guard(errors, self._analysis_original, product, aligned[i][2])
             outcome = (
                 original
                 if isinstance(original, Exception)
@@ -344,6 +346,7 @@ class ProductConsistencyChecker:
 
     def _load_original(self, source: Any, mask_source: Any) -> tuple[Image.Image, np.ndarray | None, str]:
         loaded = images.open_image(source)
+        self._check_size(loaded.rgb, "original", source)
         if mask_source is not None:
             try:
                 return loaded.rgb, images.load_mask(mask_source, size=loaded.rgb.size), "given"
@@ -367,21 +370,40 @@ class ProductConsistencyChecker:
             )
         return product
 
-    def _align(self, source: Any, product: OriginalProduct) -> tuple[Image.Image, float]:
+    def _check_size(self, image: Image.Image, role: str, source: Any) -> None:
+        if min(image.size) < self.config.min_image_size:
+            raise ConsistencyInputError(
+                f"{images.describe(source)}: the {role} image is {image.size[0]}x{image.size[1]} px, below "
+                f"min_image_size={self.config.min_image_size} px per side; pass the full image "
+                "(or lower min_image_size)"
+            )
+
+    def _align(self, source: Any, product: OriginalProduct) -> tuple[Image.Image, float, np.ndarray | None]:
+        """The generated image at the original's size, its aspect mismatch and its palette if quantised."""
         image = images.load_rgb(source)
+        self._check_size(image, "generated", source)
         (w, h), (ow, oh) = image.size, product.image.size
         mismatch = abs(float(np.log((w / h) / (ow / oh))))
-        return images.resize_to(image, (ow, oh)), mismatch
+        return images.resize_to(image, (ow, oh)), mismatch, quantisation_palette(np.asarray(image))
 
-    def _analysis_original(self, product: OriginalProduct) -> OriginalAppearance:
-        """The original's appearance arrays, kept in the product's cache (reused by every later call)."""
-        if ANALYSIS_KEY not in product.cache:
-            size = self._analysis_size(product.image.size)
-            rgb = cv2.resize(np.asarray(product.image.convert("RGB")), size, interpolation=cv2.INTER_AREA)
-            product.cache[ANALYSIS_KEY] = original_appearance(
-                rgb, _resize_mask(product.mask, size), self.config.metrics
-            )
-        return product.cache[ANALYSIS_KEY]
+    def _analysis_original(
+        self, product: OriginalProduct, palette: np.ndarray | None = None
+    ) -> OriginalAppearance:
+        """The original's appearance arrays, kept in the product's cache (reused by every later call).
+
+        Against a quantised generation (`palette`), the original is first mapped onto that palette, so the
+        comparison sees what the quantisation would have made of the unchanged product (not cached)."""
+        if palette is None and ANALYSIS_KEY in product.cache:
+            return product.cache[ANALYSIS_KEY]
+        size = self._analysis_size(product.image.size)
+        rgb = np.asarray(product.image.convert("RGB"))
+        if palette is not None:
+            rgb = quantise_to_palette(rgb, palette)
+        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        appearance = original_appearance(small, _resize_mask(product.mask, size), self.config.metrics)
+        if palette is None:
+            product.cache[ANALYSIS_KEY] = appearance
+        return appearance
 
     def _analysis_size(self, size: tuple[int, int]) -> tuple[int, int]:
         scale = min(1.0, self.config.metrics.analysis_size / max(size))
@@ -390,11 +412,11 @@ class ProductConsistencyChecker:
     def _compare(
         self,
         original: OriginalAppearance,
-        aligned: tuple[Image.Image, float],
+        aligned: tuple[Image.Image, float, np.ndarray | None],
         mask_and_notes: tuple[np.ndarray, list[str]],
         original_notes: list[str],
     ) -> tuple[ConsistencyReport, PairDetails]:
-        (gen_image, aspect_mismatch), (gen_mask, gen_notes) = aligned, mask_and_notes
+        (gen_image, aspect_mismatch, _), (gen_mask, gen_notes) = aligned, mask_and_notes
         size = (original.rgb.shape[1], original.rgb.shape[0])
         gen_rgb = cv2.resize(np.asarray(gen_image.convert("RGB")), size, interpolation=cv2.INTER_AREA)
         m_gen = _resize_mask(gen_mask, size)

@@ -172,6 +172,7 @@ class ConsistencyConfig:
         0.001  # an original product mask smaller than this fraction of the image is refused
     )
     max_mask_fraction: float = 0.95  # ... and one larger than this (no background left to compare) is refused
+    min_image_size: int = 32  # an original or generated image with a side shorter than this (px) is an error
 
     def __post_init__(self):
         if self.backend not in BACKEND_NAMES:
@@ -181,3 +182,5 @@ class ConsistencyConfig:
                 "need 0 <= min_mask_fraction < max_mask_fraction <= 1, got "
                 f"{self.min_mask_fraction} and {self.max_mask_fraction}"
             )
+        if self.min_image_size < 1:
+            raise ValueError(f"min_image_size must be >= 1 pixel, got {self.min_image_size}")

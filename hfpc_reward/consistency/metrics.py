@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from hfpc_reward.consistency.config import MetricsConfig
 
@@ -47,6 +48,8 @@ GAIN_RIDGE = (
 )
 SSIM_BLUR = (0.0, 1.0)  # px: SSIM against the original as is and slightly blurred (the better one counts)
 DRIFT_BLUR = (2.0, 3.0)  # px at the analysis size: colour is compared at this scale (structure: SSIM)
+MAX_PALETTE = 256  # an image with at most this many distinct colours is quantised (palette PNG, GIF, ...)
+PALETTE_SAMPLE_STEP = 7  # every n-th pixel is looked at first to rule quantisation out cheaply
 METRIC_NAMES = (
     "iou",
     "expansion",
@@ -88,6 +91,25 @@ def fit_grading(original: np.ndarray, generated: np.ndarray, region: np.ndarray,
         g[c] = np.clip((covariance + GAIN_RIDGE) / (src.var() + GAIN_RIDGE), 1.0 - gain, 1.0 + gain)
         o[c] = np.clip(dst.mean() - g[c] * src.mean(), -offset, offset)
     return g, o
+
+
+def quantisation_palette(rgb: np.ndarray) -> np.ndarray | None:
+    """The (K,3) uint8 colours of a quantised image (at most MAX_PALETTE distinct), else None."""
+    packed = rgb[..., 0].astype(np.uint32) << 16 | rgb[..., 1].astype(np.uint32) << 8 | rgb[..., 2]
+    if len(np.unique(packed.ravel()[::PALETTE_SAMPLE_STEP])) > MAX_PALETTE:
+        return None
+    colours = np.unique(packed)
+    if len(colours) > MAX_PALETTE:
+        return None
+    return np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], axis=1).astype(np.uint8)
+
+
+def quantise_to_palette(rgb: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """`rgb` (H,W,3 uint8) with every pixel replaced by its nearest `palette` colour (no dithering)."""
+    lookup = Image.new("P", (1, 1))
+    lookup.putpalette(palette.ravel().tolist() + palette[0].tolist() * (256 - len(palette)))
+    mapped = Image.fromarray(rgb).quantize(palette=lookup, dither=Image.Dither.NONE)
+    return np.asarray(mapped.convert("RGB"))
 
 
 def undo_grading(generated: np.ndarray, g: np.ndarray, o: np.ndarray) -> np.ndarray:
