@@ -11,3 +11,7 @@ from __future__ import annotations
 
 class UsageError(ValueError):
     """Something the user gave is wrong; the message says what and how to fix it, in one line."""
+
+
+class CommandLineError(UsageError):
+    """Command-line arguments that do not fit together (the message says which to give instead)."""

@@ -13,7 +13,7 @@ from PIL import Image
 from test_consistency import SIZE, draw_product, product_mask, textured_background
 
 from hfpc_reward.cli import main
-from hfpc_reward.config import RESOLVED_CONFIG_NAME, load_config
+from hfpc_reward.config import load_config
 from hfpc_reward.consistency.commands import check_manifest
 from hfpc_reward.consistency.config import ConsistencyConfig
 from hfpc_reward.data.manifest import read_jsonl, read_manifest
@@ -114,7 +114,11 @@ def test_manifest_mode_reports_every_row_and_resumes(pairs, tmp_path, capsys):
         assert words in record["error"], record["error"]
         assert record["consistent"] is None and record["consistency_score"] == 0.0
     assert "is a URL" in records[-1]["error"]
-    assert (out.parent / RESOLVED_CONFIG_NAME).is_file()
+    stamp = json.loads((out.parent / "results.run.json").read_text())
+    assert (
+        stamp["settings"]["consistency"]["thresholds"]["max_expansion"]
+        == ConsistencyConfig().thresholds.max_expansion
+    )
     assert sorted(p.name for p in overlays.iterdir()) == [
         "000000.png",
         "000001.png",
@@ -127,9 +131,10 @@ def test_manifest_mode_reports_every_row_and_resumes(pairs, tmp_path, capsys):
     out.write_text(
         "\n".join(lines[:-2]) + "\n" + lines[-2][:10]
     )  # interrupted: one row lost, one half-written
-    assert main(["check", "--manifest", str(manifest), "--out", str(out)]) == 0
+    assert main(["check", "--manifest", str(manifest), "--out", str(out), "--resume"]) == 0
     indices = [r["manifest_index"] for r in read_jsonl(out)]
-    assert sorted(indices) == list(range(len(rows)))  # the lost rows re-checked, nothing twice
+    assert indices == list(range(len(rows)))  # the lost rows re-checked, nothing twice, in manifest order
+    assert f"rows {len(rows)} " in capsys.readouterr().out  # the summary counts each row once
 
 
 def test_workers_give_the_same_results(pairs, tmp_path):
@@ -186,3 +191,88 @@ def test_calibrate_writes_a_loadable_config_that_separates_the_labels(pairs, tmp
     )
     records = read_jsonl(tmp_path / "r.jsonl")
     assert sorted(r["consistent"] for r in records) == [False, False, False, True, True, True]
+
+
+def check_args(manifest: Path, out: Path, *extra: str) -> list[str]:
+    return ["check", "--manifest", str(manifest), "--out", str(out), *extra]
+
+
+def one_line_error(capsys, caplog) -> str:
+    """The single error line a refused command logged (and no traceback anywhere)."""
+    captured = capsys.readouterr()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert "Traceback" not in captured.out + captured.err
+    return errors[0]
+
+
+@pytest.fixture
+def good_manifest(pairs, tmp_path) -> Path:
+    rows = [{"origin": "original.png", "generation": f"good{k}.png", "mask": "mask.png"} for k in (1, 2)]
+    return write_manifest(
+        tmp_path / "good.jsonl",
+        [
+            {
+                **row,
+                "origin": str(pairs / row["origin"]),
+                "generation": str(pairs / row["generation"]),
+                "mask": str(pairs / "mask.png"),
+            }
+            for row in rows
+        ],
+    )
+
+
+def test_a_second_check_on_the_same_out_is_refused_while_the_first_runs(
+    good_manifest, tmp_path, capsys, caplog
+):
+    from hfpc_reward.runs import RunOutput
+
+    out = tmp_path / "results.jsonl"
+    with RunOutput(out, {}, resume=False):  # what a running `hfpc check --out results.jsonl` holds
+        assert main(check_args(good_manifest, out)) == 2
+    assert "another run is writing" in one_line_error(capsys, caplog)
+    assert not out.exists()  # nothing interleaved into the other run's output
+
+
+def test_resume_with_other_thresholds_or_manifest_is_refused_naming_the_keys(
+    good_manifest, pairs, tmp_path, capsys, caplog
+):
+    out = tmp_path / "results.jsonl"
+    assert main(check_args(good_manifest, out)) == 0
+    before = out.read_text()
+    assert main(check_args(good_manifest, out, "--resume", "thresholds.max_expansion=0.5")) == 2
+    assert "consistency.thresholds.max_expansion" in one_line_error(capsys, caplog)
+    caplog.clear()
+    other = write_manifest(
+        tmp_path / "other.jsonl", [json.loads(line) for line in good_manifest.read_text().splitlines()[:1]]
+    )
+    assert main(check_args(other, out, "--resume")) == 2
+    message = one_line_error(capsys, caplog)
+    assert "manifest.path" in message and "manifest.sha256" in message
+    caplog.clear()
+    assert main(check_args(good_manifest, out)) == 2  # neither --resume nor --overwrite: refused
+    assert "--overwrite" in one_line_error(capsys, caplog)
+    assert out.read_text() == before
+    assert main(check_args(good_manifest, out, "--resume", "--workers", "2")) == 0  # a safe change
+
+
+def test_out_equal_to_the_manifest_is_refused(good_manifest, capsys, caplog):
+    before = good_manifest.read_text()
+    assert main(check_args(good_manifest, good_manifest, "--overwrite")) == 2
+    assert "choose an --out outside the inputs" in one_line_error(capsys, caplog)
+    assert good_manifest.read_text() == before
+
+
+def test_a_manifest_run_in_which_every_row_failed_exits_2(pairs, tmp_path, capsys, caplog):
+    manifest = write_manifest(
+        tmp_path / "bad.jsonl",
+        [
+            {"origin": str(pairs / "original.png"), "generation": str(pairs / name)}
+            for name in ("zero.png", "text.png")
+        ],
+    )
+    out = tmp_path / "results.jsonl"
+    assert main(check_args(manifest, out)) == 2
+    assert "every one of the 2 rows failed" in one_line_error(capsys, caplog)
+    assert [r["consistent"] for r in read_jsonl(out)] == [None, None]  # the error rows are still written

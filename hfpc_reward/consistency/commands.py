@@ -6,17 +6,20 @@
 One pair: prints the verdict, score, reasons and metrics (or JSON with --json); exit code 0 = consistent,
 1 = inconsistent, 2 = the pair could not be checked.
 
-Manifest mode: every input row is written back to RESULTS (JSON Lines, appended as groups finish) with
-`manifest_index` (0-based row of the manifest), `consistent`, `consistency_score`, `metrics`, `reasons` and
-`error` (null, or why the row could not be checked: a bad row never stops the run); an input field
-`consistent` (ground truth) is kept as `consistent_truth`. Rows whose
-`manifest_index` is already in RESULTS are skipped, so an interrupted run resumes. Rows of one original
-(same origin, mask and category) are checked together so its original-side work is done once; a row's
-`category` (e.g. "bottle") is the product phrase given to detection backends (its `prompt` describes the
-background, so it is not used to find the product). The resolved
-config is saved next to RESULTS; `--overlays DIR` writes DIR/<manifest_index>.png per checked pair.
-A summary table ends the run, with precision / recall / F1 of detecting inconsistent products when the
-rows carry ground truth (`consistent`, else HFPC `label`).
+Manifest mode: every input row is written back to RESULTS (JSON Lines, one record per row in manifest
+order; see `hfpc_reward.data.results`) with `manifest_index` (0-based row of the manifest), `consistent`,
+`consistency_score`, `metrics`, `failed_checks`, `primary_reason`, `reasons` and `error` (null, or why the
+row could not be checked, with `consistent` null: a bad row never stops the run); an input field
+`consistent` (ground truth) is kept as `consistent_truth`. The run contract applies (`hfpc_reward.runs`):
+RESULTS is locked while a run writes it, its settings (consistency config, manifest path and content hash)
+are stamped in RESULTS.run.json, `--resume` continues an interrupted run and refuses changed settings
+(safe to change: --workers, --overlays), and an existing RESULTS needs --resume or --overwrite. Rows of
+one original (same origin, mask and category) are checked together so its original-side work is done once;
+a row's `category` (e.g. "bottle") is the product phrase given to detection backends (its `prompt`
+describes the background, so it is not used to find the product). `--overlays DIR` writes
+DIR/<manifest_index>.png per checked pair. A summary table ends the run (failure kinds from
+`failed_checks`), with precision / recall / F1 of detecting inconsistent products when the rows carry
+ground truth (`consistent`, else HFPC `label`); exit 2 when no row could be checked.
 """
 
 from __future__ import annotations
@@ -34,15 +37,18 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from hfpc_reward.config import config_to_dict, load_config, save_resolved_config
+from hfpc_reward.config import config_to_dict, load_config
 from hfpc_reward.consistency.calibrate import detection_metrics, fit_thresholds, ground_truth
 from hfpc_reward.consistency.config import BACKEND_NAMES, ConsistencyConfig
 from hfpc_reward.consistency.segmenter_train import SegmenterFinetuneConfig, finetune_segmenter
-from hfpc_reward.data.manifest import ManifestRow, append_jsonl, is_url, read_jsonl, read_manifest
+from hfpc_reward.data.manifest import ManifestRow, read_manifest, remote_source_problem
+from hfpc_reward.data.results import INDEX_FIELD, ManifestResults, file_sha256, require_some_rows_judged
+from hfpc_reward.errors import CommandLineError
+from hfpc_reward.runs import RunOutput, add_run_arguments
 
 logger = logging.getLogger(__name__)
 
-INDEX_FIELD = "manifest_index"
+CHECK_SAFE_KEYS = ("workers", "overlays")  # --resume may change these: they do not change any result
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,9 +67,10 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="one pair: print the report as JSON")
     parser.add_argument("--manifest", type=Path, help="JSON Lines manifest of pairs (HFPC schemas or ours)")
-    parser.add_argument("--out", type=Path, help="manifest mode: results JSON Lines (resumed when it exists)")
+    parser.add_argument("--out", type=Path, help="manifest mode: results JSON Lines")
     parser.add_argument("--overlays", type=Path, help="manifest mode: folder for one overlay PNG per pair")
     parser.add_argument("--workers", type=int, default=1, help="manifest mode: worker processes")
+    add_run_arguments(parser)
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -74,15 +81,39 @@ def run_check(args: argparse.Namespace) -> int:
     config = load_config(ConsistencyConfig, args.config, overrides)
     if args.manifest is not None:
         if paths or args.out is None:
-            logger.error("manifest mode takes --manifest M --out RESULTS and no image paths")
-            return 2
-        records = check_manifest(read_manifest(args.manifest), config, args.out, args.overlays, args.workers)
-        print(summary_table(records))
-        return 0
+            raise CommandLineError("manifest mode takes --manifest M --out RESULTS and no image paths")
+        return _check_manifest_run(args, config)
     if len(paths) != 2:
-        logger.error("give ORIGINAL and GENERATED (or --manifest M --out RESULTS); got %d paths", len(paths))
-        return 2
+        raise CommandLineError(
+            f"give ORIGINAL and GENERATED (or --manifest M --out RESULTS); got {len(paths)} paths"
+        )
     return _check_pair(paths[0], paths[1], args.mask, config, args.json)
+
+
+def _check_manifest_run(args: argparse.Namespace, config: ConsistencyConfig) -> int:
+    if args.workers < 1:
+        raise CommandLineError(f"--workers must be >= 1, got {args.workers}")
+    rows = read_manifest(args.manifest)
+    settings = {
+        "manifest": {"path": str(args.manifest.resolve()), "sha256": file_sha256(args.manifest)},
+        "consistency": config_to_dict(config),
+        "workers": args.workers,
+        "overlays": str(args.overlays) if args.overlays else None,
+    }
+    with RunOutput(
+        args.out,
+        settings,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        safe_keys=CHECK_SAFE_KEYS,
+        inputs=[args.manifest],
+        name="hfpc check",
+    ) as run:
+        records = check_manifest(rows, config, args.out, args.overlays, args.workers, resuming=run.resuming)
+        run.update_stamp(rows=len(records))
+    print(summary_table(records))
+    require_some_rows_judged(records, args.manifest)
+    return 0
 
 
 def _check_pair(
@@ -109,29 +140,28 @@ def check_manifest(
     out: Path,
     overlays: Path | None = None,
     workers: int = 1,
+    *,
+    resuming: bool = True,
 ) -> list[dict[str, Any]]:
-    """Check every row not yet in `out`, appending results; returns all result records of `out`."""
+    """Check every row without a record in `out` (all rows when not `resuming`); returns one record per row,
+    in manifest order. The caller owns the run contract (`run_check` wraps this in a RunOutput)."""
     if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(config, out.parent)
+        raise ValueError(f"workers must be >= 1, got {workers}")
     if overlays is not None:
         Path(overlays).mkdir(parents=True, exist_ok=True)
-    done = {record.get(INDEX_FIELD) for record in read_jsonl(out)}
+    results = ManifestResults(out, rows, resuming=resuming)
     groups: dict[tuple, list[tuple[int, ManifestRow]]] = {}
-    for index, row in enumerate(rows):
-        if index not in done:
-            groups.setdefault((row.origin, row.mask, row.category), []).append((index, row))
+    for index, row in results.pending():
+        groups.setdefault((row.origin, row.mask, row.category), []).append((index, row))
     pending = sum(len(group) for group in groups.values())
-    if len(done - {None}):
-        logger.info("resuming: %d rows already in %s, %d to check", len(done - {None}), out, pending)
+    if pending < len(rows):
+        logger.info("resuming: %d rows already in %s, %d to check", len(rows) - pending, out, pending)
     jobs = [(group, str(overlays) if overlays else None) for group in groups.values()]
     with tqdm(total=pending, desc="check", unit="pair") as progress:
         for records in _run_jobs(jobs, config, workers):
-            append_jsonl(out, records)
+            results.append(records)
             progress.update(len(records))
-    return read_jsonl(out)
+    return results.finish()
 
 
 def _run_jobs(jobs: list, config: ConsistencyConfig, workers: int) -> Iterator[list[dict]]:
@@ -163,7 +193,7 @@ def _check_group(job: tuple[list[tuple[int, ManifestRow]], str | None]) -> list[
     first = group[0][1]
     reports: dict[int, Any] = {}
     try:
-        problem = _remote(first.origin) or (_remote(first.mask) if first.mask else None)
+        problem = remote_source_problem(ManifestRow(origin=first.origin, mask=first.mask))
         if problem:
             raise ValueError(problem)
         product = checker.prepare_originals([first.origin], [first.mask], [first.category], errors="report")[
@@ -171,7 +201,7 @@ def _check_group(job: tuple[list[tuple[int, ManifestRow]], str | None]) -> list[
         ]
         checkable = []
         for index, row in group:
-            problem = "row has no generation" if not row.generation else _remote(row.generation)
+            problem = "row has no generation" if not row.generation else remote_source_problem(row)
             if problem:
                 reports[index] = error_report(problem)
             else:
@@ -211,12 +241,6 @@ def _write_overlay(folder: Path, index: int, details, report, max_delta_e: float
         logger.warning("could not write the overlay of row %d: %s", index, exc)
 
 
-def _remote(source: str | None) -> str | None:
-    if source and is_url(source):
-        return f"{source} is a URL: download the manifest's images first (hfpc data fetch)"
-    return None
-
-
 def summary_table(records: list[dict[str, Any]]) -> str:
     """A plain-text summary of result records (counts, top reasons, detection metrics with ground truth)."""
     from hfpc_reward.consistency.calibrate import detection_metrics, ground_truth
@@ -230,11 +254,10 @@ def summary_table(records: list[dict[str, Any]]) -> str:
             f"inconsistent {len(checked) - consistent}  errors {len(errors)}"
         )
     ]
-    reasons = Counter(
-        reason.split(" (")[0].rstrip("0123456789.% ") for r in checked for reason in r.get("reasons", [])
-    )
-    for reason, count in reasons.most_common(8):
-        lines.append(f"  {count:6d}  {reason}")
+    primary = Counter(r.get("primary_reason") for r in checked if r.get("primary_reason"))
+    failed = Counter(kind for r in checked for kind in r.get("failed_checks") or [])
+    for kind, count in primary.most_common():
+        lines.append(f"  {count:6d}  {kind} (primary reason; failing that check at all: {failed[kind]})")
     for message, count in Counter(str(r["error"]).split(": ", 1)[-1] for r in errors).most_common(5):
         lines.append(f"  {count:6d}  error: {message}")
     labelled = [(ground_truth(r), bool(r.get("consistent"))) for r in checked]

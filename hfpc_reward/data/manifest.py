@@ -49,8 +49,19 @@ class ManifestRow:
         return record
 
 
+FETCH_HINT = "download the manifest's images first (hfpc data fetch MANIFEST --cache DIR --out LOCAL.jsonl)"
+
+
 def is_url(value: str) -> bool:
     return value.startswith(("http://", "https://"))
+
+
+def remote_source_problem(row: ManifestRow) -> str | None:
+    """Why a row cannot be judged from local files (its first http(s) image), or None when all are local."""
+    for source in (row.origin, row.generation, row.mask):
+        if source and is_url(source):
+            return f"{source} is a URL: {FETCH_HINT}"
+    return None
 
 
 def resolve_source(value: str, base_dir: Path) -> str:
@@ -90,8 +101,15 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
 
 
 def _iter_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ManifestError(
+                    f"{path}:{line_no}: not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1}); "
+                    "save the manifest as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:

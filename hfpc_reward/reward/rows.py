@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hfpc_reward.data.manifest import ManifestRow, is_url
+from hfpc_reward.data.manifest import FETCH_HINT, ManifestError, ManifestRow, is_url
 from hfpc_reward.images import ImageLoadError
 from hfpc_reward.reward.model import HFPCRewardModel
 
@@ -19,15 +19,10 @@ logger = logging.getLogger(__name__)
 
 
 def require_local_images(rows: Sequence[ManifestRow], manifest: str | os.PathLike) -> None:
-    """Raise when a manifest still points at URLs: the reward model reads local files only."""
-    remote = sum(
-        1 for row in rows if is_url(row.origin) or (row.generation is not None and is_url(row.generation))
-    )
+    """Raise ManifestError when a manifest still points at URLs: the reward model reads local files only."""
+    remote = sum(1 for row in rows if any(s and is_url(s) for s in (row.origin, row.generation)))
     if remote:
-        raise ValueError(
-            f"{manifest}: {remote} of {len(rows)} rows reference http(s) URLs; download them first with "
-            "`hfpc data fetch MANIFEST --cache DIR --out LOCAL.jsonl` and use LOCAL.jsonl"
-        )
+        raise ManifestError(f"{manifest}: {remote} of {len(rows)} rows reference http(s) URLs; {FETCH_HINT}")
 
 
 def row_text(row: ManifestRow) -> str | None:

@@ -1,0 +1,119 @@
+"""The results of a manifest run (`hfpc check`, `hfpc score`): one JSON Lines record per manifest row.
+
+Every record carries `manifest_index` (the row's 0-based position in the manifest) and the input row's
+fields. Records are appended as work finishes (an interrupted run loses nothing done), then `finish()`
+rewrites the file with one record per row, in manifest order. A row that could not be judged has an
+`error` and `consistent`/`passed` null (never false: it was not judged inconsistent). A run in which
+every row failed raises `AllRowsFailedError` (exit 2) after its summary, naming the most common error.
+Under data parallelism process r of W writes `<stem>.part-r-of-W.jsonl`; the main process merges.
+Ownership, settings stamp and the resume policy are the run contract's (`hfpc_reward.runs.RunOutput`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hfpc_reward.data.manifest import ManifestRow, append_jsonl, read_jsonl, write_jsonl
+from hfpc_reward.errors import UsageError
+
+INDEX_FIELD = "manifest_index"
+VERDICT_FIELDS = ("consistent", "passed")  # null in error rows
+HASH_CHUNK_BYTES = 1 << 20
+
+
+class AllRowsFailedError(UsageError):
+    """No row of a manifest run could be judged."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """The content hash of an input file (a manifest), so a resume notices it was edited in place."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ManifestResults:
+    """The results file `out` of `rows`; `resuming=False` starts it empty (the run contract decided)."""
+
+    def __init__(
+        self, out: Path, rows: Sequence[ManifestRow], *, resuming: bool, rank: int = 0, world: int = 1
+    ):
+        self.out = Path(out)
+        self.rows = rows
+        self.rank, self.world = rank, world
+        self.part = (
+            self.out if world == 1 else self.out.with_name(f"{self.out.stem}.part-{rank}-of-{world}.jsonl")
+        )
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            self.part.unlink(missing_ok=True)
+            if rank == 0:
+                self.out.unlink(missing_ok=True)
+
+    def pending(self) -> list[tuple[int, ManifestRow]]:
+        """(manifest index, row) of this process's share of the rows that have no record yet."""
+        done = {record.get(INDEX_FIELD) for record in read_jsonl(self.out)}
+        if self.part != self.out:
+            done |= {record.get(INDEX_FIELD) for record in read_jsonl(self.part)}
+        return [
+            (index, row)
+            for index, row in enumerate(self.rows)
+            if index % self.world == self.rank and index not in done
+        ]
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        append_jsonl(self.part, [error_row_verdicts_null(record) for record in records])
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Merge the parts (all processes call this) and rewrite `out` one record per row in manifest order;
+        returns the records on the main process, [] elsewhere."""
+        if self.world > 1:
+            from accelerate import PartialState
+
+            state = PartialState()
+            state.wait_for_everyone()
+        if self.rank == 0:
+            parts = [
+                self.out.with_name(f"{self.out.stem}.part-{r}-of-{self.world}.jsonl")
+                for r in range(self.world)
+            ]
+            by_index = {
+                record[INDEX_FIELD]: record
+                for path in [self.out, *(p for p in parts if p != self.out)]
+                for record in read_jsonl(path)
+                if INDEX_FIELD in record
+            }
+            write_jsonl(self.out, [by_index[i] for i in sorted(by_index)])
+            for path in parts:
+                if path != self.out:
+                    path.unlink(missing_ok=True)
+        if self.world > 1:
+            state.wait_for_everyone()
+        return read_jsonl(self.out) if self.rank == 0 else []
+
+
+def error_row_verdicts_null(record: dict[str, Any]) -> dict[str, Any]:
+    """An error row's verdicts become null: it was not judged, so it must not count as a fail."""
+    if record.get("error"):
+        return {**record, **{name: None for name in VERDICT_FIELDS if name in record}}
+    return record
+
+
+def require_some_rows_judged(records: Sequence[dict[str, Any]], manifest: str | Path) -> None:
+    """Raise AllRowsFailedError when no record was judged (every row has an error, or there are none)."""
+    errors = [str(record["error"]) for record in records if record.get("error")]
+    if records and len(errors) < len(records):
+        return
+    if not records:
+        raise AllRowsFailedError(f"{manifest}: no row was judged; give a manifest with at least one pair")
+    common, count = Counter(errors).most_common(1)[0]
+    raise AllRowsFailedError(
+        f"{manifest}: every one of the {len(records)} rows failed ({count} with: {common}); "
+        "fix the manifest or its images and run again"
+    )
