@@ -4,14 +4,20 @@
     accelerate launch --num_processes 4 -m hfpc_reward.cli score --manifest M.jsonl --out RESULTS.jsonl ...
 
 Every input row is written back with `manifest_index` and the HFPCResult fields (`passed`, `reward`,
-`background_score`, `consistent`, `consistency_score`, `metrics`, `reasons`, `error`). A bad row gets an
-`error` and never stops the run. Rows already in RESULTS are skipped, so an interrupted run resumes.
+`background_score`, `consistent`, `consistency_score`, `metrics`, `failed_checks`, `primary_reason`,
+`reasons`, `error`), one record per row in manifest order (`hfpc_reward.data.results`). A bad row gets an
+`error` (and `passed`/`consistent` null) and never stops the run; a run in which every row failed exits 2.
 Rows are scored in batches ordered by original, so each original is encoded once.
+
+The run contract applies (`hfpc_reward.runs`): RESULTS is locked while a run writes it, the settings
+(scorer config, manifest path and content hash, batch size) are stamped in RESULTS.run.json, `--resume`
+continues an interrupted run and refuses changed settings, naming them (safe to change: SCORE_SAFE_KEYS),
+and an existing RESULTS needs --resume or --overwrite.
 
 Data parallel: under `accelerate launch`, process r of W scores rows r, r+W, ... into
 `RESULTS.part-r-of-W.jsonl`; the main process merges all parts into RESULTS in manifest order.
-The summary gives the pass rate with a 95% bootstrap interval over originals, and precision / recall / F1
-of `passed` against human `label` when rows carry one.
+The summary gives the pass rate with a 95% bootstrap interval over originals, precision / recall / F1
+of `passed` against human `label` when rows carry one, and the failed rows by kind.
 """
 
 from __future__ import annotations
@@ -19,25 +25,30 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from hfpc_reward.config import load_config, save_resolved_config
-from hfpc_reward.consistency.commands import INDEX_FIELD
-from hfpc_reward.data.manifest import (
-    ManifestRow,
-    append_jsonl,
-    is_url,
-    read_jsonl,
-    read_manifest,
-    write_jsonl,
-)
+from hfpc_reward.config import config_to_dict, load_config
+from hfpc_reward.data.manifest import ManifestRow, read_manifest, remote_source_problem
+from hfpc_reward.data.results import INDEX_FIELD, ManifestResults, file_sha256, require_some_rows_judged
+from hfpc_reward.errors import CommandLineError
+from hfpc_reward.runs import RunOutput, add_run_arguments
 from hfpc_reward.scorer import HFPCResult, HFPCScorer, ScorerConfig
 
 logger = logging.getLogger(__name__)
+
+# --resume may change these: they decide speed and placement, not any result
+SCORE_SAFE_KEYS = (
+    "batch_size",
+    "scorer.cache_size",
+    "scorer.reward_model.batch_size",
+    "scorer.reward_model.device",
+)
+BACKGROUND_FAIL = "background"  # failure kind of a consistent product whose background score is too low
 
 
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,25 +56,41 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--manifest", type=Path, required=True, help="JSON Lines manifest (HFPC schemas or ours)"
     )
-    parser.add_argument("--out", type=Path, required=True, help="results JSON Lines (resumed when it exists)")
+    parser.add_argument("--out", type=Path, required=True, help="results JSON Lines")
     parser.add_argument(
         "--config", type=Path, help="scorer YAML config delta (reward model, consistency, policy)"
     )
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per scorer call")
+    add_run_arguments(parser)
 
 
 def run_score(args: argparse.Namespace) -> int:
     config = load_config(ScorerConfig, args.config, args.overrides)
     if args.batch_size < 1:
-        logger.error("--batch-size must be >= 1, got %d", args.batch_size)
-        return 2
+        raise CommandLineError(f"--batch-size must be >= 1, got {args.batch_size}")
+    rows = read_manifest(args.manifest)
     rank, world = _process_rank()
-    records = score_manifest(
-        read_manifest(args.manifest), HFPCScorer.from_config(config), args.out, args.batch_size, rank, world
-    )
+    settings = {
+        "manifest": {"path": str(args.manifest.resolve()), "sha256": file_sha256(args.manifest)},
+        "scorer": config_to_dict(config),
+        "batch_size": args.batch_size,
+    }
+    with RunOutput(
+        args.out,
+        settings,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        safe_keys=SCORE_SAFE_KEYS,
+        inputs=[args.manifest, config.reward_model.path],
+        is_main_process=rank == 0,
+        name="hfpc score",
+    ) as run:
+        scorer = HFPCScorer.from_config(config)
+        records = score_manifest(rows, scorer, args.out, args.batch_size, rank, world, resuming=run.resuming)
+        run.update_stamp(rows=len(records))
     if rank == 0:
-        save_resolved_config(config, args.out.parent)
         print(summary_table(records))
+        require_some_rows_judged(records, args.manifest)
     return 0
 
 
@@ -74,31 +101,30 @@ def score_manifest(
     batch_size: int = 16,
     rank: int = 0,
     world: int = 1,
+    *,
+    resuming: bool = True,
 ) -> list[dict[str, Any]]:
-    """Score this process's share of the rows not yet in `out`; returns all records of `out` (main process)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    part = out if world == 1 else out.with_name(f"{out.stem}.part-{rank}-of-{world}.jsonl")
-    done = {record.get(INDEX_FIELD) for record in read_jsonl(out) + (read_jsonl(part) if part != out else [])}
-    pending = [(i, row) for i, row in enumerate(rows) if i % world == rank and i not in done]
+    """Score this process's share of the rows without a record in `out` (all when not `resuming`); returns
+    one record per row in manifest order on the main process ([] elsewhere). The caller owns the run
+    contract (`run_score` wraps this in a RunOutput)."""
+    results = ManifestResults(out, rows, resuming=resuming, rank=rank, world=world)
+    pending = results.pending()
     pending.sort(key=lambda item: (item[1].origin, item[0]))  # rows of one original together: cache hits
     with tqdm(total=len(pending), desc="score", unit="pair", disable=rank != 0) as progress:
         for start in range(0, len(pending), batch_size):
             batch = pending[start : start + batch_size]
-            append_jsonl(
-                part, [_record(i, row, result) for (i, row), result in zip(batch, _score_rows(scorer, batch))]
+            results.append(
+                [_record(i, row, result) for (i, row), result in zip(batch, _score_rows(scorer, batch))]
             )
             progress.update(len(batch))
-    if world > 1:
-        _merge_parts(out, world)
-    return read_jsonl(out) if rank == 0 else []
+    return results.finish()
 
 
 def _score_rows(scorer: HFPCScorer, batch: list[tuple[int, ManifestRow]]) -> list[HFPCResult]:
     results: list[HFPCResult | None] = [None] * len(batch)
     scorable = []
     for k, (_, row) in enumerate(batch):
-        problem = _row_problem(row)
+        problem = "row has no generation to score" if not row.generation else remote_source_problem(row)
         if problem:
             results[k] = HFPCResult(error=problem)
         else:
@@ -114,15 +140,6 @@ def _score_rows(scorer: HFPCScorer, batch: list[tuple[int, ManifestRow]]) -> lis
     for k, result in zip(scorable, scored):
         results[k] = result
     return results
-
-
-def _row_problem(row: ManifestRow) -> str | None:
-    if not row.generation:
-        return "row has no generation to score"
-    for source in (row.origin, row.generation, row.mask):
-        if source and is_url(source):
-            return f"{source} is a URL: download the manifest's images first (hfpc data fetch)"
-    return None
 
 
 def _record(index: int, row: ManifestRow, result: HFPCResult) -> dict[str, Any]:
@@ -141,20 +158,6 @@ def _process_rank() -> tuple[int, int]:
         cpu=not torch.cuda.is_available()
     )  # without cpu=True, CPU processes each think they are alone
     return state.process_index, state.num_processes
-
-
-def _merge_parts(out: Path, world: int) -> None:
-    from accelerate import PartialState
-
-    state = PartialState()
-    state.wait_for_everyone()
-    if state.is_main_process:
-        parts = [out.with_name(f"{out.stem}.part-{r}-of-{world}.jsonl") for r in range(world)]
-        merged = {record[INDEX_FIELD]: record for path in [out, *parts] for record in read_jsonl(path)}
-        write_jsonl(out, [merged[i] for i in sorted(merged)])
-        for path in parts:
-            path.unlink(missing_ok=True)
-    state.wait_for_everyone()
 
 
 def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -198,14 +201,17 @@ def summary_table(records: list[dict[str, Any]]) -> str:
             f"vs human labels (n={agree['n']}): precision {agree['precision']:.3f}  recall {agree['recall']:.3f}  "
             f"F1 {agree['f1']:.3f}"
         )
-    reasons: dict[str, int] = {}
-    for record in records:
-        for reason in record.get("reasons") or []:
-            kind = reason.split(" (")[0].split(" ")[0]
-            reasons[kind] = reasons.get(kind, 0) + 1
-    if reasons:
-        lines.append(
-            "fail reasons: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
-        )
+    fails = failure_breakdown(records)
+    if fails:
+        lines.append("fail reasons: " + ", ".join(f"{kind} {count}" for kind, count in fails.most_common()))
     return "\n".join(lines)
+
+
+def failure_breakdown(records: list[dict[str, Any]]) -> Counter:
+    """Failed rows by machine-readable kind: the consistency `primary_reason`, or `background` for a
+    consistent product whose background score is below the threshold (never parsed from reason text)."""
+    kinds = Counter()
+    for record in records:
+        if record.get("error") is None and record.get("passed") is False:
+            kinds[record.get("primary_reason") if record.get("consistent") is False else BACKGROUND_FAIL] += 1
+    return kinds

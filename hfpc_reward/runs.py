@@ -28,8 +28,9 @@ On enter, in this order:
    - `resume=False` and the output exists (a file, or a non-empty folder): refused with `OutputExistsError`
      unless `overwrite=True`; with overwrite the command starts its output from scratch (`run.resuming`
      is False). RunOutput itself deletes nothing: each command knows which of its files to replace.
-Only the main process (`is_main_process`) locks and writes the stamp; every process compares, so all
-ranks of a distributed run agree on refusing a mismatched resume.
+Only the main process (`is_main_process`) locks, writes the stamp and refuses a fresh run over an existing
+output; every process compares a resume with the stamp, so all ranks agree on refusing a mismatch (the main
+process may already have stamped a fresh run, which then compares equal).
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ class RunOutput:
                 f"{self.name}: {self.out} holds no run stamp ({self.stamp.name}) to resume against; "
                 "start a new run with another --out, or drop --resume and pass --overwrite"
             )
-        elif not self.resume and self._output_exists() and not self.overwrite:
+        elif not self.resume and not self.overwrite and self.is_main_process and self._output_exists():
             raise OutputExistsError(
                 f"{self.name}: {self.out} already holds a previous run's output; pass --resume to continue "
                 "it, --overwrite to start over, or choose another --out"

@@ -95,6 +95,8 @@ class HFPCResult:
             "consistent": None if report is None else report.consistent,
             "consistency_score": None if report is None else report.score,
             "metrics": {} if report is None else dict(report.metrics),
+            "failed_checks": [] if report is None else list(report.failed_checks),
+            "primary_reason": None if report is None else report.primary_reason,
             "reasons": list(self.reasons),
             "error": self.error,
         }

@@ -1,5 +1,6 @@
 """HFPCScorer and `hfpc score` on the tiny kit: batched/cached == per pair, per-item errors, policies."""
 
+import json
 import math
 from pathlib import Path
 
@@ -136,9 +137,11 @@ def test_score_command_writes_rows_summary_and_resumes(kit, tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "pass rate" in printed and "95% CI" in printed
-    assert (tmp_path / "config.resolved.yaml").is_file()
-    assert main(args) == 0  # resume: nothing left to score, nothing duplicated
+    assert json.loads((tmp_path / "results.run.json").read_text())["settings"]["batch_size"] == 16
+    assert main([*args, "--resume"]) == 0  # resume: nothing left to score, nothing duplicated
     assert len(read_jsonl(out)) == len(records)
+    assert main([*args, "--resume", "policy.reward=product"]) == 2  # would mix two reward policies
+    assert main([*args, "--resume", "--batch-size", "4"]) == 0  # a safe change
 
 
 def test_tensor_batches_of_images_and_masks_score_like_files(kit):
