@@ -1,0 +1,199 @@
+"""The consistency judge on several independently written pair families, fitted on one, reported on all.
+
+    python -m benchmarks.consistency_validation [--pairs 120] [--fit-family cutouts] [--families ...]
+
+Families: "sample" (hfpc_reward.sample, PIL drawing, the data the default thresholds were first tuned on),
+"heldout" (benchmarks/heldout_consistency_set.py, OpenCV drawing), "cutouts" (hfpc_reward.sample.families,
+real objects cut from bundled photos, SDF drawing, studio originals with cast shadows). Each family's pairs
+are checked in four variants: the exact product mask; the mask eroded or dilated by 2-4 px (as a
+segmenter's would be); every image downscaled to 128 px; no mask (the product is found in the studio
+original). Thresholds are then fitted (hfpc_reward.consistency.calibrate.fit_thresholds) on ONE family,
+all its variants pooled, and every family is reported with the default and with the fitted thresholds,
+per defect kind (share caught) and for consistent pairs (share rejected). Numbers on the fitted family
+are marked "fitted": they are not results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from hfpc_reward.consistency.calibrate import detection_metrics, fit_thresholds
+from hfpc_reward.consistency.checker import ProductConsistencyChecker, verdict
+from hfpc_reward.consistency.config import ConsistencyConfig
+from hfpc_reward.data.manifest import read_manifest
+from hfpc_reward.images import load_mask, load_rgb
+from hfpc_reward.sample.families.base import DEFECTS, FamilyPair
+from hfpc_reward.sample.families.cutouts import cutout_pairs
+
+VARIANTS = ("exact mask", "mask off 2-4 px", "128 px", "no mask")
+RENAMED = {
+    "label_changed": "relabelled",
+    "texture_changed": "relabelled",
+    "shifted": "moved",
+    "melted": "bled",
+}
+
+
+def manifest_pairs(manifest: Path, family: str) -> list[FamilyPair]:
+    """Pairs of a manifest written by another generator (its defect names mapped onto DEFECTS)."""
+    pairs = []
+    for row in read_manifest(manifest):
+        extra = row.extra
+        original = np.asarray(load_rgb(row.origin))
+        pairs.append(
+            FamilyPair(
+                family=family,
+                original_id=f"{family}:{row.origin}",
+                original=original,
+                generated=np.asarray(load_rgb(row.generation)),
+                mask=load_mask(row.mask, size=(original.shape[1], original.shape[0])),
+                defect=RENAMED.get(extra["defect"], extra["defect"]),
+                harmless=list(extra.get("harmless") or []),
+            )
+        )
+    return pairs
+
+
+def family_pairs(name: str, n_pairs: int, seed: int, folder: Path) -> list[FamilyPair]:
+    if name == "cutouts":
+        return cutout_pairs(n_pairs, seed)
+    if name == "sample":
+        from hfpc_reward.sample.pairs import generate_pairs
+
+        return manifest_pairs(generate_pairs(folder / name, n_pairs, seed, 512, 0.5), name)
+    if name == "heldout":
+        from benchmarks.heldout_consistency_set import write_set
+
+        return manifest_pairs(write_set(folder / name, n_pairs, seed, 512, 0.5), name)
+    raise ValueError(f"unknown family {name!r}")
+
+
+def variant_inputs(pairs: list[FamilyPair], variant: str, seed: int):
+    """(originals, generated, masks) of one variant of the pairs."""
+    rng = np.random.default_rng(seed)
+    originals = [p.original for p in pairs]
+    generated = [p.generated for p in pairs]
+    masks: list = [p.mask for p in pairs]
+    if variant == "mask off 2-4 px":
+        masks = [_shift_outline(p.mask, int(rng.integers(2, 5)), bool(rng.random() < 0.5)) for p in pairs]
+    elif variant == "128 px":
+        originals = [_downscale(image) for image in originals]
+        generated = [_downscale(image) for image in generated]
+        masks = [_downscale(p.mask.astype(np.float32)) > 0.5 for p in pairs]
+    elif variant == "no mask":
+        masks = [None] * len(pairs)
+    return originals, generated, masks
+
+
+def _shift_outline(mask: np.ndarray, pixels: int, grow: bool) -> np.ndarray:
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
+    change = cv2.dilate if grow else cv2.erode
+    return change(mask.astype(np.uint8), kernel) > 0
+
+
+def _downscale(image: np.ndarray, side: int = 128) -> np.ndarray:
+    scale = side / max(image.shape[:2])
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def check_all(checker, families: dict[str, list[FamilyPair]], seed: int) -> list[dict]:
+    """One record per (family, variant, pair): truth, defect, metrics (None for an error)."""
+    records = []
+    for name, pairs in families.items():
+        for v, variant in enumerate(VARIANTS):
+            originals, generated, masks = variant_inputs(pairs, variant, seed + v)
+            start = time.perf_counter()
+            reports = checker.check(originals, generated, masks=masks, errors="report")
+            seconds = (time.perf_counter() - start) / max(len(pairs), 1)
+            for pair, report in zip(pairs, reports):
+                records.append(
+                    {
+                        "family": name,
+                        "variant": variant,
+                        "original_id": pair.original_id,
+                        "defect": pair.defect,
+                        "consistent": pair.consistent,
+                        "metrics": None if report.error else report.metrics,
+                        "error": report.error,
+                        "primary": report.primary_reason,
+                        "seconds": seconds,
+                    }
+                )
+    return records
+
+
+def table(records: list[dict], thresholds, fitted_family: str | None, title: str) -> str:
+    lines = [
+        title,
+        f"{'family':9s} {'variant':16s} {'F1':>6s} {'rej.':>6s} {'err':>4s} "
+        + " ".join(f"{kind[:8]:>8s}" for kind in DEFECTS)
+        + "   ms/pair",
+    ]
+    groups = defaultdict(list)
+    for record in records:
+        groups[(record["family"], record["variant"])].append(record)
+    for (family, variant), group in groups.items():
+        judged = [r for r in group if r["metrics"] is not None]
+        flagged = [not verdict(r["metrics"], thresholds).consistent for r in judged]
+        # an unjudged pair counts as rejected: the judge failed to pass it
+        truth = [r["consistent"] for r in judged] + [r["consistent"] for r in group if r["metrics"] is None]
+        predicted = [not f for f in flagged] + [False] * (len(group) - len(judged))
+        m = detection_metrics(truth, predicted)
+        caught = []
+        for kind in DEFECTS:
+            hits = [
+                not p
+                for t, p, r in zip(truth, predicted, judged + [r for r in group if r["metrics"] is None])
+                if r["defect"] == kind
+            ]
+            caught.append(f"{np.mean(hits):8.0%}" if hits else f"{'-':>8s}")
+        mark = " (fitted)" if family == fitted_family else ""
+        lines.append(
+            f"{family:9s} {variant:16s} {m['f1']:6.3f} {m['false_rejection']:6.1%} "
+            f"{len(group) - len(judged):4d} "
+            + " ".join(caught)
+            + f"   {1000 * group[0]['seconds']:.1f}{mark}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=120, help="pairs per family")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--families", nargs="+", default=["sample", "heldout", "cutouts"])
+    parser.add_argument("--fit-family", default="cutouts", help="the one family thresholds are fitted on")
+    parser.add_argument("overrides", nargs="*", help="consistency config overrides (section.field=value)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    from hfpc_reward.config import load_config
+
+    config = load_config(ConsistencyConfig, None, args.overrides)
+    checker = ProductConsistencyChecker.from_config(config)
+    with tempfile.TemporaryDirectory() as folder:
+        families = {name: family_pairs(name, args.pairs, args.seed, Path(folder)) for name in args.families}
+    records = check_all(checker, families, args.seed)
+    print(table(records, config.thresholds, None, "default thresholds (share caught per defect kind)"))
+    fit_rows = [r for r in records if r["family"] == args.fit_family and r["metrics"] is not None]
+    if fit_rows:
+        fitted = fit_thresholds(
+            [r["metrics"] for r in fit_rows], [r["consistent"] for r in fit_rows], config.thresholds
+        )
+        print()
+        print(table(records, fitted, args.fit_family, f"thresholds fitted on {args.fit_family}"))
+        changed = {k: v for k, v in vars(fitted).items() if getattr(config.thresholds, k) != v}
+        print(f"fitted thresholds (changed): {changed}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
