@@ -1,4 +1,4 @@
-"""`hfpc finetune --config X.yaml [section.field=value ...] [--resume]` (several processes:
+"""`hfpc finetune --config X.yaml [section.field=value ...] [--resume | --overwrite]` (several processes:
 `accelerate launch -m hfpc_finetune ...` or `torchrun -m hfpc_finetune ...`)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from hfpc_finetune.config import FinetuneConfig
+from hfpc_finetune.config import SAFE_RESUME_KEYS, FinetuneConfig
 
 from hfpc_reward.cli import run_reporting_user_errors
 from hfpc_reward.config import load_config
@@ -16,9 +16,17 @@ from hfpc_reward.config import load_config
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hfpc finetune", description=__doc__)
-    parser.add_argument("--config", help="YAML delta over finetune.config.FinetuneConfig defaults")
+    parser.add_argument("--config", help="YAML delta over hfpc_finetune.config.FinetuneConfig defaults")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=10 run.out_dir=out")
-    parser.add_argument("--resume", action="store_true", help="continue from run.out_dir/state if present")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in run.out_dir (= run.resume=latest); settings may differ only in: "
+        + ", ".join(SAFE_RESUME_KEYS),
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="start over in a run.out_dir that holds a previous run"
+    )
     args = parser.parse_args(argv)
     return run_reporting_user_errors(_run, args)
 
@@ -27,7 +35,7 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(FinetuneConfig, args.config, args.overrides)
     from hfpc_finetune.trainer import train
 
-    summary = train(config, resume=args.resume)
+    summary = train(config, resume=args.resume, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line per run, not per process
         print(
             json.dumps(
@@ -38,7 +46,8 @@ def _run(args: argparse.Namespace) -> int:
                     "last_reward": summary.last_reward,
                     "reward_gain": summary.reward_gain,
                     "lora_dir": summary.lora_dir,
-                }
+                },
+                allow_nan=False,
             )
         )
     return 0

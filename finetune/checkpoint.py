@@ -1,6 +1,6 @@
 """LoRA export in diffusers format and the resumable training state (atomic writes).
 
-`save_lora` writes `pytorch_lora_weights.safetensors` that `StableDiffusionInpaintPipeline.load_lora_weights(dir)`
+`save_lora` writes `pytorch_lora_weights.safetensors` (and the model card README.md) that `StableDiffusionInpaintPipeline.load_lora_weights(dir)`
 loads: peft key names (the older `lora.down/up` naming of `convert_state_dict_to_diffusers` covers attention
 layers only, so a conv LoRA would mix both namings and the loader would drop half) plus the adapter
 metadata, so alpha != rank survives. The training state lives in
@@ -33,8 +33,9 @@ def lora_state_dict(unet) -> dict[str, torch.Tensor]:
     }
 
 
-def save_lora(unet, out_dir: str | Path) -> Path:
-    """Write the LoRA in diffusers format: `pipe.load_lora_weights(out_dir)` loads it."""
+def save_lora(unet, out_dir: str | Path, card=None) -> Path:
+    """Write the LoRA in diffusers format (`pipe.load_lora_weights(out_dir)` loads it), with a model card
+    (`huggingface_hub.ModelCard`) as README.md when given."""
     from diffusers import StableDiffusionInpaintPipeline
 
     out = Path(out_dir)
@@ -48,6 +49,8 @@ def save_lora(unet, out_dir: str | Path) -> Path:
         unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
         safe_serialization=True,
     )
+    if card is not None:
+        card.save(tmp / "README.md")
     replace_directory(tmp, out)
     return out
 

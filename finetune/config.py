@@ -11,6 +11,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+RESUME_CHOICES = ("", "latest")
+TRACKERS = ("tensorboard", "wandb", "trackio", "none")
+# settings a resume may change without changing what the run computes (more epochs; memory, speed, device,
+# logging and output knobs); any other difference from the run's stamp refuses the resume, naming the keys
+SAFE_RESUME_KEYS = (
+    "train.epochs",
+    "train.train_batch_size",
+    "sample.batch_size",
+    "model.gradient_checkpointing",
+    "model.xformers",
+    "reward.num_workers",
+    "reward.max_abstain_fraction",
+    "run.cpu",
+    "run.out_dir",
+    "run.grid_every",
+    "run.save_every",
+    "run.resume",
+    "run.report_to",
+    "run.push_to_hub",
+    "run.hub_model_id",
+)
 
 
 @dataclass
@@ -136,32 +157,80 @@ class TrainConfig:
 
 
 @dataclass
-class RewardConfig:
-    """The reward function: a name from finetune.rewards.REWARDS (e.g. `hfpc`) and its keyword arguments."""
+class RewardFuncConfig:
+    """One term of the reward: a reward by name and its weight in the sum (TRL's reward_funcs + reward_weights)."""
 
-    name: str = "hfpc"  # hfpc, hfpc_background, hfpc_consistency, background_brightness, background_colour
+    name: str = (
+        ""  # a name from hfpc_finetune.rewards.REWARDS, or `module:attribute` naming any TRL-style reward
+    )
+    weight: float = 1.0  # this term's weight in the summed reward
+    kwargs: dict[str, Any] = field(
+        default_factory=dict
+    )  # constructor arguments (a class) or bound keywords (a function)
+
+    def __post_init__(self):
+        if not self.name:
+            raise ValueError("every reward.funcs entry needs a name, e.g. {name: hfpc, weight: 1.0}")
+
+
+@dataclass
+class RewardConfig:
+    """The reward: one named reward (`name` + `kwargs`) or a weighted sum of several (`funcs`)."""
+
+    name: str = (
+        "hfpc"  # a name from hfpc_finetune.rewards.REWARDS (hfpc, background_brightness, ...) or module:attr
+    )
     kwargs: dict[str, Any] = field(
         default_factory=dict
     )  # passed to the reward's constructor (e.g. config: path)
+    funcs: list[RewardFuncConfig] = field(
+        default_factory=list
+    )  # several rewards summed with weights; when set, leave name/kwargs at their defaults
     num_workers: int = 2  # threads computing rewards while the next batch samples
+    max_abstain_fraction: float = (
+        0.5  # an epoch in which a larger share of rewards abstains (None) stops the run
+    )
 
     def __post_init__(self):
         if self.num_workers < 1:
             raise ValueError(f"reward.num_workers must be >= 1, got {self.num_workers}")
+        if not 0.0 <= self.max_abstain_fraction < 1.0:
+            raise ValueError(
+                f"reward.max_abstain_fraction must be in [0, 1) (an epoch without rewards cannot train), "
+                f"got {self.max_abstain_fraction}"
+            )
+        if self.funcs and (self.name != RewardConfig.name or self.kwargs):
+            raise ValueError(
+                "set either reward.name/reward.kwargs (one reward) or reward.funcs (a weighted list), not both"
+            )
+
+    def terms(self) -> list[RewardFuncConfig]:
+        """The reward's terms: `funcs`, or the single `name` with weight 1."""
+        return list(self.funcs) or [RewardFuncConfig(self.name, 1.0, dict(self.kwargs))]
 
 
 @dataclass
 class RunConfig:
-    """Outputs, seeding, precision and checkpointing of a run."""
+    """Outputs, seeding, precision, tracking and checkpointing of a run."""
 
-    out_dir: str = "outputs/finetune"  # metrics.jsonl, grids/, lora/, state/ and the resolved config go here
+    out_dir: str = (
+        "outputs/finetune"  # the run's folder: metrics.jsonl, grids/, lora/, state/, run.json, logs/
+    )
     seed: int = (
         0  # every random draw derives from (seed, epoch, sample index): runs and resumes are reproducible
     )
     mixed_precision: str = "fp16"  # no | fp16 | bf16: frozen weights in this dtype, LoRA weights stay float32
     cpu: bool = False  # force the CPU even when a GPU is visible
-    grid_every: int = 10  # save a PNG grid of samples every N epochs (0 = never)
+    grid_every: int = 10  # save (and track) a grid of samples with their rewards every N epochs (0 = never)
     save_every: int = 1  # save LoRA + resumable training state every N epochs (and always at the end)
+    resume: str = (
+        ""  # "latest": continue from out_dir/state if present (the same as --resume); "" = a new run
+    )
+    report_to: str = (
+        "tensorboard"  # tracker: tensorboard (offline, under out_dir/logs) | wandb | trackio | none
+    )
+    push_to_hub: bool = False  # upload the final LoRA folder (with its model card) to hub_model_id
+    hub_model_id: str = ""  # the hub repository of push_to_hub, e.g. my-org/sd-inpaint-hfpc-lora
 
     def __post_init__(self):
         if self.mixed_precision not in MIXED_PRECISION:
@@ -170,6 +239,12 @@ class RunConfig:
             )
         if self.grid_every < 0 or self.save_every < 1:
             raise ValueError("run.grid_every must be >= 0 and run.save_every >= 1")
+        if self.resume not in RESUME_CHOICES:
+            raise ValueError(f"run.resume must be one of {RESUME_CHOICES}, got {self.resume!r}")
+        if self.report_to not in TRACKERS:
+            raise ValueError(f"run.report_to must be one of {TRACKERS}, got {self.report_to!r}")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("run.push_to_hub needs run.hub_model_id (e.g. my-org/sd-inpaint-hfpc-lora)")
 
 
 @dataclass

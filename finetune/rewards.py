@@ -1,9 +1,15 @@
-"""Reward functions for fine-tuning, in the TRL keyword convention, and loading them by name.
+"""Reward functions for fine-tuning, in the TRL keyword convention: resolving, building, probing, calling.
 
-A reward is any callable `fn(*, prompts, completions, image, mask_image=None, **kwargs) -> list[float | None]`:
+A reward is any callable `fn(*, prompts, completions, image, product_mask=None, **kwargs) -> list[float | None]`:
 `completions` are the generated images (PIL list or a (B,3,H,W) tensor in [0,1]), `image` the originals,
-`mask_image` the product masks (white / True = product). `None` abstains: that sample gets no advantage.
-Optional `log_metric(name, value)` callbacks report components (e.g. `pass_rate`).
+`product_mask` the product masks (white / True = product; a callable that names its argument `mask_image`
+gets them under that name). `None` abstains: that sample gets no advantage. Optional
+`log_metric(name, value)` / `log_extra(column, values)` callbacks report components (e.g. `hfpc/pass_rate`).
+
+`reward.name` (or each `reward.funcs` entry) is a name from `REWARDS` or `module:attribute` naming any such
+callable (a class is built with `kwargs`; a function gets `kwargs` bound). Several terms are summed with
+their weights, like TRL's `reward_funcs` + `reward_weights`. Every mistake surfaces before the pipeline loads:
+`resolve_reward` imports the names, `build_reward` constructs them, `probe_reward` scores one real batch.
 
 The simple rewards here know their optimum, so they prove that learning happens (tests, demo): they score
 the *background* only (NOT the product mask), where the inpainting happens.
@@ -11,19 +17,23 @@ the *background* only (NOT the product mask), where the inpainting happens.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from hfpc_finetune.config import RewardConfig
+from hfpc_finetune.config import RewardConfig, RewardFuncConfig
 
+from hfpc_reward.errors import UsageError
 from hfpc_reward.images import ImageLoadError, load_batch, load_mask
 
 logger = logging.getLogger(__name__)
 
-# reward name -> "module:class"; imported only when chosen (hfpc pulls in the HFPC judges)
+# reward name -> "module:attribute"; imported only when chosen (hfpc pulls in the HFPC judges)
 REWARDS: dict[str, str] = {
     "hfpc": "hfpc_reward.rewards:HFPCReward",
     "hfpc_background": "hfpc_reward.rewards:BackgroundReward",
@@ -31,29 +41,188 @@ REWARDS: dict[str, str] = {
     "background_brightness": "hfpc_finetune.rewards:BackgroundBrightness",
     "background_colour": "hfpc_finetune.rewards:BackgroundColour",
 }
+PROBE_ITEMS = 4  # products scored by the probe before any model loads
+LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma of RGB
 
 
-def load_reward(config: RewardConfig) -> Callable[..., list]:
-    """Instantiate the configured reward (e.g. `HFPCReward(config=path)` for name `hfpc`)."""
-    if config.name not in REWARDS:
-        raise ValueError(f"unknown reward.name {config.name!r}; choose one of {sorted(REWARDS)}")
-    module_name, class_name = REWARDS[config.name].split(":")
+class RewardError(UsageError):
+    """The configured reward cannot be used: unknown, not importable, not constructible, or failing."""
+
+
+@dataclass
+class RewardTerm:
+    """One resolved term of the reward: what to build (`target`), with which arguments, at which weight."""
+
+    name: str  # as configured: a REWARDS name or module:attribute
+    target: Any  # the imported class or function
+    weight: float
+    kwargs: dict[str, Any]
+
+
+def resolve_reward(config: RewardConfig) -> list[RewardTerm]:
+    """Import every configured reward (no model loads); an unknown or broken name is a RewardError."""
+    return [_resolve_term(term) for term in config.terms()]
+
+
+def _resolve_term(term: RewardFuncConfig) -> RewardTerm:
+    spec = REWARDS.get(term.name, term.name)
+    if ":" not in spec:
+        raise RewardError(
+            f"unknown reward {term.name!r}: choose one of {sorted(REWARDS)} or name any callable as module:attribute"
+        )
+    module_name, attribute = spec.split(":", 1)
     try:
-        reward_class = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"reward {config.name!r} ({REWARDS[config.name]}) is not available: {exc}") from None
-    return reward_class(**config.kwargs)
+        target = getattr(importlib.import_module(module_name), attribute)
+    except ImportError as exc:
+        raise RewardError(f"reward {term.name!r}: cannot import module {module_name!r} ({exc})") from None
+    except AttributeError:
+        raise RewardError(f"reward {term.name!r}: module {module_name!r} has no {attribute!r}") from None
+    if not callable(target):
+        raise RewardError(f"reward {term.name!r}: {spec} is not callable")
+    return RewardTerm(term.name, target, float(term.weight), dict(term.kwargs))
+
+
+def build_reward(terms: list[RewardTerm]) -> WeightedReward:
+    """Construct every term (a class with its kwargs; HFPC rewards load their judges here)."""
+    built = []
+    for term in terms:
+        try:
+            if inspect.isclass(term.target):
+                fn = term.target(**term.kwargs)
+            else:
+                fn = functools.partial(term.target, **term.kwargs) if term.kwargs else term.target
+        except UsageError as exc:
+            raise RewardError(f"reward {term.name!r}: {_first_line(exc)}") from None
+        except (TypeError, ValueError, OSError) as exc:  # wrong kwargs, a missing file or folder
+            raise RewardError(
+                f"reward {term.name!r} cannot be built with kwargs {term.kwargs}: {_first_line(exc)}"
+            ) from None
+        built.append((term.name, term.weight, fn))
+    return WeightedReward(built)
+
+
+class WeightedReward:
+    """The weighted sum of the reward terms; a sample abstains (None) when any term abstains on it."""
+
+    __name__ = "reward"
+
+    def __init__(self, terms: Sequence[tuple[str, float, Callable]]):
+        self.terms = list(terms)
+
+    def __call__(self, *, prompts, completions, image, product_mask=None, log_metric=None, **kwargs) -> list:
+        total: list[float | None] = [0.0] * len(prompts)
+        for name, weight, fn in self.terms:
+            mask_keyword = _mask_keyword(fn)
+            values = list(
+                fn(
+                    prompts=prompts,
+                    completions=completions,
+                    image=image,
+                    **{mask_keyword: product_mask},
+                    log_metric=log_metric,
+                    **kwargs,
+                )
+            )
+            if len(values) != len(prompts):
+                raise ValueError(f"reward {name!r} returned {len(values)} values for {len(prompts)} samples")
+            values = [None if v is None or not np.isfinite(v) else float(v) for v in values]
+            valid = [v for v in values if v is not None]
+            if len(self.terms) > 1 and log_metric is not None and valid:
+                log_metric(name, float(np.mean(valid)))
+            total = [None if t is None or v is None else t + weight * v for t, v in zip(total, values)]
+        return total
+
+
+def _mask_keyword(fn: Callable) -> str:
+    """`product_mask`, unless the callable names its product-mask argument `mask_image` (the older name)."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return "product_mask"
+    return "mask_image" if "mask_image" in parameters and "product_mask" not in parameters else "product_mask"
+
+
+@dataclass
+class RewardBatch:
+    """What one reward call gave: a value per sample (None = abstained) and the first error, if it failed."""
+
+    values: list[float | None]
+    error: str | None = None
+    extras: dict[str, list] | None = None  # per-sample columns the reward reported through log_extra
+
+
+def call_reward(
+    reward: Callable,
+    prompts: list[str],
+    completions: list,
+    originals: list,
+    masks: list,
+    log_metric: Callable[[str, float], Any],
+    category: list[str | None] | None = None,
+) -> RewardBatch:
+    """Call a reward on one batch; a failing reward abstains on the batch and reports why (one log line)."""
+    extras: dict[str, list] = {}
+    try:
+        values = reward(
+            prompts=prompts,
+            completions=completions,
+            image=originals,
+            product_mask=masks,
+            category=category,
+            log_metric=log_metric,
+            log_extra=extras.__setitem__,
+        )
+    except Exception as exc:  # one bad batch must not end a long run (the epoch's abstain share decides)
+        error = f"{type(exc).__name__}: {_first_line(exc)}"
+        logger.warning("reward failed on a batch of %d, abstaining: %s", len(prompts), error)
+        logger.debug("reward failure", exc_info=True)
+        return RewardBatch([None] * len(prompts), error)
+    values = [None if v is None or not np.isfinite(v) else float(v) for v in values]
+    return RewardBatch(values, None, extras)
+
+
+def probe_reward(reward: Callable, items: Sequence[Any]) -> None:
+    """Score the first products' own photos (as if generated) so a broken reward fails before any model loads.
+
+    Raises RewardError with the reward's first error, or when it abstains on every probe item.
+    """
+    batch = list(items[:PROBE_ITEMS])
+    try:
+        values = reward(
+            prompts=[item.prompt for item in batch],
+            completions=[item.image for item in batch],
+            image=[item.image for item in batch],
+            product_mask=[item.product_mask for item in batch],
+            category=[item.category for item in batch],
+        )
+    except Exception as exc:
+        logger.debug("reward probe failure", exc_info=True)
+        raise RewardError(
+            f"the reward failed on a probe batch of {len(batch)} product photos before training: "
+            f"{type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+    if all(value is None for value in values):
+        raise RewardError(
+            f"the reward abstained (None) on every one of {len(batch)} probe product photos; check its "
+            "inputs and settings (reward.kwargs)"
+        )
+    logger.info("reward probe: %s", ", ".join("abstain" if v is None else f"{v:.4f}" for v in values))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class _BackgroundReward:
     """Shared plumbing: per-sample background pixels (float RGB in [0,1]); subclasses score them."""
 
-    def __call__(self, *, prompts, completions, image, mask_image=None, log_metric=None, **kwargs) -> list:
+    def __call__(self, *, prompts, completions, image, product_mask=None, log_metric=None, **kwargs) -> list:
         generated = load_batch(completions)
-        if mask_image is None:
-            raise ValueError(f"{self.__name__} needs mask_image (the product masks) to find the background")
+        if product_mask is None:
+            raise ValueError(f"{self.__name__} needs product_mask (the product masks) to find the background")
         rewards: list[float | None] = []
-        for picture, mask in zip(generated, mask_image):
+        for picture, mask in zip(generated, product_mask):
             try:
                 product = load_mask(mask, size=picture.size)
             except ImageLoadError as exc:
@@ -82,7 +251,7 @@ class BackgroundBrightness(_BackgroundReward):
         self.target = target
 
     def score(self, background: np.ndarray) -> float:
-        luminance = float((background @ np.array([0.299, 0.587, 0.114], dtype=np.float32)).mean())
+        luminance = float((background @ np.array(LUMINANCE_WEIGHTS, dtype=np.float32)).mean())
         return luminance if self.target is None else 1.0 - abs(luminance - self.target)
 
 
@@ -99,34 +268,3 @@ class BackgroundColour(_BackgroundReward):
 
     def score(self, background: np.ndarray) -> float:
         return 1.0 - float(np.linalg.norm(background - self.target, axis=1).mean() / np.sqrt(3.0))
-
-
-def call_reward(
-    reward: Callable,
-    prompts: list[str],
-    completions: list,
-    originals: list,
-    masks: list,
-    log_metric: Callable[[str, float], Any],
-    category: list[str | None] | None = None,
-) -> list[float | None]:
-    """Call a reward and check its answer; a failing reward abstains on the whole batch (logged)."""
-    try:
-        values = list(
-            reward(
-                prompts=prompts,
-                completions=completions,
-                image=originals,
-                mask_image=masks,
-                category=category,
-                log_metric=log_metric,
-            )
-        )
-    except Exception:  # one bad batch must not end a long run
-        logger.exception(
-            "reward %s failed on a batch of %d; abstaining", getattr(reward, "__name__", reward), len(prompts)
-        )
-        return [None] * len(prompts)
-    if len(values) != len(prompts):
-        raise ValueError(f"reward returned {len(values)} values for {len(prompts)} samples")
-    return [None if value is None or not np.isfinite(value) else float(value) for value in values]

@@ -38,12 +38,31 @@ class Conditioning:
             self.masked_image_latents[index],
         )
 
+    @classmethod
+    def cat(cls, parts: list[Conditioning]) -> Conditioning:
+        """The conditioning of several batches as one (they share the unconditional embedding)."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            torch.cat([c.prompt_embeds for c in parts]),
+            parts[0].negative_embeds,
+            torch.cat([c.mask for c in parts]),
+            torch.cat([c.masked_image_latents for c in parts]),
+        )
+
 
 @dataclass
 class Trajectory:
     latents: torch.Tensor  # (B,T+1,4,h,w): x_T ... x_0
     log_probs: torch.Tensor  # (B,T) float32 log-prob of each step under the sampling policy
     timesteps: torch.Tensor  # (T,) scheduler timesteps, shared by the batch
+
+    @classmethod
+    def cat(cls, parts: list[Trajectory]) -> Trajectory:
+        """Several batches' trajectories as one (they share the timesteps)."""
+        return cls(
+            torch.cat([t.latents for t in parts]), torch.cat([t.log_probs for t in parts]), parts[0].timesteps
+        )
 
 
 @torch.no_grad()

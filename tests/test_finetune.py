@@ -12,7 +12,13 @@ from hfpc_finetune.advantages import GroupAdvantages
 from hfpc_finetune.config import FinetuneConfig
 from hfpc_finetune.data import load_products
 from hfpc_finetune.ddim_logprob import ddim_step_with_logprob
-from hfpc_finetune.rewards import BackgroundBrightness, BackgroundColour, call_reward, load_reward
+from hfpc_finetune.rewards import (
+    BackgroundBrightness,
+    BackgroundColour,
+    build_reward,
+    call_reward,
+    resolve_reward,
+)
 from PIL import Image
 
 from hfpc_reward.config import ConfigError, config_from_dict, load_config
@@ -120,18 +126,18 @@ def test_toy_rewards_score_the_background_and_abstain_on_bad_masks():
     white_bg[~mask] = 255  # product black, background white
     images = [Image.fromarray(white_bg), Image.new("RGB", (8, 8), (0, 0, 0))]
     assert BackgroundBrightness()(
-        prompts=["a", "b"], completions=images, image=images, mask_image=[mask, mask]
+        prompts=["a", "b"], completions=images, image=images, product_mask=[mask, mask]
     ) == pytest.approx([1.0, 0.0])
     assert BackgroundBrightness(target=0.0)(
-        prompts=["a"], completions=images[:1], image=None, mask_image=[mask]
+        prompts=["a"], completions=images[:1], image=None, product_mask=[mask]
     ) == pytest.approx([0.0])
     tensor = torch.zeros(1, 3, 8, 8)
     tensor[:, 0] = 1.0  # red
     assert BackgroundColour((1, 0, 0))(
-        prompts=["a"], completions=tensor, image=None, mask_image=[mask]
+        prompts=["a"], completions=tensor, image=None, product_mask=[mask]
     ) == pytest.approx([1.0])
     logged = {}
-    values = call_reward(
+    batch = call_reward(
         BackgroundBrightness(),
         ["a", "b"],
         images,
@@ -139,19 +145,22 @@ def test_toy_rewards_score_the_background_and_abstain_on_bad_masks():
         [mask, "missing.png"],
         lambda name, value: logged.setdefault(name, value),
     )
-    assert values == [pytest.approx(1.0), None] and logged["background_brightness_mean"] == pytest.approx(1.0)
+    assert batch.values == [pytest.approx(1.0), None] and batch.error is None
+    assert logged["background_brightness_mean"] == pytest.approx(1.0)
 
 
 def test_rewards_load_by_name():
     from hfpc_finetune.config import RewardConfig
 
-    assert isinstance(
-        load_reward(RewardConfig(name="background_colour", kwargs={"target": [0, 0, 0]})), BackgroundColour
+    reward = build_reward(
+        resolve_reward(RewardConfig(name="background_colour", kwargs={"target": [0, 0, 0]}))
     )
+    assert isinstance(reward.terms[0][2], BackgroundColour)
     with pytest.raises(ValueError, match="background_brightness"):
-        load_reward(RewardConfig(name="brightnes"))
-    hfpc = load_reward(RewardConfig(name="hfpc", kwargs={"config": "configs/scorer/classic.yaml"}))
-    assert hfpc.__name__ == "hfpc"
+        resolve_reward(RewardConfig(name="brightnes"))
+    classic = {"config": "configs/scorer/classic.yaml", "judges": "consistency"}
+    hfpc = build_reward(resolve_reward(RewardConfig(name="hfpc", kwargs=classic)))
+    assert hfpc.terms[0][2].__name__ == "hfpc"
 
 
 def test_group_advantages_normalise_within_groups_and_fall_back_to_the_batch():
@@ -200,7 +209,7 @@ def test_the_hfpc_reward_drives_a_run_and_reports_its_components(tiny_kit, tmp_p
         tmp_path / "hfpc",
         sample={"samples_per_epoch": 8},
         train={"epochs": 1, "samples_per_step": 8},
-        reward={"name": "hfpc", "kwargs": {"config": str(scorer_config)}},
+        reward={"name": "hfpc", "kwargs": {"config": str(scorer_config), "judges": "consistency"}},
     )
     summary = train(config)
     record = read_jsonl(tmp_path / "hfpc" / "metrics.jsonl")[0]
@@ -238,9 +247,8 @@ def test_ratio_is_exactly_one_before_the_first_update(trained):
         "time_train",
         "reward/background_brightness_mean",
     }
-    assert (trainer.out_dir / "config.resolved.yaml").is_file() and list(
-        (trainer.out_dir / "grids").glob("*.png")
-    )
+    assert json.loads((trainer.out_dir / "run.json").read_text())["settings"]["train"]["kl_coef"] == 0.1
+    assert list((trainer.out_dir / "grids").glob("*.png"))
 
 
 def test_lora_changes_and_base_weights_do_not(trained):

@@ -1,0 +1,65 @@
+"""The pipeline being fine-tuned: a 9-channel SD-inpainting pipeline, frozen, with a LoRA on its UNet.
+
+Frozen weights take `run.mixed_precision`'s dtype; the LoRA weights stay float32 (diffusers'
+`cast_training_params`), initialised from `run.seed` alone so every process and every run of a seed starts
+from the same adapter. The scheduler becomes DDIM (the DDPO policy needs its eta > 0 step).
+"""
+
+from __future__ import annotations
+
+import torch
+from hfpc_finetune.config import FinetuneConfig
+
+from hfpc_reward.errors import UsageError
+
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+INPAINT_UNET_CHANNELS = 9  # latents (4) + mask (1) + masked-image latents (4)
+
+
+def load_lora_pipeline(config: FinetuneConfig, device):
+    """(pipeline with a fresh LoRA on its UNet, AdamW over the LoRA weights)."""
+    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(
+        config.model.pretrained,
+        revision=config.model.revision,
+        dtype=WEIGHT_DTYPES[config.run.mixed_precision],
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
+    if pipe.unet.config.in_channels != INPAINT_UNET_CHANNELS:
+        raise UsageError(
+            f"{config.model.pretrained}: UNet has {pipe.unet.config.in_channels} input channels; DDPO here "
+            f"needs an inpainting UNet with {INPAINT_UNET_CHANNELS} (latents + mask + masked image)"
+        )
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+    pipe.to(device)
+    with torch.random.fork_rng(devices=[]):  # the same LoRA init on every process and every run of a seed
+        torch.manual_seed(config.run.seed)
+        pipe.unet.add_adapter(
+            LoraConfig(
+                r=config.model.lora_rank,
+                lora_alpha=config.model.lora_alpha,
+                target_modules=list(config.model.lora_targets),
+                init_lora_weights="gaussian",
+            )
+        )
+    cast_training_params(pipe.unet, dtype=torch.float32)
+    if config.model.gradient_checkpointing:  # only when asked: less memory, ~30% slower training
+        pipe.unet.enable_gradient_checkpointing()
+    if config.model.xformers:
+        pipe.unet.enable_xformers_memory_efficient_attention()
+    train = config.train
+    optimizer = torch.optim.AdamW(
+        [p for p in pipe.unet.parameters() if p.requires_grad],
+        lr=train.learning_rate,
+        betas=(train.adam_beta1, 0.999),
+        weight_decay=train.adam_weight_decay,
+        eps=train.adam_epsilon,
+    )
+    return pipe, optimizer
