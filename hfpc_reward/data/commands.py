@@ -38,17 +38,41 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="stratify by a cluster assignment JSON from `hfpc data clusters`",
     )
 
-    fetch = actions.add_parser("fetch", help="download a manifest's image URLs into a local cache")
+    fetch = actions.add_parser(
+        "fetch",
+        help="download a manifest's image URLs into a local cache",
+        description="Exit status: 0 all rows fetched, 1 some rows failed (see the failures report), "
+        "124 stopped by --max-time, 130 stopped by Ctrl-C; after a stop, rerun the same command to continue.",
+    )
     fetch.add_argument("manifest", type=Path)
     fetch.add_argument("--cache", type=Path, required=True, help="content-addressed image cache folder")
     fetch.add_argument("--out", type=Path, required=True, help="local manifest to write (JSON Lines)")
     fetch.add_argument("--failures", type=Path, help="failures report (default: <out>.failures.jsonl)")
     fetch.add_argument("--workers", type=int, default=8)
-    fetch.add_argument("--timeout", type=float, default=30.0, help="connect / read timeout in seconds")
-    fetch.add_argument("--deadline", type=float, default=300.0, help="wall-clock limit of one attempt")
+    fetch.add_argument(
+        "--timeout", type=float, default=30.0, help="connect timeout / longest silence, seconds"
+    )
+    fetch.add_argument(
+        "--deadline", type=float, default=300.0, help="wall-clock limit of one attempt, seconds"
+    )
+    fetch.add_argument("--max-time", type=float, help="wall-clock limit of the whole run, seconds (no limit)")
     fetch.add_argument("--max-bytes", type=int, default=50_000_000, help="size cap per image")
     fetch.add_argument("--retries", type=int, default=3, help="extra attempts after a retryable failure")
     fetch.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles)")
+    fetch.add_argument("--max-redirects", type=int, default=5, help="redirect hops followed per URL")
+    fetch.add_argument(
+        "--redirects",
+        choices=("same-host", "any"),
+        default="same-host",
+        help="where redirects may go: the URL's own host (default; http->https allowed) or any http(s) host",
+    )
+    fetch.add_argument(
+        "--redirect-allow",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a further host redirects may go to (repeatable); .example.com allows all its subdomains",
+    )
 
     clusters = actions.add_parser(
         "clusters", help="cluster originals by BLIP image features (category balance)"
@@ -109,23 +133,42 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from hfpc_reward.data.fetch import FetchConfig, fetch_manifest
+    from hfpc_reward.data.fetch import FetchConfig, FetchInterrupted, fetch_manifest
 
     config = FetchConfig(
         workers=args.workers,
         timeout_s=args.timeout,
         deadline_s=args.deadline,
+        max_time_s=args.max_time,
         max_bytes=args.max_bytes,
         retries=args.retries,
         backoff_s=args.backoff,
+        max_redirects=args.max_redirects,
+        redirects=args.redirects,
+        redirect_allow=args.redirect_allow,
     )
-    summary = fetch_manifest(read_manifest(args.manifest), args.cache, args.out, config, args.failures)
+    try:
+        summary = fetch_manifest(read_manifest(args.manifest), args.cache, args.out, config, args.failures)
+    except FetchInterrupted as interrupted:
+        _log_stop("interrupted", interrupted.summary, args.out)
+        return 130
     sys.stdout.write(
         f"URLs {summary.urls:,}: {summary.downloaded:,} downloaded, {summary.cached:,} already cached, "
         f"{len(summary.failed):,} failed\nrows {summary.rows_written:,} written to {args.out}, "
         f"{summary.rows_failed:,} left out (see the failures report)\n"
     )
+    if summary.stopped == "max-time":
+        _log_stop(f"stopped by --max-time {args.max_time:g}s", summary, args.out)
+        return 124
     return 0 if not summary.failed else 1
+
+
+def _log_stop(why: str, summary, out: Path) -> None:
+    logger.error(
+        "%s: %d rows written to %s, %d failed, %d not done; rerun the same command to continue "
+        "(downloads already in the cache are not fetched again)",
+        why, summary.rows_written, out, summary.rows_failed, summary.rows_pending,
+    )  # fmt: skip
 
 
 def _clusters(args: argparse.Namespace) -> int:
