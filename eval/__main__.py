@@ -1,6 +1,8 @@
-"""`hfpc eval {run,compare,judges,screenshot}`: the eval harness.
+"""`hfpc eval {run,rejudge,compare,judges,screenshot}`: the eval harness.
 
-hfpc eval run --config configs/eval/tiny.yaml [section.field=value ...]
+hfpc eval run --config configs/eval/tiny.yaml [--resume | --overwrite] [section.field=value ...]
+torchrun --nproc_per_node 8 -m hfpc_eval run --config configs/eval/real.yaml   (same numbers as 1 process)
+hfpc eval rejudge RUN_DIR --out NEW_DIR [--scorer configs/scorer/X.yaml] [scorer.field=value ...]
 hfpc eval compare A/results.json B/results.json [--pair a:b] [--out comparison.json]
 hfpc eval judges --config configs/eval/judges_tiny.yaml [--manifest labelled.jsonl] [overrides]
 hfpc eval screenshot outputs/demo/eval/report.html docs/report.png   (needs Chromium)
@@ -14,11 +16,20 @@ from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
+    from hfpc_reward.runs import add_run_arguments
+
     parser = argparse.ArgumentParser(prog="hfpc eval", description="pass rates of generator versions")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="sample, judge and report generator versions")
     run.add_argument("--config", required=True, help="YAML under configs/eval/ (deltas over EvalConfig)")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. generation.samples_per_product=8")
+    add_run_arguments(run)
+    rejudge = sub.add_parser("rejudge", help="judge a finished run's images again with another scorer")
+    rejudge.add_argument("run", help="out_dir of a finished `eval run` (left as it is)")
+    rejudge.add_argument("--out", required=True, help="new run folder for the re-judged samples and report")
+    rejudge.add_argument("--scorer", help="scorer YAML (as `hfpc score --config`) replacing the run's scorer")
+    rejudge.add_argument("overrides", nargs="*", help="dotted overrides, e.g. scorer.policy.threshold=0.5")
+    add_run_arguments(rejudge)
     compare = sub.add_parser("compare", help="compare the versions of two runs, paired by product")
     compare.add_argument("a", help="results.json of run A (the reference)")
     compare.add_argument("b", help="results.json of run B")
@@ -53,12 +64,24 @@ def _run(args: argparse.Namespace) -> int:
         from hfpc_eval.report import terminal_table
 
         config = load_config(EvalConfig, args.config, args.overrides)
-        results = run_eval(config)
-        print(terminal_table(results))
-        print(f"report: {Path(config.out_dir).resolve() / REPORT_NAME}")
+        results = run_eval(config, resume=args.resume, overwrite=args.overwrite)
+        if results is not None:  # the main process
+            print(terminal_table(results))
+            print(f"report: {Path(config.out_dir).resolve() / REPORT_NAME}")
+    elif args.command == "rejudge":
+        from hfpc_eval.harness import REPORT_NAME
+        from hfpc_eval.rejudge import rejudge_config, rejudge_run, rejudged_summary
+        from hfpc_eval.report import terminal_table
+
+        config = rejudge_config(args.run, args.out, args.scorer, args.overrides)
+        results = rejudge_run(args.run, config, resume=args.resume, overwrite=args.overwrite)
+        if results is not None:
+            print(terminal_table(results))
+            print(rejudged_summary(results))
+            print(f"report: {Path(config.out_dir).resolve() / REPORT_NAME}")
     elif args.command == "compare":
         from hfpc_eval.compare import compare_runs, comparison_table
-        from hfpc_eval.harness import write_json
+        from hfpc_eval.results import write_json
 
         pairs = [tuple(item.split(":", 1)) for item in args.pair]
         if any(len(pair) != 2 for pair in pairs):

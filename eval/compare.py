@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from hfpc_eval.config import StatsConfig
-from hfpc_eval.harness import SAMPLES_NAME, latest_samples
 from hfpc_eval.report import format_number
+from hfpc_eval.samples import SAMPLES_NAME, latest_samples
 from hfpc_eval.stats import paired_difference
 
 from hfpc_reward.config import config_from_dict

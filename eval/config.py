@@ -70,7 +70,9 @@ class GenerationConfig:
     default_prompt: str = "a product photo on a clean, tasteful background"  # prompt of rows without one
     paste_product: bool = True  # paste the product back onto pipeline/lora samples before judging
     batch_size: int = 4  # samples of one product generated per pipeline call
-    device: str = "cpu"  # torch device of the pipelines
+    device: str = (
+        "auto"  # torch device of the pipelines; "auto" = cuda:LOCAL_RANK if CUDA is present, else cpu
+    )
     dtype: str = "float32"  # torch dtype name of the pipelines ("float16" on GPU)
 
     def __post_init__(self):
@@ -88,7 +90,7 @@ class HeldOutConfig:
 
     raw_consistency: bool = False  # versions that paste back: also judge consistency BEFORE paste-back
     itm_model: str = ""  # BlipForImageTextRetrieval id/folder: zero-shot image-prompt match; "" = off
-    itm_device: str = "cpu"  # torch device of the ITM model
+    itm_device: str = "auto"  # torch device of the ITM model ("auto": cuda:LOCAL_RANK if CUDA is present)
 
 
 @dataclass
@@ -134,6 +136,7 @@ class EvalConfig:
     held_out: HeldOutConfig = field(default_factory=HeldOutConfig)  # checks that are not a training reward
     stats: StatsConfig = field(default_factory=StatsConfig)  # intervals and tests
     report: ReportConfig = field(default_factory=ReportConfig)  # report.html
+    consistency_workers: int = 1  # processes per eval process for the classic consistency judge (1 = in it)
 
     def __post_init__(self):
         if not self.manifest:
@@ -142,6 +145,13 @@ class EvalConfig:
             )
         if not self.versions:
             raise ValueError("versions is empty: list at least one {name, kind, path} generator version")
+        if self.consistency_workers < 1:
+            raise ValueError(f"consistency_workers must be >= 1, got {self.consistency_workers}")
+        if self.consistency_workers > 1 and self.scorer.consistency.backend != "classic":
+            raise ValueError(
+                "consistency_workers > 1 needs scorer.consistency.backend=classic (model backends run on the "
+                "process's device); set consistency_workers=1"
+            )
         names = [version.name for version in self.versions]
         if len(set(names)) != len(names):
             raise ValueError(f"version names must be unique, got {names}")

@@ -26,6 +26,7 @@ from typing import Protocol
 
 import numpy as np
 from hfpc_eval.config import GenerationConfig, VersionConfig
+from hfpc_eval.distributed import resolve_device
 from PIL import Image
 
 from hfpc_reward.data.manifest import read_jsonl, resolve_source
@@ -90,7 +91,8 @@ class InpaintPipelineGenerator:
             pipe.load_lora_weights(lora, adapter_name=self.ADAPTER_NAME)
             pipe.set_adapters([self.ADAPTER_NAME], adapter_weights=[lora_scale])
         pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe.to(generation.device)
+        self.device = resolve_device(generation.device)
+        self.pipe = pipe.to(self.device)
 
     def generate(
         self, product: Product, ks: Sequence[int], seeds: Sequence[int]
@@ -107,7 +109,7 @@ class InpaintPipelineGenerator:
         images: list[Image.Image | Exception] = []
         for start in range(0, len(seeds), cfg.batch_size):
             chunk = list(seeds[start : start + cfg.batch_size])
-            generators = [torch.Generator(device=cfg.device).manual_seed(seed) for seed in chunk]
+            generators = [torch.Generator(device=self.device).manual_seed(seed) for seed in chunk]
             out = pipe(
                 prompt=[product.prompt] * len(chunk),
                 negative_prompt=[cfg.negative_prompt] * len(chunk) if cfg.negative_prompt else None,

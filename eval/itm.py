@@ -19,10 +19,12 @@ logger = logging.getLogger(__name__)
 class BlipITMJudge:
     """Loads a BLIP ITM checkpoint (hub id or folder) and scores (image, prompt) pairs in batches."""
 
-    def __init__(self, model_id: str, device: str = "cpu", batch_size: int = 16):
+    def __init__(self, model_id: str, device: str = "auto", batch_size: int = 16):
         import torch
+        from hfpc_eval.distributed import resolve_device
         from transformers import AutoProcessor, BlipForImageTextRetrieval
 
+        device = resolve_device(device)
         logger.info("loading BLIP ITM judge %s", model_id)
         self.processor = AutoProcessor.from_pretrained(model_id)
         self.model = BlipForImageTextRetrieval.from_pretrained(model_id).to(device).eval()

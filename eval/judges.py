@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 from hfpc_eval.config import StatsConfig
-from hfpc_eval.harness import write_json
 from hfpc_eval.report import format_number
+from hfpc_eval.results import write_json
 from PIL import Image
 from sklearn.metrics import average_precision_score
 from tqdm import tqdm

@@ -13,13 +13,15 @@ import pytest
 from hfpc_eval.compare import compare_runs, comparison_table
 from hfpc_eval.config import EvalConfig, VersionConfig
 from hfpc_eval.generators import FolderGenerator, sample_seed
-from hfpc_eval.harness import latest_samples, run_eval
+from hfpc_eval.harness import run_eval
+from hfpc_eval.samples import latest_samples
 from hfpc_eval.report import terminal_table
 from hfpc_eval.stats import paired_difference, reason_kind
 from PIL import Image
 
 from hfpc_reward.config import ConfigError, load_config
 from hfpc_reward.consistency.checker import ConsistencyReport
+from hfpc_reward.runs import OutputExistsError, ResumeMismatchError
 from hfpc_reward.scorer import HFPCResult
 
 N_PRODUCTS, K = 30, 4
@@ -177,7 +179,7 @@ def test_interrupted_run_resumes_without_regenerating(product_manifest, dummy_ru
         run_eval(config, generators=first, scorer=DummyScorer())
     assert len(latest_samples(tmp_path / "samples.jsonl")) == N_PRODUCTS * K + 10 * K
     second = {name: DummyGenerator(rate) for name, rate in TRUE_RATES.items()}
-    results = run_eval(config, generators=second, scorer=DummyScorer())
+    results = run_eval(config, generators=second, scorer=DummyScorer(), resume=True)
     assert second["base"].calls == []
     assert len(second["tuned"].calls) == (N_PRODUCTS - 10) * K
     assert not {c[:2] for c in second["tuned"].calls} & {c[:2] for c in first["tuned"].calls}
@@ -188,9 +190,34 @@ def test_interrupted_run_resumes_without_regenerating(product_manifest, dummy_ru
 def test_resume_refuses_samples_made_with_other_settings(product_manifest, dummy_run):
     out, _, _ = dummy_run
     config = _config(product_manifest, out, **{"generation.seed": 7})
-    with pytest.raises(ValueError, match="version 'base' made with other settings"):
+    generators = {n: DummyGenerator(r) for n, r in TRUE_RATES.items()}
+    with pytest.raises(ResumeMismatchError, match=r"generation\.seed \(0 -> 7\)"):
+        run_eval(config, generators=generators, scorer=DummyScorer(), resume=True)
+    with pytest.raises(OutputExistsError, match="--resume"):  # a fresh run never writes over an old one
+        run_eval(_config(product_manifest, out), generators=generators, scorer=DummyScorer())
+    assert generators["base"].calls == []
+
+
+def test_resume_refuses_a_version_redefined_under_its_old_name(product_manifest, tmp_path):
+    """Versions may be added or dropped on resume (each version's rows carry its own settings hash), but a
+    version whose definition changed under the same name is refused: its old rows came from another model."""
+    versions = [{"name": "base", "path": "unused-base"}]
+    run_eval(
+        _config(product_manifest, tmp_path, versions),
+        generators={"base": DummyGenerator(0.3)},
+        scorer=DummyScorer(),
+    )
+    more = [*versions, {"name": "tuned", "path": "unused-tuned"}]
+    added = {"base": DummyGenerator(0.3), "tuned": DummyGenerator(0.7)}
+    results = run_eval(
+        _config(product_manifest, tmp_path, more), generators=added, scorer=DummyScorer(), resume=True
+    )
+    assert added["base"].calls == [] and len(added["tuned"].calls) == N_PRODUCTS * K
+    assert results["versions"]["tuned"]["n_samples"] == N_PRODUCTS * K
+    renamed = [{"name": "base", "path": "another-model"}, more[1]]
+    with pytest.raises(ResumeMismatchError, match="version 'base' made with another definition"):
         run_eval(
-            config, generators={n: DummyGenerator(r) for n, r in TRUE_RATES.items()}, scorer=DummyScorer()
+            _config(product_manifest, tmp_path, renamed), generators={}, scorer=DummyScorer(), resume=True
         )
 
 
@@ -390,10 +417,12 @@ def test_a_run_extends_to_more_samples_and_reports_only_its_own(product_manifest
     run_eval(small, generators={n: DummyGenerator(r) for n, r in TRUE_RATES.items()}, scorer=DummyScorer())
     more = {name: DummyGenerator(rate) for name, rate in TRUE_RATES.items()}
     bigger = _config(product_manifest, tmp_path, **{"generation.batch_size": 1})  # K=4; batch size is free
-    results = run_eval(bigger, generators=more, scorer=DummyScorer())
+    results = run_eval(bigger, generators=more, scorer=DummyScorer(), resume=True)
     assert (
         sorted({k for _, k, _ in more["base"].calls}) == [2, 3] and len(more["base"].calls) == N_PRODUCTS * 2
     )
     assert results["versions"]["base"]["n_samples"] == N_PRODUCTS * K
-    again = run_eval(small, generators={}, scorer=DummyScorer())  # nothing to generate: no generator is built
+    again = run_eval(
+        small, generators={}, scorer=DummyScorer(), resume=True
+    )  # nothing to generate: no generator is built
     assert again["versions"]["base"]["n_samples"] == N_PRODUCTS * 2

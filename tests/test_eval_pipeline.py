@@ -9,7 +9,7 @@ import pytest
 import yaml
 from hfpc_eval.config import EvalConfig
 from hfpc_eval.generators import InpaintPipelineGenerator, Product, canvas_size
-from hfpc_eval.harness import latest_samples
+from hfpc_eval.samples import latest_samples
 from PIL import Image
 
 from hfpc_reward.config import config_to_dict, load_config
@@ -100,9 +100,11 @@ def test_pipeline_generator_repaints_background_only_and_is_seeded(kit):
     assert background_change > 5.0  # the background was repainted
 
 
-def test_base_and_lora_versions_end_to_end(kit, tmp_path, capsys):
+def test_base_and_lora_versions_end_to_end(kit, tmp_path_factory, capsys):
     """`hfpc eval run` on the tiny kit: real pipelines, real HFPCScorer (reward model + consistency), ITM."""
     from hfpc_eval.__main__ import main
+
+    tmp_path = tmp_path_factory.mktemp("run")  # the output folder; the config file lives outside it
 
     from hfpc_reward.scorer import HFPCScorer
 
@@ -112,7 +114,7 @@ def test_base_and_lora_versions_end_to_end(kit, tmp_path, capsys):
         "scorer.reward_model.path": kit["reward_model"],
     }
     config = _config(kit, tmp_path, **overrides)
-    config_file = tmp_path / "eval.yaml"
+    config_file = tmp_path.parent / f"{tmp_path.name}.yaml"
     config_file.write_text(yaml.safe_dump(config_to_dict(config)))
     assert main(["run", "--config", str(config_file), "stats.n_resamples=300"]) == 0
     printed = capsys.readouterr().out

@@ -1,0 +1,248 @@
+"""`hfpc eval rejudge RUN --out NEW`: judge a finished run's images again with another scorer, no regeneration.
+
+    hfpc eval rejudge outputs/eval/run --out outputs/eval/run-rm2 scorer.reward_model.path=outputs/reward/v2
+    hfpc eval rejudge outputs/eval/run --out outputs/eval/run-strict --scorer configs/scorer/hfpc.yaml
+
+NEW is a complete eval run folder: the source run's config with the new judge (`--scorer` replaces the
+scorer section with a scorer YAML over its defaults, as `hfpc score --config`; dotted overrides of the eval
+config follow), its images and thumbnails (hard links where the file system allows, else copies), and its
+rows with only the judged fields made again (`JUDGED_FIELDS`, the scorer-made held-out fields, and the rows'
+settings hash). Every version is judged by the same new judge, so versions stay comparable, and the samples
+are batched as `eval run` batches them, so NEW equals what `eval run` with that judge would have written.
+results.json says which judge (`meta.judge`), which run the images came from, its judge, and how many rows
+changed in each judged field (`meta.rejudged`). Runs on several processes and resumes like `eval run`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hfpc_eval.config import EvalConfig
+from hfpc_eval.distributed import EvalProcesses, pending_units, with_process_devices, work_units
+from hfpc_eval.harness import load_products, owned_output, run_settings, version_settings
+from hfpc_eval.judging import (
+    JUDGED_FIELDS,
+    SCORER_HELD_OUT_FIELDS,
+    build_scorer,
+    close_judges,
+    judge_samples,
+    judge_stamp,
+)
+from hfpc_eval.results import RESULTS_NAME, write_results
+from hfpc_eval.samples import (
+    SAMPLES_NAME,
+    SHARD_GLOB,
+    finished_keys,
+    latest_samples,
+    merge_samples,
+    remove_samples,
+    row_key,
+    shard_path,
+)
+
+from hfpc_reward.config import RESOLVED_CONFIG_NAME, config_to_dict, load_config, save_resolved_config
+from hfpc_reward.data.manifest import append_jsonl
+from hfpc_reward.errors import UsageError
+from hfpc_reward.images import load_rgb
+from hfpc_reward.runs import changed_settings, is_safe_key
+
+logger = logging.getLogger(__name__)
+
+# what a re-judge may change: the judges and what does not change a verdict (devices, workers, numbers' display)
+JUDGE_KEYS = (
+    "scorer",
+    "consistency_workers",
+    "stats",
+    "report",
+    "generation.device",
+    "generation.batch_size",
+    "held_out.itm_device",
+)
+COPIED_FOLDERS = ("images", "thumbs")  # of the source run, into the new one
+
+
+class RejudgeError(UsageError):
+    """The source run or the requested change cannot be re-judged; the message says why and what to do."""
+
+
+def rejudge_config(
+    source: str | Path, out: str | Path, scorer_file: str | None = None, overrides: Sequence[str] = ()
+) -> EvalConfig:
+    """The source run's config with another judge: `scorer_file` (a ScorerConfig YAML) replaces its scorer,
+    then `overrides` (dotted keys of the eval config) apply. Changing anything else is refused."""
+    source = Path(source)
+    resolved = source / RESOLVED_CONFIG_NAME
+    if not resolved.is_file() or not (source / SAMPLES_NAME).is_file():
+        raise RejudgeError(f"{source} is not an eval run folder (no {RESOLVED_CONFIG_NAME} / {SAMPLES_NAME})")
+    if list(source.glob(SHARD_GLOB)):
+        raise RejudgeError(
+            f"{source} holds an unfinished run (sample shards): finish it with `eval run --resume`"
+        )
+    items = []
+    if scorer_file:
+        from hfpc_reward.scorer import ScorerConfig
+
+        items.append(f"scorer={json.dumps(config_to_dict(load_config(ScorerConfig, scorer_file)))}")
+    original = load_config(EvalConfig, resolved)
+    config = load_config(EvalConfig, resolved, [*items, *overrides, f"out_dir={out}"])
+    changed = changed_settings(run_settings(original), run_settings(config))
+    refused = [key for key in changed if not is_safe_key(key, JUDGE_KEYS)]
+    if refused:
+        raise RejudgeError(
+            f"rejudge changes only the judges (scorer.*), not {', '.join(refused)}: run `eval run` for that"
+        )
+    if Path(out).resolve() == source.resolve():
+        raise RejudgeError(
+            f"--out {out} is the source run: choose a new folder (the source run stays as it is)"
+        )
+    return config
+
+
+def rejudge_run(
+    source: str | Path,
+    config: EvalConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    scorer: Any = None,
+    processes: EvalProcesses | None = None,
+) -> dict[str, Any] | None:
+    """Judge the images of run `source` with `config.scorer` into `config.out_dir` (see the module docstring);
+    returns the results (None on processes other than the main one)."""
+    source, out = Path(source), Path(config.out_dir)
+    processes = processes or EvalProcesses.from_environment()
+    products, skipped = load_products(config.manifest, config.generation.default_prompt)
+    names, product_ids = [v.name for v in config.versions], [p.product_id for p in products]
+    source_rows = {row_key(row): row for row in latest_samples(source / SAMPLES_NAME)}
+    with owned_output(config, processes, resume, overwrite, inputs=[source]) as run:
+        if processes.is_main:
+            if not run.resuming:
+                remove_samples(out)
+                (out / RESULTS_NAME).unlink(missing_ok=True)
+            save_resolved_config(config, out)
+            for folder in COPIED_FOLDERS:
+                _link_tree(source / folder, out / folder)
+        processes.wait_for_everyone()  # images are in place, old samples removed
+        settings = {version.name: version_settings(config, version) for version in config.versions}
+        done = finished_keys(out, settings)
+        chunking = (config.generation.samples_per_product, config.generation.batch_size)
+        units = [
+            unit
+            for unit in pending_units(work_units(names, product_ids, *chunking), done)
+            if all((unit.version, unit.product_id, k) in source_rows for k in unit.ks)
+        ]
+        processes.wait_for_everyone()  # all have read what is done before anyone appends
+        _judge_units(
+            with_process_devices(config, processes),
+            processes.share(units),
+            {product.product_id: product for product in products},
+            source_rows,
+            scorer,
+            shard_path(out, processes.rank, processes.world),
+            settings,
+        )
+        processes.wait_for_everyone()  # every shard is complete
+        if not processes.is_main:
+            return None
+        samples = merge_samples(out, names, product_ids, config.generation.samples_per_product)
+        judge = {**judge_stamp(config.scorer), "rejudged": _changes(source, source_rows, samples)}
+        results = write_results(config, out, products, skipped, samples, 0, judge)
+        run.update_stamp(finished=True, samples=len(samples), rejudged_from=str(source))
+        return results
+
+
+def _judge_units(config, units, products, source_rows, scorer, shard: Path, settings) -> None:
+    """Judge each unit's images (the final ones; the pre-paste ones too when the source kept them). The ITM
+    check is held out, not a judge: its values stay those of the source rows."""
+    if not units:
+        return
+    owned = scorer is None
+    if owned:
+        scorer = build_scorer(config.scorer, config.consistency_workers)
+    out = Path(config.out_dir)
+    try:
+        for unit in units:
+            rows = [
+                _unjudged(source_rows[(unit.version, unit.product_id, k)], settings[unit.version])
+                for k in unit.ks
+            ]
+            judged = [
+                (
+                    row,
+                    load_rgb(out / row["raw_image"]) if "raw_image" in row else None,
+                    load_rgb(out / row["image"]),
+                )
+                for row in rows
+                if "image" in row
+            ]
+            if judged:
+                raw_check = config.held_out.raw_consistency and all(raw is not None for _, raw, _ in judged)
+                judge_samples(scorer, None, products[unit.product_id], judged, raw_check=raw_check)
+            append_jsonl(shard, rows)
+    finally:
+        if owned:
+            close_judges(scorer)
+
+
+def _unjudged(row: dict, settings: str) -> dict:
+    """A copy of a source row without its judged fields (a row without an image keeps its error)."""
+    if "image" not in row:
+        return {**row, "settings": settings}
+    fresh = {key: value for key, value in row.items() if key not in JUDGED_FIELDS}
+    held_out = {
+        key: value for key, value in row.get("held_out", {}).items() if key not in SCORER_HELD_OUT_FIELDS
+    }
+    return {**fresh, "held_out": held_out, "settings": settings}
+
+
+def _changes(source: Path, source_rows: dict, samples: list[dict]) -> dict[str, Any]:
+    """Which run the images came from, its judge, and how many rows each field changed in."""
+    source_results = source / RESULTS_NAME
+    source_judge = (
+        json.loads(source_results.read_text())["meta"].get("judge") if source_results.is_file() else None
+    )
+    changed: dict[str, int] = {}
+    for row in samples:
+        before = source_rows[row_key(row)]
+        for key in sorted(before.keys() | row.keys()):
+            if key == "held_out":
+                inner = before.get(key, {}), row.get(key, {})
+                for name in sorted(inner[0].keys() | inner[1].keys()):
+                    if inner[0].get(name) != inner[1].get(name):
+                        changed[f"held_out.{name}"] = changed.get(f"held_out.{name}", 0) + 1
+            elif before.get(key) != row.get(key):
+                changed[key] = changed.get(key, 0) + 1
+    return {"from": str(source), "source_judge": source_judge, "rows": len(samples), "changed_rows": changed}
+
+
+def rejudged_summary(results: dict[str, Any]) -> str:
+    """One line for people: which judge, from which run, what changed."""
+    judge = results["meta"]["judge"]
+    rejudged = judge["rejudged"]
+    changed = ", ".join(f"{key} {count}" for key, count in rejudged["changed_rows"].items()) or "nothing"
+    return (
+        f"re-judged {rejudged['rows']} samples of {rejudged['from']} with reward model "
+        f"{judge['reward_model'] or '(none)'}, threshold {judge['threshold']}, scorer {judge['scorer_hash']}; "
+        f"rows changed per field: {changed}"
+    )
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link (else copy) every file under `source` into `target`, skipping files already there."""
+    for path in source.rglob("*"):
+        if not path.is_file() or path.name.endswith(".tmp"):
+            continue
+        destination = target / path.relative_to(source)
+        if destination.exists():
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, destination)
+        except OSError:  # another file system, or links not allowed
+            shutil.copy2(path, destination)
