@@ -1,0 +1,208 @@
+"""The human-feedback loop without a server: selection, Label Studio exports -> HFPC rows, agreement."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hfpc_reward.cli import main
+from hfpc_reward.data.manifest import ManifestRow, read_jsonl, read_manifest, write_jsonl
+from hfpc_reward.feedback.agreement import agreement
+from hfpc_reward.feedback.export import annotations_of, import_annotations
+from hfpc_reward.feedback.labelstudio import (
+    REASONS,
+    choices_result,
+    label_config,
+    local_file_url,
+    task_for_pick,
+)
+from hfpc_reward.feedback.select import SelectionError, candidates, pair_id, select
+
+
+def _pool(scores_by_category: dict[str, list[float]], per_original: int = 4) -> list[ManifestRow]:
+    rows = []
+    for category, scores in scores_by_category.items():
+        for k, score in enumerate(scores):
+            origin = f"/pool/{category}_{k // per_original}.png"
+            consistent = k % 3 != 0
+            extra = {"background_score": score, "consistent": consistent}
+            rows.append(
+                ManifestRow(
+                    origin=origin, generation=f"/pool/{category}_g{k}.png", category=category, extra=extra
+                )
+            )
+    return rows
+
+
+def test_selection_prefers_disagreement_then_uncertainty_spreads_and_caps():
+    rows = _pool({"shoe": [0.05, -2.0, 3.0, -0.1, 0.3, -1.0, 2.0, 0.0], "can": [1.5, -0.2, 2.5, -3.0]})
+    pool, skipped = candidates(rows, threshold=0.0)
+    picks = select(pool, n=6, strategy="uncertainty+disagreement", seed=0, per_original=2)
+    assert len(picks) == 6 and skipped == {"error": 0, "unscored": 0, "already labelled": 0}
+    assert [p["group"] for p in picks[:2]] in (["shoe", "can"], ["can", "shoe"])  # one per group per round
+    by_origin = {}
+    for pick in picks:
+        by_origin[pick["origin"]] = by_origin.get(pick["origin"], 0) + 1
+    assert max(by_origin.values()) <= 2
+    first_shoe = next(p for p in picks if p["group"] == "shoe")
+    # shoe_g0 (+0.05, inconsistent: reward model pass, consistency fail) disagrees and is the closest such;
+    # then shoe_g5 (-1.0, consistent: disagreement) before shoe_g7 (0.0, both pass: agreement, however close)
+    assert first_shoe["generation"] == "/pool/shoe_g0.png" and first_shoe["disagreement"] == 1.0
+    assert "judges disagree" in first_shoe["why"] and "+0.05 std" in first_shoe["why"]
+    shoes = [p["generation"] for p in picks if p["group"] == "shoe"]
+    assert shoes[:2] == ["/pool/shoe_g0.png", "/pool/shoe_g5.png"] and "/pool/shoe_g7.png" not in shoes
+    assert sum(p["group"] == "can" for p in picks) == 2  # its one original is capped at 2
+    assert all(p["why"] and p["pair_id"] == pair_id(p["origin"], p["generation"]) for p in picks)
+
+
+def test_selection_is_seeded_skips_labelled_and_bad_rows():
+    rows = _pool({"jar": [0.0] * 12}, per_original=2)
+    rows.append(ManifestRow(origin="/pool/x.png", generation="/pool/x_g.png", extra={"error": "unreadable"}))
+    rows.append(ManifestRow(origin="/pool/y.png", generation="/pool/y_g.png"))
+    labelled = {pair_id(rows[0].origin, rows[0].generation)}
+    pool, skipped = candidates(rows, 0.0, exclude=labelled)
+    assert skipped == {"error": 1, "unscored": 1, "already labelled": 1} and len(pool) == 11
+    first = select(pool, 5, "random", seed=3)
+    assert first == select(pool, 5, "random", seed=3)
+    assert [p["generation"] for p in first] != [p["generation"] for p in select(pool, 5, "random", seed=4)]
+    assert all(p["why"] == "random draw (seed 3)" for p in first)
+    with pytest.raises(SelectionError, match="unknown strategy"):
+        select(pool, 5, "greedy")
+
+
+def _pick(pool_dir: Path, k: int) -> dict:
+    origin, generation = pool_dir / f"o{k}.png", pool_dir / f"g{k}.png"
+    for path in (origin, generation):
+        path.write_bytes(b"png")
+    return {"origin": str(origin), "generation": str(generation), "prompt": f"prompt {k}", "category": "can",
+            "pair_id": pair_id(str(origin), str(generation))}  # fmt: skip
+
+
+def _annotation(
+    ident: int, annotator: int, result: list, updated: str = "2026-01-01T00:00:00Z", **extra
+) -> dict:
+    return {"id": ident, "completed_by": annotator, "result": result, "was_cancelled": False, "lead_time": 4.5,
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": updated, **extra}  # fmt: skip
+
+
+def _export(picks: list[dict], annotations: dict[int, list[dict]], root: Path) -> list[dict]:
+    return [
+        {"id": 100 + k, **task_for_pick(pick, root, root / "pool"), "annotations": annotations.get(k, [])}
+        for k, pick in enumerate(picks)
+    ]
+
+
+@pytest.fixture
+def exported(tmp_path):
+    pool_dir = tmp_path / "pool"
+    pool_dir.mkdir()
+    picks = [_pick(pool_dir, k) for k in range(8)]
+    fail_expanded = choices_result("fail", ["product expanded"])
+    annotations = {
+        0: [_annotation(1, 1, choices_result("pass")), _annotation(2, 2, choices_result("pass"))],
+        1: [_annotation(3, 1, fail_expanded), _annotation(4, 2, choices_result("pass"))],  # a tie: contested
+        2: [_annotation(5, 1, fail_expanded), _annotation(6, 2, [], was_cancelled=True)],  # 2 skipped
+        3: [_annotation(7, 1, choices_result("maybe"))],  # unknown verdict
+        4: [_annotation(8, 2, choices_result("fail", ["product expanded", "too blue"]))],  # unknown reason
+        5: [_annotation(9, 1, choices_result("pass"))],  # its image goes missing below
+        # 6: not annotated yet (a half-finished project); 7: deleted in Label Studio (not in the export)
+    }
+    tasks = _export(picks, annotations, tmp_path)[:7]
+    Path(picks[5]["generation"]).unlink()
+    return picks, tasks
+
+
+def test_pull_writes_majority_rows_reports_each_bad_task_and_is_idempotent(exported, tmp_path):
+    picks, tasks = exported
+    rows, problems = annotations_of(tasks, pushed=[p["pair_id"] for p in picks])
+    folder = tmp_path / "feedback"
+    counts = import_annotations(folder, rows, problems)
+    assert counts == {"annotations_in_export": 6, "new_annotations": 6, "labelled_pairs": 3, "contested_pairs": 1,
+                      "problems": 5}  # fmt: skip
+    found = {(p.get("task_id"), p["problem"].split(" ")[0]) for p in problems}
+    assert found == {(102, "annotator"), (103, "pass/fail"), (104, "unknown"), (105, "image"), (None, "task")}
+    assert next(p for p in problems if p.get("task_id") is None)["pair_id"] == picks[7]["pair_id"]
+
+    manifest = read_manifest(folder / "manifest.jsonl")  # HFPC schema, ready for train-reward
+    by_generation = {row.generation: row for row in manifest}
+    assert set(by_generation) == {picks[k]["generation"] for k in (0, 2, 4)}
+    assert by_generation[picks[0]["generation"]].label == 1
+    assert by_generation[picks[4]["generation"]].label == 0
+    assert by_generation[picks[4]["generation"]].extra["reasons"] == ["product expanded"]
+    assert by_generation[picks[0]["generation"]].prompt == "prompt 0"
+    contested = read_jsonl(folder / "contested.jsonl")
+    assert [c["pair_id"] for c in contested] == [picks[1]["pair_id"]]
+    assert contested[0]["votes"] == {"pass": 1, "fail": 1}
+    label_row = read_jsonl(folder / "labels.jsonl")[0]
+    assert label_row["annotator"] == "1" and label_row["lead_time_s"] == 4.5 and label_row["annotated_at"]
+
+    again = import_annotations(folder, *annotations_of(tasks, pushed=[p["pair_id"] for p in picks]))
+    assert again["new_annotations"] == 0 and len(read_jsonl(folder / "labels.jsonl")) == 6
+
+    # annotator 2 revises the contested pair to fail: a new version is appended and the tie is broken
+    tasks[1]["annotations"][1] = _annotation(4, 2, choices_result("fail"), updated="2026-01-02T00:00:00Z")
+    later = import_annotations(folder, *annotations_of(tasks))
+    assert later["new_annotations"] == 1 and later["contested_pairs"] == 0
+    assert {row.generation: row.label for row in read_manifest(folder / "manifest.jsonl")}[
+        picks[1]["generation"]
+    ] == 0
+
+
+def test_agreement_matches_hand_computed_kappa_and_alpha():
+    # 10 pairs, two annotators: 4 both pass, 4 both fail, 2 split -> p_o 0.8, p_e 0.5: Cohen's kappa 0.6;
+    # Krippendorff: D_o = 4/20, D_e = 2*10*10/(20*19) -> alpha = 1 - 0.2 / 0.5263 = 0.62
+    votes = [(1, 1)] * 4 + [(0, 0)] * 4 + [(1, 0), (0, 1)]
+    labels = [
+        {"pair_id": f"p{k}", "annotator": name, "label": vote, "annotated_at": "t",
+         "reasons": ["product moved"] if vote == 0 and name == "a" else []}
+        for k, pair in enumerate(votes) for name, vote in zip("ab", pair)
+    ]  # fmt: skip
+    figures = agreement(labels)
+    assert figures["cohen_kappa"]["a vs b"] == pytest.approx(0.6)
+    assert figures["krippendorff_alpha"] == pytest.approx(0.62, abs=1e-3)
+    assert figures["percent_agreement"] == pytest.approx(0.8)
+    assert figures["krippendorff_alpha_per_reason"]["product moved"] < 0  # only annotator a ever ticks it
+    assert np.isnan(figures["krippendorff_alpha_per_reason"]["background artefacts"])  # never ticked
+
+
+def test_labelling_config_has_images_prompt_verdict_reasons_and_hotkeys():
+    config = label_config()
+    for needle in ('<Image name="original" value="$original"', '<Image name="generated" value="$generation"',
+                   'value="$prompt"', '<Choice value="pass" hotkey="p"/>', '<Choice value="fail" hotkey="f"/>'):  # fmt: skip
+        assert needle in config
+    for hotkey, reason in enumerate(REASONS, start=1):
+        assert f'<Choice value="{reason}" hotkey="{hotkey}"/>' in config
+    assert len(REASONS) == 9
+
+
+def test_images_outside_the_pool_folder_are_not_served(tmp_path):
+    (tmp_path / "pool").mkdir()
+    inside, outside = tmp_path / "pool" / "a b.png", tmp_path / "secret.png"
+    inside.write_bytes(b"x")
+    outside.write_bytes(b"x")
+    assert local_file_url(inside, tmp_path, tmp_path / "pool") == "/data/local-files/?d=pool/a%20b.png"
+    with pytest.raises(ValueError, match="outside the pool's image folder"):
+        local_file_url(outside, tmp_path, tmp_path / "pool")
+    (tmp_path / "pool" / "link.png").symlink_to(outside)
+    with pytest.raises(ValueError, match="outside"):
+        local_file_url(tmp_path / "pool" / "link.png", tmp_path, tmp_path / "pool")
+
+
+def test_cli_select_and_pull_from_an_export_file(exported, tmp_path, caplog):
+    picks, tasks = exported
+    scores = tmp_path / "scores.jsonl"
+    write_jsonl(
+        scores,
+        [{**p, "background_score": s, "consistent": True} for p, s in zip(picks, np.linspace(-1, 1, 8))],
+    )
+    out = tmp_path / "picks.jsonl"
+    assert main(["feedback", "select", str(scores), "--out", str(out), "--n", "3", "--threshold", "0.1"]) == 0
+    assert len(read_jsonl(out)) == 3
+    assert main(["feedback", "select", str(scores), "--out", str(out)]) == 2  # no threshold: one clear line
+    assert "--threshold" in caplog.text
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(tasks))
+    assert main(["feedback", "pull", str(tmp_path / "fb"), "--export", str(export)]) == 0
+    assert json.loads((tmp_path / "fb" / "agreement.json").read_text())["pairs_with_several_annotators"] == 2
+    assert main(["feedback", "agreement", str(tmp_path / "fb")]) == 0
