@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hfpc_reward import __version__
+from hfpc_reward.config import print_config_if_asked
 from hfpc_reward.errors import UsageError
 
 # command name -> (module implementing it, function name stem, one-line help); the module defines
@@ -23,6 +24,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "hfpc_reward.sample.commands",
         "sample_data",
         "generate sample product pairs with known ground truth",
+    ),
+    "world": (
+        "hfpc_reward.sample.commands",
+        "world",
+        "mini product-photo world: oracle, products, generator training, simulated labels",
     ),
     "tiny-models": (
         "hfpc_reward.testing.commands",
@@ -61,6 +67,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "pick the reward model's pass threshold",
     ),
     "score": ("hfpc_reward.commands", "score", "score a manifest with both HFPC judges"),
+    "feedback": ("hfpc_reward.feedback.commands", "feedback", "human feedback: select, Label Studio, agreement"),
 }
 # commands that parse their own arguments: name -> (module with main(argv) -> int, one-line help)
 OWN_PARSER_COMMANDS: dict[str, tuple[str, str]] = {
@@ -99,11 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"hfpc {parsed.command}", description=help_text)
     getattr(module, f"add_{stem}_arguments")(parser)
+    if "--print-config" in parsed.args:  # printing the config needs none of the command's other inputs
+        for action in parser._actions:
+            action.required = False
     try:  # options may follow positional overrides (hfpc check A B --mask M thresholds.x=1)
         args = parser.parse_intermixed_args(parsed.args)
     except TypeError:  # a command with its own subcommands (hfpc data ...) cannot intermix
         args = parser.parse_args(parsed.args)
-    return run_reporting_user_errors(getattr(module, f"run_{stem}"), args)
+    return run_reporting_user_errors(_print_config_or_run, getattr(module, f"run_{stem}"), args)
+
+
+def _print_config_or_run(run: Callable[..., int | None], args: argparse.Namespace) -> int | None:
+    """`--print-config` (commands built with config.add_config_arguments) prints and exits; else run."""
+    return 0 if print_config_if_asked(args) else run(args)
 
 
 def _pop_verbosity(argv: list[str]) -> int:

@@ -1,8 +1,11 @@
 """The one place that opens, validates and converts images.
 
 Sources accepted everywhere: a path (str / Path), a PIL image, a numpy array (H,W), (H,W,3) or (H,W,4),
-uint8 or float in [0,1], or a torch tensor (3,H,W) / (1,H,W) in [0,1]. A *batch* is a list of those or
-a float tensor (B,3,H,W) in [0,1].
+uint8 or float, or a torch tensor (3,H,W) / (1,H,W). A *batch* is a list of those or a tensor (B,3,H,W).
+
+Value ranges: integer pixels are 0..255 (16-bit: 0..65535). Float pixels are in the declared
+`value_range`: "0,1" (the default), "-1,1" (a VAE decode) or "0,255" (only when declared). Values outside
+the declared range are refused with a message naming the likely range, never clipped silently.
 
 Policies (documented because users rely on them):
 - EXIF orientation is applied, so a phone photo is upright.
@@ -11,6 +14,8 @@ Policies (documented because users rely on them):
   is kept as `ImageWithAlpha.alpha` so a product cut-out doubles as its own product mask.
 - Images above `max_pixels` (default 64 MP) are refused before decoding (decompression bombs).
 - Anything unreadable raises `ImageLoadError` whose message names the file and what was wrong.
+- A product mask is white where the PRODUCT is (the opposite of diffusers' `mask_image`, white = repaint);
+  `refuse_inverted_mask` refuses one that looks like a repaint mask.
 """
 
 from __future__ import annotations
@@ -30,11 +35,22 @@ from hfpc_reward.errors import UsageError
 
 DEFAULT_MAX_PIXELS = 64_000_000
 
+# declared value range of float pixels -> (low, high)
+VALUE_RANGES: dict[str, tuple[float, float]] = {"0,1": (0.0, 1.0), "-1,1": (-1.0, 1.0), "0,255": (0.0, 255.0)}
+# float pixels may stray this fraction of their range outside it (resampling overshoot) and are then clamped
+RANGE_TOLERANCE = 1e-3
+# a product mask covering more than this share of the image, over a plain backdrop, looks inverted
+INVERTED_MASK_COVERAGE = 0.5
+
 ImageSource = str | Path | Image.Image | np.ndarray | Any
 
 
 class ImageLoadError(UsageError):
     """An input could not be turned into an image; the message names the input and the problem."""
+
+
+class InvertedMaskError(UsageError):
+    """A product mask looks like an inpainting mask (white = repaint) instead of white = product."""
 
 
 @dataclass
@@ -55,16 +71,20 @@ def describe(source: Any) -> str:
     return f"{type(source).__name__} of shape {tuple(shape)}" if shape is not None else type(source).__name__
 
 
-def open_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageWithAlpha:
-    """Open any accepted source as 8-bit RGB plus its alpha mask (if it had transparency)."""
+def open_image(
+    source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, value_range: str = "0,1"
+) -> ImageWithAlpha:
+    """Open any accepted source as 8-bit RGB plus its alpha mask (if it had transparency).
+
+    `value_range` declares the range of float array / tensor pixels (see the module docstring)."""
     if isinstance(source, (str, Path)):
         image = _open_file(Path(source), max_pixels)
     elif isinstance(
         source, Image.Image
     ):  # an Image.open()ed phone photo is upright too, as its path would be
         image = ImageOps.exif_transpose(source) if source.getexif().get(0x0112, 1) != 1 else source
-    elif isinstance(source, np.ndarray) or _is_tensor(source):
-        image = _array_to_pil(source)
+    elif isinstance(source, np.ndarray) or is_tensor(source):
+        image = _array_to_pil(source, value_range)
     else:
         raise ImageLoadError(
             f"cannot use {describe(source)} as an image: pass a path, PIL image, array or tensor"
@@ -73,9 +93,44 @@ def open_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     return _normalise_mode(image)
 
 
-def load_rgb(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_rgb(
+    source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, value_range: str = "0,1"
+) -> Image.Image:
     """Open any accepted source as an 8-bit RGB PIL image (transparency composited over white)."""
-    return open_image(source, max_pixels=max_pixels).rgb
+    return open_image(source, max_pixels=max_pixels, value_range=value_range).rgb
+
+
+def to_unit_range(pixels: Any, value_range: str = "0,1", name: str = "pixels") -> Any:
+    """Float pixels (tensor or array) in the declared `value_range` as the same type in [0,1], on the same
+    device (a CUDA tensor stays on its GPU). Values outside the declared range raise ImageLoadError naming
+    the range they look like; integer arrays/tensors are 0..255 whatever is declared."""
+    if value_range not in VALUE_RANGES:
+        raise ImageLoadError(f"value_range must be one of {sorted(VALUE_RANGES)}, got {value_range!r}")
+    tensor = is_tensor(pixels)
+    floating = pixels.is_floating_point() if tensor else np.issubdtype(np.asarray(pixels).dtype, np.floating)
+    if not floating:
+        return (pixels.float() if tensor else np.asarray(pixels, dtype=np.float32)) / 255.0
+    finite = bool(pixels.isfinite().all()) if tensor else bool(np.isfinite(pixels).all())
+    if not finite:
+        raise ImageLoadError(f"{name} of shape {tuple(pixels.shape)} contain NaN or infinite values")
+    low, high = VALUE_RANGES[value_range]
+    seen_low, seen_high = float(pixels.min()), float(pixels.max())
+    slack = RANGE_TOLERANCE * (high - low)
+    if seen_low < low - slack or seen_high > high + slack:
+        raise ImageLoadError(
+            f"{name} span [{seen_low:.3g}, {seen_high:.3g}], outside the declared value_range {value_range!r}"
+            f"{_range_hint(seen_low, seen_high)}"
+        )
+    unit = (pixels - low) / (high - low)
+    return unit.clamp(0.0, 1.0) if tensor else np.clip(unit, 0.0, 1.0)
+
+
+def _range_hint(seen_low: float, seen_high: float) -> str:
+    if seen_low < 0 and seen_low >= -1.0 - RANGE_TOLERANCE * 2 and seen_high <= 1.0 + RANGE_TOLERANCE * 2:
+        return "; they look like a VAE decode: pass value_range='-1,1' (or rescale with (x + 1) / 2)"
+    if seen_low >= 0 and seen_high <= 255.0 * (1 + RANGE_TOLERANCE):
+        return "; they look like 8-bit values: pass value_range='0,255' (or divide by 255)"
+    return "; rescale them into [0,1] first"
 
 
 def load_mask(source: ImageSource, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -102,11 +157,25 @@ def split_batch(batch: Sequence[ImageSource] | Any, masks: bool = False) -> list
     split along B (with `masks`, also (B,H,W)). A single image is refused: public APIs take batches."""
     if isinstance(batch, (str, Path, Image.Image)):
         raise ImageLoadError("expected a batch (a list of images or a (B,3,H,W) tensor), got a single image")
-    is_array = _is_tensor(batch) or isinstance(batch, np.ndarray)
+    is_array = is_tensor(batch) or isinstance(batch, np.ndarray)
     if is_array and batch.ndim != 4 and not (masks and batch.ndim == 3):
         expected = "(B,1,H,W) or (B,H,W)" if masks else "(B,3,H,W)"
         raise ImageLoadError(f"a tensor batch must be {expected}, got shape {tuple(batch.shape)}")
     return list(batch)
+
+
+def as_batch(source_or_batch: ImageSource | Sequence[ImageSource] | Any, masks: bool = False) -> list[Any]:
+    """Like `split_batch`, but a single image (path, PIL image, (3,H,W) / (H,W,3) tensor or array; with
+    `masks`, an (H,W) array) becomes a batch of one: for one-pair conveniences that still return lists."""
+    if isinstance(source_or_batch, (str, Path, Image.Image)):
+        return [source_or_batch]
+    if is_tensor(source_or_batch) or isinstance(source_or_batch, np.ndarray):
+        shape = tuple(source_or_batch.shape)
+        channels = shape[0] if is_tensor(source_or_batch) else shape[-1]
+        single = len(shape) == 2 if masks else len(shape) == 3 and channels in (1, 3, 4)
+        if single:
+            return [source_or_batch]
+    return split_batch(source_or_batch, masks=masks)
 
 
 def load_batch(batch: Sequence[ImageSource] | Any) -> list[Image.Image]:
@@ -144,6 +213,38 @@ def paste_product(generated: Image.Image, original: Image.Image, mask: np.ndarra
     return Image.composite(original.convert("RGB"), generated, Image.fromarray(mask.astype(np.uint8) * 255))
 
 
+def refuse_inverted_mask(product_mask: np.ndarray, original: Image.Image, name: str = "") -> None:
+    """Raise InvertedMaskError when `product_mask` (bool (H,W), True = product) looks like an inpainting
+    mask: it covers most of the image while the original shows a plain backdrop (its border colour) there."""
+    coverage = float(product_mask.mean())
+    rgb = np.asarray(original.convert("RGB"), dtype=np.float32)
+    if coverage <= INVERTED_MASK_COVERAGE or rgb.shape[:2] != product_mask.shape:
+        return
+    ring = max(1, min(rgb.shape[:2]) // 25)
+    border = np.concatenate(
+        [rgb[:ring], rgb[-ring:], rgb[:, :ring].swapaxes(0, 1), rgb[:, -ring:].swapaxes(0, 1)], axis=0
+    )
+    backdrop = np.median(border.reshape(-1, 3), axis=0)
+    near_backdrop = np.linalg.norm(rgb[product_mask] - backdrop, axis=1) < 24.0
+    if near_backdrop.mean() > 0.6:
+        raise InvertedMaskError(
+            f"{name + ': ' if name else ''}product_mask covers {coverage:.0%} of the image and the original "
+            "shows a plain backdrop there: it looks inverted (diffusers' mask_image is white where it "
+            f"repaints); {_MASK_FIX}"
+        )
+
+
+def refuse_repaint_mask(product_mask: np.ndarray, repaint_mask: np.ndarray, name: str = "") -> None:
+    """Raise InvertedMaskError when a product mask equals the pipeline's repaint mask (bool (H,W) each)."""
+    if repaint_mask.shape == product_mask.shape and (repaint_mask == product_mask).mean() > 0.99:
+        raise InvertedMaskError(
+            f"{name + ': ' if name else ''}product_mask equals the pipeline's repaint mask_image; {_MASK_FIX}"
+        )
+
+
+_MASK_FIX = "pass product_mask white where the PRODUCT is (e.g. 1 - mask_image)"
+
+
 def content_key(source: Any) -> str:
     """A cache key: the same for the same path, or for in-memory images with the same pixels."""
     if isinstance(source, (str, Path)):
@@ -151,7 +252,7 @@ def content_key(source: Any) -> str:
     if isinstance(source, Image.Image):
         data, shape = source.tobytes(), (source.mode, source.size)
     else:
-        array = source.detach().cpu().numpy() if _is_tensor(source) else np.asarray(source)
+        array = _tensor_to_numpy(source) if is_tensor(source) else np.asarray(source)
         data, shape = np.ascontiguousarray(array).tobytes(), (array.dtype.str, array.shape)
     return f"pixels:{shape}:{hashlib.blake2b(data, digest_size=16).hexdigest()}"
 
@@ -226,25 +327,34 @@ def _normalise_mode(image: Image.Image) -> ImageWithAlpha:
     return ImageWithAlpha(image.convert("RGB") if image.mode != "RGB" else image)
 
 
-def _is_tensor(obj: Any) -> bool:
+def is_tensor(obj: Any) -> bool:
+    """True for a torch tensor (checked without importing torch)."""
     return type(obj).__module__.startswith("torch") and hasattr(obj, "detach")
 
 
-def _array_to_pil(array: Any) -> Image.Image:
-    if _is_tensor(array):
-        tensor = array.detach().float().cpu()
-        if tensor.ndim == 3 and tensor.shape[0] in (1, 3, 4):
-            tensor = tensor.permute(1, 2, 0)
-        array = tensor.numpy()
+def _tensor_to_numpy(tensor: Any) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.is_floating_point() else tensor).numpy()  # bf16 has no numpy dtype
+
+
+def _array_to_pil(array: Any, value_range: str = "0,1") -> Image.Image:
+    if is_tensor(array):
+        if array.ndim == 3 and array.shape[0] in (1, 3, 4):
+            array = array.permute(1, 2, 0)
+        array = _tensor_to_numpy(array)
     array = np.asarray(array)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise ImageLoadError(f"cannot interpret an array of shape {array.shape} as an image (H,W[,3|4])")
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.integer) and array.dtype != np.uint8:
         array = array.astype(np.float64) / (65535.0 if array.max() > 255 else 255.0)
+        value_range = "0,1"
     if array.dtype != np.uint8:
-        if not np.isfinite(array).all():
-            raise ImageLoadError(f"image array of shape {array.shape} contains NaN or infinite values")
-        array = np.clip(array.astype(np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        unit = to_unit_range(
+            array.astype(np.float32), value_range, name=f"image array of shape {array.shape}"
+        )
+        array = (unit * 255.0 + 0.5).astype(np.uint8)
     return Image.fromarray(array)

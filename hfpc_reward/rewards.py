@@ -1,11 +1,15 @@
 """HFPC as reward functions for RL trainers, best-of-N sampling and reward backpropagation.
 
 - `HFPCReward`, `BackgroundReward`, `ConsistencyReward`: picklable callable classes in TRL's reward-function
-  convention: `fn(*, prompts, completions, image, mask_image=None, log_metric=None, log_extra=None, **kwargs)
-  -> list[float | None]`. `completions` are the generated images (PIL list or (B,3,H,W) tensor in [0,1]),
-  `image` the originals and `mask_image` the product masks (diffusers' inpainting argument names).
-  `None` means abstain (the item could not be judged); the trainer decides what to do with it.
-  The scorer (models) loads lazily on first call and is not pickled: a pickled reward is just its config.
+  convention: `fn(*, prompts, completions, image, product_mask=None, log_metric=None, log_extra=None,
+  **kwargs) -> list[float | None]`. `completions` are the generated images (PIL list or (B,3,H,W) tensor),
+  `image` the originals and `product_mask` the product masks (white = PRODUCT: the opposite of diffusers'
+  `mask_image`, white = repaint; a mask that looks inverted is refused). `None` means abstain (the item
+  could not be judged); the trainer decides what to do with it.
+  Each reward loads its models when it is built (or unpickled): a missing or broken model is a UsageError
+  there, never a run of silent abstentions. A pickled reward is just its config.
+- One-liners: `HFPCReward.from_pretrained(dir_or_id, device="auto")`, `reward.score(original, image) ->
+  float` for one pair, `reward.rank(original, candidates) -> Ranking` (best first, with every result).
 - `as_ddpo_reward_fn(reward)`: the ddpo-pytorch family's `fn(images, prompts, metadata) -> (np.ndarray, dict)`.
 - `DifferentiableHFPCReward`: a reward with gradients to the generated pixels (AlignProp / DRaFT style).
 - `select_best(pipe, ...)`: generate n candidates with a diffusers inpainting pipeline, keep the best.
@@ -14,85 +18,239 @@
 from __future__ import annotations
 
 import logging
+import math
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hfpc_reward import images
 from hfpc_reward.config import load_config
+from hfpc_reward.errors import UsageError
 from hfpc_reward.scorer import HFPCResult, HFPCScorer, ScorerConfig
 
 logger = logging.getLogger(__name__)
 
+JUDGES = (
+    "both",
+    "consistency",
+)  # which judges a reward uses: the background reward model + product, or product only
+
+
+class RewardSetupError(UsageError):
+    """A reward cannot be built as configured (no reward model, a model folder that does not load, ...)."""
+
+
+class PairNotJudgedError(UsageError):
+    """`HFPCReward.score` could not judge its one pair; the message says why."""
+
 
 class HFPCReward:
-    """The combined HFPC reward (the scorer's reward policy). Build from a ScorerConfig or a YAML path."""
+    """The combined HFPC reward (the scorer's reward policy). Build from a ScorerConfig or a YAML path.
+
+    `judges="both"` (the default) needs `reward_model.path`; `judges="consistency"` judges the product alone.
+    """
 
     __name__ = "hfpc"
+    default_judges = "both"
 
-    def __init__(self, config: ScorerConfig | str | Path | None = None, overrides: Sequence[str] = ()):
+    def __init__(
+        self,
+        config: ScorerConfig | str | Path | None = None,
+        overrides: Sequence[str] = (),
+        judges: str | None = None,
+    ):
         if isinstance(config, ScorerConfig):
             if overrides:
                 raise ValueError("overrides apply to a config file; edit the ScorerConfig object instead")
             self.config = config
         else:
             self.config = load_config(ScorerConfig, config, overrides)
-        self._scorer: HFPCScorer | None = None
+        self.judges = judges or self.default_judges
+        if self.judges not in JUDGES:
+            raise RewardSetupError(f"judges must be one of {JUDGES}, got {self.judges!r}")
+        if self.judges == "consistency":
+            self.config = replace(self.config, reward_model=replace(self.config.reward_model, path=""))
+        elif not self.config.reward_model.path:
+            raise RewardSetupError(
+                f"{type(self).__name__} judges the background with a reward model but reward_model.path is "
+                "empty: set reward_model.path=FOLDER (a trained HFPCRewardModel), or pass judges='consistency' "
+                "(or use ConsistencyReward) to judge the product alone"
+            )
+        self._scorer = _build_scorer(self.config)
+
+    @classmethod
+    def from_pretrained(
+        cls, path_or_id: str | Path, device: str = "auto", overrides: Sequence[str] = ()
+    ) -> HFPCReward:
+        """The reward around a trained reward model (folder or hub id) and the default consistency judge;
+        `overrides` are ScorerConfig dotted overrides (e.g. "consistency.backend=grounded-sam")."""
+        config = load_config(
+            ScorerConfig,
+            None,
+            [f"reward_model.path={path_or_id}", f"reward_model.device={device}", *overrides],
+        )
+        return cls(config)
 
     @classmethod
     def from_scorer(cls, scorer: HFPCScorer) -> HFPCReward:
         """A reward around an already-built scorer (shares its models and cache)."""
-        reward = cls(scorer.config)
-        reward._scorer = scorer
+        reward = cls.__new__(cls)
+        reward.config, reward._scorer = scorer.config, scorer
+        reward.judges = "both" if scorer.reward_model is not None else "consistency"
         return reward
 
     @property
     def scorer(self) -> HFPCScorer:
-        if self._scorer is None:
-            self._scorer = HFPCScorer.from_config(self.config)
         return self._scorer
 
     def __getstate__(self) -> dict:
-        return {"config": self.config, "_scorer": None}
+        return {"config": self.config, "judges": self.judges}
+
+    def __setstate__(self, state: dict) -> None:  # an unpickled reward loads its models now, like a new one
+        self.config, self.judges = state["config"], state["judges"]
+        self._scorer = _build_scorer(self.config)
 
     def __call__(
         self,
         *,
-        prompts: Sequence[str | None] | None,
+        prompts: Sequence[str | None] | str | None,
         completions: Any,
         image: Any,
+        product_mask: Any = None,
+        category: Sequence[str | None] | str | None = None,
+        value_range: str = "0,1",
+        log_metric: Callable[[str, float], Any] | None = None,
+        log_metrics: Callable[[dict], Any] | None = None,
+        log_extra: Callable[[str, list], Any] | None = None,
         mask_image: Any = None,
-        category: Sequence[str | None] | None = None,
-        log_metric: Callable[[str, float], None] | None = None,
-        log_extra: Callable[[str, list], None] | None = None,
         **kwargs: Any,
     ) -> list[float | None]:
-        """Rewards for `completions[i]` generated from original `image[i]` (its product mask `mask_image[i]`,
-        product name `category[i]` when known); None where an item could not be judged."""
-        results = self.scorer.score(
-            image, completions, masks=mask_image, prompts=prompts, categories=category
+        """Rewards for `completions[i]` generated from original `image[i]` (its product mask
+        `product_mask[i]`, product name `category[i]` when known); None where an item could not be judged.
+
+        A single image, original, mask, prompt or category applies to every completion. `value_range`
+        declares float tensors' range: "0,1", "-1,1" (a VAE decode) or "0,255"; values outside it are
+        refused. `mask_image`, if given, is the pipeline's repaint mask: a product mask equal to it is
+        refused (passing `mask_image` alone as the product mask is deprecated). Diagnostics go to
+        `log_metric(name, value)` (TRL) and/or `log_metrics(dict)` once per call (`accelerator.log`,
+        `wandb.log`), and per-item columns to `log_extra(column, values)`.
+        """
+        if product_mask is None and mask_image is not None:
+            warnings.warn(
+                "mask_image as the product mask is deprecated: it is diffusers' name for the repaint mask "
+                "(white = repaint); pass product_mask (white = product)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            product_mask, mask_image = mask_image, None
+        generated = images.as_batch(completions)
+        count = len(generated)
+        originals = _broadcast(images.as_batch(image), count, "image (originals)")
+        masks = (
+            None
+            if product_mask is None
+            else _broadcast(images.as_batch(product_mask, masks=True), count, "product_mask")
         )
-        _log_components(results, log_metric, log_extra)
+        if masks is not None and mask_image is not None:
+            _refuse_masks_equal_to_repaint(
+                masks, _broadcast(images.as_batch(mask_image, masks=True), count, "mask_image")
+            )
+        results = self.scorer.score(
+            originals,
+            generated,
+            masks=masks,
+            prompts=prompts,
+            categories=category,
+            value_range=value_range,
+            inverted_masks="raise",
+        )
+        _log_components(results, log_metric, log_metrics, log_extra)
         return [None if result.error is not None else self.value(result) for result in results]
 
     def value(self, result: HFPCResult) -> float | None:
         """The scalar this reward gives one judged item."""
         return result.reward
 
+    def score(
+        self,
+        original: Any,
+        image: Any,
+        prompt: str | None = None,
+        product_mask: Any = None,
+        category: str | None = None,
+        value_range: str = "0,1",
+    ) -> float:
+        """The reward of one generated `image` of `original`: a float, or PairNotJudgedError saying why not."""
+        result = self.judge(original, [image], prompt, product_mask, category, value_range)[0]
+        if result.error is not None:
+            raise PairNotJudgedError(f"the pair could not be judged: {result.error}")
+        return float(self.value(result))
+
+    def rank(
+        self,
+        original: Any,
+        candidates: Any,
+        prompt: str | None = None,
+        product_mask: Any = None,
+        category: str | None = None,
+        value_range: str = "0,1",
+    ) -> Ranking:
+        """Candidates of one original, best first: passing ones by reward, then failing ones by reward, then
+        the ones that could not be judged."""
+        results = self.judge(original, candidates, prompt, product_mask, category, value_range)
+        values = [None if r.error is not None else self.value(r) for r in results]
+
+        def key(i: int) -> tuple:
+            return (values[i] is None, not results[i].passed, -(values[i] or 0.0), i)
+
+        return Ranking(order=sorted(range(len(results)), key=key), rewards=values, results=results)
+
+    def judge(
+        self,
+        original: Any,
+        candidates: Any,
+        prompt: str | None = None,
+        product_mask: Any = None,
+        category: str | None = None,
+        value_range: str = "0,1",
+    ) -> list[HFPCResult]:
+        """The full judgement (HFPCResult) of each candidate generated from one original."""
+        generated = images.as_batch(candidates)
+        masks = None if product_mask is None else [product_mask] * len(generated)
+        return self.scorer.score(
+            [original] * len(generated),
+            generated,
+            masks=masks,
+            prompts=prompt,
+            categories=category,
+            value_range=value_range,
+            inverted_masks="raise",
+        )
+
+
+@dataclass
+class Ranking:
+    """`HFPCReward.rank`'s answer: candidate indices best first, and each candidate's reward and result."""
+
+    order: list[int]  # candidate indices, best first
+    rewards: list[float | None]  # reward of each candidate in input order (None = not judged)
+    results: list[HFPCResult]  # full judgement of each candidate in input order
+
+    @property
+    def best_index(self) -> int | None:
+        """The best passing candidate's index, or None when none passed."""
+        first = self.order[0] if self.order else None
+        return first if first is not None and self.results[first].passed else None
+
 
 class BackgroundReward(HFPCReward):
     """The background judge alone: the reward model's standardised score (needs `reward_model.path`)."""
 
     __name__ = "hfpc_background"
-
-    def __init__(self, config: ScorerConfig | str | Path | None = None, overrides: Sequence[str] = ()):
-        super().__init__(config, overrides)
-        if not self.config.reward_model.path:
-            raise ValueError(
-                "BackgroundReward needs a reward model: set reward_model.path in the scorer config"
-            )
 
     def value(self, result: HFPCResult) -> float | None:
         return result.background_score
@@ -102,21 +260,60 @@ class ConsistencyReward(HFPCReward):
     """The product judge alone: the consistency score in [0,1] (>= 0.5 when the product was kept)."""
 
     __name__ = "hfpc_consistency"
+    default_judges = "consistency"
 
     def value(self, result: HFPCResult) -> float | None:
         return float(result.consistency.score)
 
 
-def _log_components(results: list[HFPCResult], log_metric, log_extra) -> None:
+def _build_scorer(config: ScorerConfig) -> HFPCScorer:
+    """The scorer's models, loaded now: anything that keeps them from loading is a RewardSetupError."""
+    try:
+        return HFPCScorer.from_config(config)
+    except UsageError:
+        raise
+    except (OSError, ValueError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RewardSetupError(
+            f"the reward's models do not load (reward_model.path={config.reward_model.path!r}, consistency "
+            f"backend {config.consistency.backend!r}): {first}"
+        ) from exc
+
+
+def _broadcast(items: list, count: int, name: str) -> list:
+    if len(items) == 1 and count > 1:
+        return items * count
+    if len(items) != count:
+        raise UsageError(
+            f"got {len(items)} {name} for {count} completions: pass one per completion, or one for all"
+        )
+    return items
+
+
+def _refuse_masks_equal_to_repaint(product_masks: list, repaint_masks: list) -> None:
+    for index, (product, repaint) in enumerate(zip(product_masks, repaint_masks)):
+        if product is not None and repaint is not None:
+            product = images.load_mask(product)
+            repaint = images.load_mask(repaint, size=(product.shape[1], product.shape[0]))
+            images.refuse_repaint_mask(product, repaint, name=f"item {index}")
+
+
+def _log_components(results: list[HFPCResult], log_metric, log_metrics, log_extra) -> None:
     judged = [r for r in results if r.error is None]
-    if log_metric is not None and judged:
-        log_metric("hfpc/pass_rate", float(np.mean([r.passed for r in judged])))
-        log_metric("hfpc/consistent_rate", float(np.mean([r.consistency.consistent for r in judged])))
-        log_metric("hfpc/consistency_score", float(np.mean([r.consistency.score for r in judged])))
+    metrics: dict[str, float] = {"hfpc/error_rate": 1.0 - len(judged) / len(results)} if results else {}
+    if judged:
+        metrics["hfpc/pass_rate"] = float(np.mean([r.passed for r in judged]))
+        metrics["hfpc/consistent_rate"] = float(np.mean([r.consistency.consistent for r in judged]))
+        metrics["hfpc/consistency_score"] = float(np.mean([r.consistency.score for r in judged]))
         backgrounds = [r.background_score for r in judged if r.background_score is not None]
         if backgrounds:
-            log_metric("hfpc/background_score", float(np.mean(backgrounds)))
-        log_metric("hfpc/error_rate", 1.0 - len(judged) / len(results))
+            metrics["hfpc/background_score"] = float(np.mean(backgrounds))
+    metrics = {name: value for name, value in metrics.items() if math.isfinite(value)}  # never a NaN
+    if log_metric is not None:
+        for name, value in metrics.items():
+            log_metric(name, value)
+    if log_metrics is not None and metrics:
+        log_metrics(metrics)
     if log_extra is not None:
         log_extra("hfpc_passed", [r.passed for r in results])
         log_extra("hfpc_background_score", [r.background_score for r in results])
@@ -134,7 +331,7 @@ class _DdpoRewardFn:
         self.reward = reward
 
     def __call__(
-        self, images: Any, prompts: Sequence[str], metadata: Sequence[dict]
+        self, generated: Any, prompts: Sequence[str], metadata: Sequence[dict]
     ) -> tuple[np.ndarray, dict]:
         if len(metadata) != len(prompts):
             raise ValueError(f"got {len(metadata)} metadata dicts for {len(prompts)} prompts")
@@ -143,12 +340,18 @@ class _DdpoRewardFn:
             raise KeyError(
                 f"metadata of samples {missing[:5]} has no 'image' (the original); add it per sample"
             )
+        if any("mask_image" in meta and "product_mask" not in meta for meta in metadata):
+            warnings.warn(
+                "metadata 'mask_image' as the product mask is deprecated: name it 'product_mask' (white = product)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         extras: dict[str, list] = {}
         values = self.reward(
             prompts=list(prompts),
-            completions=images,
+            completions=generated,
             image=[meta["image"] for meta in metadata],
-            mask_image=[meta.get("mask_image") for meta in metadata],
+            product_mask=[meta.get("product_mask", meta.get("mask_image")) for meta in metadata],
             category=[meta.get("category") for meta in metadata],
             log_extra=extras.__setitem__,
         )
@@ -156,15 +359,14 @@ class _DdpoRewardFn:
         return rewards, extras
 
 
-def as_ddpo_reward_fn(
-    reward: HFPCReward | None = None,
-) -> Callable[[Any, Sequence[str], Sequence[dict]], tuple]:
+def as_ddpo_reward_fn(reward: HFPCReward) -> Callable[[Any, Sequence[str], Sequence[dict]], tuple]:
     """`fn(images, prompts, metadata) -> (rewards np.ndarray (B,), info dict)` for ddpo-pytorch-style trainers.
 
-    `metadata[i]` must carry the original as `"image"` and may carry the product mask as `"mask_image"`.
-    Abstentions are NaN in the array; `info` holds the per-sample columns (passed, scores, reasons).
+    `metadata[i]` must carry the original as `"image"` and may carry the product mask as `"product_mask"`.
+    Abstentions are NaN in the array (that family's convention: mask them out, e.g. `np.isfinite`); `info`
+    holds the per-sample columns (passed, scores, reasons).
     """
-    return _DdpoRewardFn(reward if reward is not None else HFPCReward())
+    return _DdpoRewardFn(reward)
 
 
 class DifferentiableHFPCReward:
@@ -209,37 +411,52 @@ class BestOfN:
     best_index: int | None  # its index in `candidates`
     candidates: list = field(default_factory=list)  # all n generated images (product pasted back if asked)
     results: list[HFPCResult] = field(default_factory=list)  # one per candidate
+    order: list[int] = field(default_factory=list)  # candidate indices, best first (see HFPCReward.rank)
 
 
 def select_best(
     pipe: Any,
     image: Any,
-    mask_image: Any,
-    prompt: str,
+    product_mask: Any = None,
+    prompt: str = "",
     n: int = 8,
+    reward: HFPCReward | None = None,
     scorer: HFPCScorer | None = None,
+    judges: str = "both",
     category: str | None = None,
     seed: int = 0,
     paste_back: bool = True,
+    mask_image: Any = None,
     **pipe_kwargs: Any,
 ) -> BestOfN:
     """Rejection sampling for production: n inpainted candidates, the best passing one by reward.
 
-    `image` is the original product photo, `mask_image` its product mask (white = product), `category` the
-    product's name for detecting consistency backends; the pipeline
-    inpaints the background (the inverse of the product mask). With `paste_back`, the original product
-    pixels are pasted onto each candidate before judging, as in production.
+    `image` is the original product photo, `product_mask` its product mask (white = product), `category`
+    the product's name for detecting consistency backends; the pipeline inpaints the background (the
+    inverse of the product mask). With `paste_back`, the original product pixels are pasted onto each
+    candidate before judging, as in production. Judge with `reward=` (an HFPCReward, e.g.
+    `HFPCReward.from_pretrained(DIR)`) or `scorer=`; without either, or with a judge that has no reward
+    model, it refuses to run unless `judges="consistency"` asks for the product judge alone.
+    `mask_image` (the product mask under diffusers' repaint-mask name) is deprecated.
     """
     import torch
     from PIL import Image
 
-    from hfpc_reward import images
-
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    scorer = scorer or HFPCScorer.from_config(ScorerConfig())
+    if product_mask is None and mask_image is not None:
+        warnings.warn(
+            "select_best(mask_image=...) is deprecated: pass product_mask (white = product)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        product_mask = mask_image
+    if product_mask is None:
+        raise UsageError("select_best needs product_mask (white = product): the pipeline repaints the rest")
+    reward = _best_of_n_reward(reward, scorer, judges)
     original = images.load_rgb(image)
-    product = images.load_mask(mask_image, size=original.size)
+    product = images.load_mask(product_mask, size=original.size)
+    images.refuse_inverted_mask(product, original, name="select_best")
     background = Image.fromarray(((~product).astype(np.uint8)) * 255)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     output = pipe(
@@ -254,9 +471,26 @@ def select_best(
     candidates = [images.resize_to(c, original.size) for c in output.images]
     if paste_back:
         candidates = [images.paste_product(c, original, product) for c in candidates]
-    results = scorer.score(
-        [original] * n, candidates, masks=[product] * n, prompts=[prompt] * n, categories=[category] * n
-    )
-    passing = [i for i, r in enumerate(results) if r.passed and r.reward is not None]
-    best_index = max(passing, key=lambda i: results[i].reward) if passing else None
-    return BestOfN(None if best_index is None else candidates[best_index], best_index, candidates, results)
+    ranking = reward.rank(original, candidates, prompt=prompt, product_mask=product, category=category)
+    best_index = ranking.best_index
+    best = None if best_index is None else candidates[best_index]
+    return BestOfN(best, best_index, candidates, ranking.results, ranking.order)
+
+
+def _best_of_n_reward(reward: HFPCReward | None, scorer: HFPCScorer | None, judges: str) -> HFPCReward:
+    if reward is not None and scorer is not None:
+        raise UsageError("select_best takes reward= or scorer=, not both")
+    if reward is None and scorer is None:
+        if judges != "consistency":
+            raise UsageError(
+                "select_best needs the background judge: pass reward=HFPCReward.from_pretrained(REWARD_MODEL_DIR) "
+                "(or scorer=...), or judges='consistency' to rank candidates by product consistency alone"
+            )
+        return ConsistencyReward(ScorerConfig())
+    chosen = reward if reward is not None else HFPCReward.from_scorer(scorer)
+    if chosen.scorer.reward_model is None and judges != "consistency":
+        raise UsageError(
+            "select_best's judge has no reward model (no background judge): give it one, or pass "
+            "judges='consistency' to rank candidates by product consistency alone"
+        )
+    return chosen

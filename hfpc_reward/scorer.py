@@ -23,7 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from hfpc_reward import images
+from hfpc_reward.config import resolve_device
 from hfpc_reward.consistency.config import ConsistencyConfig
 
 REWARD_POLICIES = ("gate", "product", "weighted")
@@ -36,7 +39,7 @@ class RewardModelRef:
     path: str = (
         ""  # folder or hub id of a trained HFPCRewardModel; "" = no background judge (consistency only)
     )
-    device: str = "cpu"  # torch device the reward model runs on
+    device: str = "auto"  # torch device the reward model runs on; "auto" = CUDA when present, else CPU
     dtype: str = "float32"  # torch dtype name ("float32", "float16", "bfloat16")
     batch_size: int = 16  # pairs per forward pass
 
@@ -134,7 +137,7 @@ class HFPCScorer:
 
             reward_model = HFPCRewardModel.from_pretrained(
                 config.reward_model.path,
-                device=config.reward_model.device,
+                device=resolve_device(config.reward_model.device),
                 dtype=getattr(torch, config.reward_model.dtype),
             )
         return cls(reward_model, ProductConsistencyChecker.from_config(config.consistency), config)
@@ -151,26 +154,33 @@ class HFPCScorer:
         originals: Sequence[Any] | Any,
         generated: Sequence[Any] | Any,
         masks: Sequence[Any] | None = None,
-        prompts: Sequence[str | None] | None = None,
-        categories: Sequence[str | None] | None = None,
+        prompts: Sequence[str | None] | str | None = None,
+        categories: Sequence[str | None] | str | None = None,
+        value_range: str = "0,1",
+        inverted_masks: str = "error",
     ) -> list[HFPCResult]:
         """One HFPCResult per (originals[i], generated[i]); a bad item gets `error` and `reward=None`.
 
-        `prompts` are the background prompts (the reward model's query text); `categories` name the
-        product for detecting backends (grounded-*; else `grounded.default_prompt`).
+        `masks` are product masks (white = product). `prompts` are the background prompts (the reward
+        model's query text); `categories` name the product for detecting backends (grounded-*; else
+        `grounded.default_prompt`); a single string applies to every item. A single image is a batch of
+        one. `value_range` declares float tensors' range ("0,1", "-1,1" or "0,255"); tensors reach the
+        reward model on their own device, without a trip through 8-bit images. A given mask that looks
+        inverted (`images.refuse_inverted_mask`) errors its item, or raises with `inverted_masks="raise"`.
         """
-        originals, generated = images.split_batch(originals), images.split_batch(generated)
+        originals = _unit_batch(originals, value_range, "originals")
+        generated = _unit_batch(generated, value_range, "generated images")
         count = len(generated)
-        masks = [None] * count if masks is None else images.split_batch(masks, masks=True)
-        prompts = [None] * count if prompts is None else list(prompts)
-        categories = [None] * count if categories is None else list(categories)
+        masks = [None] * count if masks is None else images.as_batch(masks, masks=True)
+        prompts = _per_item(prompts, count)
+        categories = _per_item(categories, count)
         if not len(originals) == len(masks) == len(prompts) == len(categories) == count:
             raise ValueError(
                 f"got {len(originals)} originals, {count} generated images, {len(masks)} masks, {len(prompts)} "
                 f"prompts and {len(categories)} categories: pass one of each per generated image (None where unknown)"
             )
         results = [HFPCResult() for _ in range(count)]
-        sides = self._original_sides(originals, masks, categories, results)
+        sides = self._original_sides(originals, masks, categories, results, inverted_masks)
         pixels = [
             _load_or_error(generated[i], results[i]) if sides[i] is not None else None for i in range(count)
         ]
@@ -179,7 +189,7 @@ class HFPCScorer:
             [sides[i][0] for i in good], [pixels[i] for i in good], errors="report"
         )
         background = self._background_scores(
-            [sides[i][1] for i in good], [pixels[i] for i in good], [prompts[i] for i in good]
+            [sides[i][1] for i in good], [generated[i] for i in good], [prompts[i] for i in good]
         )
         for k, i in enumerate(good):
             self._judge(results[i], reports[k], None if background is None else background[k])
@@ -190,7 +200,7 @@ class HFPCScorer:
         self._memories.clear()
 
     # ------------------------------------------------------------------------------------------ internals
-    def _original_sides(self, originals, masks, categories, results) -> list[tuple | None]:
+    def _original_sides(self, originals, masks, categories, results, inverted_masks) -> list[tuple | None]:
         """(OriginalProduct, reward-model OriginalMemory or None) per item, from the caches or computed for the
         missing ones (an unreferenced reward model needs no original side)."""
         image_keys = [images.content_key(o) for o in originals]
@@ -207,14 +217,15 @@ class HFPCScorer:
                 [categories[i] for i in missing],
                 errors="report",
             )
-            current.update({keys[i]: product for i, product in zip(missing, products)})
+            for i, product in zip(missing, products):
+                current[keys[i]] = _refusing_inverted(product, originals[i], inverted_masks)
         for key, product in current.items():
             self._products.put(key, product)
         memories = {key: self._memories.get(key) for key in image_keys if key in self._memories}
         if self.reward_model is not None and self.reward_model.config.referenced:
-            need = {
-                image_key: current[key].image
-                for image_key, key in zip(image_keys, keys)
+            need = {  # tensors go to the model as they are (their device, no 8-bit trip); others as decoded
+                image_key: original if images.is_tensor(original) else current[key].image
+                for image_key, key, original in zip(image_keys, keys, originals)
                 if image_key not in memories and not isinstance(current[key], Exception)
             }
             memories.update(zip(need, self._encode_originals(list(need.values()))))
@@ -230,19 +241,30 @@ class HFPCScorer:
                 sides.append((product, memories.get(image_key)))
         return sides
 
-    def _encode_originals(self, pil_images: list) -> list:
+    def _encode_originals(self, sources: list) -> list:
         """The reward model's `OriginalMemory` of each original (one per image), encoded in batches."""
         import torch
 
         out = []
         batch = self.config.reward_model.batch_size
         with torch.inference_mode():
-            for start in range(0, len(pil_images), batch):
-                chunk = self.reward_model.load_pixels(pil_images[start : start + batch])
+            for start in range(0, len(sources), batch):
+                chunk = self._model_pixels(sources[start : start + batch])
                 out.extend(self.reward_model.encode_original(chunk).split())
         return out
 
+    def _model_pixels(self, sources: list):
+        """(B,3,H,W) pixels in [0,1] for the reward model: same-size tensors are stacked where they are (a
+        CUDA batch stays on its GPU; the model resizes on its device), anything else is decoded."""
+        import torch
+
+        if all(images.is_tensor(s) for s in sources) and len({tuple(s.shape) for s in sources}) == 1:
+            return torch.stack(sources)
+        decoded = [images.load_rgb(s) for s in sources]
+        return self.reward_model.load_pixels(decoded)
+
     def _background_scores(self, original_memories, pixels, prompts) -> list[float] | None:
+        """Standardised background scores of the generated sources `pixels` (tensors stay on their device)."""
         if self.reward_model is None or not pixels:
             return None
         import torch
@@ -258,7 +280,7 @@ class HFPCScorer:
                 originals = None
                 if model.config.referenced:
                     originals = OriginalMemory.cat(original_memories[start:stop])
-                generated = model.encode_images(model.load_pixels(pixels[start:stop]))
+                generated = model.encode_images(self._model_pixels(pixels[start:stop]))
                 chunk = model.score_from_tokens(originals, generated, prompts[start:stop])
                 scores.extend(chunk.float().cpu().tolist())
         return scores
@@ -267,6 +289,9 @@ class HFPCScorer:
         result.consistency = report
         if report.error is not None:
             result.error = report.error
+            return
+        if background is not None and not math.isfinite(background):  # a NaN is never reported as a score
+            result.error = f"the reward model returned {background} (overflow? try reward_model.dtype=float32)"
             return
         result.background_score = background
         result.reasons = list(report.reasons) if not report.consistent else []
@@ -309,6 +334,40 @@ class _LRU(OrderedDict):
         self.move_to_end(key)
         while len(self) > self.capacity:
             self.popitem(last=False)
+
+
+def _unit_batch(batch: Any, value_range: str, name: str) -> list[Any]:
+    """A batch (or one image) as a list of items; float tensors / arrays rescaled into [0,1] where they are."""
+    return [
+        images.to_unit_range(item, value_range, name=name) if _floating(item) else item
+        for item in images.as_batch(batch)
+    ]
+
+
+def _floating(item: Any) -> bool:
+    if images.is_tensor(item):
+        return item.is_floating_point()
+    return isinstance(item, np.ndarray) and np.issubdtype(item.dtype, np.floating)
+
+
+def _per_item(values: Sequence[str | None] | str | None, count: int) -> list[str | None]:
+    """One value per item: None -> Nones, a single string -> that string for every item."""
+    if values is None or isinstance(values, str):
+        return [values] * count
+    return list(values)
+
+
+def _refusing_inverted(product: Any, original: Any, inverted_masks: str) -> Any:
+    """`product`, or an InvertedMaskError in its place when its given mask looks inverted (raised if asked)."""
+    if isinstance(product, Exception) or product.source != "given":
+        return product
+    try:
+        images.refuse_inverted_mask(product.mask, product.image, name=images.describe(original))
+    except images.InvertedMaskError as exc:
+        if inverted_masks == "raise":
+            raise
+        return exc
+    return product
 
 
 def _load_or_error(source: Any, result: HFPCResult):

@@ -58,3 +58,20 @@ def test_a_bad_config_key_is_one_clear_line_and_exit_code_2(tmp_path, caplog):
     assert "bad.jsonl:1" in caplog.text
     assert eval_main.main(["run", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in caplog.text
+
+
+@pytest.mark.parametrize("command", ["score", "train-reward", "calibrate-consistency", "finetune-segmenter"])
+def test_help_lists_every_config_field_with_its_default_and_comment(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "config fields" in out and "--print-config" in out
+    assert sum(" = " in line and "  # " in line for line in out.splitlines()) >= 5
+
+
+def test_print_config_shows_the_resolved_config_without_the_other_inputs(capsys):
+    import yaml
+
+    assert main(["score", "--print-config", "policy.reward=product", "-v"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["policy"]["reward"] == "product" and printed["reward_model"]["device"] == "auto"

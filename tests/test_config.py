@@ -132,3 +132,40 @@ def test_an_empty_override_is_an_empty_string_and_null_is_none():
         overrides=["reward_model.path=/some/model", "reward_model.path=", "policy.threshold=null"],
     )
     assert config.reward_model.path == "" and config.policy.threshold is None
+
+
+@dataclass
+class Run:
+    mixed_precision: str = "fp16"  # "no" | "fp16" | "bf16"
+    flag: bool = False  # a boolean
+    kwargs: dict = field(default_factory=dict)  # keyword arguments of the reward
+    label: str | None = None  # a wrapped field: its comment sits inside the parentheses
+
+
+@dataclass
+class WithRun:
+    run: Run = field(default_factory=Run)  # the run section
+
+
+def test_overrides_are_typed_by_their_field():
+    config = load_config(WithRun, overrides=["run.mixed_precision=no", "run.flag=no", "run.label=null"])
+    assert config.run.mixed_precision == "no" and config.run.flag is False and config.run.label is None
+    assert load_config(WithRun, overrides=["run.mixed_precision='yes'"]).run.mixed_precision == "yes"
+    assert load_config(WithRun, overrides=["run.kwargs.target=0.5"]).run.kwargs == {"target": 0.5}
+
+
+def test_an_override_of_a_dict_field_replaces_the_files_dict(tmp_path):
+    path = _yaml(tmp_path, {"run": {"kwargs": {"target": 0.0, "other": 1}}})
+    assert load_config(WithRun, path).run.kwargs == {"target": 0.0, "other": 1}
+    replaced = load_config(WithRun, path, ["run.kwargs.config=x.yaml", "run.kwargs.weight=2"])
+    assert replaced.run.kwargs == {"config": "x.yaml", "weight": 2}
+
+
+def test_describe_fields_lists_defaults_and_source_comments():
+    from hfpc_reward.config import describe_fields
+
+    lines = describe_fields(WithRun)
+    assert lines[0] == "run:  # the run section"
+    assert 'run.mixed_precision = fp16  # "no" | "fp16" | "bf16"' in lines
+    assert "run.label = null  # a wrapped field: its comment sits inside the parentheses" in lines
+    assert "run.kwargs = {}  # keyword arguments of the reward" in lines

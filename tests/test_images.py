@@ -241,3 +241,50 @@ def test_bad_files_name_the_file_and_the_problem(tmp_path, name, content, proble
 def test_a_folder_is_not_an_image(tmp_path):
     with pytest.raises(ImageLoadError, match="not a file"):
         load_rgb(tmp_path)
+
+
+def test_float_pixels_have_a_declared_value_range_and_are_never_clipped_silently():
+    from hfpc_reward.images import to_unit_range
+
+    unit = torch.linspace(0, 1, 48).reshape(1, 4, 4, 3).permute(0, 3, 1, 2)[0]  # (3,4,4) in [0,1]
+    expected = np.asarray(load_rgb(unit))
+    assert (np.asarray(load_rgb(unit * 2 - 1, value_range="-1,1")) == expected).all()
+    assert (np.asarray(load_rgb(unit * 255, value_range="0,255")) == expected).all()
+    with pytest.raises(ImageLoadError, match=r"value_range='-1,1'"):
+        load_rgb(unit * 2 - 1)
+    with pytest.raises(ImageLoadError, match=r"value_range='0,255'"):
+        load_rgb(unit.numpy().transpose(1, 2, 0) * 255)
+    with pytest.raises(ImageLoadError, match="value_range must be one of"):
+        to_unit_range(unit, "0-1")
+    assert torch.equal(to_unit_range(unit * 2 - 1, "-1,1"), (unit * 2 - 1 + 1) / 2)  # same type, same device
+    assert (np.asarray(load_rgb(np.array([[[0, 128, 255]]], np.uint8))) == [[[0, 128, 255]]]).all()
+
+
+def test_a_single_image_is_a_batch_of_one_where_asked():
+    from hfpc_reward.images import as_batch
+
+    pixels = _gradient(8, 6)
+    tensor = pil_to_tensor([Image.fromarray(pixels)])
+    assert len(as_batch(Image.fromarray(pixels))) == 1 and len(as_batch("x.png")) == 1
+    assert len(as_batch(tensor[0])) == 1 and len(as_batch(tensor)) == 1 and len(as_batch(pixels)) == 1
+    assert len(as_batch(np.zeros((6, 8), bool), masks=True)) == 1
+    assert len(as_batch(np.zeros((2, 6, 8), bool), masks=True)) == 2
+    with pytest.raises(ImageLoadError, match=r"\(B,3,H,W\)"):
+        as_batch(torch.zeros(2, 6, 8))
+
+
+def test_an_inverted_product_mask_is_refused_with_the_fix():
+    from hfpc_reward.images import InvertedMaskError, refuse_inverted_mask, refuse_repaint_mask
+
+    original = np.full((50, 50, 3), 250, np.uint8)
+    product = np.zeros((50, 50), bool)
+    product[15:35, 20:30] = True
+    original[product] = (20, 60, 200)
+    refuse_inverted_mask(product, Image.fromarray(original))  # the right mask passes
+    with pytest.raises(InvertedMaskError, match="looks inverted.*1 - mask_image"):
+        refuse_inverted_mask(~product, Image.fromarray(original))
+    photo = Image.fromarray(_gradient(50, 50))  # a large product on a busy photo is not a backdrop
+    refuse_inverted_mask(~product, photo)
+    with pytest.raises(InvertedMaskError, match="equals the pipeline's repaint mask"):
+        refuse_repaint_mask(product, product.copy())
+    refuse_repaint_mask(product, ~product)

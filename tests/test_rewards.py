@@ -37,7 +37,7 @@ def call_kwargs(rows):
         "prompts": [r.prompt for r in rows],
         "completions": [load_rgb(r.generation) for r in rows],
         "image": [load_rgb(r.origin) for r in rows],
-        "mask_image": [load_mask(r.mask) for r in rows],
+        "product_mask": [load_mask(r.mask) for r in rows],
     }
 
 
@@ -46,8 +46,9 @@ def test_reward_classes_pickle_without_models_and_score_the_same(kit, cls):
     reward = cls(kit["config"])
     kwargs = call_kwargs(kit["rows"])
     before = reward(**kwargs)
-    clone = pickle.loads(pickle.dumps(reward))
-    assert clone._scorer is None  # the models are not pickled; they load again lazily
+    state = pickle.dumps(reward)
+    assert b"HFPCScorer" not in state  # the models are not pickled: the clone loads them when unpickled
+    clone = pickle.loads(state)
     assert clone.__name__ == reward.__name__ and reward.__name__.startswith(
         "hfpc"
     )  # trainers log by __name__
@@ -84,7 +85,7 @@ def test_ddpo_adapter_returns_the_trl_values(kit):
     reward = HFPCReward(kit["config"])
     expected = reward(**kwargs)
     tensors = pil_to_tensor(kwargs["completions"])
-    metadata = [{"image": o, "mask_image": m} for o, m in zip(kwargs["image"], kwargs["mask_image"])]
+    metadata = [{"image": o, "product_mask": m} for o, m in zip(kwargs["image"], kwargs["product_mask"])]
     values, info = pickle.loads(pickle.dumps(as_ddpo_reward_fn(reward)))(tensors, kwargs["prompts"], metadata)
     assert isinstance(values, np.ndarray) and values.shape == (len(rows),)
     np.testing.assert_allclose(values, np.array(expected, dtype=np.float32), atol=1e-5)
@@ -156,7 +157,7 @@ def test_select_best_returns_the_best_passing_candidate(kit, tiny_pipe):
         row.mask,
         row.prompt,
         n=3,
-        scorer=scorer,
+        reward=HFPCReward.from_scorer(scorer),
         num_inference_steps=2,
         width=64,
         height=64,
@@ -184,3 +185,145 @@ def test_select_best_returns_the_best_passing_candidate(kit, tiny_pipe):
         height=64,
     )
     assert none.best is None and none.best_index is None and len(none.results) == 2
+
+
+# ---------------------------------------------------------------- issue 13: fail loudly, conventions, one-liners
+def studio_pair(size=64):
+    """An original on a white studio backdrop with a red box product, a generation on a new background."""
+    from PIL import Image
+
+    mask = np.zeros((size, size), bool)
+    mask[20:44, 24:40] = True
+    original = np.full((size, size, 3), 255, np.uint8)
+    original[mask] = (200, 30, 30)
+    generated = np.zeros((size, size, 3), np.uint8)
+    generated[..., 1] = np.linspace(40, 160, size, dtype=np.uint8)[None, :]
+    generated[mask] = (200, 30, 30)
+    return Image.fromarray(original), Image.fromarray(generated), mask
+
+
+def test_a_reward_whose_model_does_not_load_fails_at_construction(tmp_path):
+    from hfpc_reward.errors import UsageError
+    from hfpc_reward.rewards import RewardSetupError
+
+    missing = tmp_path / "no_such_model"
+    with pytest.raises(RewardSetupError, match="no_such_model"):
+        HFPCReward(load_config(ScorerConfig, overrides=[f"reward_model.path={missing}"]))
+    with pytest.raises(UsageError, match="judges='consistency'"):
+        HFPCReward(ScorerConfig())  # no reward model: the background judge would be silently off
+    assert HFPCReward(ScorerConfig(), judges="consistency").scorer.reward_model is None
+
+
+def test_value_range_is_declared_and_out_of_range_tensors_are_refused(kit):
+    from hfpc_reward.images import ImageLoadError
+
+    reward = HFPCReward(kit["config"])
+    kwargs = call_kwargs(kit["rows"][:3])
+    unit = pil_to_tensor(kwargs.pop("completions"))
+    expected = reward(**kwargs, completions=unit)
+    with pytest.raises(ImageLoadError, match="value_range='-1,1'"):
+        reward(**kwargs, completions=unit * 2 - 1)  # a VAE decode, not declared
+    with pytest.raises(ImageLoadError, match="value_range='0,255'"):
+        reward(**kwargs, completions=unit * 255)
+    assert reward(**kwargs, completions=unit * 2 - 1, value_range="-1,1") == pytest.approx(expected, abs=1e-5)
+    assert reward(**kwargs, completions=unit * 255, value_range="0,255") == pytest.approx(expected, abs=1e-5)
+
+
+def test_an_inverted_product_mask_is_refused(kit):
+    from hfpc_reward.images import InvertedMaskError
+
+    reward = HFPCReward(kit["config"])
+    original, generated, mask = studio_pair()
+    call = {"prompts": "on grass", "completions": [generated], "image": [original]}
+    assert reward(**call, product_mask=[mask])[0] is not None
+    with pytest.raises(InvertedMaskError, match="looks inverted"):
+        reward(**call, product_mask=[~mask])  # diffusers' mask_image: white = repaint
+    with pytest.raises(InvertedMaskError, match="equals the pipeline's repaint mask"):
+        reward(**call, product_mask=[mask], mask_image=[mask])
+    with pytest.warns(DeprecationWarning, match="product_mask"), pytest.raises(InvertedMaskError):
+        reward(**call, mask_image=[~mask])  # the old keyword still works, and the repaint mask is caught
+
+
+def test_a_string_prompt_broadcasts_and_a_single_image_is_a_batch_of_one(kit):
+    reward = HFPCReward(kit["config"])
+    kwargs = call_kwargs(kit["rows"][:2])
+    prompt = kit["rows"][0].prompt
+    same = reward(**{**kwargs, "prompts": [prompt] * 2})
+    assert reward(**{**kwargs, "prompts": prompt}) == pytest.approx(same, abs=1e-6)
+    single = reward(
+        prompts=prompt,
+        completions=kwargs["completions"][0],
+        image=kwargs["image"][0],
+        product_mask=kwargs["product_mask"][0],
+    )
+    assert isinstance(single, list) and single == pytest.approx(same[:1], abs=1e-6)
+
+
+def test_one_liners_score_and_rank_one_original(kit):
+    reward = HFPCReward.from_pretrained(kit["reward_path"], overrides=["policy.reward=weighted"])
+    assert reward.scorer.reward_model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    kwargs = call_kwargs(kit["rows"][:1])
+    original, mask, prompt = kwargs["image"][0], kwargs["product_mask"][0], kit["rows"][0].prompt
+    value = reward.score(original, kwargs["completions"][0], prompt=prompt, product_mask=mask)
+    assert isinstance(value, float)
+    assert value == pytest.approx(reward(**{**kwargs, "prompts": [prompt]})[0], abs=1e-6)
+    candidates = [kwargs["completions"][0], original, load_rgb(kit["rows"][1].generation)]
+    ranking = reward.rank(original, candidates, prompt=prompt, product_mask=mask)
+    assert sorted(ranking.order) == [0, 1, 2] and len(ranking.results) == 3
+    passing_first = [ranking.results[i].passed for i in ranking.order]
+    assert passing_first == sorted(passing_first, reverse=True)
+    for a, b in zip(ranking.order, ranking.order[1:]):
+        if ranking.results[a].passed == ranking.results[b].passed:
+            assert ranking.rewards[a] >= ranking.rewards[b]
+
+
+def test_tensors_reach_the_reward_model_as_they_are(kit):
+    """Device-agnostic: float pixels go to the model without an 8-bit image trip (on a GPU they stay there)."""
+    reward = BackgroundReward(kit["config"])
+    model = reward.scorer.reward_model
+    torch.manual_seed(0)
+    originals = torch.rand(2, 3, 40, 40)
+    generated = torch.rand(2, 3, 40, 40)
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 12:28] = True
+    seen = []
+    encode = model.encode_images
+    model.encode_images = lambda pixels: seen.append(pixels) or encode(pixels)  # records, then runs
+    values = reward(prompts=["a", "b"], completions=generated, image=originals, product_mask=mask)
+    del model.encode_images
+    assert any(torch.equal(pixels, generated) for pixels in seen)  # the very values: no 8-bit round trip
+    with torch.no_grad():
+        direct = model(originals, generated, ["a", "b"])
+    assert values == pytest.approx(direct.tolist(), abs=1e-6)
+
+
+def test_a_nan_score_abstains_instead_of_being_reported(kit):
+    reward = HFPCReward(kit["config"])
+    reward.scorer.reward_model.score_std = float("nan")
+    logged = {}
+    values = reward(**call_kwargs(kit["rows"][:2]), log_metrics=logged.update)
+    assert values == [None, None]
+    assert logged == {"hfpc/error_rate": 1.0}
+
+
+def test_log_metrics_takes_a_dict_once_per_call(kit):
+    calls = []
+    HFPCReward(kit["config"])(**call_kwargs(kit["rows"][:2]), log_metrics=calls.append)
+    assert len(calls) == 1 and {"hfpc/pass_rate", "hfpc/background_score"} <= set(calls[0])
+
+
+def test_select_best_refuses_to_drop_the_background_judge(kit, tiny_pipe):
+    from hfpc_reward.errors import UsageError
+
+    row = kit["rows"][0]
+    args = (tiny_pipe, row.origin, row.mask, row.prompt)
+    small = {"n": 2, "num_inference_steps": 2, "width": 64, "height": 64}
+    with pytest.raises(UsageError, match="background judge"):
+        select_best(*args, **small)
+    with pytest.raises(UsageError, match="no reward model"):
+        select_best(*args, scorer=HFPCScorer.from_config(ScorerConfig()), **small)
+    found = select_best(*args, judges="consistency", **small)
+    assert len(found.results) == 2 and all(r.background_score is None for r in found.results)
+    reward = HFPCReward(kit["config"])
+    judged = select_best(*args, reward=reward, **small)  # reward= judges; it is not passed to the pipeline
+    assert all(r.background_score is not None for r in judged.results)

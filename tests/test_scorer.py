@@ -159,8 +159,10 @@ def test_tensor_batches_of_images_and_masks_score_like_files(kit):
     for a, b in zip(expected, results):
         assert a.background_score == pytest.approx(b.background_score, abs=1e-4)
         assert a.consistency.consistent == b.consistency.consistent
+    (single,) = scorer.score(origins[0], generated[0], masks[0], prompts[0])  # one image: a batch of one
+    assert single.background_score == pytest.approx(results[0].background_score, abs=1e-6)
     with pytest.raises(ImageLoadError, match=r"\(B,3,H,W\)"):
-        scorer.score(origins[:1], generated[0], None, prompts[:1])  # one (3,H,W) image is not a batch
+        scorer.score(origins[:1], generated[:, 0], None, prompts[:1])  # (B,H,W) is no image batch
 
 
 def test_score_command_names_the_product_by_category_not_by_background_prompt(kit, tmp_path):
