@@ -75,3 +75,9 @@ def test_print_config_shows_the_resolved_config_without_the_other_inputs(capsys)
     assert main(["score", "--print-config", "policy.reward=product", "-v"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["policy"]["reward"] == "product" and printed["reward_model"]["device"] == "auto"
+
+
+def test_score_without_a_reward_model_says_the_background_judge_is_off(tmp_path, capsys):
+    manifest = generate_pairs(tmp_path / "pairs", n_pairs=2, seed=3, size=64)
+    assert main(["score", "--manifest", str(manifest), "--out", str(tmp_path / "r.jsonl")]) == 0
+    assert "background judge off" in capsys.readouterr().out

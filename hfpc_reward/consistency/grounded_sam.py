@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hfpc_reward.config import resolve_device
 from hfpc_reward.consistency.backends import Detections, OriginalProduct
 from hfpc_reward.consistency.classic import studio_mask
 from hfpc_reward.consistency.config import ConsistencyConfig, GroundedConfig
@@ -204,19 +205,20 @@ class GroundedMaskFinder:
         self.settings = settings
         self.classic_settings = config.classic  # for the studio-background fallback of undetected originals
         dtype = getattr(torch, settings.dtype)
+        device = resolve_device(settings.device)
         self.detector = GroundingDinoDetector.from_pretrained(
             settings.detector_id, box_threshold=settings.box_threshold, text_threshold=settings.text_threshold,
-            batch_size=settings.batch_size, device=settings.device, dtype=dtype,
+            batch_size=settings.batch_size, device=device, dtype=dtype,
         )  # fmt: skip
         if config.backend == "grounded-efficientsam":
             from hfpc_reward.consistency.efficientsam import EfficientSamSegmenter
 
             self.segmenter = EfficientSamSegmenter.from_pretrained(
-                settings.efficientsam_checkpoint, device=settings.device, dtype=dtype
+                settings.efficientsam_checkpoint, device=device, dtype=dtype
             )
         else:
             self.segmenter = SamSegmenter.from_pretrained(
-                settings.sam_id, batch_size=settings.batch_size, device=settings.device, dtype=dtype
+                settings.sam_id, batch_size=settings.batch_size, device=device, dtype=dtype
             )
 
     def original_products(
