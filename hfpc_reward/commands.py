@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from hfpc_reward.config import config_to_dict, load_config
+from hfpc_reward.config import add_config_arguments, config_to_dict, load_config
 from hfpc_reward.data.manifest import ManifestRow, read_manifest, remote_source_problem
 from hfpc_reward.data.results import INDEX_FIELD, ManifestResults, file_sha256, require_some_rows_judged
 from hfpc_reward.errors import CommandLineError
@@ -52,14 +52,11 @@ BACKGROUND_FAIL = "background"  # failure kind of a consistent product whose bac
 
 
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("overrides", nargs="*", metavar="section.field=value", help="config overrides")
+    add_config_arguments(parser, ScorerConfig, example="configs/scorer/hfpc.yaml")
     parser.add_argument(
         "--manifest", type=Path, required=True, help="JSON Lines manifest (HFPC schemas or ours)"
     )
     parser.add_argument("--out", type=Path, required=True, help="results JSON Lines")
-    parser.add_argument(
-        "--config", type=Path, help="scorer YAML config delta (reward model, consistency, policy)"
-    )
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per scorer call")
     add_run_arguments(parser)
 
@@ -90,6 +87,8 @@ def run_score(args: argparse.Namespace) -> int:
         run.update_stamp(rows=len(records))
     if rank == 0:
         print(summary_table(records))
+        if not config.reward_model.path:  # say so: a consistency-only pass rate is not HFPC's
+            print("background judge off (reward_model.path is empty): the pass rate is product consistency alone")
         require_some_rows_judged(records, args.manifest)
     return 0
 

@@ -144,6 +144,7 @@ class RunOutput:
         is_main_process: bool = True,
         name: str = "run",
         folder: bool | None = None,
+        hints: Mapping[str, str] | None = None,
     ):
         self.out = Path(out)
         self.settings = dict(settings)
@@ -154,6 +155,7 @@ class RunOutput:
         self.is_main_process = is_main_process
         self.name = name
         self.folder = _is_folder(self.out, folder)
+        self.hints = dict(hints or {})  # dotted key -> what to do instead, added to a mismatch message
         self.stamp = stamp_path(self.out, self.folder)
         self.resuming = False
         self.previous: dict[str, Any] | None = None
@@ -252,10 +254,11 @@ class RunOutput:
         unsafe = {key: change for key, change in changes.items() if not is_safe_key(key, self.safe_keys)}
         if unsafe:
             shown = ", ".join(f"{key} ({_shown(a)} -> {_shown(b)})" for key, (a, b) in unsafe.items())
+            hints = "".join(f"; {self.hints[key]}" for key in unsafe if key in self.hints)
             raise ResumeMismatchError(
                 f"{self.name}: cannot --resume {self.out}: settings that change results differ from the "
-                f"run's stamp: {shown}; resume with the original settings, or start a new run with another "
-                "--out (or drop --resume and pass --overwrite)"
+                f"run's stamp: {shown}{hints}; resume with the original settings, or start a new run with "
+                "another --out (or drop --resume and pass --overwrite)"
             )
         for key, (old, new) in changes.items():
             logger.info("%s: resuming with %s changed (%s -> %s)", self.name, key, _shown(old), _shown(new))
@@ -265,6 +268,48 @@ class RunOutput:
         temp = self.stamp.with_name(self.stamp.name + ".tmp")
         temp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
         os.replace(temp, self.stamp)
+
+
+class CheckpointFolder:
+    """Resumable checkpoints of an accelerate loop: `root/step-N` folders written atomically by
+    `accelerator.save_state` (model, optimizer, scheduler, RNG states) plus the loop's own state as
+    `trainer_state.json`; `root/latest` names the newest; the oldest beyond `keep` are deleted."""
+
+    STATE_NAME = "trainer_state.json"
+
+    def __init__(self, root: Path, keep: int):
+        self.root, self.keep = Path(root), keep
+
+    def latest(self) -> Path | None:
+        pointer = self.root / "latest"
+        if not pointer.is_file():
+            return None
+        path = self.root / pointer.read_text().strip()
+        return path if (path / self.STATE_NAME).is_file() else None
+
+    def load(self, accelerator, path: Path) -> dict[str, Any]:
+        """Restore accelerate's states from `path` and return the loop state saved with them."""
+        accelerator.load_state(str(path))
+        return json.loads((path / self.STATE_NAME).read_text())
+
+    def save(self, accelerator, step: int, state: Mapping[str, Any]) -> None:
+        """All processes call this (save_state gathers); the main process writes and prunes."""
+        staging = self.root / f".step-{step}.tmp"
+        if accelerator.is_main_process and staging.exists():
+            shutil.rmtree(staging)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staging))
+        if accelerator.is_main_process:
+            (staging / self.STATE_NAME).write_text(json.dumps(dict(state)))
+            final = self.root / f"step-{step}"
+            replace_directory(staging, final)
+            pointer = self.root / "latest.tmp"
+            pointer.write_text(final.name)
+            os.replace(pointer, self.root / "latest")
+            steps = sorted(int(p.name.split("-")[1]) for p in self.root.glob("step-*"))
+            for old in steps[: -self.keep]:
+                shutil.rmtree(self.root / f"step-{old}")
+        accelerator.wait_for_everyone()
 
 
 def add_run_arguments(parser) -> None:

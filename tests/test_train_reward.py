@@ -11,10 +11,11 @@ import yaml
 
 from hfpc_reward.cli import main as cli_main
 from hfpc_reward.config import load_config
-from hfpc_reward.data.manifest import read_manifest
+from hfpc_reward.data.manifest import read_jsonl, read_manifest
 from hfpc_reward.reward.model import HFPCRewardModel
 from hfpc_reward.reward.rows import score_rows
 from hfpc_reward.reward.train import TrainRewardConfig, train_reward_model
+from hfpc_reward.runs import OutputExistsError, ResumeMismatchError
 from hfpc_reward.stats import binary_metrics, recall_at_precision
 from hfpc_reward.testing.tiny_blip import write_colour_preference_task, write_tiny_reward_model
 
@@ -167,12 +168,48 @@ def test_resume_after_interrupt_gives_identical_weights(tiny_config, colour_task
     assert resumed["global_step"] == straight["global_step"] == 10
     a, b = _final_weights(straight), _final_weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match="differs from the run's saved"):
+    for changed in (
+        "training.seed=1",
+        "training.learning_rate=1e-3",
+        f"data.train_manifest={colour_task['test']}",
+    ):
+        with pytest.raises(ResumeMismatchError, match=changed.split("=")[0].replace(".", r"\.")):
+            _train(
+                tiny_config, colour_task["small"], tmp_path / "resumed", [*overrides, changed], resume=True
+            )
+    steps = [m["step"] for m in read_jsonl(tmp_path / "resumed" / "metrics.jsonl") if "train_loss" in m]
+    assert steps == list(range(1, 11))  # steps 7 (lost with the interrupt) and every other step logged once
+
+
+def test_resume_with_more_epochs_equals_an_uninterrupted_longer_run(tiny_config, colour_task, tmp_path):
+    # 44 pairs, batch 8 -> 6 steps per epoch; the schedule spans 4 epochs from the start
+    overrides = ["training.batch_size=8", "training.schedule_epochs=4", "training.freeze_fraction=0.5"]
+    longer = _train(tiny_config, colour_task["small"], tmp_path / "longer", [*overrides, "training.epochs=4"])
+    _train(tiny_config, colour_task["small"], tmp_path / "extended", [*overrides, "training.epochs=2"])
+    with pytest.raises(OutputExistsError, match="--resume"):
+        _train(tiny_config, colour_task["small"], tmp_path / "extended", [*overrides, "training.epochs=4"])
+    extended = _train(
+        tiny_config,
+        colour_task["small"],
+        tmp_path / "extended",
+        [*overrides, "training.epochs=4"],
+        resume=True,
+    )
+    assert extended["global_step"] == longer["global_step"] == 24
+    a, b = _final_weights(longer), _final_weights(extended)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    stamp = json.loads((tmp_path / "extended" / "run.json").read_text())
+    assert stamp["settings"]["training"]["epochs"] == 4 and stamp["resumes"] == 1
+    # without a fixed schedule length, more epochs would re-time the learning rate of steps already taken
+    _train(
+        tiny_config, colour_task["small"], tmp_path / "cosine", ["training.batch_size=8", "training.epochs=1"]
+    )
+    with pytest.raises(ResumeMismatchError, match="fix training.schedule_epochs from the start"):
         _train(
             tiny_config,
             colour_task["small"],
-            tmp_path / "resumed",
-            [*overrides, "training.seed=1"],
+            tmp_path / "cosine",
+            ["training.batch_size=8", "training.epochs=2"],
             resume=True,
         )
 
@@ -202,15 +239,15 @@ def test_frozen_backbone_trains_head_on_cached_features_identically(tiny_config,
     )
 
 
-def test_train_reward_cli_rejects_missing_manifest(tiny_config, tmp_path):
-    with pytest.raises(ValueError, match="data.train_manifest is not set"):
-        cli_main(["train-reward", "--config", str(tiny_config), f"training.output_dir={tmp_path}"])
+def test_train_reward_cli_rejects_missing_manifest(tiny_config, tmp_path, caplog):
+    assert cli_main(["train-reward", "--config", str(tiny_config), f"training.output_dir={tmp_path}"]) == 2
+    assert "data.train_manifest is not set" in caplog.text
 
 
 def test_cluster_assignment_balances_the_pairs_drawn(tiny_config, colour_task, tmp_path):
     from hfpc_reward.data.clusters import ClusterAssignment
     from hfpc_reward.data.manifest import comparison_pairs
-    from hfpc_reward.reward.train import _epoch_order
+    from hfpc_reward.reward.pair_sources import epoch_order
 
     rows = read_manifest(colour_task["small"])
     origins = list(dict.fromkeys(row.origin for row in rows))
@@ -219,7 +256,7 @@ def test_cluster_assignment_balances_the_pairs_drawn(tiny_config, colour_task, t
     path = ClusterAssignment(assignment, {o: 0.0 for o in origins}, k=2).save(tmp_path / "clusters.json")
     pairs = comparison_pairs(rows)
     cfg = load_config(TrainRewardConfig, tiny_config, [f"data.cluster_assignment={path}"])
-    drawn = np.concatenate([_epoch_order(pairs, epoch, cfg, assignment) for epoch in range(20)])
+    drawn = np.concatenate([epoch_order(pairs, epoch, cfg.training.seed, assignment) for epoch in range(20)])
     share = np.mean([pairs[i][0].origin == origins[0] for i in drawn])
     assert 0.4 < share < 0.6  # 1 of 12 originals, drawn half the time
     summary = _train(
@@ -231,7 +268,7 @@ def test_cluster_assignment_balances_the_pairs_drawn(tiny_config, colour_task, t
     assert summary["global_step"] >= 1
 
 
-def test_url_manifest_is_refused_with_the_fetch_hint(tiny_config, tmp_path):
+def test_url_manifest_is_refused_with_the_fetch_hint(tiny_config, tmp_path, caplog):
     manifest = tmp_path / "remote.jsonl"
     manifest.write_text(
         '{"origin": "https://example.com/o.jpg", "generation": "https://example.com/g1.jpg", "label": 1}\n'
@@ -239,15 +276,14 @@ def test_url_manifest_is_refused_with_the_fetch_hint(tiny_config, tmp_path):
     )
     with pytest.raises(ValueError, match="hfpc data fetch"):
         _train(tiny_config, manifest, tmp_path / "run", [])
-    with pytest.raises(ValueError, match="hfpc data fetch"):
-        cli_main(
-            [
-                "eval-reward",
-                "--model",
-                "unused",
-                "--manifest",
-                str(manifest),
-                "--out",
-                str(tmp_path / "m.json"),
-            ]
-        )
+    args = [
+        "eval-reward",
+        "--model",
+        "unused",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(tmp_path / "m.json"),
+    ]
+    assert cli_main(args) == 2
+    assert "hfpc data fetch" in caplog.text

@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from hfpc_reward.config import config_to_dict, load_config
+from hfpc_reward.config import add_config_arguments, config_to_dict, load_config
 from hfpc_reward.consistency.calibrate import detection_metrics, fit_thresholds, ground_truth
 from hfpc_reward.consistency.config import BACKEND_NAMES, ConsistencyConfig
 from hfpc_reward.consistency.segmenter_train import SegmenterFinetuneConfig, finetune_segmenter
@@ -284,12 +284,11 @@ def add_calibrate_consistency_arguments(parser: argparse.ArgumentParser) -> None
         "--best-f1", action="store_true", help="maximise F1 of detecting inconsistent pairs (default)"
     )
     goal.add_argument("--target-precision", type=float, help="maximise recall with at least this precision")
-    parser.add_argument("--config", type=Path, help="starting config delta (its other sections are kept)")
+    add_config_arguments(parser, ConsistencyConfig, example="configs/consistency/classic.yaml")
     parser.add_argument(
         "--results", type=Path, help="where the checked rows are cached (default <out>.results.jsonl)"
     )
     parser.add_argument("--workers", type=int, default=1, help="worker processes for checking")
-    parser.add_argument("overrides", nargs="*", help="section.field=value config overrides")
 
 
 def run_calibrate_consistency(args: argparse.Namespace) -> int:
@@ -327,13 +326,8 @@ def run_calibrate_consistency(args: argparse.Namespace) -> int:
 
 
 def add_finetune_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", help="YAML delta over the defaults, e.g. configs/segmenter/efficientsam_ti.yaml"
-    )
+    add_config_arguments(parser, SegmenterFinetuneConfig, example="configs/segmenter/efficientsam_ti.yaml")
     parser.add_argument("--resume", action="store_true", help="continue from output_dir/state if it exists")
-    parser.add_argument(
-        "overrides", nargs="*", help="dotted overrides, e.g. data.train_manifest=products.jsonl"
-    )
 
 
 def run_finetune_segmenter(args: argparse.Namespace) -> int:

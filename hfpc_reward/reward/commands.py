@@ -10,28 +10,26 @@ from pathlib import Path
 
 import numpy as np
 
-from hfpc_reward.config import load_config
+from hfpc_reward.config import add_config_arguments, load_config
 from hfpc_reward.data.manifest import read_manifest
 from hfpc_reward.reward.calibrate import calibrate
 from hfpc_reward.reward.evaluate import evaluate_model, plot_curves
 from hfpc_reward.reward.model import HFPCRewardModel
 from hfpc_reward.reward.rows import require_local_images
 from hfpc_reward.reward.train import TrainRewardConfig, train_reward_model
+from hfpc_reward.runs import add_run_arguments
 
 logger = logging.getLogger(__name__)
 
 
 def add_train_reward_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML delta over the defaults, e.g. configs/reward/blip_base.yaml")
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the newest checkpoint of output_dir"
-    )
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.train_manifest=train.jsonl")
+    add_config_arguments(parser, TrainRewardConfig, example="configs/reward/blip_base.yaml")
+    add_run_arguments(parser)  # --resume: from the newest checkpoint of training.output_dir
 
 
 def run_train_reward(args: argparse.Namespace) -> int:
     cfg = load_config(TrainRewardConfig, args.config, args.overrides)
-    summary = train_reward_model(cfg, resume=args.resume)
+    summary = train_reward_model(cfg, resume=args.resume, overwrite=args.overwrite)
     logger.info("done: %s", json.dumps(summary))
     return 0
 

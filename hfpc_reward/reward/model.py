@@ -151,6 +151,33 @@ class RewardModelLoadError(UsageError):
     """A checkpoint could not be loaded; the message names the folder and what does not match."""
 
 
+def resolve_model_file(source: str | os.PathLike, name: str) -> Path:
+    """`name` in a local model folder, or in a hub repo (cache or download); RewardModelLoadError (one line)
+    for a missing folder or file, instead of huggingface_hub's "Repo id must be in the form..."."""
+    from transformers.utils import cached_file
+
+    source = str(source)
+    folder = Path(os.path.expanduser(source))
+    if folder.is_dir():
+        if not (folder / name).is_file():
+            raise RewardModelLoadError(
+                f"model folder {source} has no {name}; give a folder written by save_pretrained "
+                "(e.g. the model/ folder of hfpc train-reward)"
+            )
+        return folder / name
+    if folder.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
+        raise RewardModelLoadError(
+            f"model folder {source} does not exist (or is not a folder); check the path"
+        )
+    try:
+        return Path(cached_file(source, name))
+    except (OSError, ValueError) as exc:  # offline, unknown repo, or not a valid repo id
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RewardModelLoadError(
+            f"{source} is not a local model folder and its {name} could not be fetched from the hub ({reason})"
+        ) from None
+
+
 def _mlp_head(in_dim: int, dims: Sequence[int], dropout: Sequence[float]) -> nn.Sequential:
     """ImageReward's MLP: Linear/Dropout stack ending in one output, weights ~ N(0, 1/(in+1))."""
     layers: list[nn.Module] = []
@@ -213,10 +240,9 @@ class HFPCRewardModel(nn.Module):
         from transformers import BlipConfig, BlipForImageTextRetrieval, BlipProcessor
         from transformers.models.blip.modeling_blip import BlipVisionModel
         from transformers.models.blip.modeling_blip_text import BlipTextModel
-        from transformers.utils import cached_file
 
         source = str(path_or_hub_id)
-        stored = json.loads(Path(cached_file(source, CONFIG_NAME)).read_text())
+        stored = json.loads(resolve_model_file(source, CONFIG_NAME).read_text())
         processor = BlipProcessor.from_pretrained(source)
         if CONFIG_KEY not in stored:
             blip = BlipForImageTextRetrieval.from_pretrained(source)
@@ -239,7 +265,7 @@ class HFPCRewardModel(nn.Module):
             blip_config,
             own_config,
         )
-        model.load_weights(cached_file(source, WEIGHTS_NAME))
+        model.load_weights(resolve_model_file(source, WEIGHTS_NAME))
         model.score_mean = float(stored["score_mean"])
         model.score_std = float(stored["score_std"])
         model.threshold = float(stored["threshold"])
