@@ -88,7 +88,9 @@ def run_score(args: argparse.Namespace) -> int:
     if rank == 0:
         print(summary_table(records))
         if not config.reward_model.path:  # say so: a consistency-only pass rate is not HFPC's
-            print("background judge off (reward_model.path is empty): the pass rate is product consistency alone")
+            print(
+                "background judge off (reward_model.path is empty): the pass rate is product consistency alone"
+            )
         require_some_rows_judged(records, args.manifest)
     return 0
 
