@@ -1,0 +1,162 @@
+"""Mini human feedback: world products as manifests, generator samples, and simulated annotators.
+
+`write_world_products` writes studio originals (the product on white, 64 px) with product masks and one
+manifest row per (product, scene prompt); `product_id` is "<product>-<scene>" so every row is one eval
+product with its own prompt. `label_generations` samples an inpainting pipeline on those rows, judges
+every sample with the oracle and writes an HFPC-44k-schema manifest (origin, generation, label) in which
+the label is the oracle's verdict flipped with probability `label_noise` (annotators disagree about ~10%
+of images); the true verdict stays in `oracle_passed` for measuring against the truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from hfpc_reward.data.manifest import read_manifest, write_jsonl
+from hfpc_reward.images import load_mask, load_rgb
+from hfpc_reward.sample.oracle import Oracle
+from hfpc_reward.sample.products import draw_product
+from hfpc_reward.sample.world import SCENE_KINDS, WORLD_SIZE, prompt_for, studio_original, world_products
+
+logger = logging.getLogger(__name__)
+
+
+def _save(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, compress_level=1)
+
+
+def write_world_products(out_dir: str | Path, split: str, count: int, scenes_per_product: int = 6) -> Path:
+    """Studio originals + masks of `count` products of `split`; rows cross each with scene prompts.
+
+    With fewer than 6 scenes per product, product i takes the kinds i, i+1, ... (all kinds stay balanced).
+    Returns out_dir/<split>.jsonl.
+    """
+    if not 1 <= scenes_per_product <= len(SCENE_KINDS):
+        raise ValueError(f"scenes_per_product must be in 1..{len(SCENE_KINDS)}, got {scenes_per_product}")
+    out = Path(out_dir)
+    rows = []
+    for index, product in enumerate(world_products(split, count)):
+        origin, mask = f"originals/{product.product_id}.png", f"masks/{product.product_id}.png"
+        _save((studio_original(product) * 255 + 0.5).astype(np.uint8), out / origin)
+        _save(draw_product(product.spec, WORLD_SIZE).mask.astype(np.uint8) * 255, out / mask)
+        for offset in range(scenes_per_product):
+            kind = SCENE_KINDS[(index + offset) % len(SCENE_KINDS)]
+            rows.append(
+                {
+                    "origin": origin,
+                    "mask": mask,
+                    "prompt": prompt_for(product.spec.category, kind),
+                    "category": product.spec.category,
+                    "product_id": f"{product.product_id}-{kind}",
+                }
+            )
+    manifest = out / f"{split}.jsonl"
+    write_jsonl(manifest, rows)
+    logger.info("wrote %d rows (%d products of split %s) to %s", len(rows), count, split, manifest)
+    return manifest
+
+
+def sample_pipeline(pipe, rows, samples: int, seed: int, steps: int, guidance: float, batch_size: int = 16):
+    """`samples` images per manifest row from an inpainting pipeline (mask = background); yields (row, k, PIL)."""
+    import torch
+
+    jobs = [(row, k) for row in rows for k in range(samples)]
+    for start in tqdm(range(0, len(jobs), batch_size), desc="sample", unit="batch"):
+        chunk = jobs[start : start + batch_size]
+        originals = [load_rgb(row.origin) for row, _ in chunk]
+        backgrounds = [
+            Image.fromarray(np.where(load_mask(row.mask, size=image.size), 0, 255).astype(np.uint8))
+            for (row, _), image in zip(chunk, originals)
+        ]
+        generators = [torch.Generator().manual_seed(seed * 100_003 + start + i) for i in range(len(chunk))]
+        out = pipe(
+            prompt=[row.prompt for row, _ in chunk],
+            image=originals,
+            mask_image=backgrounds,
+            height=WORLD_SIZE,
+            width=WORLD_SIZE,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generators,
+        )
+        yield from ((row, k, image) for (row, k), image in zip(chunk, out.images))
+
+
+def label_generations(
+    pipeline: str | Path,
+    products_manifest: str | Path,
+    oracle: Oracle,
+    out_dir: str | Path,
+    samples: int = 4,
+    label_noise: float = 0.1,
+    seed: int = 0,
+    steps: int = 20,
+    guidance: float = 1.0,
+) -> Path:
+    """Sample `samples` generations per row, paste the product back, label them; returns the manifest path."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from hfpc_reward.images import paste_product
+
+    if not 0.0 <= label_noise < 0.5:
+        raise ValueError(f"label_noise must be in [0, 0.5), got {label_noise}")
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(str(pipeline), safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    out = Path(out_dir)
+    rng = np.random.default_rng([seed, 4099])
+    records = []
+    for row, k, image in sample_pipeline(
+        pipe, read_manifest(products_manifest), samples, seed, steps, guidance
+    ):
+        original = load_rgb(row.origin)
+        mask = load_mask(row.mask, size=original.size)
+        final = paste_product(image.resize(original.size), original, mask)
+        name = f"generations/{row.product_id}_{k}.png"
+        _save(np.asarray(final), out / name)
+        verdict = oracle.judge(np.asarray(final), np.asarray(original), mask, row.prompt)
+        flipped = bool(rng.random() < label_noise)
+        records.append(
+            {
+                "origin": os.path.relpath(row.origin, out),
+                "generation": name,
+                "label": int(verdict.passed != flipped),
+                "mask": os.path.relpath(row.mask, out),
+                "prompt": row.prompt,
+                "category": row.category,
+                "product_id": row.product_id,
+                "annotator_flipped": flipped,
+                **verdict.to_record(),
+            }
+        )
+    manifest = out / "manifest.jsonl"
+    write_jsonl(manifest, records)
+    rate = np.mean([r["oracle_passed"] for r in records])
+    logger.info("labelled %d generations (oracle pass rate %.3f) -> %s", len(records), rate, manifest)
+    return manifest
+
+
+def write_world_blip(out_dir: str | Path, seed: int = 0) -> Path:
+    """A random tiny BLIP ITM backbone for 64 px world images whose vocabulary holds every prompt word."""
+    import torch
+    from transformers import BlipForImageTextRetrieval
+
+    from hfpc_reward.sample.products import CATEGORIES
+    from hfpc_reward.sample.world import SCENES
+    from hfpc_reward.testing.tiny_blip import tiny_blip_config, tiny_blip_processor
+
+    words = tuple(CATEGORIES) + tuple(word for phrase in SCENES.values() for word in phrase.split())
+    processor = tiny_blip_processor(image_size=WORLD_SIZE, words=words)
+    torch.manual_seed(seed)
+    model = BlipForImageTextRetrieval(tiny_blip_config(len(processor.tokenizer), image_size=WORLD_SIZE))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
