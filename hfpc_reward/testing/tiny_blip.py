@@ -63,14 +63,14 @@ _WORDS = [
 ]
 
 
-def tiny_blip_processor(image_size: int = 32):
-    """A BLIP processor with a small in-memory word-piece vocabulary (no network)."""
+def tiny_blip_processor(image_size: int = 32, words: tuple[str, ...] = ()):
+    """A BLIP processor with a small in-memory word-piece vocabulary (no network), plus `words`."""
     from transformers import BertTokenizer, BlipProcessor
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"]
     tokens += (
-        sorted(set(_WORDS))
+        sorted(set(_WORDS) | set(words))
         + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
         + list("abcdefghijklmnopqrstuvwxyz")
     )
