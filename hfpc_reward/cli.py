@@ -30,11 +30,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "world",
         "mini product-photo world: oracle, products, generator training, simulated labels",
     ),
-    "world": (
-        "hfpc_reward.sample.commands",
-        "world",
-        "mini product-photo world: oracle, products, generator training, simulated labels",
-    ),
     "tiny-models": (
         "hfpc_reward.testing.commands",
         "tiny_models",
