@@ -83,7 +83,7 @@ class InpaintPipelineGenerator:
         logger.info("loading inpainting pipeline %s%s", path, f" + LoRA {lora}" if lora else "")
         pipe = StableDiffusionInpaintPipeline.from_pretrained(
             path,
-            torch_dtype=getattr(torch, generation.dtype),
+            dtype=getattr(torch, generation.dtype),
             safety_checker=None,
             requires_safety_checker=False,
         )

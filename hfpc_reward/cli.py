@@ -67,7 +67,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "pick the reward model's pass threshold",
     ),
     "score": ("hfpc_reward.commands", "score", "score a manifest with both HFPC judges"),
-    "feedback": ("hfpc_reward.feedback.commands", "feedback", "human feedback: select, Label Studio, agreement"),
+    "feedback": (
+        "hfpc_reward.feedback.commands",
+        "feedback",
+        "human feedback: select, Label Studio, agreement",
+    ),
 }
 # commands that parse their own arguments: name -> (module with main(argv) -> int, one-line help)
 OWN_PARSER_COMMANDS: dict[str, tuple[str, str]] = {
@@ -136,6 +140,19 @@ def _pop_verbosity(argv: list[str]) -> int:
 CHATTY_LIBRARIES = ("accelerate", "transformers", "diffusers", "peft", "urllib3", "matplotlib", "PIL")
 
 
+class _TorchvisionFallbackFilter(logging.Filter):
+    """Drops transformers' "X requires torchvision (not installed); falling back to XPil" notes: we never install
+    torchvision (it breaks CPU torch here), so the Pil processors are the intended ones. diffusers' pipeline
+    modules import CLIPImageProcessor / SiglipImageProcessor at import time, which logs the note in every
+    process that imports them; shown with -v."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+TORCHVISION_FALLBACK_FILTER = _TorchvisionFallbackFilter()
+
+
 def configure_logging(verbosity: int = 0) -> None:
     """One log format for every command: INFO for hfpc's own loggers, WARNING for libraries, DEBUG with -v."""
     level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
@@ -143,6 +160,11 @@ def configure_logging(verbosity: int = 0) -> None:
     logging.getLogger().setLevel(level)
     for name in CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(logging.DEBUG if verbosity > 0 else logging.WARNING)
+    fallback_notes = logging.getLogger("transformers.utils.import_utils")
+    if verbosity > 0:
+        fallback_notes.removeFilter(TORCHVISION_FALLBACK_FILTER)
+    else:
+        fallback_notes.addFilter(TORCHVISION_FALLBACK_FILTER)
 
 
 def run_reporting_user_errors(run: Callable[..., int | None], *args: Any) -> int:

@@ -81,3 +81,25 @@ def test_score_without_a_reward_model_says_the_background_judge_is_off(tmp_path,
     manifest = generate_pairs(tmp_path / "pairs", n_pairs=2, seed=3, size=64)
     assert main(["score", "--manifest", str(manifest), "--out", str(tmp_path / "r.jsonl")]) == 0
     assert "background judge off" in capsys.readouterr().out
+
+
+def test_library_chatter_and_the_torchvision_fallback_note_are_off_unless_verbose(caplog):
+    import logging
+
+    from hfpc_reward.cli import configure_logging
+
+    note = (
+        "`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil`"
+    )
+    try:
+        for verbosity, shown in ((0, False), (1, True)):
+            caplog.clear()
+            configure_logging(verbosity)
+            logging.getLogger("transformers.utils.import_utils").warning(note)
+            logging.getLogger("accelerate.accelerator").info("Saving current state to out/state")
+            logging.getLogger("hfpc_reward.scorer").info("our own progress line")
+            assert ("requires torchvision" in caplog.text) is shown
+            assert ("Saving current state" in caplog.text) is shown
+            assert "our own progress line" in caplog.text
+    finally:
+        configure_logging(0)
