@@ -22,13 +22,20 @@ def load_lora_pipeline(config: FinetuneConfig, device):
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(
-        config.model.pretrained,
-        revision=config.model.revision,
-        dtype=WEIGHT_DTYPES[config.run.mixed_precision],
-        safety_checker=None,
-        requires_safety_checker=False,
-    )
+    try:
+        pipe = StableDiffusionInpaintPipeline.from_pretrained(
+            config.model.pretrained,
+            revision=config.model.revision,
+            dtype=WEIGHT_DTYPES[config.run.mixed_precision],
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+    except (OSError, ValueError) as exc:  # a missing folder, an unknown hub id, an incomplete checkpoint
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(
+            f"model.pretrained={config.model.pretrained!r} does not load as a diffusers inpainting pipeline "
+            f"(a folder with model_index.json, or a hub id): {reason}"
+        ) from None
     if pipe.unet.config.in_channels != INPAINT_UNET_CHANNELS:
         raise UsageError(
             f"{config.model.pretrained}: UNet has {pipe.unet.config.in_channels} input channels; DDPO here "

@@ -21,6 +21,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from PIL import Image, ImageDraw
 
 from hfpc_reward.errors import UsageError
+from hfpc_reward.runs import flatten_settings
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +64,26 @@ def tracker_config(flat_settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def log_grid(accelerator, grid: Image.Image, epoch: int) -> None:
-    """Send a sample grid to every tracker that takes images (tensorboard wants NHWC arrays)."""
-    for tracker in accelerator.trackers:
+def progress_bar(total: int, is_main_process: bool):
+    """The run's one progress bar (with ETA): main process only, off when stderr is not a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        desc="finetune",
+        unit="batch",
+        leave=False,
+        dynamic_ncols=True,
+        disable=None if is_main_process else True,  # None: off when not a terminal
+    )
+
+
+def save_grid(path: Path, previews: list, accelerator, epoch: int) -> None:
+    """Write the captioned sample grid (see `sample_grid`) and send it to every tracker that takes images."""
+    grid = sample_grid(previews)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    for tracker in accelerator.trackers:  # tensorboard wants NHWC arrays, wandb PIL images
         if tracker.name == "tensorboard":
             tracker.log_images({"samples": np.asarray(grid)[None]}, step=epoch, dataformats="NHWC")
         elif hasattr(tracker, "log_images"):
@@ -111,16 +129,25 @@ def _first_reason(value: Any) -> str:
 
 
 def model_card(
-    base_model: str, reward: str, settings_hash: str, settings: dict[str, Any], metrics: dict[str, Any]
+    base_model: str, reward: str, settings_hash: str, settings: dict[str, Any], records: list[dict]
 ) -> ModelCard:
-    """The LoRA's README.md: what it was trained from and against, and how it did."""
+    """The LoRA's README.md: what it was trained from and against (settings), and how it did (epoch records)."""
+    metrics = {
+        "epochs": len(records),
+        "first_reward_mean": records[0]["reward_mean"],
+        "last_reward_mean": records[-1]["reward_mean"],
+        "reward_gain": records[-1]["reward_mean"] - records[0]["reward_mean"],
+        "product_drift": records[-1]["product_drift"],
+    }
     data = ModelCardData(
         base_model=base_model if not Path(base_model).exists() else None,
         library_name="diffusers",
         tags=["stable-diffusion", "inpainting", "lora", "ddpo", "hfpc-reward"],
     )
     metric_lines = "\n".join(f"| {key} | {_shown(value)} |" for key, value in metrics.items())
-    setting_lines = "\n".join(f"| `{key}` | {_shown(value)} |" for key, value in settings.items())
+    setting_lines = "\n".join(
+        f"| `{key}` | {_shown(value)} |" for key, value in flatten_settings(settings).items()
+    )
     body = f"""
 # DDPO-LoRA of `{base_model}`
 

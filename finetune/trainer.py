@@ -1,8 +1,9 @@
 """The DDPO-IS loop for SD inpainting with LoRA: sample -> reward -> advantages -> PPO epochs.
 
-Before any model loads, the reward is resolved, built and probed on real product photos, the tracker is
-checked, and the run takes ownership of `run.out_dir` (the run contract of `hfpc_reward.runs`: a lock, the
-settings stamp `run.json`, and a resume that refuses changed settings outside `SAFE_RESUME_KEYS`).
+Before the pipeline loads, the reward is resolved, built and probed on real product photos and the tracker
+is checked; once everything loaded, the run takes `run.out_dir` (the run contract of `hfpc_reward.runs`: a
+lock, the settings stamp `run.json`, a resume that refuses changed settings outside `SAFE_RESUME_KEYS`), so
+a run that cannot start leaves nothing behind.
 Distributed with accelerate: each process samples its contiguous slice of the epoch's global sample
 indices (every sample seeded by its global index), rewards are gathered so groups span processes, and the
 LoRA gradients are averaged across processes (see `ppo.py`). All randomness derives from (run.seed, epoch,
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from hfpc_finetune.advantages import GroupAdvantages
 from hfpc_finetune.checkpoint import load_state, save_lora, save_state
-from hfpc_finetune.config import SAFE_RESUME_KEYS, FinetuneConfig
+from hfpc_finetune.config import FinetuneConfig
 from hfpc_finetune.data import ProductPrompt, epoch_group_items, load_products
 from hfpc_finetune.pipeline import WEIGHT_DTYPES, load_lora_pipeline
 from hfpc_finetune.ppo import Policy, PPOUpdate
@@ -35,6 +35,7 @@ from hfpc_finetune.rewards import (
     probe_reward,
     resolve_reward,
 )
+from hfpc_finetune.run_folder import METRICS_FILE, keep_epochs_before, own_run_folder
 from hfpc_finetune.sampling import (
     Conditioning,
     Trajectory,
@@ -45,21 +46,20 @@ from hfpc_finetune.sampling import (
 )
 from hfpc_finetune.tracking import (
     TRACKER_PROJECT,
-    log_grid,
     model_card,
     primary_reasons,
+    progress_bar,
     push_lora,
     resolve_tracker,
-    sample_grid,
+    save_grid,
     tracker_config,
 )
 from PIL import Image
-from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hfpc_reward.config import ConfigError, config_to_dict
 from hfpc_reward.data.manifest import append_jsonl, read_jsonl
-from hfpc_reward.runs import RunOutput, flatten_settings, settings_hash
+from hfpc_reward.runs import flatten_settings, settings_hash
 
 logger = logging.getLogger(__name__)
 
@@ -130,18 +130,22 @@ class DDPOTrainer:
             self.device,
         )
         self._check_sizes()
+        self.products = load_products(config.data)
+        self.reward_fn = build_reward(reward_terms)
+        probe_reward(self.reward_fn, self.products)  # a broken reward stops here, before the pipeline
+        self.pipe, optimizer = load_lora_pipeline(config, self.device)
+        self.optimizer = self.accelerator.prepare(optimizer)
+        # the run takes its folder only now: a run that cannot start leaves nothing behind
         self.settings = config_to_dict(config)
         self._closing = contextlib.ExitStack()
-        self.run = self._own_output(resume or config.run.resume == "latest", overwrite)
-        try:
-            self.products = load_products(config.data)
-            self.reward_fn = build_reward(reward_terms)
-            probe_reward(self.reward_fn, self.products)  # a broken reward stops here, before the pipeline
-            self.pipe, optimizer = load_lora_pipeline(config, self.device)
-            self.optimizer = self.accelerator.prepare(optimizer)
-        except BaseException:
-            self._closing.close()
-            raise
+        self.run = own_run_folder(
+            config,
+            self.settings,
+            self.accelerator,
+            self._closing,
+            resume or config.run.resume == "latest",
+            overwrite,
+        )
         self.unet, self.scheduler = self.pipe.unet, self.pipe.scheduler
         self.lora_params = [p for p in self.unet.parameters() if p.requires_grad]
         policy = Policy(self.unet, self.scheduler, config.sample.guidance_scale, config.sample.eta)
@@ -169,33 +173,6 @@ class DDPOTrainer:
                 f"samples per process ({self.local_samples}) must be a multiple of train.train_batch_size"
             )
         self.accumulation = train.samples_per_step // (train.train_batch_size * procs)
-
-    def _own_output(self, resume: bool, overwrite: bool) -> RunOutput:
-        """Lock run.out_dir and stamp the settings (main process); every process checks a resume the same way,
-        reading the stamp before the main process rewrites it."""
-        acc = self.accelerator
-        run = RunOutput(
-            self.out_dir,
-            self.settings,
-            resume=resume,
-            overwrite=overwrite,
-            safe_keys=SAFE_RESUME_KEYS,
-            inputs=[self.config.data.manifest, self.config.model.pretrained],
-            is_main_process=acc.is_main_process,
-            name="finetune",
-            folder=True,
-        )
-        if not acc.is_main_process:
-            self._closing.enter_context(run)
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            self._closing.enter_context(run)
-            if overwrite and not run.resuming:
-                for name in RUN_FILES:
-                    path = self.out_dir / name
-                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        acc.wait_for_everyone()
-        return run
 
     # ---- one epoch ------------------------------------------------------------------------------------
     def global_indices(self) -> range:
@@ -329,11 +306,7 @@ class DDPOTrainer:
         values = [v for batch, _, _ in results for v in batch.values]
         reasons = [r for batch, _, _ in results for r in primary_reasons(batch.extras, len(batch.values))]
         previews = [(o, s, v, r) for (o, s), v, r in zip(samples.preview, values, reasons)]
-        grid = sample_grid(previews)
-        path = self.out_dir / "grids" / f"epoch_{epoch:04d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        grid.save(path)
-        log_grid(self.accelerator, grid, epoch)
+        save_grid(self.out_dir / "grids" / f"epoch_{epoch:04d}.png", previews, self.accelerator, epoch)
 
     # ---- the run --------------------------------------------------------------------------------------
     def fit(self) -> RunSummary:
@@ -346,26 +319,15 @@ class DDPOTrainer:
 
     def _fit(self) -> RunSummary:
         cfg, acc = self.config, self.accelerator
-        metrics_path = self.out_dir / "metrics.jsonl"
+        metrics_path = self.out_dir / METRICS_FILE
         start_epoch = self._restore() if self.run.resuming else 0
-        if acc.is_main_process:  # the log holds exactly the epochs the state holds: never duplicated
-            kept = [r for r in read_jsonl(metrics_path) if r.get("epoch", 0) < start_epoch]
-            tmp = metrics_path.with_suffix(".tmp")
-            tmp.unlink(missing_ok=True)
-            append_jsonl(tmp, kept)
-            tmp.replace(metrics_path)
+        if acc.is_main_process:
+            keep_epochs_before(metrics_path, start_epoch)
         acc.init_trackers(TRACKER_PROJECT, config=tracker_config(flatten_settings(self.settings)))
         per_epoch = self.local_samples // cfg.sample.batch_size + cfg.train.inner_epochs * -(
             -self.local_samples // cfg.train.train_batch_size
-        )
-        bar = tqdm(
-            total=(cfg.train.epochs - start_epoch) * per_epoch,
-            desc="finetune",
-            unit="batch",
-            leave=False,
-            dynamic_ncols=True,
-            disable=None if acc.is_main_process else True,  # None: off when stderr is not a terminal
-        )
+        )  # progress units: sampling batches + PPO minibatches
+        bar = progress_bar((cfg.train.epochs - start_epoch) * per_epoch, acc.is_main_process)
         with logging_redirect_tqdm(), bar, ThreadPoolExecutor(max_workers=cfg.reward.num_workers) as pool:
             for epoch in range(start_epoch, cfg.train.epochs):
                 bar.set_postfix_str(f"epoch {epoch + 1}/{cfg.train.epochs}")
@@ -409,19 +371,12 @@ class DDPOTrainer:
         return state["epoch"]
 
     def _save(self, finished_epochs: int, records: list[dict]) -> None:
-        metrics = {
-            "epochs": finished_epochs,
-            "first_reward_mean": records[0]["reward_mean"],
-            "last_reward_mean": records[-1]["reward_mean"],
-            "reward_gain": records[-1]["reward_mean"] - records[0]["reward_mean"],
-            "product_drift": records[-1]["product_drift"],
-        }
         card = model_card(
             self.config.model.pretrained,
             self.reward_name,
             settings_hash(self.settings),
-            flatten_settings(self.settings),
-            metrics,
+            self.settings,
+            records,
         )
         save_lora(self.unet, self.out_dir / "lora", card)
         save_state(
