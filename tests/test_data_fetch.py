@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,6 +34,15 @@ def _png(seed: int) -> bytes:
     return buffer.getvalue()
 
 
+# redirecting routes -> Location ({port}: the server's own port)
+REDIRECTS = {
+    "moved.png": "/img/23.png",
+    "to-other-host.png": "http://localhost:{port}/img/21.png",
+    "to-other-port.png": "http://127.0.0.1:9/img/22.png",
+    "loop.png": "/loop.png",
+}
+
+
 class Server:
     """A local HTTP server whose routes misbehave in the ways real image hosts do."""
 
@@ -45,7 +55,8 @@ class Server:
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server_address = self.server.server_address
+        self.base = f"http://127.0.0.1:{self.server_address[1]}"
 
     def url(self, route: str) -> str:
         return f"{self.base}/{route}"
@@ -80,6 +91,14 @@ class Server:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _trickle(self, head: bytes, byte: bytes):
+                """Send `head`, then one byte every 0.2 s until the client hangs up (30 s at most)."""
+                self.wfile.write(head)
+                for _ in range(150):
+                    if server.release.wait(0.2):
+                        return
+                    self.wfile.write(byte)
+
             def _serve(self, route: str, hit: int):
                 if route.startswith("img/"):
                     self._send(_png(int(route.split("/")[1].split(".")[0])))
@@ -112,6 +131,17 @@ class Server:
                     server.block_reached.set()
                     server.release.wait(30)
                     self._send(_png(55))
+                elif route == "trickle.png" and not server.release.is_set():
+                    self._trickle(b"HTTP/1.1 200 OK\r\nContent-Length: 90000\r\n\r\n", b"\0")
+                elif route == "trickle.png":  # once released, a normal image (for reruns)
+                    self._send(_png(56))
+                elif route == "trickle-headers.png":
+                    self._trickle(b"HTTP/1.1 200 OK\r\nX-Slow: ", b"a")
+                elif route in REDIRECTS:
+                    self.send_response(302)
+                    self.send_header("Location", REDIRECTS[route].format(port=server.server_address[1]))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                 else:
                     self._send(b"?", status=404)
 
@@ -215,12 +245,15 @@ def test_resume_after_the_process_is_killed(server, tmp_path):
     process = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.DEVNULL)
     try:
         assert server.block_reached.wait(60), "the fetch process never reached the blocking URL"
+        for _ in range(300):  # the rows before the blocking URL are on disk while the run goes on
+            if len(read_jsonl(out)) == 4:
+                break
+            time.sleep(0.1)
     finally:
         process.kill()
         process.wait(30)
     done_before = len(ImageCache(cache).index)
-    assert 0 < done_before < len(routes)
-    assert len(read_jsonl(out)) == done_before  # the rows finished before the kill are on disk
+    assert done_before == len(read_jsonl(out)) == 4
     server.release.set()
 
     resumed = fetch_manifest(read_manifest(manifest), cache, out, FAST)

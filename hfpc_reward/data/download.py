@@ -150,7 +150,7 @@ class Downloader:
             attempts = list(self._attempts)
         for attempt in attempts:
             if attempt.aborted_at is None and now >= attempt.ends_at:
-                attempt.abort(f"deadline of {self.config.deadline_s:g}s passed ({attempt.progress()})")
+                attempt.abort(f"deadline of {self.config.deadline_s:g}s passed {attempt.progress()}")
             elif (
                 attempt.aborted_at is not None
                 and now - attempt.aborted_at > ABANDON_AFTER_S

@@ -84,11 +84,9 @@ def download(
 ) -> tuple[str, int]:
     """Follow the redirects of `url` and stream its body into `out`; returns (sha256 hex, byte count)."""
     _current.attempt = attempt
-    in_body = False
     try:
         response = _open_following_redirects(session, url, attempt, config)
         try:
-            in_body = True
             result = _stream_body(response, out, attempt, config)
         finally:
             _release(response, attempt)
@@ -97,7 +95,7 @@ def download(
             raise attempt.failure() from None
         if isinstance(exc, FetchError):
             raise
-        failure = _network_failure(exc, config, in_body)
+        failure = _network_failure(exc, config, attempt.in_body)
         if failure is None:
             raise
         raise failure from None
@@ -136,13 +134,12 @@ def _stream_body(
         raise FetchError(f"HTTP {response.status_code}", retryable=response.status_code in RETRY_STATUS)
     declared = response.headers.get("Content-Length")
     declared = int(declared) if declared and declared.isdigit() else None
-    attempt.declared = declared
+    attempt.in_body, attempt.declared = True, declared
     if declared is not None and declared > config.max_bytes:
         raise FetchError(f"too large: Content-Length {declared} > max_bytes {config.max_bytes}", False)
     digest, size = hashlib.sha256(), 0
     for chunk in response.raw.stream(CHUNK_BYTES, decode_content=True):
         size += len(chunk)
-        attempt.received = size
         if size > config.max_bytes:
             raise FetchError(f"too large: more than max_bytes {config.max_bytes} bytes", False)
         digest.update(chunk)
@@ -182,7 +179,7 @@ class Attempt:
         self.ends_at = time.monotonic() + deadline_s
         self.abort_reason: str | None = None
         self.aborted_at: float | None = None
-        self.received, self.declared = 0, None  # body bytes so far, and the Content-Length if any
+        self.in_body, self.declared = False, None  # headers received?; their Content-Length if any
         self._connection: HTTPConnection | None = None
         self._lock = threading.Lock()
 
@@ -207,8 +204,10 @@ class Attempt:
         return FetchError(self.abort_reason or STOPPED, retryable=self.abort_reason != STOPPED)
 
     def progress(self) -> str:
-        of = f" of {self.declared}" if self.declared is not None else ""
-        return f"{self.received}{of} bytes received"
+        if not self.in_body:
+            return "while connecting or waiting for the response headers"
+        declared = f", Content-Length {self.declared}" if self.declared is not None else ""
+        return f"while receiving the body{declared}"
 
 
 def _shut_down(connection: HTTPConnection) -> None:
