@@ -91,6 +91,7 @@ class HeldOutConfig:
     raw_consistency: bool = False  # versions that paste back: also judge consistency BEFORE paste-back
     itm_model: str = ""  # BlipForImageTextRetrieval id/folder: zero-shot image-prompt match; "" = off
     itm_device: str = "auto"  # torch device of the ITM model ("auto": cuda:LOCAL_RANK if CUDA is present)
+    oracle: str = ""  # mini-world oracle JSON (hfpc world oracle): ground-truth verdicts; "" = off
 
 
 @dataclass

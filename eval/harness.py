@@ -42,6 +42,7 @@ from hfpc_reward.config import config_to_dict, save_resolved_config
 from hfpc_reward.data.manifest import append_jsonl, read_manifest
 from hfpc_reward.images import ImageLoadError, load_mask, open_image, paste_product, resize_to
 from hfpc_reward.runs import RunOutput, flatten_settings, is_safe_key, settings_hash
+from hfpc_reward.sample.oracle import held_out_check
 
 logger = logging.getLogger(__name__)
 
@@ -270,6 +271,10 @@ def _sample_unit(
         row["thumb"] = _save_thumb(final, config, f"{name}/{product.product_id}_{row['k']}")
         row["pasted"] = paste
         row["held_out"] = pixel_checks(raw, final, product)
+        if config.held_out.oracle:  # the mini world's ground truth, never a training reward
+            row["held_out"].update(
+                held_out_check(config.held_out.oracle, final, product.image, product.mask, product.prompt)
+            )
         judged.append((row, raw, final))
     if judged:
         judge_samples(scorer, itm_judge, product, judged, raw_check=keep_raw)

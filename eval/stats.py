@@ -69,7 +69,34 @@ def version_summary(samples: list[dict], cfg: StatsConfig) -> dict[str, Any]:
     )
     summary["components"] = _component_means(samples)
     summary["held_out"] = _component_means([row.get("held_out") or {} for row in samples], flat=True)
+    oracle = oracle_verdicts(samples)
+    if oracle:  # the ground truth's pass rate, beside the training judge's
+        summary["oracle_pass_rate"] = interval(
+            np.array([row["passed"] for row in oracle], dtype=float),
+            [row["product_id"] for row in oracle],
+            cfg,
+        )
     return summary
+
+
+def oracle_verdicts(samples: list[dict]) -> list[dict]:
+    """Rows {product_id, passed} of the samples that the held-out oracle judged (`held_out.oracle_passed`)."""
+    return [
+        {"product_id": row["product_id"], "passed": bool(row["held_out"]["oracle_passed"])}
+        for row in samples
+        if (row.get("held_out") or {}).get("oracle_passed") is not None
+    ]
+
+
+def paired_with_oracle(reference: list[dict], candidate: list[dict], cfg: StatsConfig) -> dict[str, Any]:
+    """The paired HFPC difference; with oracle verdicts also the oracle's, and `hacking`: True when the
+    HFPC pass rate rises (paired interval above 0) while the oracle's does not (its interval reaches 0)."""
+    result = paired_difference(reference, candidate, cfg)
+    ref_oracle, cand_oracle = oracle_verdicts(reference), oracle_verdicts(candidate)
+    if ref_oracle and cand_oracle:
+        result["oracle"] = paired_difference(ref_oracle, cand_oracle, cfg)
+        result["hacking"] = bool(result["low"] > 0 and not result["oracle"]["low"] > 0)
+    return result
 
 
 def _component_means(rows: list[dict], flat: bool = False) -> dict[str, float]:
@@ -186,7 +213,7 @@ def summarise(samples: list[dict], version_names: list[str], cfg: StatsConfig) -
             f"{name} - {reference}": {
                 "reference": reference,
                 "candidate": name,
-                **paired_difference(by_version[reference], by_version[name], cfg),
+                **paired_with_oracle(by_version[reference], by_version[name], cfg),
             }
             for name in version_names[1:]
         },

@@ -14,6 +14,7 @@ The fitted oracle is a small JSON file (no pickle).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -251,3 +252,22 @@ def validate(oracle: Oracle, renders_per_kind: int = 40, seed: int = 1) -> dict:
         "pass_rate": {flaw: float(np.mean(values)) for flaw, values in passed.items()},
         "n_per_flaw": total,
     }
+
+
+@functools.cache
+def _cached(path: str) -> Oracle:
+    return Oracle.load(path)
+
+
+def held_out_check(oracle_path: str, generated, original, product_mask: np.ndarray, prompt: str) -> dict:
+    """The oracle's verdict as eval held-out fields (`oracle_passed`, ...); the oracle file loads once."""
+    oracle = _cached(str(oracle_path))
+    size = oracle.params["size"]
+    generated, original = (
+        np.asarray(image.convert("RGB").resize((size, size))) for image in (generated, original)
+    )
+    if product_mask.shape != (size, size):
+        product_mask = (
+            cv2.resize(product_mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
+        )
+    return oracle.judge(generated, original, product_mask, prompt).to_record()
