@@ -42,6 +42,9 @@ window.addEventListener('load', () => {
   out.textContent = JSON.stringify({errors: __errors, images: images.length,
     broken: images.filter(i => !i.complete || i.naturalWidth === 0).map(i => i.getAttribute('src')),
     products: document.querySelectorAll('#grid .product').length,
+    gridImages: document.querySelectorAll('#grid img').length,
+    lightboxes: document.querySelectorAll('.lightbox').length,
+    relativeSources: images.map(i => i.getAttribute('src')).filter(s => !s.startsWith('data:')),
     badges: document.querySelectorAll('#grid .badge').length,
     passChart: chart('#pass-rate-chart'), rewardChart: chart('#reward-chart'),
     summaryRows: document.querySelectorAll('#summary tr').length});

@@ -358,7 +358,8 @@ def test_report_loads_in_a_headless_browser_with_grid_and_charts(dummy_run):
     out, _, _ = dummy_run
     check, console = check_page(out / "report.html", _chromium())
     assert check["errors"] == [] and console == [], (check["errors"], console)
-    assert check["broken"] == [] and check["images"] == N_PRODUCTS * (1 + 2 * K)
+    assert check["broken"] == [] and check["gridImages"] == N_PRODUCTS * (1 + 2 * K)
+    assert check["lightboxes"] == N_PRODUCTS * 2 * K and check["relativeSources"] == []  # one self-contained file
     assert check["products"] == N_PRODUCTS and check["badges"] == N_PRODUCTS * 2 * K
     assert check["summaryRows"] == 1 + len(TRUE_RATES)
     for chart in (check["passChart"], check["rewardChart"]):

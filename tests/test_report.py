@@ -1,0 +1,52 @@
+"""report.html: one self-contained file, regressions first, the judge's identity, overlays, fine-tune curves."""
+
+import json
+import re
+
+import pytest
+from hfpc_eval.harness import run_eval
+from test_eval import DummyGenerator, DummyScorer, K, _config, product_manifest  # noqa: F401 (fixture)
+
+
+@pytest.fixture(scope="module")
+def worse_candidate_run(product_manifest, tmp_path_factory):  # noqa: F811
+    """base passes 70% of samples, the LoRA candidate 30%: most products regress; the LoRA has a run folder."""
+    root = tmp_path_factory.mktemp("report")
+    run_folder = root / "finetune_run"
+    (run_folder / "lora").mkdir(parents=True)
+    records = [{"epoch": epoch, "reward_mean": 0.1 * epoch} for epoch in range(5)]
+    (run_folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    versions = [
+        {"name": "base", "path": "unused-base"},
+        {"name": "lora", "kind": "lora", "path": str(run_folder / "lora"), "base": "unused-base"},
+    ]
+    out = root / "run"
+    generators = {"base": DummyGenerator(0.7), "lora": DummyGenerator(0.3)}
+    config = _config(product_manifest, out, versions, **{"report.max_products": 12})
+    results = run_eval(config, generators=generators, scorer=DummyScorer())
+    return (out / "report.html").read_text(), results
+
+
+def test_the_report_is_one_file_with_every_picture_embedded(worse_candidate_run):
+    html, _ = worse_candidate_run
+    sources = re.findall(r'src="([^"]+)"', html)
+    assert sources and all(source.startswith("data:image/") for source in sources)
+    assert html.count('class="lightbox"') == 12 * 2 * K  # every thumbnail clicks through
+    assert html.count('alt="full image"') == 12 * 2 * K
+    assert html.count('alt="consistency overlay"') == 12 * 2 * K
+
+
+def test_regressions_come_first_and_each_failure_has_one_primary_reason(worse_candidate_run):
+    html, _ = worse_candidate_run
+    products = re.findall(r'<div class="product( regression)?">', html)
+    flags = [bool(flag) for flag in products]
+    assert any(flags) and flags == sorted(flags, reverse=True)  # every regression before any other product
+    failed = len(re.findall(r'class="badge fail"', html))
+    assert failed > 0 and html.count('<span class="primary">') == failed
+
+
+def test_the_judge_and_the_finetune_curve_are_shown(worse_candidate_run):
+    html, results = worse_candidate_run
+    judge = results["meta"]["judge"]
+    assert judge["scorer_hash"] and judge["scorer_hash"] in html and 'id="judge"' in html
+    assert "Fine-tuning curve: lora" in html and html.count("<svg") >= 3
