@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import pytest
 from test_data_fetch import FAST, REPO, Server, _write_manifest
 
 from hfpc_reward.cli import main as hfpc_main
+from hfpc_reward.data.download import ABANDON_AFTER_S
 from hfpc_reward.data.fetch import FetchConfig, FetchConfigError, fetch_manifest
 from hfpc_reward.data.http_attempt import redirect_refusal
 from hfpc_reward.data.manifest import read_jsonl, read_manifest
@@ -57,6 +59,25 @@ def test_a_trickling_server_is_cut_at_the_deadline(server, tmp_path):
     failures = read_jsonl(tmp_path / "out.jsonl.failures.jsonl")
     assert [record["line"] for record in failures] == [2, 4]
     assert not list((tmp_path / "cache" / "tmp").glob("**/*.part"))
+
+
+def test_an_attempt_a_closed_socket_cannot_stop_is_abandoned(server, tmp_path):
+    # TCP connections are accepted (by the kernel's backlog) and the TLS handshake never answered: the
+    # socket being handshaken is out of the watchdog's reach, so the attempt is given up on
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        stuck = f"https://127.0.0.1:{silent.getsockname()[1]}/a.png"
+        rows = [{"origin": stuck}] + _rows(server, ["img/1.png", "img/2.png"])
+        manifest = _write_manifest(tmp_path / "m.jsonl", rows)
+        config = replace(FAST, workers=1, timeout_s=30.0, deadline_s=0.5, retries=0)
+        started = time.monotonic()
+        summary = fetch_manifest(read_manifest(manifest), tmp_path / "cache", tmp_path / "out.jsonl", config)
+        elapsed = time.monotonic() - started
+    assert elapsed < config.deadline_s + ABANDON_AFTER_S + 1.5
+    assert summary.failed == {
+        stuck: "deadline of 0.5s passed while connecting or waiting for the response headers; "
+        "the attempt did not stop"
+    }
+    assert summary.rows_written == 2  # one worker, stuck: a new one fetched the rest
 
 
 def test_max_time_stops_the_run_and_a_rerun_continues(server, tmp_path):

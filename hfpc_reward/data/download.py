@@ -2,10 +2,10 @@
 
 The thread that iterates `Downloader.results()` looks every TICK_S at the attempts in flight and ends the
 ones past their deadline (http_attempt.py shuts their sockets down). An attempt that still does not
-return (stuck in DNS resolution) is abandoned ABANDON_AFTER_S later: its URL counts as failed and a new
-worker takes its place. Workers are daemon threads, so a stop (Ctrl-C, max_time) waits at most
-STOP_GRACE_S for them to delete their partial files. Each download goes to a unique temporary name in
-the run's own folder and is moved into place with os.replace, so runs sharing a cache never clash.
+return (stuck in DNS resolution or a TLS handshake) is abandoned ABANDON_AFTER_S later: its URL counts as
+failed and a new worker takes its place. Workers are daemon threads, so a stop (Ctrl-C, max_time) waits
+at most STOP_GRACE_S for them to delete their partial files. Each download goes to a unique temporary
+name in the run's own folder and is moved into place with os.replace: runs sharing a cache never clash.
 """
 
 from __future__ import annotations
@@ -101,9 +101,10 @@ class Downloader:
         self._done: queue.SimpleQueue[tuple[str, dict | None, str | None]] = queue.SimpleQueue()
         self._reported: set[str] = set()
         self._stop = threading.Event()
-        self._attempts: set[Attempt] = set()
+        self._attempts: dict[Attempt, threading.Thread] = {}  # in flight -> the worker making it
         self._lock = threading.Lock()
         self._workers: list[threading.Thread] = []
+        self._given_up: set[threading.Thread] = set()  # workers stuck in an abandoned attempt
         self._sessions = threading.local()
 
     def results(self) -> Iterator[list[tuple[str, dict | None, str | None]]]:
@@ -128,7 +129,8 @@ class Downloader:
             attempt.abort(STOPPED)
         ends = time.monotonic() + STOP_GRACE_S
         for worker in self._workers:
-            worker.join(max(0.0, ends - time.monotonic()))
+            if worker not in self._given_up:
+                worker.join(max(0.0, ends - time.monotonic()))
         self.late_results += self._collect(wait=False)
 
     def _collect(self, wait: bool = True) -> list[tuple[str, dict | None, str | None]]:
@@ -147,16 +149,17 @@ class Downloader:
         """Abort the attempts past their deadline; give up on those that did not stop after an abort."""
         now, given_up = time.monotonic(), []
         with self._lock:
-            attempts = list(self._attempts)
-        for attempt in attempts:
+            attempts = list(self._attempts.items())
+        for attempt, worker in attempts:
             if attempt.aborted_at is None and now >= attempt.ends_at:
                 attempt.abort(f"deadline of {self.config.deadline_s:g}s passed {attempt.progress()}")
             elif (
                 attempt.aborted_at is not None
                 and now - attempt.aborted_at > ABANDON_AFTER_S
                 and attempt.url not in self._reported
-            ):  # stuck where a closed socket does not reach (DNS, a proxy): give up on it
+            ):  # stuck where a closed socket does not reach (DNS, a TLS handshake): give up on it
                 self._reported.add(attempt.url)
+                self._given_up.add(worker)
                 given_up.append((attempt.url, None, f"{attempt.abort_reason}; the attempt did not stop"))
                 self._start_worker()  # the stuck one no longer counts
         return given_up
@@ -202,13 +205,13 @@ class Downloader:
         try:
             attempt = Attempt(url, self.config.deadline_s)
             with self._lock:
-                self._attempts.add(attempt)
+                self._attempts[attempt] = threading.current_thread()
             try:
                 with os.fdopen(handle, "wb") as out:
                     digest, size = download(self._session(), url, out, attempt, self.config)
             finally:
                 with self._lock:
-                    self._attempts.discard(attempt)
+                    del self._attempts[attempt]
             try:
                 loaded = open_image(tmp_path, max_pixels=self.config.max_pixels)
             except ImageLoadError as exc:

@@ -10,13 +10,14 @@ appended to the index. A run removes only its own temporary folder, and at start
 that died (their lock is free); never the files of a run still going.
 
 Progress is on disk as it happens: the moment a row's last URL finishes, the row is appended to the local
-manifest or to the failures report (one line each, flushed), so a killed run loses at most the rows in
+manifest or to the failures report (one line each, synced to disk), so a killed run loses at most the rows in
 flight. At the end both files are rewritten in manifest order. A rerun starts from the cache index: what
 was downloaded is not requested again, failed URLs are tried again. Ctrl-C stops within about a second
 (nothing new starts, downloads in flight are cut and their partial files deleted) and raises
 FetchInterrupted; `max_time_s` stops the same way and returns a summary with `stopped="max-time"`.
 
-HTTP details (deadlines enforced by a watchdog, retries, size caps, redirect policy): `download.py`.
+Workers, watchdog and retries: download.py; one HTTP attempt, its deadline and the redirect policy:
+http_attempt.py.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Every connection the attempt uses registers itself with the attempt (`Attempt.watch`, through the pool
 classes of `watched_session`), so the watchdog thread can end an overdue attempt by shutting down its
 socket: that wakes the worker blocked in connect, in a header line, in a body trickling one byte at a
-time or in a TLS record. Only the pieces a closed socket does not reach (DNS resolution, a SOCKS proxy)
-are left to the watchdog's abandonment (see download.py).
+time or in a TLS record. What a shut-down socket does not reach (DNS resolution, a TLS handshake, whose
+socket urllib3 only publishes once it is done, a SOCKS proxy) is left to the watchdog's abandonment
+(see download.py).
 
 Redirects are followed here, not by requests, so that every hop is checked against the policy: http(s)
 only (never file: or another scheme), at most `max_redirects` hops, and by default only to the host of
