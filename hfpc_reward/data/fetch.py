@@ -174,9 +174,8 @@ class _RowProgress:
         self.failed: dict[str, str] = {}  # url -> reason
         self.waiting: dict[str, list[int]] = {}  # unfinished url -> indices of the rows that need it
         self.unfinished_urls = [0] * len(rows)  # per row
-        self.outcomes: dict[
-            int, tuple[bool, dict]
-        ] = {}  # row index -> (written?, manifest or failure record)
+        # row index -> (written to the manifest?, its manifest or failure record), for finished rows
+        self.outcomes: dict[int, tuple[bool, dict]] = {}
         row_urls = [
             dict.fromkeys(getattr(row, name) for name in URL_FIELDS if _is_remote(row, name)) for row in rows
         ]
