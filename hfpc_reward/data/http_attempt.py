@@ -163,8 +163,16 @@ def _network_failure(exc: Exception, config: FetchConfig, in_body: bool) -> Fetc
     if isinstance(exc, (requests.exceptions.InvalidURL, urllib3.exceptions.LocationParseError)):
         return FetchError(f"invalid URL: {short_reason(exc)}", False)
     if isinstance(exc, (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)):
-        return FetchError(f"connection failed or body truncated: {short_reason(exc)}", True)
+        what = "body truncated or connection broken" if in_body else "connection failed"
+        return FetchError(f"{what}: {short_reason(_innermost(exc))}", True)
     return None
+
+
+def _innermost(exc: BaseException) -> BaseException | str:
+    """The cause inside requests' and urllib3's wrappers, without their `Pool(host=..., port=...): ` prefix."""
+    cause = exc.args[0] if isinstance(exc, requests.exceptions.ConnectionError) and exc.args else exc
+    cause = getattr(cause, "reason", None) or cause  # urllib3's MaxRetryError wraps the real error
+    return str(cause).split("): ", 1)[-1]
 
 
 def _release(response: requests.Response, attempt: Attempt) -> None:
@@ -287,6 +295,6 @@ class _WatchedAdapter(requests.adapters.HTTPAdapter):
         return manager
 
 
-def short_reason(exc: BaseException) -> str:
+def short_reason(exc: BaseException | str) -> str:
     text = str(exc)
     return text if len(text) <= 200 else text[:200] + "..."
