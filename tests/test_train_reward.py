@@ -287,3 +287,58 @@ def test_url_manifest_is_refused_with_the_fetch_hint(tiny_config, tmp_path, capl
     ]
     assert cli_main(args) == 2
     assert "hfpc data fetch" in caplog.text
+
+
+def test_two_processes_train_the_same_model_as_one(tiny_config, colour_task, tmp_path):
+    """torchrun, 2 CPU processes (gloo), each its shard of every micro-batch == 1 process with the global
+    batch: the same pairs per step and synchronised gradients give the same weights."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    common = [
+        "training.epochs=1",
+        "training.gradient_accumulation_steps=1",
+        "training.freeze_fraction=0.5",
+        "architecture.head_dropout=[0.0,0.0]",  # dropout masks would differ between the layouts
+        # with the pair loss alone a bias shifts r_pos and r_neg alike: its gradient is rounding noise,
+        # which Adam scales to full steps; the pointwise term gives every parameter a real gradient
+        "training.pointwise_weight=0.5",
+        "training.eval_every_steps=1000",
+        "training.save_every_steps=1000",
+    ]
+    one = _train(tiny_config, colour_task["small"], tmp_path / "one", [*common, "training.batch_size=4"])
+    repo = Path(__file__).resolve().parents[1]
+    with socket.socket() as probe:  # a free port for the gloo rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+    ]
+    command += ["-m", "hfpc_reward.cli", "train-reward", "--config", str(tiny_config)]
+    command += [f"data.train_manifest={colour_task['small']}", f"training.output_dir={tmp_path / 'two'}"]
+    command += [*common, "training.batch_size=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        command, cwd=repo, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert two["finished_step"] == one["global_step"] > 1
+    a = _final_weights(one)
+    b = HFPCRewardModel.from_pretrained(tmp_path / "two" / "model").state_dict()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4)  # Adam steps are ~lr = 4e-3
+    losses = [
+        [m["train_loss"] for m in read_jsonl(tmp_path / run / "metrics.jsonl") if "train_loss" in m]
+        for run in ("one", "two")
+    ]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)  # the logged loss is the mean over processes

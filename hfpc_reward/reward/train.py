@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from hfpc_reward.config import config_to_dict
 from hfpc_reward.data.manifest import ManifestError, ManifestRow, comparison_pairs, read_manifest
@@ -89,7 +90,10 @@ def train_reward_model(
     tcfg = cfg.training
     output_dir = Path(tcfg.output_dir)
     accelerator = Accelerator(
-        mixed_precision=tcfg.mixed_precision, log_with=tcfg.log_with, project_dir=str(output_dir / "logs")
+        mixed_precision=tcfg.mixed_precision,
+        log_with=tcfg.log_with,
+        project_dir=str(output_dir / "logs"),
+        cpu=not torch.cuda.is_available(),  # CPU processes under torchrun: gloo, each its own shard
     )
     train_rows, valid_rows = _split_rows(cfg.data)
     with RunOutput(

@@ -170,11 +170,12 @@ class RewardTrainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         state.global_step += 1
+        shard_loss = torch.tensor(train_loss, device=self.accelerator.device)
         self.log.write(
             {
                 "step": state.global_step,
                 "epoch": state.epoch,
-                "train_loss": train_loss,
+                "train_loss": self.accelerator.reduce(shard_loss, reduction="mean").item(),  # over processes
                 "learning_rate": self.scheduler.get_last_lr()[0],
             }
         )
