@@ -1,7 +1,7 @@
-"""`hfpc eval rejudge RUN --out NEW`: judge a finished run's images again with another scorer, no regeneration.
+"""`hfpc eval rejudge --run RUN --out NEW`: judge a finished run's images again with another scorer, no regeneration.
 
-    hfpc eval rejudge outputs/eval/run --out outputs/eval/run-rm2 scorer.reward_model.path=outputs/reward/v2
-    hfpc eval rejudge outputs/eval/run --out outputs/eval/run-strict --scorer configs/scorer/hfpc.yaml
+    hfpc eval rejudge --run outputs/eval/run --out outputs/eval/run-rm2 scorer.reward_model.path=outputs/reward/v2
+    hfpc eval rejudge --run outputs/eval/run --out outputs/eval/run-strict --scorer configs/scorer/hfpc.yaml
 
 NEW is a complete eval run folder: the source run's config with the new judge (`--scorer` replaces the
 scorer section with a scorer YAML over its defaults, as `hfpc score --config`; dotted overrides of the eval
@@ -9,8 +9,8 @@ config follow), its images and thumbnails (hard links where the file system allo
 rows with only the judged fields made again (`JUDGED_FIELDS`, the scorer-made held-out fields, and the rows'
 settings hash). Every version is judged by the same new judge, so versions stay comparable, and the samples
 are batched as `eval run` batches them, so NEW equals what `eval run` with that judge would have written.
-results.json says which judge (`meta.judge`), which run the images came from, its judge, and how many rows
-changed in each judged field (`meta.rejudged`). Runs on several processes and resumes like `eval run`.
+results.json says which judge (`meta.judge`), which run the images came from (`meta.judge.images_from`), that
+run's judge and how many rows changed in each field (`meta.judge.rejudged`). Runs on several processes and resumes like `eval run`.
 """
 
 from __future__ import annotations
@@ -151,7 +151,11 @@ def rejudge_run(
         if not processes.is_main:
             return None
         samples = merge_samples(out, names, product_ids, config.generation.samples_per_product)
-        judge = {**judge_stamp(config.scorer), "rejudged": _changes(source, source_rows, samples)}
+        judge = {
+            **judge_stamp(config.scorer),
+            "images_from": str(source),
+            "rejudged": _changes(source, source_rows, samples),
+        }
         results = write_results(config, out, products, skipped, samples, 0, judge)
         run.update_stamp(finished=True, samples=len(samples), rejudged_from=str(source))
         return results
@@ -202,7 +206,7 @@ def _unjudged(row: dict, settings: str) -> dict:
 
 
 def _changes(source: Path, source_rows: dict, samples: list[dict]) -> dict[str, Any]:
-    """Which run the images came from, its judge, and how many rows each field changed in."""
+    """The source run's judge, and how many rows each field changed in."""
     source_results = source / RESULTS_NAME
     source_judge = (
         json.loads(source_results.read_text())["meta"].get("judge") if source_results.is_file() else None
@@ -218,7 +222,7 @@ def _changes(source: Path, source_rows: dict, samples: list[dict]) -> dict[str, 
                         changed[f"held_out.{name}"] = changed.get(f"held_out.{name}", 0) + 1
             elif before.get(key) != row.get(key):
                 changed[key] = changed.get(key, 0) + 1
-    return {"from": str(source), "source_judge": source_judge, "rows": len(samples), "changed_rows": changed}
+    return {"source_judge": source_judge, "rows": len(samples), "changed_rows": changed}
 
 
 def rejudged_summary(results: dict[str, Any]) -> str:
@@ -227,7 +231,7 @@ def rejudged_summary(results: dict[str, Any]) -> str:
     rejudged = judge["rejudged"]
     changed = ", ".join(f"{key} {count}" for key, count in rejudged["changed_rows"].items()) or "nothing"
     return (
-        f"re-judged {rejudged['rows']} samples of {rejudged['from']} with reward model "
+        f"re-judged {rejudged['rows']} samples of {judge['images_from']} with reward model "
         f"{judge['reward_model'] or '(none)'}, threshold {judge['threshold']}, scorer {judge['scorer_hash']}; "
         f"rows changed per field: {changed}"
     )
