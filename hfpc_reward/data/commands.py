@@ -8,8 +8,17 @@ import logging
 import sys
 from pathlib import Path
 
-from hfpc_reward.data.manifest import group_by_original, is_url, manifest_stats, read_manifest, write_jsonl
+from hfpc_reward.data.manifest import (
+    FETCH_HINT,
+    ManifestError,
+    group_by_original,
+    is_url,
+    manifest_stats,
+    read_manifest,
+    write_jsonl,
+)
 from hfpc_reward.data.splits import DEFAULT_SPLIT_FRACTIONS, split_by_original
+from hfpc_reward.errors import CommandLineError
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +127,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 def _split(args: argparse.Namespace) -> int:
     if args.stratify and args.stratify_clusters:
-        raise SystemExit("hfpc data split: give --stratify or --stratify-clusters, not both")
+        raise CommandLineError("hfpc data split: give --stratify or --stratify-clusters, not both")
     stratify_by = args.stratify
     if args.stratify_clusters:
         stratify_by = json.loads(args.stratify_clusters.read_text())["assignment"]
@@ -186,9 +195,9 @@ def _clusters(args: argparse.Namespace) -> int:
     originals = list(group_by_original(read_manifest(args.manifest)))
     remote = [origin for origin in originals if is_url(origin)]
     if remote:
-        raise SystemExit(
-            f"hfpc data clusters: {len(remote)} originals are URLs (e.g. {remote[0]}); download them first "
-            "with `hfpc data fetch` and cluster the local manifest it writes"
+        raise ManifestError(
+            f"hfpc data clusters: {len(remote)} originals are URLs (e.g. {remote[0]}); {FETCH_HINT}, "
+            "and cluster the local manifest it writes"
         )
     features_fn = BlipImageFeatures(config.backbone, device=config.device)
     result = cluster_originals(originals, features_fn, config.k, config.seed, config.batch_size)

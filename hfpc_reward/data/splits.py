@@ -6,6 +6,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from hfpc_reward.data.manifest import KNOWN_FIELDS, ManifestRow, group_by_original
+from hfpc_reward.errors import UsageError
+
+
+class SplitError(UsageError):
+    """Split fractions or strata that cannot split this manifest (the message says what to change)."""
+
 
 DEFAULT_SPLIT_FRACTIONS = {"train": 0.8, "valid": 0.1, "test": 0.1}
 
@@ -56,11 +62,11 @@ def split_by_original(
 
 def _check_fractions(fractions: dict[str, float]) -> None:
     if not fractions:
-        raise ValueError("split fractions are empty; pass e.g. {'train': 0.8, 'valid': 0.1, 'test': 0.1}")
+        raise SplitError("split fractions are empty; pass e.g. {'train': 0.8, 'valid': 0.1, 'test': 0.1}")
     if any(value < 0 for value in fractions.values()):
-        raise ValueError(f"split fractions must be >= 0, got {fractions}")
+        raise SplitError(f"split fractions must be >= 0, got {fractions}")
     if abs(sum(fractions.values()) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions must sum to 1, got {fractions} (sum {sum(fractions.values()):g})")
+        raise SplitError(f"split fractions must sum to 1, got {fractions} (sum {sum(fractions.values()):g})")
 
 
 def _stratum_of(origin: str, group: list[ManifestRow], stratify_by: str | dict[str, str] | None) -> str:
@@ -68,19 +74,19 @@ def _stratum_of(origin: str, group: list[ManifestRow], stratify_by: str | dict[s
         return ""
     if isinstance(stratify_by, dict):
         if origin not in stratify_by:
-            raise ValueError(
+            raise SplitError(
                 f"original {origin} has no stratum in the given assignment; recompute it for this manifest"
             )
         return str(stratify_by[origin])
     values = {_field_value(row, stratify_by) for row in group}
     if None in values:
         line = next(row.line for row in group if _field_value(row, stratify_by) is None)
-        raise ValueError(
+        raise SplitError(
             f"manifest line {line}: row has no {stratify_by!r} value to stratify by; fill it or split "
             "without stratification"
         )
     if len(values) > 1:
-        raise ValueError(
+        raise SplitError(
             f"original {origin} has several {stratify_by!r} values {sorted(map(str, values))}; a stratum "
             "must be one value per original"
         )

@@ -17,7 +17,7 @@ import numpy as np
 from hfpc_reward.data.manifest import ManifestRow
 from hfpc_reward.reward.model import HFPCRewardModel
 from hfpc_reward.reward.rows import score_rows
-from hfpc_reward.stats import pick_threshold
+from hfpc_reward.stats import CalibrationError, pick_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,9 @@ def calibrate(
     ok = np.isfinite(scores)
     scores, labels = scores[ok], np.array([row.label for row in labelled])[ok]
     if len(np.unique(labels)) < 2:
-        raise ValueError(
-            f"calibration needs rows of both labels; got {len(labels)} readable rows of one label"
+        raise CalibrationError(
+            f"calibration needs rows of both labels; got {len(labels)} readable rows of one label: "
+            "give a manifest with passes (label 1) and fails (label 0)"
         )
     model.threshold = pick_threshold(scores, labels, target_precision)
     platt = LogisticRegression(C=1e6).fit(scores.reshape(-1, 1), labels)  # C large = (almost) unregularised

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hfpc_reward.data.manifest import ManifestRow, comparison_pairs
+from hfpc_reward.data.manifest import ManifestError, ManifestRow, comparison_pairs
 from hfpc_reward.reward.model import HFPCRewardModel
 from hfpc_reward.reward.rows import score_rows
 from hfpc_reward.stats import binary_metrics, grouped_bootstrap_ci
@@ -127,10 +127,12 @@ def evaluate_model(
 
     rows = [row for row in rows if row.label is not None]
     if not rows:
-        raise ValueError("the manifest has no labelled rows to evaluate on")
+        raise ManifestError("the manifest has no labelled rows to evaluate on: give rows with a 0/1 'label'")
     scores = score_rows(model, rows, batch_size)
     if not np.isfinite(scores).any():
-        raise ValueError("no row of the manifest could be read (see the warnings above); nothing to evaluate")
+        raise ManifestError(
+            "no row of the manifest could be read (see the warnings above); nothing to evaluate"
+        )
     probabilities = model.pass_probability(torch.from_numpy(scores))
     report = evaluate_scores(
         scores,
