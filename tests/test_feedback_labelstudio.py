@@ -1,4 +1,4 @@
-"""A real Label Studio server: push picks, two annotators label (and skip, and a task is deleted), pull, agree.
+"""A real Label Studio server: push picks, two annotators label (one skips, a task is deleted), pull, agree.
 
 The fixture installs Label Studio from PyPI into its own virtual environment (it pins its own Django
 stack; kept out of ours) under ~/.cache/hfpc-reward/ (reused once complete), starts it on 127.0.0.1 on a
@@ -31,8 +31,10 @@ VENV = Path(
     os.environ.get("HFPC_LABEL_STUDIO_VENV", Path.home() / ".cache" / "hfpc-reward" / "label-studio-venv")
 )
 COMPLETE = VENV / ".hfpc-install-complete"  # written last: a half-finished install is redone
-ANNOTATORS = {"a": ("annotator-a@hfpc.test", "pw-annotator-a", "token-annotator-a"),
-              "b": ("annotator-b@hfpc.test", "pw-annotator-b", "token-annotator-b")}  # fmt: skip
+ANNOTATORS = {
+    "a": ("annotator-a@hfpc.test", "pw-annotator-a", "token-annotator-a"),
+    "b": ("annotator-b@hfpc.test", "pw-annotator-b", "token-annotator-b"),
+}
 START_TIMEOUT_S, INSTALL_TIMEOUT_S = 240, 900
 
 
@@ -81,9 +83,15 @@ def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("label-studio")
     root = base / "files"  # the server's document root; the pool is a folder inside it
     (root / "pool").mkdir(parents=True)
-    env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(base / "data"), "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(root), "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-           "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": ""}  # fmt: skip
+    env = {
+        **os.environ,
+        "LABEL_STUDIO_BASE_DATA_DIR": str(base / "data"),
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(root),
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        "SENTRY_DSN": "",
+        "FRONTEND_SENTRY_DSN": "",
+    }
     log = (base / "server.log").open("w")
     # annotator b first (creates the organisation with legacy tokens on), annotator a joins at start
     subprocess.run(
@@ -167,8 +175,19 @@ def pushed(server, tiny_reward_kit, tmp_path_factory):
         == 0
     )
     token = ANNOTATORS["a"][2]
-    push = ["feedback", "push", str(picks), "--url", server["url"], "--token", token, "--document-root", str(server["root"]),
-            "--images-root", str(server["pool"])]  # fmt: skip
+    push = [
+        "feedback",
+        "push",
+        str(picks),
+        "--url",
+        server["url"],
+        "--token",
+        token,
+        "--document-root",
+        str(server["root"]),
+        "--images-root",
+        str(server["pool"]),
+    ]
     assert main(push) == 0
     receipt = json.loads((work / "picks.pushed.json").read_text())
     return {
@@ -205,8 +224,19 @@ def test_push_annotate_pull_agreement_through_a_real_server(pushed):
     a.delete_task(tasks[4])  # deleted in the UI; tasks[5] is never labelled (a half-finished project)
 
     folder = pushed["work"] / "feedback"
-    pull = ["feedback", "pull", str(folder), "--url", url, "--token", ANNOTATORS["a"][2], "--project", str(project),
-            "--picks", str(pushed["picks_path"])]  # fmt: skip
+    pull = [
+        "feedback",
+        "pull",
+        str(folder),
+        "--url",
+        url,
+        "--token",
+        ANNOTATORS["a"][2],
+        "--project",
+        str(project),
+        "--picks",
+        str(pushed["picks_path"]),
+    ]
     assert main(pull) == 0
     labels = read_jsonl(folder / "labels.jsonl")
     assert len(labels) == 7
@@ -254,7 +284,13 @@ def test_our_labelling_interface_renders_both_images_in_label_studio(pushed, tmp
     task = pushed["receipt"]["tasks"][pushed["picks"][5]["pair_id"]]
     page = f"/projects/{pushed['receipt']['project']}/data?task={task}"
     out = tmp_path / "labelling.png"
-    loaded = screenshot_task(chromium, pushed["url"], page, session_cookies(pushed["url"], email, password), out,
-                             choose=["fail", "product moved"])  # fmt: skip
+    loaded = screenshot_task(
+        chromium,
+        pushed["url"],
+        page,
+        session_cookies(pushed["url"], email, password),
+        out,
+        choose=["fail", "product moved"],
+    )
     assert loaded >= 2  # the original and the generated image, served by local-files storage
     assert load_rgb(out).size == (1400, 860)

@@ -1,8 +1,8 @@
 """`hfpc feedback select|push|pull|agreement|curve`: the human-feedback loop around Label Studio.
 
 hfpc feedback select SCORES.jsonl --n 100 --out picks.jsonl [--strategy random] [--clusters C.json]
-hfpc feedback push picks.jsonl --url URL --document-root ROOT [--images-root DIR]   (token: LABEL_STUDIO_API_KEY)
-hfpc feedback pull FEEDBACK_DIR --url URL --project ID [--picks picks.jsonl]   (or --export EXPORT.json)
+hfpc feedback push picks.jsonl --url URL --document-root ROOT [--images-root DIR]  (token: --token)
+hfpc feedback pull FEEDBACK_DIR --url URL --project ID [--picks picks.jsonl]  (or --export EXPORT.json)
 hfpc feedback agreement FEEDBACK_DIR
 hfpc feedback curve OUT_DIR [--seeds 5 --pool 480 --budget 160 --step 16]
 """

@@ -51,7 +51,8 @@ def run_curve(args: argparse.Namespace) -> int:
         raise UsageError("need 0 < --initial <= --budget <= --pool, --step >= 1 and 0 <= --noise < 0.5")
     runs = []
     for seed in range(args.seeds):
-        world = sample_world(args.out / f"world-{seed}", seed, args.pool, args.test, args.size)
+        folder = args.out / f"world-{seed}-pool{args.pool}-test{args.test}-{args.size}px"  # reused when rerun
+        world = sample_world(folder, seed, args.pool, args.test, args.size)
         for strategy in (ACTIVE, RANDOM):
             runs.append({"seed": seed, "strategy": strategy, **learning_run(world, strategy, seed, args)})
             logger.info(
@@ -62,7 +63,8 @@ def run_curve(args: argparse.Namespace) -> int:
     for path in [args.out / "curve.png", *([args.plot] if args.plot else [])]:
         plot_curve(report, path)
     logger.info(
-        "random reaches %.3f with %d labels; active reaches it with %s labels (%s of random's); target <= %d%%",
+        "random reaches %.3f with %d labels; active reaches it with %s labels (%s of random's); "
+        "target <= %d%%",
         report["random_final_accuracy"],
         args.budget,
         report["active_labels_to_match"],
@@ -102,7 +104,7 @@ def _rows(folder: Path, n: int, seed: int, size: int, generate) -> list[Manifest
 
 
 def consistency_features(rows: list[ManifestRow]) -> tuple[np.ndarray, np.ndarray]:
-    """(n, metrics) classic-checker metrics of each pair and its consistent verdict (NaN / False if unjudged)."""
+    """Classic-checker metrics of each pair (n, metrics; NaN -> 0) and its `consistent` verdict (n,)."""
     from hfpc_reward.consistency.checker import ProductConsistencyChecker
     from hfpc_reward.consistency.config import ConsistencyConfig
 

@@ -1,4 +1,4 @@
-"""Label Studio exports -> HFPC-schema labels (`hfpc feedback pull`): append-only, idempotent, per-task reports.
+"""Label Studio exports -> HFPC-schema labels (`hfpc feedback pull`): append-only, idempotent, per task.
 
 A feedback folder holds:
 - `labels.jsonl`: every annotation ever imported, one line each (pair, label, reasons, note, annotator,
@@ -52,7 +52,7 @@ def read_export(path: str | os.PathLike) -> list[dict]:
 
 
 def annotations_of(tasks: Iterable[dict], pushed: Iterable[str] = ()) -> tuple[list[dict], list[dict]]:
-    """(label rows, problems) of an export. `pushed`: pair ids sent to the project (a missing one was deleted)."""
+    """(label rows, problems) of an export; `pushed`: pair ids sent to the project (missing = deleted)."""
     rows: list[dict] = []
     problems: list[dict] = []
     seen: set[str] = set()

@@ -117,7 +117,7 @@ def check_images_root(document_root: str | os.PathLike, images_root: str | os.Pa
 
 
 class LabelStudioClient:
-    """The few Label Studio REST calls the feedback loop needs (projects, storage, tasks, annotations, export)."""
+    """The Label Studio REST calls the feedback loop needs: projects, storage, tasks, annotations, export."""
 
     def __init__(self, url: str, token: str, timeout_s: float = TIMEOUT_S):
         import requests
@@ -175,7 +175,7 @@ class LabelStudioClient:
         return list(answer.get("task_ids", []))
 
     def export(self, project_id: int) -> list[dict]:
-        """Every task of the project with its annotations (Label Studio's JSON export), unfinished ones too."""
+        """Every task of the project with its annotations (the JSON export), unfinished ones too."""
         return self._request(
             "GET",
             f"/api/projects/{project_id}/export",

@@ -21,14 +21,23 @@ from pathlib import Path
 from hfpc_reward.errors import UsageError
 
 LOADED_IMAGES = (
-    "[...document.images].filter(i => i.complete && i.naturalWidth > 0 && i.src.includes('/data/local-files/'))"
+    "[...document.images].filter(i => i.complete && i.naturalWidth > 0"
+    " && i.src.includes('/data/local-files/'))"
     ".length"
 )
 CLICK_CHOICE = (
     "[...document.querySelectorAll('label')].find(l => l.textContent.trim().startsWith(%s))?.click()"
 )
-HEADLESS_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync")  # fmt: skip
+HEADLESS_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 
 def session_cookies(url: str, email: str, password: str, timeout_s: float = 30) -> dict[str, str]:
@@ -40,8 +49,12 @@ def session_cookies(url: str, email: str, password: str, timeout_s: float = 30) 
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
     if token is None:
         raise UsageError(f"{url}/user/login/ has no login form")
-    session.post(f"{url}/user/login/", timeout=timeout_s, headers={"Referer": f"{url}/user/login/"},
-                 data={"email": email, "password": password, "csrfmiddlewaretoken": token.group(1)})  # fmt: skip
+    session.post(
+        f"{url}/user/login/",
+        timeout=timeout_s,
+        headers={"Referer": f"{url}/user/login/"},
+        data={"email": email, "password": password, "csrfmiddlewaretoken": token.group(1)},
+    )
     if "sessionid" not in session.cookies:
         raise UsageError(f"Label Studio at {url} refused the login of {email}")
     return dict(session.cookies)
@@ -132,9 +145,15 @@ def screenshot_task(
     with tempfile.TemporaryDirectory(prefix="hfpc-chromium-") as profile:
         browser = _DevTools(chromium, profile)
         try:
-            browser.call("Storage.setCookies", {"cookies": [
-                {"name": name, "value": value, "domain": host, "path": "/"} for name, value in cookies.items()
-            ]})  # fmt: skip
+            browser.call(
+                "Storage.setCookies",
+                {
+                    "cookies": [
+                        {"name": name, "value": value, "domain": host, "path": "/"}
+                        for name, value in cookies.items()
+                    ]
+                },
+            )
             target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
             tab = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
             width, height = size
