@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 from hfpc_eval.config import EvalConfig
-from hfpc_eval.distributed import EvalProcesses, Unit, pending_units, work_units
+from hfpc_eval.distributed import EvalProcesses, Unit, pending_units, with_process_devices, work_units
 from hfpc_eval.harness import run_eval
 from hfpc_eval.judging import JUDGED_FIELDS
 from hfpc_eval.samples import SHARD_GLOB, latest_samples
@@ -82,6 +82,19 @@ def test_units_are_dealt_round_robin_and_resume_only_missing_samples():
     ] == [3, 3, 2]
     pending = pending_units(units, {("a", "p", 0), ("a", "p", 3), ("b", "q", 1)})
     assert pending[0] == Unit("a", "p", (1, 2)) and Unit("b", "q", (0, 2)) in pending and len(pending) == 7
+
+
+def test_each_process_gets_its_own_device(world):
+    second = EvalProcesses(rank=1, world=2, local_rank=1)
+    assert (
+        second.device("cuda") == "cuda:1"
+        and second.device("cpu") == "cpu"
+        and EvalProcesses().device("cuda") == "cuda"
+    )
+    config = with_process_devices(
+        world["config"](world["root"] / "unused", "scorer.reward_model.device=cuda"), second
+    )
+    assert config.scorer.reward_model.device == "cuda:1" and config.generation.device == second.device("auto")
 
 
 def test_two_processes_give_the_numbers_and_rows_of_one(world):
@@ -161,3 +174,27 @@ def test_rejudge_changes_only_the_judged_fields_and_says_which_judge(world, caps
         assert json.loads((out / "results.json").read_text())[key] == json.loads(json.dumps(direct[key]))
     # anything but the judges is refused, in one line
     assert main(["rejudge", "--run", str(one), "--out", str(world["root"] / "x"), "generation.seed=3"]) == 2
+
+
+def test_pooled_consistency_judge_gives_the_verdicts_of_one_process(world):
+    from hfpc_eval.harness import load_products
+    from hfpc_eval.judging import PooledConsistencyChecker, build_scorer, close_judges
+
+    from hfpc_reward.scorer import ScorerConfig
+
+    config = world["config"](world["root"] / "unused")
+    products = {p.product_id: p for p in load_products(config.manifest, "")[0]}
+    rows = latest_samples(world["root"] / "one" / "samples.jsonl")[:: K - 1]
+    pairs = [
+        (products[r["product_id"]], Image.open(world["root"] / "one" / r["image"]).convert("RGB"))
+        for r in rows
+    ]
+    inputs = ([p.image for p, _ in pairs], [g for _, g in pairs], [p.mask for p, _ in pairs])
+    pooled = build_scorer(ScorerConfig(), consistency_workers=2)
+    try:
+        assert isinstance(pooled.checker, PooledConsistencyChecker)
+        in_pool = [result.to_record() for result in pooled.score(*inputs)]
+    finally:
+        close_judges(pooled)
+    in_process = [result.to_record() for result in build_scorer(ScorerConfig()).score(*inputs)]
+    assert in_pool == in_process and len(in_pool) == len(rows) >= 8
