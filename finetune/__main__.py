@@ -11,13 +11,12 @@ import sys
 from hfpc_finetune.config import SAFE_RESUME_KEYS, FinetuneConfig
 
 from hfpc_reward.cli import run_reporting_user_errors
-from hfpc_reward.config import load_config
+from hfpc_reward.config import add_config_arguments, load_config, print_config_if_asked
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hfpc finetune", description=__doc__)
-    parser.add_argument("--config", help="YAML delta over hfpc_finetune.config.FinetuneConfig defaults")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=10 run.out_dir=out")
+    add_config_arguments(parser, FinetuneConfig, example="configs/finetune/ddpo_sd_inpaint.yaml")
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -27,11 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--overwrite", action="store_true", help="start over in a run.out_dir that holds a previous run"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # --resume may follow the overrides
     return run_reporting_user_errors(_run, args)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if print_config_if_asked(args):
+        return 0
     config = load_config(FinetuneConfig, args.config, args.overrides)
     from hfpc_finetune.trainer import train
 

@@ -251,12 +251,12 @@ class RunConfig:
 class FinetuneConfig:
     """A whole fine-tuning run."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the pipeline and its LoRA
+    data: DataConfig = field(default_factory=DataConfig)  # the products to inpaint
+    sample: SampleConfig = field(default_factory=SampleConfig)  # the rollouts (DDIM with log-probs)
+    train: TrainConfig = field(default_factory=TrainConfig)  # the PPO update
+    reward: RewardConfig = field(default_factory=RewardConfig)  # what the samples are rewarded by
+    run: RunConfig = field(default_factory=RunConfig)  # outputs, tracking, resume
 
     def __post_init__(self):
         if self.sample.samples_per_epoch % self.train.group_size:

@@ -196,3 +196,16 @@ def test_push_to_hub_needs_a_repository_id():
         load_config(FinetuneConfig, None, ["run.push_to_hub=true"])
     with pytest.raises(ConfigError, match="max_abstain_fraction"):
         load_config(FinetuneConfig, None, ["reward.max_abstain_fraction=1.0"])
+
+
+def test_help_lists_every_config_field_and_print_config_resolves_overrides(capsys):
+    with pytest.raises(SystemExit) as done:
+        finetune(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "reward.max_abstain_fraction = 0.5  # an epoch in which a larger share" in text
+    assert "run.report_to = tensorboard" in text and "may differ only in: train.epochs" in " ".join(
+        text.split()
+    )
+    assert finetune(["--print-config", "train.epochs=3", "--resume"]) == 0  # options after overrides
+    assert yaml.safe_load(capsys.readouterr().out)["train"]["epochs"] == 3
