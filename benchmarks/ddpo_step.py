@@ -1,12 +1,17 @@
-"""DDPO sampling overhead and the per-epoch time split.
+"""DDPO sampling overhead, the per-epoch time split, and what `train.timestep_fraction` costs in learning.
 
 1. Sampling with log-probs (finetune.sampling: conditioning + DDIM-with-log-prob chain + decode) vs the
    plain `StableDiffusionInpaintPipeline.__call__` at the same steps, batch, guidance and eta
    (target: <= 1.2x).
-2. One short fine-tune: seconds per epoch spent sampling, waiting for rewards, and training.
+2. One short fine-tune: seconds per epoch spent sampling, waiting for rewards, and training, GPU-seconds
+   per sample, and peak GPU memory (with and without `--gradient-checkpointing`).
+3. `--fractions 1.0 0.5`: the tiny kit's learning run (dark-background reward) once per
+   `train.timestep_fraction`: reward gain and training seconds side by side.
 
-    python -m benchmarks.ddpo_step                       # tiny kit on the CPU
-    python -m benchmarks.ddpo_step --size sd15 --device cuda --dtype float16 --resolution 512 --steps 50
+    python -m benchmarks.ddpo_step                                  # tiny kit on the CPU
+    python -m benchmarks.ddpo_step --epochs 0 --fractions 1.0 0.5   # timestep_fraction vs learning (CPU)
+    python -m benchmarks.ddpo_step --size sd15 --device cuda --dtype float16 --resolution 512 --steps 50 \
+        --batch 8 --guidance 5                                      # one GPU, SD-1.5 sizes, no checkpointing
 `--size sd15` builds a randomly initialised pipeline with SD-1.5-inpainting layer sizes (no download).
 """
 
@@ -79,6 +84,15 @@ def main() -> None:
     parser.add_argument(
         "--train-steps", type=int, default=None, help="DDIM steps of the fine-tune (default --steps)"
     )
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="in the fine-tune's UNet")
+    parser.add_argument("--timestep-fraction", type=float, default=1.0, help="of the fine-tune")
+    parser.add_argument(
+        "--fractions",
+        type=float,
+        nargs="*",
+        default=[],
+        help="timestep fractions for the learning comparison",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     dtype = getattr(torch, args.dtype)
@@ -129,8 +143,13 @@ def main() -> None:
     )
     print(f"plain pipeline call      {plain_s:8.3f} s")
     print(f"sampling with log-probs  {ours_s:8.3f} s   overhead {ours_s / plain_s:.2f}x (target <= 1.2x)")
-    if args.epochs == 0:
-        return
+    if args.epochs:
+        time_split(args, work, manifest, dtype)
+    if args.fractions:
+        compare_timestep_fractions(args.fractions, work)
+
+
+def time_split(args, work: Path, manifest: Path, dtype) -> None:
     from hfpc_finetune.trainer import train
 
     pretrained = work / "pipeline"
@@ -138,7 +157,7 @@ def main() -> None:
     config = config_from_dict(
         FinetuneConfig,
         {
-            "model": {"pretrained": str(pretrained), "gradient_checkpointing": args.size == "sd15"},
+            "model": {"pretrained": str(pretrained), "gradient_checkpointing": args.gradient_checkpointing},
             "data": {"manifest": str(manifest), "resolution": args.resolution},
             "sample": {
                 "num_steps": args.train_steps or args.steps,
@@ -151,6 +170,7 @@ def main() -> None:
                 "group_size": args.batch,
                 "train_batch_size": args.batch,
                 "samples_per_step": 2 * args.batch,
+                "timestep_fraction": args.timestep_fraction,
             },
             "reward": {"name": "background_brightness"},
             "run": {
@@ -158,19 +178,52 @@ def main() -> None:
                 "mixed_precision": precision,
                 "cpu": args.device == "cpu",
                 "grid_every": 0,
+                "report_to": "none",
             },
         },
     )
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     train(config)
-    print(f"fine-tune, {2 * args.batch} samples x {config.sample.num_steps} steps per epoch (seconds):")
-    print(f"{'epoch':>5} {'sample':>8} {'reward wait':>12} {'reward compute':>15} {'train':>8}")
+    samples = config.sample.samples_per_epoch
+    print(
+        f"fine-tune, {samples} samples x {config.sample.num_steps} steps per epoch, gradient checkpointing "
+        f"{'on' if args.gradient_checkpointing else 'off'}, timestep_fraction {args.timestep_fraction} (seconds):"
+    )
+    print(
+        f"{'epoch':>5} {'sample':>8} {'reward wait':>12} {'reward compute':>15} {'train':>8} {'s/sample':>9}"
+    )
     for record in read_jsonl(work / "run" / "metrics.jsonl"):
+        total = record["time_sample"] + record["time_reward_wait"] + record["time_train"]
         print(
             f"{record['epoch']:>5} {record['time_sample']:8.2f} {record['time_reward_wait']:12.3f} "
-            f"{record['time_reward_compute']:15.3f} {record['time_train']:8.2f}"
+            f"{record['time_reward_compute']:15.3f} {record['time_train']:8.2f} {total / samples:9.3f}"
         )
     if args.device.startswith("cuda"):
         print(json.dumps({"max_memory_allocated_gib": torch.cuda.max_memory_allocated() / 2**30}))
+
+
+def compare_timestep_fractions(fractions: list[float], work: Path) -> None:
+    """The tiny kit's learning run (its own config: 8 epochs x 32 samples x 4 steps) per timestep fraction."""
+    from hfpc_finetune.trainer import train
+
+    from hfpc_reward.testing.tiny_sd import write_tiny_sd_inpaint
+
+    kit = write_tiny_sd_inpaint(work / "kit")["finetune_tiny"]
+    print("tiny kit learning (dark-background reward, 8 epochs x 32 samples x 4 DDIM steps):")
+    print(
+        f"{'fraction':>8} {'trained steps':>13} {'first':>7} {'last 2':>7} {'gain':>7} {'train s/epoch':>14}"
+    )
+    for fraction in fractions:
+        values = json.loads(json.dumps(kit))
+        values["train"]["timestep_fraction"] = fraction
+        values["run"].update(out_dir=str(work / f"fraction_{fraction}"), report_to="none", grid_every=0)
+        train(config_from_dict(FinetuneConfig, values))
+        records = read_jsonl(work / f"fraction_{fraction}" / "metrics.jsonl")
+        first, last = records[0]["reward_mean"], sum(r["reward_mean"] for r in records[-2:]) / 2
+        steps = max(1, int(values["sample"]["num_steps"] * fraction))
+        train_s = sum(r["time_train"] for r in records) / len(records)
+        print(f"{fraction:>8} {steps:>13} {first:7.4f} {last:7.4f} {last - first:+7.4f} {train_s:14.2f}")
 
 
 if __name__ == "__main__":
