@@ -32,7 +32,7 @@ from hfpc_reward.data.manifest import ManifestRow, append_jsonl, group_by_origin
 from hfpc_reward.data.splits import split_by_original
 from hfpc_reward.images import ImageLoadError, load_mask, load_rgb
 from hfpc_reward.scorer import ScorerConfig
-from hfpc_reward.stats import binary_metrics, grouped_bootstrap_ci, pick_threshold
+from hfpc_reward.stats import binary_metrics, grouped_bootstrap_ci, pick_threshold, precision_recall_f1
 
 JUDGE_NAMES = ("HFPC (combined)", "consistency only", "background only", "BLIP ITM (zero-shot)")
 REPORTED = ("precision", "recall", "f1", "pr_auc")
@@ -168,14 +168,9 @@ def judges_table(config: JudgesConfig, records: list[dict]) -> dict[str, Any]:
 def _reported_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
     """The REPORTED metrics of one bootstrap resample, fast (binary_metrics' conventions: 0 when undefined,
     PR-AUC NaN with one class); `binary_metrics` gives the point estimates."""
-    predicted = scores >= threshold
-    true_positives = float(np.sum(predicted & (labels == 1)))
-    precision = true_positives / predicted.sum() if predicted.any() else 0.0
-    recall = true_positives / labels.sum() if labels.any() else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     both = 0 < labels.sum() < labels.size
     pr_auc = float(average_precision_score(labels, scores)) if both else math.nan
-    return {"precision": precision, "recall": recall, "f1": f1, "pr_auc": pr_auc}
+    return {**precision_recall_f1(labels == 1, scores >= threshold), "pr_auc": pr_auc}
 
 
 def markdown_table(table: dict) -> str:

@@ -23,9 +23,9 @@ from typing import Any
 
 from hfpc_eval.config import EvalConfig
 from hfpc_eval.report_images import OverlayMaker, file_uri, sample_pictures
-from hfpc_eval.stats import reason_kind
 from markupsafe import Markup
 
+from hfpc_reward.data.results import failure_kinds
 from hfpc_reward.errors import UsageError
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -62,15 +62,15 @@ SAMPLE_FIELDS: list[tuple[str, Callable[[dict], str | None]]] = [
 
 
 def primary_reason(row: dict) -> str | None:
-    """The one reason a sample failed: the judges' primary reason, else the kind of its first reason."""
+    """The one reason a sample failed: the judges' primary reason, else its first failure kind."""
     if row.get("error"):
         return "error"
     if row.get("passed"):
         return None
     if row.get("primary_reason"):
         return str(row["primary_reason"])
-    reasons = row.get("reasons") or []
-    return reason_kind(reasons[0]) if reasons else "failed"
+    kinds = failure_kinds(row)
+    return kinds[0] if kinds else "failed"
 
 
 def write_report(out: Path, results: dict, samples: list[dict], config: EvalConfig) -> Path:

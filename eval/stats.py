@@ -9,7 +9,6 @@ sampled product p with the same seeds, so the test works on per-product differen
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -17,29 +16,10 @@ from typing import Any
 import numpy as np
 from hfpc_eval.config import StatsConfig
 
-from hfpc_reward.stats import grouped_bootstrap_ci
+from hfpc_reward.data.results import failure_kinds
+from hfpc_reward.stats import grouped_bootstrap_ci, paired_difference_test
 
-# reason kind -> words that mark it (checked in order on the lower-cased reason text)
-REASON_KINDS: dict[str, tuple[str, ...]] = {
-    "error": ("error", "failed", "does not exist", "no such file"),
-    "expanded": ("expanded", "expansion"),
-    "truncated": ("truncated", "lost"),
-    "recoloured": ("recolour", "recolor", "δe", "delta_e"),
-    "texture changed": ("texture", "ssim", "appearance changed"),
-    "moved / reshaped": ("mask changed", "moved", "outline", "aspect ratio", "iou"),
-    "product not found": ("no product", "not found"),
-    "unclear original": ("original has", "studio"),
-    "background below threshold": ("background",),
-}
-
-
-def reason_kind(reason: str) -> str:
-    """The failure kind a reason string belongs to (its first words when no kind matches)."""
-    text = reason.lower()
-    for kind, markers in REASON_KINDS.items():
-        if any(marker in text for marker in markers):
-            return kind
-    return " ".join(re.split(r"[:(=]", text)[0].split()[:4]) or "unspecified"
+UNSPECIFIED_KIND = "unspecified"  # a failed sample whose judge gave no failure kind
 
 
 def interval(values: np.ndarray, groups: Sequence[str], cfg: StatsConfig) -> dict[str, float]:
@@ -138,9 +118,10 @@ def by_category(samples: list[dict], cfg: StatsConfig) -> dict[str, dict[str, An
 
 
 def failure_reasons(samples: list[dict]) -> dict[str, Any]:
-    """How often each failure kind occurs among failed samples (a sample can have several)."""
+    """How often each failure kind (`failure_kinds`: machine-readable, never parsed from reason text)
+    occurs among failed samples (a sample can have several)."""
     failed = [row for row in samples if not row["passed"]]
-    kinds = Counter(kind for row in failed for kind in {reason_kind(reason) for reason in _reasons_of(row)})
+    kinds = Counter(kind for row in failed for kind in set(failure_kinds(row) or [UNSPECIFIED_KIND]))
     return {
         "n_failed": len(failed),
         "kinds": {
@@ -148,13 +129,6 @@ def failure_reasons(samples: list[dict]) -> dict[str, Any]:
             for kind, count in kinds.most_common()
         },
     }
-
-
-def _reasons_of(row: dict) -> list[str]:
-    reasons = list(row.get("reasons") or [])
-    if row.get("error"):
-        reasons.append(f"error: {row['error']}")
-    return reasons or ["unspecified"]
 
 
 def paired_difference(reference: list[dict], candidate: list[dict], cfg: StatsConfig) -> dict[str, Any]:
@@ -168,29 +142,16 @@ def paired_difference(reference: list[dict], candidate: list[dict], cfg: StatsCo
     products = sorted(set(ref) & set(cand))
     if not products:
         return {"n_products": 0, "estimate": math.nan, "low": math.nan, "high": math.nan, "p_value": math.nan}
-    diffs = np.array([cand[p] - ref[p] for p in products])
-    ci = grouped_bootstrap_ci(
-        lambda rows: float(diffs[rows].mean()), products, cfg.n_resamples, cfg.confidence, cfg.seed
+    test = paired_difference_test(
+        [cand[p] - ref[p] for p in products],
+        products,
+        cfg.n_resamples,
+        cfg.confidence,
+        cfg.seed,
+        cfg.paired_test,
     )
-    observed = abs(diffs.mean())
-    rng = np.random.default_rng(cfg.seed)
-    if cfg.paired_test == "permutation":
-        signs = rng.choice((-1.0, 1.0), size=(cfg.n_resamples, diffs.size))
-        null = np.abs((signs * diffs).mean(axis=1))
-    else:
-        centred = diffs - diffs.mean()
-        null = np.abs(centred[rng.integers(0, diffs.size, size=(cfg.n_resamples, diffs.size))].mean(axis=1))
-    p_value = float((1 + np.sum(null >= observed - 1e-12)) / (1 + cfg.n_resamples))
-    return {
-        "n_products": len(products),
-        "estimate": ci["estimate"],
-        "low": ci["low"],
-        "high": ci["high"],
-        "p_value": p_value,
-        "test": cfg.paired_test,
-        "products_better": int(np.sum(diffs > 0)),
-        "products_worse": int(np.sum(diffs < 0)),
-    }
+    better, worse = test.pop("better"), test.pop("worse")
+    return {"n_products": len(products), **test, "products_better": better, "products_worse": worse}
 
 
 def _per_product_rates(samples: list[dict]) -> dict[str, float]:

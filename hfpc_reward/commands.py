@@ -34,7 +34,13 @@ from tqdm import tqdm
 
 from hfpc_reward.config import add_config_arguments, config_to_dict, load_config
 from hfpc_reward.data.manifest import ManifestRow, read_manifest, remote_source_problem
-from hfpc_reward.data.results import INDEX_FIELD, ManifestResults, file_sha256, require_some_rows_judged
+from hfpc_reward.data.results import (
+    INDEX_FIELD,
+    ManifestResults,
+    failure_kinds,
+    file_sha256,
+    require_some_rows_judged,
+)
 from hfpc_reward.errors import CommandLineError
 from hfpc_reward.runs import RunOutput, add_run_arguments
 from hfpc_reward.scorer import HFPCResult, HFPCScorer, ScorerConfig
@@ -48,7 +54,6 @@ SCORE_SAFE_KEYS = (
     "scorer.reward_model.batch_size",
     "scorer.reward_model.device",
 )
-BACKGROUND_FAIL = "background"  # failure kind of a consistent product whose background score is too low
 
 
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
@@ -209,10 +214,5 @@ def summary_table(records: list[dict[str, Any]]) -> str:
 
 
 def failure_breakdown(records: list[dict[str, Any]]) -> Counter:
-    """Failed rows by machine-readable kind: the consistency `primary_reason`, or `background` for a
-    consistent product whose background score is below the threshold (never parsed from reason text)."""
-    kinds = Counter()
-    for record in records:
-        if record.get("error") is None and record.get("passed") is False:
-            kinds[record.get("primary_reason") if record.get("consistent") is False else BACKGROUND_FAIL] += 1
-    return kinds
+    """Rows that did not pass, by their primary failure kind (`data.results.failure_kinds`)."""
+    return Counter(kinds[0] for kinds in map(failure_kinds, records) if kinds)

@@ -1,15 +1,17 @@
-"""Binary-classification metrics shared by every judge: thresholds, metrics, grouped bootstrap CIs.
+"""The one metrics module: precision / recall / F1, thresholds, grouped bootstrap CIs, paired tests.
 
 Conventions used throughout: `scores` are "higher = more likely to pass", `labels` are 1 (pass, the
 positive class) / 0 (fail), and a row is predicted to pass when `score >= threshold` (scikit-learn's
 convention for `precision_recall_curve` thresholds). Confidence intervals resample whole groups
 (originals / products), never rows, because rows of one original are strongly correlated.
+Paired comparisons (two versions judged on the same products) test per-group differences.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import (
@@ -25,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 # The precision the HFPC paper reports for its judge; recall at this precision is a headline metric.
 HEADLINE_PRECISION = 0.964
+PAIRED_TESTS = ("permutation", "bootstrap")  # p-value methods of paired_difference_test
+P_VALUE_TIE_TOLERANCE = 1e-12  # a null statistic this close to the observed one counts as reaching it
 
 
 class CalibrationError(UsageError):
@@ -90,6 +94,19 @@ def expected_calibration_error(
     return float(np.abs(label_sum - prob_sum).sum() / labels.size)
 
 
+def precision_recall_f1(truth: Sequence[bool], predicted: Sequence[bool]) -> dict[str, float]:
+    """Precision, recall and F1 of predicting the positive class (True) against `truth`, 0.0 where undefined
+    (scikit-learn's `zero_division=0`)."""
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        np.asarray(truth, dtype=bool),
+        np.asarray(predicted, dtype=bool),
+        average="binary",
+        pos_label=True,
+        zero_division=0.0,
+    )
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
 def binary_metrics(
     scores: Sequence[float],
     labels: Sequence[int],
@@ -104,18 +121,12 @@ def binary_metrics(
     in [0,1], one per row) are given. Threshold-free metrics are NaN when only one class is present.
     """
     scores, labels = _as_arrays(scores, labels)
-    predicted = (scores >= threshold).astype(int)
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        labels, predicted, average="binary", pos_label=1, zero_division=0.0
-    )
     both_classes = 0 < labels.sum() < labels.size
     metrics = {
         "n": int(labels.size),
         "n_positive": int(labels.sum()),
         "threshold": float(threshold),
-        "precision": float(precision),
-        "recall": float(recall),
-        "f1": float(f1),
+        **precision_recall_f1(labels == 1, scores >= threshold),
         "pr_auc": float(average_precision_score(labels, scores)) if both_classes else float("nan"),
         "roc_auc": float(roc_auc_score(labels, scores)) if both_classes else float("nan"),
         f"recall_at_precision_{headline_precision:g}": recall_at_precision(
@@ -173,6 +184,42 @@ def grouped_bootstrap_ci(
             "n_valid": int(valid.size),
         }
     return result[None] if names == [None] else result
+
+
+def paired_difference_test(
+    differences: Sequence[float],
+    groups: Sequence[Hashable],
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    method: str = "permutation",
+) -> dict[str, Any]:
+    """Mean of per-group paired `differences` (e.g. candidate - reference pass rate per product), its
+    bootstrap interval over groups, and a two-sided p-value for "no difference": a sign-flip permutation
+    test ("permutation": exact under the null that the two sides are exchangeable per group, at most
+    conservative) or a centred bootstrap ("bootstrap")."""
+    if method not in PAIRED_TESTS:
+        raise CalibrationError(f"paired test must be one of {PAIRED_TESTS}, got {method!r}")
+    diffs = np.asarray(differences, dtype=np.float64)
+    ci = grouped_bootstrap_ci(lambda rows: float(diffs[rows].mean()), groups, n_resamples, confidence, seed)
+    observed = abs(diffs.mean())
+    rng = np.random.default_rng(seed)
+    if method == "permutation":
+        signs = rng.choice((-1.0, 1.0), size=(n_resamples, diffs.size))
+        null = np.abs((signs * diffs).mean(axis=1))
+    else:
+        centred = diffs - diffs.mean()
+        null = np.abs(centred[rng.integers(0, diffs.size, size=(n_resamples, diffs.size))].mean(axis=1))
+    p_value = float((1 + np.sum(null >= observed - P_VALUE_TIE_TOLERANCE)) / (1 + n_resamples))
+    return {
+        "estimate": ci["estimate"],
+        "low": ci["low"],
+        "high": ci["high"],
+        "p_value": p_value,
+        "test": method,
+        "better": int(np.sum(diffs > 0)),
+        "worse": int(np.sum(diffs < 0)),
+    }
 
 
 def _as_arrays(scores: Sequence[float], labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,9 @@ from hfpc_reward.stats import (
     binary_metrics,
     expected_calibration_error,
     grouped_bootstrap_ci,
+    paired_difference_test,
     pick_threshold,
+    precision_recall_f1,
     recall_at_precision,
 )
 
@@ -101,3 +103,39 @@ def test_grouped_bootstrap_dict_metrics_and_reproducible():
     roc = first["roc_auc"]
     assert roc["low"] < roc["estimate"] < roc["high"]
     assert 0.6 < roc["estimate"] < 0.95
+
+
+def test_precision_recall_f1_is_the_one_definition_for_every_judge():
+    from hfpc_reward.consistency.calibrate import detection_metrics
+
+    truth = [True, True, False, False, True]
+    flagged = [True, False, True, False, True]
+    assert precision_recall_f1(truth, flagged) == pytest.approx(
+        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3}
+    )
+    assert precision_recall_f1([False, False], [False, False]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    # the consistency judge's detection metrics: inconsistent (truth_consistent False) is the positive class
+    metrics = detection_metrics([not t for t in truth], [not f for f in flagged])
+    assert metrics["precision"] == pytest.approx(2 / 3) and metrics["false_rejection"] == pytest.approx(0.5)
+
+
+def test_paired_difference_test_pairs_by_group():
+    diffs = np.array([0.5, 0.25, 0.5, 0.75, 0.25, 0.5, 0.5, 0.25])
+    result = paired_difference_test(diffs, [f"p{i}" for i in range(8)], n_resamples=500, seed=0)
+    assert result["estimate"] == pytest.approx(diffs.mean()) and result["low"] > 0
+    assert result["p_value"] < 0.02 and result["better"] == 8 and result["worse"] == 0
+    null = paired_difference_test([0.5, -0.5] * 4, [f"p{i}" for i in range(8)], n_resamples=500, seed=0)
+    assert null["p_value"] == pytest.approx(1.0)
+    with pytest.raises(CalibrationError, match="paired test must be one of"):
+        paired_difference_test(diffs, list(range(8)), method="t-test")
+
+
+def test_failure_kinds_come_from_structured_fields_not_reason_text():
+    from hfpc_reward.data.results import failure_kinds
+
+    moved = {"passed": False, "consistent": False, "failed_checks": ["moved"], "reasons": ["expanded 23%"]}
+    assert failure_kinds(moved) == ["moved"]
+    assert failure_kinds({"passed": False, "consistent": True, "failed_checks": []}) == ["background"]
+    assert failure_kinds({"passed": None, "consistent": None, "error": "unreadable"}) == ["error"]
+    assert failure_kinds({"passed": True, "consistent": True, "failed_checks": []}) == []
+    assert failure_kinds({"consistent": True, "failed_checks": []}) == []  # a check record has no `passed`

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from hfpc_reward.consistency.config import ThresholdConfig
+from hfpc_reward.stats import precision_recall_f1
 
 logger = logging.getLogger(__name__)
 
@@ -50,17 +51,11 @@ def detection_metrics(
     truly consistent rows that were rejected (`false_rejection`)."""
     truth = ~np.asarray(truth_consistent, dtype=bool)
     flagged = ~np.asarray(predicted_consistent, dtype=bool)
-    tp = int((truth & flagged).sum())
-    precision = tp / max(int(flagged.sum()), 1)
-    recall = tp / max(int(truth.sum()), 1)
-    f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
     n_consistent = int((~truth).sum())
     return {
         "n": int(truth.size),
         "n_inconsistent": int(truth.sum()),
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
+        **precision_recall_f1(truth, flagged),
         "false_rejection": int((~truth & flagged).sum()) / max(n_consistent, 1),
     }
 

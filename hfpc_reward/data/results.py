@@ -22,6 +22,8 @@ from hfpc_reward.errors import UsageError
 
 INDEX_FIELD = "manifest_index"
 VERDICT_FIELDS = ("consistent", "passed")  # null in error rows
+ERROR_KIND = "error"  # failure kind of a row that could not be judged (= consistency.checker.ERROR)
+BACKGROUND_KIND = "background"  # failure kind of a background score below the pass threshold
 HASH_CHUNK_BYTES = 1 << 20
 
 
@@ -103,6 +105,18 @@ def error_row_verdicts_null(record: dict[str, Any]) -> dict[str, Any]:
     if record.get("error"):
         return {**record, **{name: None for name in VERDICT_FIELDS if name in record}}
     return record
+
+
+def failure_kinds(record: dict[str, Any]) -> list[str]:
+    """Why a result record (check, score or eval row) did not pass, as machine-readable kinds, the primary
+    first: "error" when it could not be judged, else the consistency `failed_checks`, plus "background"
+    when the background judge failed it; [] when it passed. Never parsed from the reason text."""
+    if record.get("error"):
+        return [ERROR_KIND]
+    kinds = list(record.get("failed_checks") or [])
+    if record.get("passed") is False and record.get("consistent") is not False:
+        kinds.append(BACKGROUND_KIND)
+    return kinds
 
 
 def require_some_rows_judged(records: Sequence[dict[str, Any]], manifest: str | Path) -> None:
