@@ -16,13 +16,15 @@ from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
+    from hfpc_eval.config import EvalConfig
+
+    from hfpc_reward.config import add_config_arguments
     from hfpc_reward.runs import add_run_arguments
 
     parser = argparse.ArgumentParser(prog="hfpc eval", description="pass rates of generator versions")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="sample, judge and report generator versions")
-    run.add_argument("--config", required=True, help="YAML under configs/eval/ (deltas over EvalConfig)")
-    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. generation.samples_per_product=8")
+    add_config_arguments(run, EvalConfig, example="configs/eval/tiny.yaml")  # fields listed in --help
     add_run_arguments(run)
     rejudge = sub.add_parser("rejudge", help="judge a finished run's images again with another scorer")
     rejudge.add_argument("--run", required=True, help="out_dir of a finished `eval run` (left as it is)")
@@ -56,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from hfpc_reward.config import load_config
+    from hfpc_reward.config import load_config, print_config_if_asked
 
+    if print_config_if_asked(args):  # `run --print-config`: the resolved config, nothing run
+        return 0
     if args.command == "run":
         from hfpc_eval.config import EvalConfig
         from hfpc_eval.harness import REPORT_NAME, run_eval

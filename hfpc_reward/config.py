@@ -172,10 +172,9 @@ def describe_fields(schema: type, prefix: str = "") -> list[str]:
     """One line per config field, nested sections included: `key = default  # comment`."""
     comments = field_comments(schema)
     lines: list[str] = []
-    defaults = schema()
     for item in dataclasses.fields(schema):
         key = f"{prefix}{item.name}"
-        value = getattr(defaults, item.name)
+        value = _field_default(item)
         if dataclasses.is_dataclass(value):
             lines.append(f"{key}:  # {comments.get(item.name, 'section')}")
             lines.extend(describe_fields(type(value), prefix=f"{key}."))
@@ -186,6 +185,16 @@ def describe_fields(schema: type, prefix: str = "") -> list[str]:
         comment = comments.get(item.name, "")
         lines.append(f"{key} = {shown}" + (f"  # {comment}" if comment else ""))
     return lines
+
+
+def _field_default(item: dataclasses.Field) -> Any:
+    """A field's default without building the whole schema (whose own defaults may be incomplete on purpose,
+    e.g. a required manifest path)."""
+    if item.default is not dataclasses.MISSING:
+        return item.default
+    if item.default_factory is not dataclasses.MISSING:
+        return item.default_factory()
+    return None
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, schema: type, example: str = "") -> None:

@@ -60,10 +60,13 @@ def test_a_bad_config_key_is_one_clear_line_and_exit_code_2(tmp_path, caplog):
     assert "does not exist" in caplog.text
 
 
-@pytest.mark.parametrize("command", ["score", "train-reward", "calibrate-consistency", "finetune-segmenter"])
+@pytest.mark.parametrize(
+    "command",
+    ["score", "train-reward", "calibrate-consistency", "finetune-segmenter", "finetune", "eval run"],
+)
 def test_help_lists_every_config_field_with_its_default_and_comment(command, capsys):
     with pytest.raises(SystemExit):
-        main([command, "--help"])
+        main([*command.split(), "--help"])
     out = capsys.readouterr().out
     assert "config fields" in out and "--print-config" in out
     assert sum(" = " in line and "  # " in line for line in out.splitlines()) >= 5
