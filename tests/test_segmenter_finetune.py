@@ -23,7 +23,9 @@ from hfpc_reward.consistency.segmenter_train import (
     segmentation_losses,
 )
 from hfpc_reward.data.manifest import read_jsonl
+from hfpc_reward.errors import UsageError
 from hfpc_reward.images import load_mask, load_rgb
+from hfpc_reward.runs import OutputExistsError, ResumeMismatchError
 from hfpc_reward.sample.pairs import generate_products
 from hfpc_reward.testing.tiny_efficientsam import write_tiny_efficientsam
 
@@ -66,7 +68,7 @@ def test_finetuning_raises_held_out_miou(tiny_kit, products, tmp_path, capsys):
     assert best["miou"] > 0.6 and best["boundary_f"] > before["boundary_f"] + 0.2
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["epoch"] for r in records] == list(range(13)) and "train_loss" in records[1]
-    assert yaml.safe_load((tmp_path / "run" / "config.resolved.yaml").read_text())["train"]["epochs"] == 12
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["settings"]["train"]["epochs"] == 12
     # the best checkpoint is an ordinary EfficientSAM folder that reproduces the best held-out mIoU
     segmenter = EfficientSamSegmenter.from_pretrained(tmp_path / "run" / "best")
     _, val_rows = _split(load_config(SegmenterFinetuneConfig, None, [f"data.train_manifest={products}"]).data)
@@ -104,6 +106,20 @@ def test_resume_continues_exactly(tiny_kit, products, tmp_path, monkeypatch):
     for left, right in zip(straight, resumed):
         assert left == pytest.approx(right, rel=1e-5)
     assert summary["best"]["miou"] == max(r["miou"] for r in straight[1:])
+    # a changed learning rate or manifest is refused by name; a device change is safe
+    for changed in ("train.learning_rate=1e-3", f"data.train_manifest={tmp_path / 'other.jsonl'}"):
+        if "manifest" in changed:
+            (tmp_path / "other.jsonl").write_text(products.read_text().replace(".png", ".png", 1))
+        with pytest.raises(ResumeMismatchError, match=changed.split("=")[0].replace(".", r"\.")):
+            finetune_segmenter(
+                _config(tiny_kit, products, tmp_path / "crashed", *overrides, changed), resume=True
+            )
+    with pytest.raises(OutputExistsError):  # neither --resume nor --overwrite
+        finetune_segmenter(_config(tiny_kit, products, tmp_path / "crashed", *overrides))
+    again = finetune_segmenter(
+        _config(tiny_kit, products, tmp_path / "crashed", *overrides, "train.cpu=true"), resume=True
+    )
+    assert again["best"] == summary["best"]  # nothing left to train
 
 
 def test_sam_model_is_finetuned_and_loads_as_sam_segmenter(products, tmp_path):
@@ -148,7 +164,7 @@ def test_config_errors_say_the_fix(tmp_path):
         load_config(SegmenterFinetuneConfig, None, ["model.kind=unet"])
     with pytest.raises(ConfigError, match="box_jitter"):
         load_config(SegmenterFinetuneConfig, None, ["data.box_jitter=0.7"])
-    with pytest.raises(ValueError, match="data.train_manifest is empty"):
+    with pytest.raises(UsageError, match="data.train_manifest is empty"):
         finetune_segmenter(load_config(SegmenterFinetuneConfig, None, [f"output_dir={tmp_path}"]))
 
 

@@ -327,10 +327,12 @@ def run_calibrate_consistency(args: argparse.Namespace) -> int:
 
 def add_finetune_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, SegmenterFinetuneConfig, example="configs/segmenter/efficientsam_ti.yaml")
-    parser.add_argument("--resume", action="store_true", help="continue from output_dir/state if it exists")
+    add_run_arguments(parser)  # --resume: from output_dir/state
 
 
 def run_finetune_segmenter(args: argparse.Namespace) -> int:
     config = load_config(SegmenterFinetuneConfig, args.config, args.overrides)
-    finetune_segmenter(config, resume=args.resume)  # logs before / best metrics and writes summary.json
+    finetune_segmenter(
+        config, resume=args.resume, overwrite=args.overwrite
+    )  # logs before / best metrics and writes summary.json
     return 0

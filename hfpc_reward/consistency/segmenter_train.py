@@ -11,9 +11,14 @@ SAM is trained on its single-mask output, which `SamSegmenter` uses), plus MSE b
 actual IoU so the best-of-3 choice at inference is learnt too. With a frozen encoder, each image is
 encoded once and its embedding reused every epoch (`train.cache_embeddings`).
 
-Outputs in `output_dir`: `config.resolved.yaml`, `metrics.jsonl` (epoch 0 = before training: held-out
-mIoU and boundary F), `best/` (save_pretrained of the best epoch by held-out mIoU, replaced atomically),
-`state/` (accelerate state + trainer_state.json for `--resume`) and `summary.json` (before vs best).
+Outputs in `output_dir`: `run.json` (the run stamp: resolved settings and the manifests' hashes),
+`metrics.jsonl` (epoch 0 = before training: held-out mIoU and boundary F; each epoch once across resumes),
+`best/` (save_pretrained of the best epoch by held-out mIoU, replaced atomically), `state/` (accelerate
+state + trainer_state.json for `--resume`) and `summary.json` (before vs best).
+
+Run contract (`hfpc_reward.runs`): `output_dir` is locked while a run trains; an existing output needs
+`--resume` or `--overwrite`; `--resume` refuses any changed setting outside `SEGMENTER_SAFE_KEYS`, naming
+it (more `train.epochs` too: the cosine schedule spans them, so steps already taken would change meaning).
 """
 
 from __future__ import annotations
@@ -27,37 +32,21 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
-from hfpc_reward.config import save_resolved_config
+from hfpc_reward.config import config_to_dict
 from hfpc_reward.consistency.geometry import mask_box
 from hfpc_reward.consistency.metrics import mask_metrics
-from hfpc_reward.data.manifest import append_jsonl, read_manifest
+from hfpc_reward.consistency.segmenter_models import SegmenterModelConfig, load_trainable
+from hfpc_reward.data.manifest import ManifestError, append_jsonl, read_jsonl, read_manifest, write_jsonl
+from hfpc_reward.data.results import file_sha256
 from hfpc_reward.data.splits import split_by_original
-from hfpc_reward.images import ImageLoadError, load_mask, load_rgb, pil_to_tensor
-from hfpc_reward.runs import replace_directory
+from hfpc_reward.images import ImageLoadError, load_mask, load_rgb
+from hfpc_reward.runs import RunOutput, replace_directory
 
 logger = logging.getLogger(__name__)
 
-MODEL_KINDS = ("efficientsam", "sam")
-
-
-@dataclass
-class SegmenterModelConfig:
-    kind: str = (
-        "efficientsam"  # "efficientsam" (ours; official .pt or our folders) or "sam" (transformers SamModel)
-    )
-    checkpoint: str = (
-        "yunyangx/EfficientSAM/efficient_sam_vitt.pt"  # efficientsam: folder/.pt/hub file; sam: hub id/folder
-    )
-    train_encoder_blocks: int = 0  # also train the image encoder's last N blocks (0 = mask decoder only)
-
-    def __post_init__(self):
-        if self.kind not in MODEL_KINDS:
-            raise ValueError(f"model.kind must be one of {MODEL_KINDS}, got {self.kind!r}")
-        if self.train_encoder_blocks < 0:
-            raise ValueError("model.train_encoder_blocks must be >= 0 (0 trains the mask decoder only)")
+SEGMENTER_SAFE_KEYS = ("train.cpu", "train.cache_embeddings")  # --resume may change these: device, speed
 
 
 @dataclass
@@ -108,121 +97,6 @@ class SegmenterFinetuneConfig:
     data: SegmenterDataConfig = field(default_factory=SegmenterDataConfig)  # product images and masks
     train: SegmenterTrainConfig = field(default_factory=SegmenterTrainConfig)  # optimisation and loss
     output_dir: str = "runs/segmenter"  # where checkpoints, metrics and the resolved config go
-
-
-# ---- the two model families behind one small interface ------------------------------------------------
-
-
-class _PromptedEfficientSam(nn.Module):
-    """EfficientSAM for training: image -> square model frame (stretched), box -> 3 masks + IoUs."""
-
-    def __init__(self, checkpoint: str):
-        from hfpc_reward.consistency.efficientsam import EfficientSamSegmenter
-
-        super().__init__()
-        self.segmenter = EfficientSamSegmenter.from_pretrained(checkpoint)
-        self.model = self.segmenter.model
-        self.image_size, self.mask_size = self.model.config.image_size, self.model.config.mask_size
-
-    def prepare(self, image) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(3, S, S) model input and the (w, h) the image occupies in it (all of it: EfficientSAM stretches)."""
-        pixels = self.model.preprocess(pil_to_tensor([image]).to(self.model.pixel_mean.device))[0]
-        return pixels, (self.image_size, self.image_size)
-
-    def encoder_blocks(self) -> nn.ModuleList:
-        return self.model.image_encoder.blocks
-
-    def encoder(self) -> nn.Module:
-        return self.model.image_encoder
-
-    def decoder(self) -> nn.Module:
-        return self.model.mask_decoder
-
-    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.image_encoder(pixels)
-
-    def forward(self, inputs: torch.Tensor, boxes: torch.Tensor, embedded: bool):
-        """inputs: pixels (B, 3, S, S) or embeddings; boxes (B, 4) in model-frame pixels -> (B, 3, s, s), (B, 3)."""
-        features = inputs if embedded else self.embed(inputs)
-        labels = torch.tensor([2, 3], device=boxes.device).expand(len(boxes), 1, 2)
-        logits, iou = self.model.decode(features, boxes.reshape(-1, 1, 2, 2), labels, multimask=True)
-        return logits[:, 0], iou[:, 0]
-
-    def masks(self, logits: torch.Tensor, iou: torch.Tensor, occupied, size: tuple[int, int]) -> np.ndarray:
-        """Best mask per box, thresholded at the image size (W, H), exactly as EfficientSamSegmenter does."""
-        return self.segmenter.masks_from_logits(logits.float(), iou.float(), size)
-
-    def save(self, out_dir: Path) -> None:
-        self.segmenter.save_pretrained(out_dir)
-
-
-class _PromptedSam(nn.Module):
-    """transformers SAM for training: image -> padded square (longest side S), box -> single mask + IoU.
-
-    The single-mask output is trained because that is the one `SamSegmenter` asks SAM for.
-    """
-
-    def __init__(self, checkpoint: str):
-        from transformers import SamModel, SamProcessor
-
-        super().__init__()
-        self.model = SamModel.from_pretrained(checkpoint)
-        self.processor = SamProcessor.from_pretrained(checkpoint)
-        self.image_size = self.model.config.vision_config.image_size
-        grid = self.image_size // self.model.config.vision_config.patch_size
-        self.mask_size = grid * 4  # the mask decoder upsamples the embedding grid 4x
-
-    def prepare(self, image) -> tuple[torch.Tensor, tuple[int, int]]:
-        inputs = self.processor(images=image, return_tensors="pt")
-        height, width = (int(v) for v in inputs["reshaped_input_sizes"][0])
-        return inputs["pixel_values"][0], (width, height)
-
-    def encoder_blocks(self) -> nn.ModuleList:
-        return self.model.vision_encoder.layers
-
-    def encoder(self) -> nn.Module:
-        return self.model.vision_encoder
-
-    def decoder(self) -> nn.Module:
-        return self.model.mask_decoder
-
-    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.get_image_embeddings(pixels)
-
-    def forward(self, inputs: torch.Tensor, boxes: torch.Tensor, embedded: bool):
-        features = inputs if embedded else self.embed(inputs)
-        outputs = self.model(image_embeddings=features, input_boxes=boxes[:, None], multimask_output=False)
-        return outputs.pred_masks[:, 0], outputs.iou_scores[:, 0]
-
-    def masks(self, logits: torch.Tensor, iou: torch.Tensor, occupied, size: tuple[int, int]) -> np.ndarray:
-        width, height = size
-        upscaled = self.processor.post_process_masks(
-            logits.float().cpu()[None], [(height, width)], [(occupied[1], occupied[0])]
-        )[0]
-        return upscaled[:, 0].numpy().astype(bool)
-
-    def save(self, out_dir: Path) -> None:
-        self.model.save_pretrained(out_dir)
-        self.processor.save_pretrained(out_dir)
-
-
-def load_trainable(config: SegmenterModelConfig) -> nn.Module:
-    """The wrapped model with only the mask decoder (and the encoder's last N blocks) left trainable."""
-    wrapped = (_PromptedEfficientSam if config.kind == "efficientsam" else _PromptedSam)(config.checkpoint)
-    blocks = wrapped.encoder_blocks()
-    if config.train_encoder_blocks > len(blocks):
-        raise ValueError(
-            f"model.train_encoder_blocks={config.train_encoder_blocks} but the encoder has {len(blocks)}"
-        )
-    wrapped.requires_grad_(False)
-    wrapped.decoder().requires_grad_(True)
-    for block in list(blocks)[len(blocks) - config.train_encoder_blocks :]:
-        block.requires_grad_(True)
-    if config.train_encoder_blocks:  # the neck after the last block must follow the blocks it reads
-        neck = getattr(wrapped.encoder(), "neck", None)
-        if neck is not None:
-            neck.requires_grad_(True)
-    return wrapped
 
 
 # ---- data -------------------------------------------------------------------------------------------------
@@ -293,7 +167,7 @@ def _model_frame_box(example: _Example, jitter: float, generator: torch.Generato
 
 def _split(config: SegmenterDataConfig):
     if not config.train_manifest:
-        raise ValueError("data.train_manifest is empty: pass data.train_manifest=path/to/products.jsonl")
+        raise ManifestError("data.train_manifest is empty: pass data.train_manifest=path/to/products.jsonl")
     rows = read_manifest(config.train_manifest)
     if config.val_manifest:
         return rows, read_manifest(config.val_manifest)
@@ -301,7 +175,7 @@ def _split(config: SegmenterDataConfig):
         rows, {"train": 1 - config.val_fraction, "val": config.val_fraction}, seed=config.seed
     )
     if not parts["train"] or not parts["val"]:
-        raise ValueError(
+        raise ManifestError(
             f"{config.train_manifest} has too few originals to hold out data.val_fraction; add rows"
         )
     return parts["train"], parts["val"]
@@ -372,26 +246,52 @@ def _encode_all(wrapped, examples: list[_Example], batch_size: int, device) -> t
 # ---- the loop -----------------------------------------------------------------------------------------------
 
 
-def finetune_segmenter(config: SegmenterFinetuneConfig, resume: bool = False) -> dict:
-    """Train, validate every epoch, keep the best checkpoint; returns the summary (before / best metrics)."""
+def finetune_segmenter(
+    config: SegmenterFinetuneConfig, resume: bool = False, overwrite: bool = False
+) -> dict:
+    """Train, validate every epoch, keep the best checkpoint; returns the summary (before / best metrics).
+
+    The run contract (module docstring) owns `output_dir`; `resume` / `overwrite` are its --resume /
+    --overwrite."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
 
     out = Path(config.output_dir)
-    state_dir, best_dir = out / "state", out / "best"
-    resuming = resume and (state_dir / "trainer_state.json").is_file()
-    if resume and not resuming:
-        logger.info("--resume: no saved state in %s, starting from scratch", state_dir)
     accelerator = Accelerator(mixed_precision=config.train.mixed_precision, cpu=config.train.cpu)
-    set_seed(config.data.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(config, out)
-
     train_rows, val_rows = _split(config.data)
+    settings = config_to_dict(config)
+    manifests = {"train_manifest": config.data.train_manifest, "val_manifest": config.data.val_manifest}
+    settings["manifest_sha256"] = {name: file_sha256(path) for name, path in manifests.items() if path}
+    with RunOutput(
+        out,
+        settings,
+        resume=resume,
+        overwrite=overwrite,
+        safe_keys=SEGMENTER_SAFE_KEYS,
+        inputs=[config.data.train_manifest, config.data.val_manifest, config.model.checkpoint],
+        is_main_process=accelerator.is_main_process,
+        name="finetune-segmenter",
+        folder=True,
+    ) as run:
+        summary = _train(config, accelerator, out, train_rows, val_rows, resuming=run.resuming)
+        if accelerator.is_main_process:
+            run.update_stamp(finished_epoch=config.train.epochs)
+    return summary
+
+
+def _train(
+    config: SegmenterFinetuneConfig, accelerator, out: Path, train_rows, val_rows, resuming: bool
+) -> dict:
+    from accelerate.utils import set_seed
+
+    state_dir, best_dir = out / "state", out / "best"
+    if resuming and not (state_dir / "trainer_state.json").is_file():
+        logger.info("--resume: no saved state in %s, starting from scratch", state_dir)
+        resuming = False
+    set_seed(config.data.seed)
     wrapped = load_trainable(config.model).to(accelerator.device)
     train_set, val_set = _load_examples(train_rows, wrapped), _load_examples(val_rows, wrapped)
     if not train_set or not val_set:
-        raise ValueError(
+        raise ManifestError(
             f"no usable training ({len(train_set)}) or validation ({len(val_set)}) images; see warnings"
         )
     cached = config.train.cache_embeddings and config.model.train_encoder_blocks == 0
@@ -423,6 +323,9 @@ def finetune_segmenter(config: SegmenterFinetuneConfig, resume: bool = False) ->
         logger.info(
             "resumed after epoch %d (best held-out mIoU %.4f)", trainer["epoch"], trainer["best"]["miou"]
         )
+        if accelerator.is_main_process:  # epochs logged after the saved state are trained (and logged) again
+            kept = [r for r in read_jsonl(out / "metrics.jsonl") if r["epoch"] <= trainer["epoch"]]
+            write_jsonl(out / "metrics.jsonl", kept)
     else:
         before = validate()
         trainer = {"epoch": 0, "before": before, "best": {"miou": -1.0}}  # best = best fine-tuned epoch
