@@ -1,12 +1,18 @@
 """LoRA export in diffusers format and the resumable training state (atomic writes).
 
-`save_lora` writes `pytorch_lora_weights.safetensors` (and the model card README.md) that `StableDiffusionInpaintPipeline.load_lora_weights(dir)`
-loads: peft key names (the older `lora.down/up` naming of `convert_state_dict_to_diffusers` covers attention
+`save_lora` writes `pytorch_lora_weights.safetensors` (and the model card README.md) that
+`StableDiffusionInpaintPipeline.load_lora_weights(dir)` loads: peft key names (the older `lora.down/up` naming of `convert_state_dict_to_diffusers` covers attention
 layers only, so a conv LoRA would mix both namings and the loader would drop half) plus the adapter
 metadata, so alpha != rank survives. The training state lives in
 `state/epoch-NNNN/` (LoRA tensors, optimizer, trainer JSON), written to a temporary folder first, renamed,
 and only then named by the `state/latest` pointer (itself replaced atomically), so an interrupt at any
 moment leaves the previous complete state in place.
+
+Why not `accelerator.save_state`: the UNet is deliberately not `prepare`d (see ppo.py), so accelerate would
+hold the LoRA only as a registered custom object, which it pickles and reloads with `weights_only=False`
+(our weights stay safetensors; the optimizer loads with `weights_only=True`), and it writes in place (an
+interrupted save would be the "latest" checkpoint). The RNG state it saves is not needed: every draw is
+seeded by (run.seed, epoch, sample index).
 """
 
 from __future__ import annotations
