@@ -27,7 +27,7 @@ demo: venv
 	$(BIN)/hfpc tiny-models $(DEMO)/tiny --only reward_model sd_inpaint
 	$(BIN)/hfpc sample-data $(DEMO)/pairs --pairs 96 --products 0 --size 128
 	$(BIN)/hfpc check --manifest $(DEMO)/pairs/manifest.jsonl --out $(DEMO)/check/results.jsonl --overlays $(DEMO)/check/overlays
-	$(BIN)/hfpc train-reward --config $(DEMO)/tiny/reward_tiny.yaml data.train_manifest=$(DEMO)/pairs/manifest.jsonl training.output_dir=$(DEMO)/reward
+	$(BIN)/hfpc train-reward --config $(DEMO)/tiny/reward_tiny.yaml data.train_manifest=$(DEMO)/pairs/manifest.jsonl training.out_dir=$(DEMO)/reward
 	$(BIN)/hfpc score --manifest $(DEMO)/pairs/manifest.jsonl --out $(DEMO)/score/results.jsonl reward_model.path=$(DEMO)/reward/model
 	$(BIN)/hfpc finetune --config $(DEMO)/tiny/finetune_tiny.yaml
 	$(BIN)/hfpc eval run --config configs/eval/tiny.yaml scorer.reward_model.path=$(DEMO)/reward/model

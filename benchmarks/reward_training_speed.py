@@ -48,7 +48,7 @@ def write_base_size_blip(out_dir: Path) -> Path:
 def run_side(config_path: Path, manifest: Path, out_dir: Path, cache: bool, args) -> dict:
     overrides = [
         f"data.train_manifest={manifest}",
-        f"training.output_dir={out_dir}",
+        f"training.out_dir={out_dir}",
         "training.freeze_fraction=1.0",
         f"training.cache_features={str(cache).lower()}",
         f"training.epochs={args.epochs}",

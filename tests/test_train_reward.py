@@ -45,7 +45,7 @@ def _train(tiny_config, manifest, out_dir, overrides, **kwargs):
     cfg = load_config(
         TrainRewardConfig,
         tiny_config,
-        [f"data.train_manifest={manifest}", f"training.output_dir={out_dir}", *overrides],
+        [f"data.train_manifest={manifest}", f"training.out_dir={out_dir}", *overrides],
     )
     return train_reward_model(cfg, **kwargs)
 
@@ -240,7 +240,7 @@ def test_frozen_backbone_trains_head_on_cached_features_identically(tiny_config,
 
 
 def test_train_reward_cli_rejects_missing_manifest(tiny_config, tmp_path, caplog):
-    assert cli_main(["train-reward", "--config", str(tiny_config), f"training.output_dir={tmp_path}"]) == 2
+    assert cli_main(["train-reward", "--config", str(tiny_config), f"training.out_dir={tmp_path}"]) == 2
     assert "data.train_manifest is not set" in caplog.text
 
 
@@ -324,7 +324,7 @@ def test_two_processes_train_the_same_model_as_one(tiny_config, colour_task, tmp
         str(port),
     ]
     command += ["-m", "hfpc_reward.cli", "train-reward", "--config", str(tiny_config)]
-    command += [f"data.train_manifest={colour_task['small']}", f"training.output_dir={tmp_path / 'two'}"]
+    command += [f"data.train_manifest={colour_task['small']}", f"training.out_dir={tmp_path / 'two'}"]
     command += [*common, "training.batch_size=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 def add_train_reward_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, TrainRewardConfig, example="configs/reward/blip_base.yaml")
-    add_run_arguments(parser)  # --resume: from the newest checkpoint of training.output_dir
+    add_run_arguments(parser)  # --resume: from the newest checkpoint of training.out_dir
 
 
 def run_train_reward(args: argparse.Namespace) -> int:

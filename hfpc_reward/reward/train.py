@@ -6,12 +6,12 @@ the backbone is frozen) yields this process's micro-batches of (positive, negati
 cross-entropy of sigmoid(r) against the labels (helps calibration); `gradient_accumulation_steps`
 micro-batches make one AdamW step under a warmup + `lr_scheduler` schedule that spans `schedule_epochs`.
 Validation (pairwise accuracy and loss on held-out originals) runs every `eval_every_steps`; the best
-model is kept in `output_dir/best`. At the end the best model gets the training set's score mean/std and
-a pass threshold and is written to `output_dir/model`.
+model is kept in `out_dir/best`. At the end the best model gets the training set's score mean/std and
+a pass threshold and is written to `out_dir/model`.
 
-Run contract (`hfpc_reward.runs`): `output_dir` is locked while a run trains; its settings (the resolved
-config, the manifests' content hashes) are stamped in `output_dir/run.json`; an existing output needs
-`--resume` or `--overwrite`. Checkpoints (`output_dir/checkpoints/step-N`, accelerate `save_state`: model,
+Run contract (`hfpc_reward.runs`): `out_dir` is locked while a run trains; its settings (the resolved
+config, the manifests' content hashes) are stamped in `out_dir/run.json`; an existing output needs
+`--resume` or `--overwrite`. Checkpoints (`out_dir/checkpoints/step-N`, accelerate `save_state`: model,
 optimizer, scheduler, RNG, plus the loop state) let `--resume` continue exactly where the last checkpoint
 left off, so an interrupted run ends with the same weights as an uninterrupted one. `--resume` refuses a
 changed setting outside `TRAIN_SAFE_KEYS`, naming it; more `training.epochs` are accepted, and give the
@@ -88,16 +88,16 @@ def train_reward_model(
     from accelerate.utils import set_seed
 
     tcfg = cfg.training
-    output_dir = Path(tcfg.output_dir)
+    out_dir = Path(tcfg.out_dir)
     accelerator = Accelerator(
         mixed_precision=tcfg.mixed_precision,
         log_with=tcfg.log_with,
-        project_dir=str(output_dir / "logs"),
+        project_dir=str(out_dir / "logs"),
         cpu=not torch.cuda.is_available(),  # CPU processes under torchrun: gloo, each its own shard
     )
     train_rows, valid_rows = _split_rows(cfg.data)
     with RunOutput(
-        output_dir,
+        out_dir,
         run_settings(cfg),
         resume=resume,
         overwrite=overwrite,
@@ -108,7 +108,7 @@ def train_reward_model(
         folder=True,
         hints={"training.schedule_epochs": SCHEDULE_HINT},
     ) as run:
-        checkpoints = CheckpointFolder(output_dir / "checkpoints", tcfg.keep_checkpoints)
+        checkpoints = CheckpointFolder(out_dir / "checkpoints", tcfg.keep_checkpoints)
         resume_from = checkpoints.latest() if run.resuming else None
         if accelerator.is_main_process and resume_from is None and checkpoints.root.exists():
             shutil.rmtree(checkpoints.root)  # a fresh start (or nothing to resume): no stale checkpoints
@@ -146,12 +146,12 @@ def train_reward_model(
                 eval_batch_size=tcfg.eval_batch_size,
                 seed=tcfg.seed,
             )
-        trainer = RewardTrainer(cfg, accelerator, model, source, output_dir)
+        trainer = RewardTrainer(cfg, accelerator, model, source, out_dir)
         trainer.train(resume_from, on_step)
-        summary = {**asdict(trainer.state), "output_dir": str(output_dir), "valid_pairs": len(valid_pairs)}
-        summary["model_dir"] = str(output_dir / "model")
+        summary = {**asdict(trainer.state), "out_dir": str(out_dir), "valid_pairs": len(valid_pairs)}
+        summary["model_dir"] = str(out_dir / "model")
         if accelerator.is_main_process:
-            _finalise(output_dir, cfg, train_rows, valid_rows, accelerator.device)
+            _finalise(out_dir, cfg, train_rows, valid_rows, accelerator.device)
             run.update_stamp(finished_step=trainer.state.global_step)
         accelerator.wait_for_everyone()
     accelerator.end_training()  # closes trackers and, under torchrun / accelerate launch, the process group
@@ -183,11 +183,11 @@ def _new_head_config(cfg: TrainRewardConfig) -> RewardModelConfig | None:
     return None if CONFIG_KEY in stored else cfg.architecture
 
 
-def _finalise(output_dir: Path, cfg: TrainRewardConfig, train_rows, valid_rows, device) -> None:
-    """Best model + training-set score mean/std + pass threshold (and probabilities) -> output_dir/model."""
+def _finalise(out_dir: Path, cfg: TrainRewardConfig, train_rows, valid_rows, device) -> None:
+    """Best model + training-set score mean/std + pass threshold (and probabilities) -> out_dir/model."""
     from hfpc_reward.reward.calibrate import calibrate
 
-    source = output_dir / "best"
+    source = out_dir / "best"
     model = HFPCRewardModel.from_pretrained(source, device=device)
     rng = np.random.default_rng(cfg.training.seed)
     sample = [train_rows[i] for i in sorted(rng.permutation(len(train_rows))[: cfg.data.max_stats_rows])]
@@ -200,7 +200,7 @@ def _finalise(output_dir: Path, cfg: TrainRewardConfig, train_rows, valid_rows, 
         calibrate(model, valid_rows, target_precision=None, batch_size=cfg.training.eval_batch_size)
     else:
         logger.warning("validation rows lack both labels: threshold left at 0 (the training mean)")
-    target = model.save_pretrained(output_dir / "model")
+    target = model.save_pretrained(out_dir / "model")
     logger.info(
         "final model (score mean %.4f, std %.4f, threshold %.3f) -> %s",
         model.score_mean,

@@ -33,7 +33,7 @@ class RewardDataConfig:
 class RewardTrainingConfig:
     """Optimisation, checkpointing and logging (ImageReward's recipe by default)."""
 
-    output_dir: str = "outputs/reward"  # checkpoints, best model, final model, metrics.jsonl, run.json stamp
+    out_dir: str = "outputs/reward"  # checkpoints, best model, final model, metrics.jsonl, run.json stamp
     epochs: int = 10  # passes over all training pairs
     schedule_epochs: int | None = None  # epochs the LR schedule spans; null = epochs (fix it to extend runs)
     lr_scheduler: str = "cosine"  # transformers scheduler after warmup: cosine, linear, constant_with_warmup

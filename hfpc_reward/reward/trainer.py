@@ -33,7 +33,7 @@ class TrainerState:
     micro_batch: int = 0  # micro-batches of the current epoch done
     global_step: int = 0  # optimizer steps done
     best_valid_accuracy: float = NO_VALIDATION_ACCURACY  # best validation pairwise accuracy so far
-    best_step: int = 0  # the step that reached it (its weights are in output_dir/best)
+    best_step: int = 0  # the step that reached it (its weights are in out_dir/best)
 
 
 def pair_loss(r_pos: torch.Tensor, r_neg: torch.Tensor, pointwise_weight: float) -> torch.Tensor:
@@ -75,13 +75,13 @@ class RewardTrainer:
     """The accelerate loop over one pair source: micro-batches -> compute_loss -> accumulated AdamW steps,
     with validation, best-model keeping and checkpoints."""
 
-    def __init__(self, cfg: TrainRewardConfig, accelerator, model, source, output_dir: Path):
+    def __init__(self, cfg: TrainRewardConfig, accelerator, model, source, out_dir: Path):
         from transformers import get_scheduler
 
         self.cfg, self.tcfg, self.accelerator = cfg, cfg.training, accelerator
-        self.model, self.source, self.output_dir = model, source, output_dir
+        self.model, self.source, self.out_dir = model, source, out_dir
         self.state = TrainerState()
-        self.checkpoints = CheckpointFolder(output_dir / "checkpoints", self.tcfg.keep_checkpoints)
+        self.checkpoints = CheckpointFolder(out_dir / "checkpoints", self.tcfg.keep_checkpoints)
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.trainable = [p for p in source.trained_module.parameters() if p.requires_grad]
         micro_per_epoch = math.ceil(len(source.train_pairs) / (self.tcfg.batch_size * self.world))
@@ -119,7 +119,7 @@ class RewardTrainer:
             settings = {k: str(v) for k, v in asdict(self.tcfg).items()}
             self.accelerator.init_trackers("hfpc-reward", config=settings)
         self.log = MetricsLog(
-            self.output_dir / "metrics.jsonl",
+            self.out_dir / "metrics.jsonl",
             self.accelerator,
             tracked=bool(self.tcfg.log_with),
             resumed_step=self.state.global_step if resume_from is not None else None,
@@ -195,5 +195,5 @@ class RewardTrainer:
         if math.isnan(accuracy) or accuracy > state.best_valid_accuracy:  # no valid pairs: keep the latest
             state.best_valid_accuracy, state.best_step = accuracy, state.global_step
             if self.accelerator.is_main_process:
-                self.model.save_pretrained(self.output_dir / "best")
+                self.model.save_pretrained(self.out_dir / "best")
         self.accelerator.wait_for_everyone()

@@ -7,7 +7,7 @@
 - `out_dir/reward_model/`: an `HFPCRewardModel` (untrained head) saved with `save_pretrained`.
 Returned configs:
 - `reward_tiny`: a `hfpc train-reward` delta: `model` = the tiny BLIP folder, the tiny head, CPU-sized
-  training settings (set `data.train_manifest` and `training.output_dir` on the command line).
+  training settings (set `data.train_manifest` and `training.out_dir` on the command line).
 - `reward_model_tiny`: `{"path": "<abs reward_model folder>"}` for anything that loads a reward model.
 """
 
