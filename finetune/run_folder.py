@@ -43,7 +43,7 @@ def own_run_folder(
         resume=resume,
         overwrite=overwrite,
         safe_keys=SAFE_RESUME_KEYS,
-        inputs=[config.data.manifest, config.model.pretrained],
+        inputs=[config.data.manifest, *local_folders(config.model.pretrained)],
         is_main_process=accelerator.is_main_process,
         name="finetune",
         folder=True,
@@ -59,6 +59,11 @@ def own_run_folder(
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     return run
+
+
+def local_folders(pretrained: str) -> list[str]:
+    """The pipeline as an input of the run when it is a local folder (a hub id is not a path)."""
+    return [pretrained] if Path(pretrained).exists() else []
 
 
 def keep_epochs_before(metrics_path: Path, epoch: int) -> None:

@@ -209,3 +209,15 @@ def test_help_lists_every_config_field_and_print_config_resolves_overrides(capsy
     )
     assert finetune(["--print-config", "train.epochs=3", "--resume"]) == 0  # options after overrides
     assert yaml.safe_load(capsys.readouterr().out)["train"]["epochs"] == 3
+
+
+def test_an_output_inside_the_pipeline_folder_is_refused_and_a_hub_id_is_no_input(tiny_kit, tmp_path):  # noqa: F811
+    from hfpc_finetune import train
+    from hfpc_finetune.run_folder import local_folders
+
+    from hfpc_reward.runs import OutputIsInputError
+
+    pipeline = tiny_kit[1]["model"]["pretrained"]
+    with pytest.raises(OutputIsInputError, match="choose an --out outside the inputs"):
+        train(make_config(tiny_kit, f"{pipeline}/run", **QUICK))
+    assert local_folders("stable-diffusion-v1-5/stable-diffusion-inpainting") == []
