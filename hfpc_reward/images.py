@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +35,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hfpc_reward.errors import UsageError
 
+logger = logging.getLogger(__name__)
+
+MASK_ASPECT_TOLERANCE = 0.02  # |log aspect ratio| a mask may differ from its image's and still be resized
 DEFAULT_MAX_PIXELS = 64_000_000
 
 # declared value range of float pixels -> (low, high)
@@ -137,7 +142,9 @@ def load_mask(source: ImageSource, size: tuple[int, int] | None = None) -> np.nd
     """Open a product mask as a bool array (H,W). White / opaque = product.
 
     A mask file may be greyscale/RGB (threshold at half intensity) or RGBA (alpha). When `size`
-    (width, height) is given and differs, the mask is resized with nearest-neighbour sampling.
+    (width, height) is given and differs, a mask of the same aspect ratio (within MASK_ASPECT_TOLERANCE)
+    is resized with nearest-neighbour sampling and a logged warning; one of another aspect ratio belongs
+    to another image and is refused (ImageLoadError).
     """
     if isinstance(source, np.ndarray) and source.ndim == 2:
         mask = source.astype(np.float32) > (0.5 if source.dtype != np.uint8 else 127)
@@ -148,6 +155,13 @@ def load_mask(source: ImageSource, size: tuple[int, int] | None = None) -> np.nd
         else:
             mask = np.asarray(loaded.rgb.convert("L")) > 127
     if size is not None and (mask.shape[1], mask.shape[0]) != tuple(size):
+        (height, width), (target_w, target_h) = mask.shape, size
+        if abs(math.log((width / height) / (target_w / target_h))) > MASK_ASPECT_TOLERANCE:
+            raise ImageLoadError(
+                f"the mask is {width}x{height} but its image is {target_w}x{target_h} (another aspect ratio): "
+                "give the product mask of this image"
+            )
+        logger.warning("resizing a %dx%d mask to its %dx%d image", width, height, target_w, target_h)
         mask = np.asarray(Image.fromarray(mask).resize(tuple(size), Image.NEAREST))
     return mask.astype(bool)
 

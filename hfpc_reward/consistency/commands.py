@@ -119,12 +119,14 @@ def _check_manifest_run(args: argparse.Namespace, config: ConsistencyConfig) -> 
 def _check_pair(
     original: str, generated: str, mask: str | None, config: ConsistencyConfig, as_json: bool
 ) -> int:
-    from hfpc_reward.consistency.checker import ProductConsistencyChecker
+    from hfpc_reward.consistency.checker import ConsistencyInputError, ProductConsistencyChecker
 
     checker = ProductConsistencyChecker.from_config(config)
     report = checker.check([original], [generated], masks=[mask], errors="report")[0]
-    if as_json:
+    if as_json:  # the error is in the record for scripts; exit 2 below
         print(json.dumps(report.to_record(), indent=2, ensure_ascii=False))
+    elif report.error:
+        raise ConsistencyInputError(f"cannot check {generated} against {original}: {report.error}")
     else:
         print(f"{'consistent' if report.consistent else 'INCONSISTENT'}  score {report.score:.3f}")
         for reason in report.reasons:
