@@ -11,6 +11,8 @@ from collections import defaultdict
 
 import numpy as np
 
+STD_EPSILON = 1e-6  # added to every std, so a group of equal rewards gives advantages 0, not a division by 0
+
 
 class GroupAdvantages:
     def __init__(self, min_count: int, history: int = 0):
@@ -25,7 +27,7 @@ class GroupAdvantages:
         advantages = np.zeros_like(rewards)
         if not valid.any():
             return advantages
-        batch_mean, batch_std = rewards[valid].mean(), rewards[valid].std() + 1e-6
+        batch_mean, batch_std = rewards[valid].mean(), rewards[valid].std() + STD_EPSILON
         by_key: dict[str, list[int]] = defaultdict(list)
         for index, key in enumerate(keys):
             by_key[key].append(index)
@@ -33,7 +35,7 @@ class GroupAdvantages:
             current = [rewards[i] for i in indices if valid[i]]
             pool = current + [value for epoch in self.past.get(key, []) for value in epoch]
             if len(pool) >= self.min_count:
-                mean, std = np.mean(pool), np.std(pool) + 1e-6
+                mean, std = np.mean(pool), np.std(pool) + STD_EPSILON
             else:
                 mean, std = batch_mean, batch_std
             for i in indices:

@@ -159,9 +159,9 @@ def test_the_run_owns_its_folder_and_resume_refuses_changed_settings_by_name(tin
         out,
         sample={**QUICK["sample"], "batch_size": 8},
         train={**QUICK["train"], "epochs": 2},
-        run={"report_to": "none"},
+        run={"report_to": "none", "resume": "latest"},  # the config's way of saying --resume
     )
-    resumed = train(longer, resume=True)
+    resumed = train(longer)
     assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1]
     assert resumed.first_reward == first.first_reward and resumed.epochs == 2
     stamp = json.loads((out / "run.json").read_text())
