@@ -46,7 +46,7 @@ def _config(tiny_kit, products, tmp_path, *overrides) -> SegmenterFinetuneConfig
     kit_dir, configs = tiny_kit
     path = kit_dir / "segmenter.yaml"
     path.write_text(yaml.safe_dump(configs["segmenter_efficientsam"]))
-    base = [f"data.train_manifest={products}", f"output_dir={tmp_path / 'run'}"]
+    base = [f"data.train_manifest={products}", f"out_dir={tmp_path / 'run'}"]
     return load_config(SegmenterFinetuneConfig, path, base + list(overrides))
 
 
@@ -55,7 +55,7 @@ def test_finetuning_raises_held_out_miou(tiny_kit, products, tmp_path, capsys):
     config_path = kit_dir / "segmenter.yaml"
     config_path.write_text(yaml.safe_dump(configs["segmenter_efficientsam"]))
     argv = ["finetune-segmenter", "--config", str(config_path), f"data.train_manifest={products}"]
-    assert cli_main(argv + [f"output_dir={tmp_path / 'run'}", "train.epochs=12"]) == 0
+    assert cli_main(argv + [f"out_dir={tmp_path / 'run'}", "train.epochs=12"]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     before, best = summary["before"], summary["best"]
     with capsys.disabled():
@@ -133,7 +133,7 @@ def test_sam_model_is_finetuned_and_loads_as_sam_segmenter(products, tmp_path):
         "train.epochs=4",
         "train.learning_rate=1e-2",
     ]
-    overrides += [f"data.train_manifest={products}", f"output_dir={tmp_path / 'run'}"]  # mask decoder only
+    overrides += [f"data.train_manifest={products}", f"out_dir={tmp_path / 'run'}"]  # mask decoder only
     summary = finetune_segmenter(load_config(SegmenterFinetuneConfig, None, overrides))
     assert summary["best"]["miou"] > summary["before"]["miou"] + 0.2
     segmenter = SamSegmenter.from_pretrained(str(tmp_path / "run" / "best"))
@@ -165,7 +165,7 @@ def test_config_errors_say_the_fix(tmp_path):
     with pytest.raises(ConfigError, match="box_jitter"):
         load_config(SegmenterFinetuneConfig, None, ["data.box_jitter=0.7"])
     with pytest.raises(UsageError, match="data.train_manifest is empty"):
-        finetune_segmenter(load_config(SegmenterFinetuneConfig, None, [f"output_dir={tmp_path}"]))
+        finetune_segmenter(load_config(SegmenterFinetuneConfig, None, [f"out_dir={tmp_path}"]))
 
 
 def test_loss_prefers_the_matching_mask_and_iou_is_exact():

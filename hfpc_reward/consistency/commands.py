@@ -329,7 +329,7 @@ def run_calibrate_consistency(args: argparse.Namespace) -> int:
 
 def add_finetune_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, SegmenterFinetuneConfig, example="configs/segmenter/efficientsam_ti.yaml")
-    add_run_arguments(parser)  # --resume: from output_dir/state
+    add_run_arguments(parser)  # --resume: from out_dir/state
 
 
 def run_finetune_segmenter(args: argparse.Namespace) -> int:

@@ -11,12 +11,12 @@ SAM is trained on its single-mask output, which `SamSegmenter` uses), plus MSE b
 actual IoU so the best-of-3 choice at inference is learnt too. With a frozen encoder, each image is
 encoded once and its embedding reused every epoch (`train.cache_embeddings`).
 
-Outputs in `output_dir`: `run.json` (the run stamp: resolved settings and the manifests' hashes),
+Outputs in `out_dir`: `run.json` (the run stamp: resolved settings and the manifests' hashes),
 `metrics.jsonl` (epoch 0 = before training: held-out mIoU and boundary F; each epoch once across resumes),
 `best/` (save_pretrained of the best epoch by held-out mIoU, replaced atomically), `state/` (accelerate
 state + trainer_state.json for `--resume`) and `summary.json` (before vs best).
 
-Run contract (`hfpc_reward.runs`): `output_dir` is locked while a run trains; an existing output needs
+Run contract (`hfpc_reward.runs`): `out_dir` is locked while a run trains; an existing output needs
 `--resume` or `--overwrite`; `--resume` refuses any changed setting outside `SEGMENTER_SAFE_KEYS`, naming
 it (more `train.epochs` too: the cosine schedule spans them, so steps already taken would change meaning).
 """
@@ -96,7 +96,7 @@ class SegmenterFinetuneConfig:
     model: SegmenterModelConfig = field(default_factory=SegmenterModelConfig)  # what to fine-tune
     data: SegmenterDataConfig = field(default_factory=SegmenterDataConfig)  # product images and masks
     train: SegmenterTrainConfig = field(default_factory=SegmenterTrainConfig)  # optimisation and loss
-    output_dir: str = "runs/segmenter"  # where checkpoints, metrics and the resolved config go
+    out_dir: str = "runs/segmenter"  # where checkpoints, metrics, summary.json and the run.json stamp go
 
 
 # ---- data -------------------------------------------------------------------------------------------------
@@ -251,11 +251,11 @@ def finetune_segmenter(
 ) -> dict:
     """Train, validate every epoch, keep the best checkpoint; returns the summary (before / best metrics).
 
-    The run contract (module docstring) owns `output_dir`; `resume` / `overwrite` are its --resume /
+    The run contract (module docstring) owns `out_dir`; `resume` / `overwrite` are its --resume /
     --overwrite."""
     from accelerate import Accelerator
 
-    out = Path(config.output_dir)
+    out = Path(config.out_dir)
     accelerator = Accelerator(mixed_precision=config.train.mixed_precision, cpu=config.train.cpu)
     train_rows, val_rows = _split(config.data)
     settings = config_to_dict(config)
