@@ -39,7 +39,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from hfpc_reward.config import config_to_dict, save_resolved_config
-from hfpc_reward.data.manifest import append_jsonl, read_manifest
+from hfpc_reward.data.manifest import ManifestError, append_jsonl, read_manifest
 from hfpc_reward.images import ImageLoadError, load_mask, open_image, paste_product, resize_to
 from hfpc_reward.runs import RunOutput, flatten_settings, is_safe_key, settings_hash
 from hfpc_reward.sample.oracle import held_out_check
@@ -60,7 +60,7 @@ def load_products(manifest: str | Path, default_prompt: str) -> tuple[list[Produ
         product_id = row.product_id or Path(row.origin).stem
         if product_id in seen:
             if seen[product_id] != row.origin:
-                raise ValueError(
+                raise ManifestError(
                     f"{manifest}:{row.line}: product_id {product_id!r} names two originals; make it unique"
                 )
             continue
@@ -78,7 +78,7 @@ def load_products(manifest: str | Path, default_prompt: str) -> tuple[list[Produ
             )
         )
     if not products:
-        raise ValueError(f"manifest {manifest} has no loadable product")
+        raise ManifestError(f"manifest {manifest} has no loadable product: check its origin / mask paths")
     return products, skipped
 
 
@@ -213,7 +213,8 @@ def _make_samples(config, units, products, generators, scorer, itm_judge, shard,
     owned_scorer = scorer is None
     if owned_scorer:
         scorer = build_scorer(config.scorer, config.consistency_workers)
-        itm_judge = itm_judge or build_itm_judge(config.held_out)
+    if itm_judge is None:
+        itm_judge = build_itm_judge(config.held_out)
     by_id = {product.product_id: product for product in products}
     versions = {version.name: version for version in config.versions}
     generators = dict(generators or {})
