@@ -64,13 +64,6 @@ from hfpc_reward.runs import flatten_settings, settings_hash
 logger = logging.getLogger(__name__)
 
 PREVIEW_SAMPLES = 8  # samples shown per grid (the first ones of the main process)
-RUN_FILES = (
-    "metrics.jsonl",
-    "lora",
-    "state",
-    "grids",
-    "logs",
-)  # what a run writes; --overwrite replaces them
 
 
 @dataclass
@@ -106,6 +99,8 @@ def seed_for(*parts: int) -> int:
 
 
 class DDPOTrainer:
+    """One fine-tuning run: everything checked and loaded at construction, `fit()` trains to train.epochs."""
+
     def __init__(self, config: FinetuneConfig, resume: bool = False, overwrite: bool = False):
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
