@@ -198,3 +198,19 @@ def test_pooled_consistency_judge_gives_the_verdicts_of_one_process(world):
         close_judges(pooled)
     in_process = [result.to_record() for result in build_scorer(ScorerConfig()).score(*inputs)]
     assert in_pool == in_process and len(in_pool) == len(rows) >= 8
+
+
+def test_the_command_line_resumes_only_when_asked(world, tmp_path, capsys):
+    from hfpc_eval.__main__ import main
+
+    config_file = tmp_path / "one.yaml"
+    config_file.write_text(yaml.safe_dump(config_to_dict(world["config"](world["root"] / "one"))))
+    assert main(["run", "--config", str(config_file)]) == 2  # a fresh run never writes over a finished one
+    assert (
+        main(["run", "--config", str(config_file), "--resume"]) == 0
+    )  # nothing left to make: no model loads
+    results = json.loads((world["root"] / "one" / "results.json").read_text())
+    assert results["meta"]["counts"]["generated_this_run"] == 0
+    for key in NUMBERS:
+        assert results[key] == json.loads(json.dumps(world["reference"][key]))
+    assert "report:" in capsys.readouterr().out
