@@ -38,11 +38,11 @@ from hfpc_reward.data.results import (
     INDEX_FIELD,
     ManifestResults,
     failure_kinds,
-    file_sha256,
+    manifest_run,
     require_some_rows_judged,
 )
 from hfpc_reward.errors import CommandLineError
-from hfpc_reward.runs import RunOutput, add_run_arguments
+from hfpc_reward.runs import add_run_arguments
 from hfpc_reward.scorer import HFPCResult, HFPCScorer, ScorerConfig
 
 logger = logging.getLogger(__name__)
@@ -72,20 +72,14 @@ def run_score(args: argparse.Namespace) -> int:
         raise CommandLineError(f"--batch-size must be >= 1, got {args.batch_size}")
     rows = read_manifest(args.manifest)
     rank, world = _process_rank()
-    settings = {
-        "manifest": {"path": str(args.manifest.resolve()), "sha256": file_sha256(args.manifest)},
-        "scorer": config_to_dict(config),
-        "batch_size": args.batch_size,
-    }
-    with RunOutput(
-        args.out,
+    settings = {"scorer": config_to_dict(config), "batch_size": args.batch_size}
+    with manifest_run(
+        args,
         settings,
-        resume=args.resume,
-        overwrite=args.overwrite,
         safe_keys=SCORE_SAFE_KEYS,
-        inputs=[args.manifest, config.reward_model.path],
-        is_main_process=rank == 0,
         name="hfpc score",
+        inputs=[config.reward_model.path],
+        is_main_process=rank == 0,
     ) as run:
         scorer = HFPCScorer.from_config(config)
         records = score_manifest(rows, scorer, args.out, args.batch_size, rank, world, resuming=run.resuming)

@@ -42,9 +42,9 @@ from hfpc_reward.consistency.calibrate import detection_metrics, fit_thresholds,
 from hfpc_reward.consistency.config import BACKEND_NAMES, ConsistencyConfig
 from hfpc_reward.consistency.segmenter_train import SegmenterFinetuneConfig, finetune_segmenter
 from hfpc_reward.data.manifest import ManifestRow, read_manifest, remote_source_problem
-from hfpc_reward.data.results import INDEX_FIELD, ManifestResults, file_sha256, require_some_rows_judged
+from hfpc_reward.data.results import INDEX_FIELD, ManifestResults, manifest_run, require_some_rows_judged
 from hfpc_reward.errors import CommandLineError
-from hfpc_reward.runs import RunOutput, add_run_arguments
+from hfpc_reward.runs import add_run_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -95,20 +95,11 @@ def _check_manifest_run(args: argparse.Namespace, config: ConsistencyConfig) -> 
         raise CommandLineError(f"--workers must be >= 1, got {args.workers}")
     rows = read_manifest(args.manifest)
     settings = {
-        "manifest": {"path": str(args.manifest.resolve()), "sha256": file_sha256(args.manifest)},
         "consistency": config_to_dict(config),
         "workers": args.workers,
         "overlays": str(args.overlays) if args.overlays else None,
     }
-    with RunOutput(
-        args.out,
-        settings,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        safe_keys=CHECK_SAFE_KEYS,
-        inputs=[args.manifest],
-        name="hfpc check",
-    ) as run:
+    with manifest_run(args, settings, safe_keys=CHECK_SAFE_KEYS, name="hfpc check") as run:
         records = check_manifest(rows, config, args.out, args.overlays, args.workers, resuming=run.resuming)
         run.update_stamp(rows=len(records))
     print(summary_table(records))

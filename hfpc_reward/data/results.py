@@ -19,6 +19,7 @@ from typing import Any
 
 from hfpc_reward.data.manifest import ManifestRow, append_jsonl, read_jsonl, write_jsonl
 from hfpc_reward.errors import UsageError
+from hfpc_reward.runs import RunOutput
 
 INDEX_FIELD = "manifest_index"
 VERDICT_FIELDS = ("consistent", "passed")  # null in error rows
@@ -38,6 +39,32 @@ def file_sha256(path: str | Path) -> str:
         while chunk := handle.read(HASH_CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def manifest_run(
+    args: Any,
+    settings: dict[str, Any],
+    *,
+    safe_keys: Sequence[str],
+    name: str,
+    inputs: Sequence[str | Path | None] = (),
+    is_main_process: bool = True,
+) -> RunOutput:
+    """The run contract of a manifest command (`--manifest M --out RESULTS [--resume] [--overwrite]`): the
+    stamped settings gain the manifest's path and content hash (a resume notices an edit in place), and the
+    manifest is an input that RESULTS may not overwrite."""
+    manifest = Path(args.manifest)
+    stamped = {"manifest": {"path": str(manifest.resolve()), "sha256": file_sha256(manifest)}, **settings}
+    return RunOutput(
+        args.out,
+        stamped,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        safe_keys=safe_keys,
+        inputs=[manifest, *inputs],
+        is_main_process=is_main_process,
+        name=name,
+    )
 
 
 class ManifestResults:
