@@ -125,12 +125,17 @@ class WeightedReward:
             )
             if len(values) != len(prompts):
                 raise ValueError(f"reward {name!r} returned {len(values)} values for {len(prompts)} samples")
-            values = [None if v is None or not np.isfinite(v) else float(v) for v in values]
+            values = finite_or_none(values)
             valid = [v for v in values if v is not None]
             if len(self.terms) > 1 and log_metric is not None and valid:
                 log_metric(name, float(np.mean(valid)))
             total = [None if t is None or v is None else t + weight * v for t, v in zip(total, values)]
         return total
+
+
+def finite_or_none(values) -> list[float | None]:
+    """Floats, with None for abstentions and for NaN / inf (never reported as a reward)."""
+    return [None if v is None or not np.isfinite(v) else float(v) for v in values]
 
 
 def _mask_keyword(fn: Callable) -> str:
@@ -177,8 +182,7 @@ def call_reward(
         logger.warning("reward failed on a batch of %d, abstaining: %s", len(prompts), error)
         logger.debug("reward failure", exc_info=True)
         return RewardBatch([None] * len(prompts), error)
-    values = [None if v is None or not np.isfinite(v) else float(v) for v in values]
-    return RewardBatch(values, None, extras)
+    return RewardBatch(finite_or_none(values), None, extras)
 
 
 def probe_reward(reward: Callable, items: Sequence[Any]) -> None:
