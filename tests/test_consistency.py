@@ -260,6 +260,7 @@ def test_verdict_score_and_thresholds_from_config():
         "ssim": 0.98,
         "changed_area": 0.0,
         "edge_changed": 0.0,
+        "bleed": 0.0,
         "aspect_mismatch": 0.0,
     }
     outcome = verdict(good, ThresholdConfig())
@@ -296,6 +297,7 @@ def test_fit_thresholds_separates_labels_and_never_ends_worse():
         "ssim": 0.99,
         "changed_area": 0.0,
         "edge_changed": 0.0,
+        "bleed": 0.0,
         "aspect_mismatch": 0.0,
     }
     metrics, truth = [], []

@@ -45,6 +45,7 @@ from PIL import Image
 
 from hfpc_reward import images
 from hfpc_reward.consistency.backends import MaskFinder, OriginalProduct
+from hfpc_reward.consistency.classic import MIN_REFINE_PX, refine_mask
 from hfpc_reward.consistency.config import ConsistencyConfig, ThresholdConfig
 from hfpc_reward.consistency.metrics import (
     OriginalAppearance,
@@ -117,6 +118,7 @@ CHECKS: tuple[tuple[str, str, str, str, str], ...] = (
     ("ssim", "min_ssim", "min", RELABELLED, "label or texture changed (SSIM {:.2f})"),
     ("changed_area", "max_changed_area", "max", APPEARANCE, "appearance changed on {:.0%} of the product"),
     ("edge_changed", "max_edge_changed", "max", BLED, "outline melted or changed ({:.0%} of its edge zone)"),
+    ("bleed", "max_bleed", "max", BLED, "outline bled into the background ({:.0%} of the ring around it)"),
     (
         "aspect_mismatch",
         "max_aspect_mismatch",
@@ -349,9 +351,13 @@ class ProductConsistencyChecker:
         self._check_size(loaded.rgb, "original", source)
         if mask_source is not None:
             try:
-                return loaded.rgb, images.load_mask(mask_source, size=loaded.rgb.size), "given"
+                mask = images.load_mask(mask_source, size=loaded.rgb.size)
             except images.ImageLoadError as exc:
                 raise ConsistencyInputError(f"product mask: {exc}") from None
+            if self.config.refine_mask_fraction > 0 and mask.any():
+                reach = max(MIN_REFINE_PX, round(self.config.refine_mask_fraction * max(mask.shape)))
+                mask = refine_mask(np.asarray(loaded.rgb), mask, reach)
+            return loaded.rgb, mask, "given"
         if loaded.alpha is not None and not loaded.alpha.all():
             return loaded.rgb, loaded.alpha, "alpha"
         return loaded.rgb, None, "none"
@@ -420,7 +426,9 @@ class ProductConsistencyChecker:
         size = (original.rgb.shape[1], original.rgb.shape[0])
         gen_rgb = cv2.resize(np.asarray(gen_image.convert("RGB")), size, interpolation=cv2.INTER_AREA)
         m_gen = _resize_mask(gen_mask, size)
-        metrics = mask_metrics(original.mask, m_gen, self.config.metrics.boundary_tolerance)
+        metrics = mask_metrics(
+            original.mask, m_gen, self.config.metrics.boundary_tolerance, self.config.metrics.ignore_band
+        )
         appearance, drift = appearance_metrics(original, gen_rgb, self.config.metrics)
         metrics.update(appearance)
         metrics["aspect_mismatch"] = aspect_mismatch

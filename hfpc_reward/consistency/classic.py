@@ -1,23 +1,25 @@
 """The classic consistency backend: weight-free, OpenCV + numpy, runs anywhere in a few milliseconds.
 
-Original side (once per distinct original): the product mask is the given mask (the checker passes the
-alpha channel of a transparent original as the given mask), else it is extracted from a studio background
-(`studio_mask`: distance from the border colour, morphology, hole filling). The original is then reduced to
-`classic.segment_size` and a colour model of the product (a smoothed Lab histogram) is kept.
+Original side (once per distinct original): the product mask is the given mask (the checker has already
+snapped it to the original's edges, `refine_mask`; an alpha channel is used as is), else it is extracted
+from a studio background (`studio_mask`: distance from the backdrop colour, minus the soft cast shadow,
+then snapped with `refine_mask`). The original is reduced to `classic.segment_size`.
 
-Generated side (mask-guided segmentation), at the same reduced size:
-- inside the original product, a pixel is *kept* when it still matches the original (Lab distance below
-  `same_delta_e` after compensating mild global colour grading); a pixel that no longer matches and looks
-  like the new background (log-likelihood ratio product/background below -`product_margin`) is *lost*;
-- outside it, up to `search_fraction` x the product's size, a pixel that looks like the product
-  (ratio above `product_margin`), is not a shadow (a darker, same-hue version of the nearby background),
-  did not stay as it was in the original and is connected to the product is *added* (object expansion);
-- a band of `band_fraction` x the product's size around the outline keeps the original's label, so
-  feathered or anti-aliased edges do not count.
-The background colour model averages two histograms of the generated image: every pixel outside the product
-(re-fitted once without the added pixels) and the pixels beyond the search zone, which an expansion cannot
-reach (so a large expansion does not become "background" itself). The generated mask is the original mask
-minus lost plus added, at the original's size.
+Generated side (mask-guided segmentation), at the same reduced size. An *uncertain band* of
+max(`band_fraction` x the product's box diagonal, `band_image_fraction` x the image side) around the
+outline keeps the original's label, so feathered edges and masks a few pixels off do not count.
+- A pixel's distance to the product is the smaller of its Lab distance to the generated image's own
+  colour at the nearest product pixel just inside the band (the product as it is now, shading and all)
+  and to the nearest of the original product's k-means colours. The new background's colours
+  are a small palette (k-means, `palette_size`) of the generated pixels away from the product, plus the
+  local mean of the background around each pixel.
+- Outside the product, up to `search_fraction` x its size, a pixel is *added* (object expansion, bleed)
+  when its nearest product colour is closer than every background colour by `product_margin` (Lab), it is
+  not a shadow (a darker, same-hue version of the nearby background), it did not stay as it was in the
+  original, and it is connected to the product. The palette is fitted again without the added pixels.
+- Inside it (beyond the band), a pixel is *lost* when it no longer matches the original (`same_delta_e`,
+  after mild grading) and is closer to the background than to the original's colour by `product_margin`.
+The generated mask is the original mask minus lost plus added, at the original's size.
 
 Known limit: expansion is found when it is made of product-like colours (the product grew). An object of
 another colour attached to the product (a stand, a handle in a new colour) cannot be told from a background
@@ -31,14 +33,18 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 from PIL import Image
-from scipy.ndimage import gaussian_filter
 
 from hfpc_reward.consistency.backends import OriginalProduct
 from hfpc_reward.consistency.config import ClassicConfig, ConsistencyConfig
 from hfpc_reward.consistency.metrics import box_diagonal, disk, fit_grading, rgb_to_lab, undo_grading
 
 STUDIO_WORK_SIZE = 512  # longest side at which studio-background extraction runs
-_EPS = 1e-4  # floor of histogram probabilities (unseen colours)
+REFINE_WORK_SIZE = 320  # longest side at which a mask is snapped to the original's edges
+PALETTE_SAMPLES = 2000  # background pixels (evenly strided) the k-means palette is fitted on
+PRODUCT_COLOURS = 8  # k-means colours of the product used by mask refinement
+MIN_REFINE_PX = 5
+REFINE_MARGIN = 6.0  # Lab distance by which a pixel must be closer to the other side to change sides
+HOLE_FRACTION = 0.005  # studio extraction keeps see-through holes of at least this share of the product  # mask refinement looks at least this many pixels either side of the given outline
 
 
 class ClassicMaskFinder:
@@ -93,22 +99,30 @@ class ClassicMaskFinder:
                 True
             )
         product_size = box_diagonal(m_small)
-        band = max(1, round(self.config.band_fraction * product_size))
+        band = max(
+            1,
+            round(max(self.config.band_fraction * product_size, self.config.band_image_fraction * max(size))),
+        )
         dist_in = cv2.distanceTransform(m_small.astype(np.uint8), cv2.DIST_L2, 3)
         core = dist_in > band
         if core.sum() < 16:
             core = m_small
-        lab8 = cv2.cvtColor(small, cv2.COLOR_RGB2LAB)
+        edge_core = core & (dist_in <= 2 * band + 1)  # the product just inside the band: its colour reference
+        _, nearest = cv2.distanceTransformWithLabels(
+            (~edge_core).astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
+        )
+        lab_blur = rgb_to_lab(cv2.GaussianBlur(small.astype(np.float32), (0, 0), 1.0))
         return {
             "size": size,
             "small": small,
-            "lab_blur": rgb_to_lab(cv2.GaussianBlur(small.astype(np.float32), (0, 0), 1.0)),
+            "lab_blur": lab_blur,
+            "product_palette": _palette(lab_blur, core, self.config.palette_size),
             "mask": m_small,
             "core": core,
+            "nearest_product": (nearest, edge_core),  # labels of the nearest edge_core pixel, and edge_core
             "dist_out": cv2.distanceTransform((~m_small).astype(np.uint8), cv2.DIST_L2, 3),
             "band": band,
             "search": max(band + 2, round(self.config.search_fraction * product_size)),
-            "product_hist": self._histogram(lab8, core),
         }
 
     def _generated_mask(
@@ -120,72 +134,147 @@ class ClassicMaskFinder:
         g, o = fit_grading(
             cache["small"], small, core, self.metrics_config.grading_gain, self.metrics_config.grading_offset
         )
-        lab_blur = rgb_to_lab(cv2.GaussianBlur(undo_grading(small, g, o), (0, 0), 1.0))
-        same = np.linalg.norm(lab_blur - cache["lab_blur"], axis=2) < cfg.same_delta_e
+        lab = rgb_to_lab(cv2.GaussianBlur(undo_grading(small, g, o), (0, 0), 1.0))
+        to_original = _distance(lab, cache["lab_blur"])
+        same = to_original < cfg.same_delta_e
         outside = ~m_small & (dist_out > band)
         ring = outside & (dist_out <= cache["search"])
-        lab8 = cv2.cvtColor(small, cv2.COLOR_RGB2LAB)
-        bins = self._bin_index(lab8)
         far = outside & ~ring
-        local_background = self._local_mean(lab_blur, far if far.sum() > 32 else outside)
-        shadow = self._shadow_like(lab_blur, local_background)
+        far_background = far if far.sum() > 64 else outside  # where an expansion cannot reach
+        local_background = _local_mean(lab, far_background)
+        shadow = self._shadow_like(lab, local_background)
+        labels, edge_core = cache["nearest_product"]
+        table = np.zeros((int(labels.max()) + 1, 3), np.float32)
+        table[labels[edge_core]] = lab[edge_core]
+        near = ring | m_small  # the only pixels whose product / background distances are used
+        to_product = np.minimum(
+            _distance(lab, table[labels]), _distance_to(lab, cache["product_palette"], near)
+        )
         seed = cv2.dilate(m_small.astype(np.uint8), disk(band + 1)) > 0
-        far_background = (
-            far if far.sum() > 64 else outside
-        )  # the new background away from where expansion can be
 
         added = np.zeros_like(m_small)
-        for _ in range(2):  # fit the background model, then re-fit it without the pixels found to be product
-            background_hist = 0.5 * (
-                self._histogram(lab8, far_background) + self._histogram(lab8, outside & ~added)
+        background = far_background
+        for _ in range(2):  # fit the background colours, then again without the pixels found to be product
+            to_background = np.minimum(
+                _distance_to(lab, _palette(lab, background, cfg.palette_size), near),
+                _distance(lab, _local_mean(lab, background)),
             )
-            ratio = self._log_ratio(bins, cache["product_hist"], background_hist)
-            candidates = ring & (ratio > cfg.product_margin) & ~shadow & ~same
+            candidates = ring & (to_product + cfg.product_margin < to_background) & ~shadow & ~same
             candidates = (
                 cv2.morphologyEx(candidates.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8)) > 0
             )
             added = _connected_to(candidates, seed)
-        removed = core & ~same & (ratio < -cfg.product_margin)
-        removed = cv2.morphologyEx(removed.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8)) > 0
+            # the product-like pixels and their fringe stay out of the background (k-means gives outliers
+            # a colour of their own)
+            found = cv2.dilate(candidates.astype(np.uint8), disk(2 * band + 1)) > 0
+            background = far_background | (outside & ~found)
+        # lost: no longer the original and close to a background colour; band pixels only next to lost core
+        lost_like = m_small & ~same & (to_background < cfg.same_delta_e)
+        lost_like &= to_background + cfg.product_margin < to_original
+        lost_like = (
+            cv2.morphologyEx(lost_like.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8)) > 0
+        )
+        removed = _connected_to(lost_like, lost_like & core)
 
         full_size = (product.mask.shape[1], product.mask.shape[0])
         removed_full = cv2.resize(removed.astype(np.uint8), full_size, interpolation=cv2.INTER_NEAREST) > 0
         added_full = cv2.resize(added.astype(np.uint8), full_size, interpolation=cv2.INTER_NEAREST) > 0
         return (product.mask & ~removed_full) | added_full, []
 
-    def _bin_index(self, lab8: np.ndarray) -> np.ndarray:
-        bins = self.config.histogram_bins
-        q = (lab8.astype(np.int32) * bins) >> 8
-        return (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
-
-    def _histogram(self, lab8: np.ndarray, region: np.ndarray) -> np.ndarray:
-        bins = self.config.histogram_bins
-        counts = np.bincount(self._bin_index(lab8)[region], minlength=bins**3).astype(np.float32)
-        smooth = gaussian_filter(counts.reshape(bins, bins, bins), sigma=0.7, mode="constant").ravel()
-        return smooth / max(float(smooth.sum()), 1.0)
-
-    def _log_ratio(
-        self, bins: np.ndarray, product_hist: np.ndarray, background_hist: np.ndarray
-    ) -> np.ndarray:
-        ratio = np.log(product_hist[bins] + _EPS) - np.log(background_hist[bins] + _EPS)
-        return cv2.GaussianBlur(ratio.astype(np.float32), (0, 0), 0.8)
-
-    def _local_mean(self, lab: np.ndarray, reference: np.ndarray) -> np.ndarray:
-        """Mean Lab colour of the `reference` pixels near each pixel (normalised Gaussian convolution)."""
-        weight = reference.astype(np.float32)
-        side = 2 * max(2, round(0.15 * max(lab.shape[:2]))) + 1  # a box filter costs the same at any size
-        norm = cv2.blur(weight, (side, side)) + 1e-6
-        return cv2.blur(lab * weight[..., None], (side, side)) / norm[..., None]
-
     def _shadow_like(self, lab: np.ndarray, local: np.ndarray) -> np.ndarray:
         """Pixels that are a darker version of the nearby background: same hue, lower lightness."""
-        ratio = lab[..., 0] / np.maximum(local[..., 0], 1.0)
-        chroma_gap = np.hypot(lab[..., 1] - ratio * local[..., 1], lab[..., 2] - ratio * local[..., 2])
-        return (ratio < 0.97) & (ratio > 0.2) & (chroma_gap < self.config.shadow_max_chroma)
+        return shadow_like(lab, local, self.config.shadow_max_chroma)
+
+
+def shadow_like(lab: np.ndarray, local: np.ndarray, max_chroma: float) -> np.ndarray:
+    """Pixels of `lab` that are a darker version of the `local` background colour (same hue and chroma ratio)."""
+    ratio = lab[..., 0] / np.maximum(local[..., 0], 1.0)
+    chroma_gap = np.hypot(lab[..., 1] - ratio * local[..., 1], lab[..., 2] - ratio * local[..., 2])
+    return (ratio < 0.97) & (ratio > 0.2) & (chroma_gap < max_chroma)
+
+
+def nearest_colour(lab: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Per pixel, the `lab` colour of the nearest `source` pixel (OpenCV's labelled distance transform)."""
+    _, labels = cv2.distanceTransformWithLabels(
+        (~source).astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    table = np.zeros((int(labels.max()) + 1, 3), np.float32)
+    table[labels[source]] = lab[source]
+    return table[labels]
+
+
+def _local_mean(lab: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Mean Lab colour of the `reference` pixels near each pixel (normalised box filter)."""
+    weight = reference.astype(np.float32)
+    side = 2 * max(2, round(0.15 * max(lab.shape[:2]))) + 1  # a box filter costs the same at any size
+    norm = cv2.blur(weight, (side, side)) + 1e-6
+    return cv2.blur(lab * weight[..., None], (side, side)) / norm[..., None]
+
+
+def _palette(lab: np.ndarray, region: np.ndarray, colours: int) -> np.ndarray | None:
+    """(K,3) k-means Lab colours of the `region` pixels (None when there are too few)."""
+    pixels = lab[region]
+    if len(pixels) < colours:
+        return None
+    pixels = np.ascontiguousarray(pixels[:: max(1, len(pixels) // PALETTE_SAMPLES)], dtype=np.float32)
+    cv2.setRNGSeed(0)  # the same image always gets the same palette
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 8, 0.5)
+    return cv2.kmeans(pixels, colours, None, criteria, 1, cv2.KMEANS_PP_CENTERS)[2]
+
+
+def _distance_to(lab: np.ndarray, palette: np.ndarray | None, region: np.ndarray) -> np.ndarray:
+    """Per pixel of `region`, the Lab distance to the nearest colour of `palette` (infinite elsewhere and
+    without a palette)."""
+    distance = np.full(lab.shape[:2], np.inf, np.float32)
+    if palette is None:
+        return distance
+    pixels = lab[region]
+    squared = (pixels * pixels).sum(1)[:, None] - 2 * pixels @ palette.T + (palette * palette).sum(1)[None]
+    distance[region] = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+    return distance
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    difference = a - b
+    return np.sqrt(np.einsum("...c,...c->...", difference, difference))
+
+
+def refine_mask(rgb: np.ndarray, mask: np.ndarray, reach_px: int) -> np.ndarray:
+    """`mask` snapped to the edges of `rgb` within `reach_px` of its outline (at REFINE_WORK_SIZE at most).
+
+    Within that band a pixel changes side when its colour is closer (by REFINE_MARGIN) to the other side:
+    to the nearest product pixel beyond the band inside (or one of the product's k-means colours), or to the
+    nearest background pixel beyond it outside. A mask eroded or dilated by a few pixels (a segmenter's)
+    comes back to the product's true outline where product and background differ.
+    """
+    height, width = mask.shape
+    scale = min(1.0, REFINE_WORK_SIZE / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    work = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    m_work = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+    reach = max(1, round(reach_px * scale))
+    inside = cv2.erode(m_work.astype(np.uint8), disk(reach)) > 0
+    outside = cv2.dilate(m_work.astype(np.uint8), disk(reach)) == 0
+    if inside.sum() < 16 or outside.sum() < 16:
+        return mask
+    lab = rgb_to_lab(work)
+    band = ~inside & ~outside
+    product_colours = _palette(lab, inside, PRODUCT_COLOURS)  # thin parts have no interior nearby
+    to_in = np.minimum(_distance(lab, nearest_colour(lab, inside)), _distance_to(lab, product_colours, band))
+    to_out = _distance(lab, nearest_colour(lab, outside))
+    # a pixel changes side only when clearly closer to the other one: mixed (anti-aliased) pixels keep the
+    # given label; holes of the mask (inside a handle) stay holes
+    joins = band & ~m_work & (to_in + REFINE_MARGIN < to_out)
+    leaves = band & m_work & (to_out + REFINE_MARGIN < to_in)
+    refined = (m_work | joins) & ~leaves
+    if scale == 1.0:
+        return refined
+    return cv2.resize(refined.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) > 0.5
 
 
 def studio_mask(rgb: np.ndarray, config: ClassicConfig) -> tuple[np.ndarray, list[str]]:
-    """Product mask of a photo on a plain studio backdrop: pixels far from the border colour, cleaned.
+    """Product mask of a photo on a plain studio backdrop: pixels far from the backdrop colour that are not
+    its soft cast shadow (a darker, same-hue backdrop), cleaned and snapped to the edges (`refine_mask`).
 
     Returns the (H,W) bool mask and notes (e.g. when the border is not a plain backdrop).
     """
@@ -195,25 +284,24 @@ def studio_mask(rgb: np.ndarray, config: ClassicConfig) -> tuple[np.ndarray, lis
         rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
     )
     lab = rgb_to_lab(cv2.GaussianBlur(work.astype(np.float32), (0, 0), 1.0))
-    border = np.concatenate(
-        [
-            lab[:2].reshape(-1, 3),
-            lab[-2:].reshape(-1, 3),
-            lab[:, :2].reshape(-1, 3),
-            lab[:, -2:].reshape(-1, 3),
-        ]
-    )
-    backdrop = np.median(border, axis=0)
+    border = np.zeros(lab.shape[:2], bool)
+    border[:2], border[-2:], border[:, :2], border[:, -2:] = True, True, True, True
     notes = []
-    if np.percentile(np.linalg.norm(border - backdrop, axis=1), 90) > config.studio_delta_e:
+    backdrop = _smooth_backdrop(lab, border)  # a soft gradient or vignette of the backdrop is followed
+    spread = np.linalg.norm(lab[border] - backdrop[border], axis=1)
+    if np.percentile(spread, 90) > config.studio_delta_e:
         notes.append(
             "original has no plain studio background; its extracted product mask may be wrong (pass a mask)"
         )
-    foreground = (np.linalg.norm(lab - backdrop, axis=2) > config.studio_delta_e).astype(np.uint8)
+    distinct = np.linalg.norm(lab - backdrop, axis=2) > config.studio_delta_e
+    shadow = shadow_like(lab, backdrop, config.shadow_max_chroma) & (lab[..., 0] > 0.4 * backdrop[..., 0])
+    foreground = (distinct & ~shadow).astype(np.uint8)
     radius = max(1, round(0.01 * max(work.shape[:2])))
     foreground = cv2.morphologyEx(foreground, cv2.MORPH_CLOSE, disk(radius))
     foreground = cv2.morphologyEx(foreground, cv2.MORPH_OPEN, disk(1))
-    foreground = _fill_holes(foreground > 0)
+    foreground = _fill_holes(
+        foreground > 0, keep=np.linalg.norm(lab - backdrop, axis=2) < config.studio_delta_e / 2
+    )
     count, labels, stats, _ = cv2.connectedComponentsWithStats(foreground.astype(np.uint8), connectivity=8)
     if count > 1:
         areas = stats[1:, cv2.CC_STAT_AREA]
@@ -222,13 +310,35 @@ def studio_mask(rgb: np.ndarray, config: ClassicConfig) -> tuple[np.ndarray, lis
     else:
         notes.append("studio-background extraction found no product in the original")
     mask = cv2.resize(foreground.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+    if count > 1:
+        mask = refine_mask(rgb, mask, max(MIN_REFINE_PX, round(0.01 * max(height, width))))
     return mask, notes
 
 
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    _, labels = cv2.connectedComponents((~mask).astype(np.uint8), connectivity=4)
+def _smooth_backdrop(lab: np.ndarray, border: np.ndarray) -> np.ndarray:
+    """The backdrop colour at every pixel: a quadratic surface in (x, y) per Lab channel, fitted on `border`."""
+    height, width = border.shape
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    xx, yy = xx / width - 0.5, yy / height - 0.5
+    terms = np.stack([np.ones_like(xx), xx, yy, xx * xx, yy * yy, xx * yy], axis=-1)  # (H,W,6)
+    coefficients, *_ = np.linalg.lstsq(terms[border], lab[border], rcond=None)
+    return (terms @ coefficients).astype(np.float32)
+
+
+def _fill_holes(mask: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """`mask` with its holes filled, except see-through ones: holes of at least HOLE_FRACTION of the mask's
+    area whose pixels are mostly `keep` (the backdrop showing through, as inside a handle)."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
     edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    return mask | ~np.isin(labels, edge_labels)
+    filled = mask.copy()
+    minimum = HOLE_FRACTION * mask.sum()
+    for label in range(1, count):
+        if label in edge_labels:
+            continue
+        hole = labels == label
+        if stats[label, cv2.CC_STAT_AREA] < minimum or keep[hole].mean() < 0.5:
+            filled |= hole
+    return filled
 
 
 def _connected_to(candidates: np.ndarray, seed: np.ndarray) -> np.ndarray:
@@ -236,5 +346,5 @@ def _connected_to(candidates: np.ndarray, seed: np.ndarray) -> np.ndarray:
     if not candidates.any():
         return candidates
     _, labels = cv2.connectedComponents((candidates | seed).astype(np.uint8), connectivity=8)
-    touching = np.unique(labels[seed])
+    touching = np.unique(labels[seed & (labels > 0)])
     return candidates & np.isin(labels, touching[touching > 0])

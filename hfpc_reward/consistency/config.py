@@ -32,7 +32,7 @@ class GroundedConfig:
         True  # cut each SAM mask to its prompt box (the detector's box bounds the product)
     )
     batch_size: int = 8  # images per detector / SAM encoder forward pass (lower it when memory is short)
-    device: str = "cpu"  # torch device for both models
+    device: str = "auto"  # torch device for both models; "auto" = CUDA when present, else CPU
     dtype: str = "float32"  # torch dtype name for both models: "float32", "float16" or "bfloat16"
 
     def __post_init__(self):
@@ -56,33 +56,32 @@ class ClassicConfig:
     """The weight-free OpenCV/numpy backend: studio-background extraction and mask-guided segmentation."""
 
     segment_size: int = 160  # longest side (px) at which the generated product is segmented; larger = slower
-    band_fraction: float = (
-        0.025  # boundary band ignored (feathered edges), as a fraction of the product's size
-    )
+    band_fraction: float = 0.012  # uncertain band around the outline (feathered edges), x the product's size
+    band_image_fraction: float = 0.004  # ... and at least this fraction of the image side (mask errors)
     search_fraction: float = 0.35  # how far outside the original mask expansion is searched, x product size
     same_delta_e: float = 12.0  # Lab distance below which a generated pixel still "is" the original pixel
-    product_margin: float = (
-        1.5  # log-likelihood ratio (product vs new background) a pixel needs to count as product
-    )
+    product_margin: float = 4.0  # Lab distance by which a pixel must be closer to product than background
+    palette_size: int = 8  # k-means colours that model the new background of a generated image
     shadow_max_chroma: float = (
         12.0  # shadows/reflections: a darker pixel within this Lab chroma of the background
     )
     studio_delta_e: float = (
-        10.0  # studio extraction: Lab distance from the border colour that counts as product
+        10.0  # studio extraction: Lab distance from the backdrop colour that counts as product
     )
-    histogram_bins: int = 12  # bins per Lab channel of the product / background colour models
 
     def __post_init__(self):
         if not 32 <= self.segment_size <= 2048:
             raise ValueError(f"classic.segment_size must be in [32, 2048] pixels, got {self.segment_size}")
-        for name in ("band_fraction", "search_fraction"):
+        for name in ("band_fraction", "band_image_fraction", "search_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"classic.{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("same_delta_e", "studio_delta_e", "shadow_max_chroma"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"classic.{name} must be a positive Lab distance, got {getattr(self, name)}")
-        if not 4 <= self.histogram_bins <= 64:
-            raise ValueError(f"classic.histogram_bins must be in [4, 64], got {self.histogram_bins}")
+        if self.product_margin < 0:
+            raise ValueError(f"classic.product_margin must be >= 0, got {self.product_margin}")
+        if not 2 <= self.palette_size <= 32:
+            raise ValueError(f"classic.palette_size must be in [2, 32], got {self.palette_size}")
 
 
 @dataclass
@@ -107,6 +106,7 @@ class ThresholdConfig:
     max_changed_area: float = (
         0.01  # fraction of the product whose local colour changed by more than changed_delta_e
     )
+    max_bleed: float = 0.15  # share of the ring just outside the outline covered by the generated product
     max_edge_changed: float = (
         0.02  # fraction of the product's edge zone changed by more than edge_delta_e (melting)
     )
@@ -125,6 +125,7 @@ class ThresholdConfig:
             "max_delta_e",
             "max_changed_area",
             "max_edge_changed",
+            "max_bleed",
             "max_aspect_mismatch",
         ):
             if getattr(self, name) <= 0:
@@ -173,6 +174,8 @@ class ConsistencyConfig:
     )
     max_mask_fraction: float = 0.95  # ... and one larger than this (no background left to compare) is refused
     min_image_size: int = 32  # an original or generated image with a side shorter than this (px) is an error
+    refine_mask_fraction: float = 0.012  # a given mask is snapped to the original's edges within this x the
+    # image side (at least 5 px), so a mask a few pixels off is corrected; 0 = use the mask exactly as given
 
     def __post_init__(self):
         if self.backend not in BACKEND_NAMES:
@@ -182,5 +185,7 @@ class ConsistencyConfig:
                 "need 0 <= min_mask_fraction < max_mask_fraction <= 1, got "
                 f"{self.min_mask_fraction} and {self.max_mask_fraction}"
             )
+        if not 0.0 <= self.refine_mask_fraction <= 0.1:
+            raise ValueError(f"refine_mask_fraction must be in [0, 0.1], got {self.refine_mask_fraction}")
         if self.min_image_size < 1:
             raise ValueError(f"min_image_size must be >= 1 pixel, got {self.min_image_size}")

@@ -12,6 +12,9 @@ Mask metrics (m_orig: product mask of the original, m_gen: product mask found in
   (1.0 when m_gen is empty).
 - `boundary_f`: F-score of the two outlines, a boundary pixel matching when the other outline is within
   `boundary_tolerance` x the box diagonal (at least one pixel).
+- `bleed`: share of the ring just outside the original outline (from `ignore_band` to 3 x `ignore_band` x
+  the box diagonal away) that the generated product covers: an outline smeared outward into the
+  background (a localised blob shows as `expansion` instead; both grow the product).
 
 Appearance metrics, measured on the original product's pixels (m_orig without a thin band inside its outline,
 `ignore_band`, so feathered edges do not count), the same pixels compared in both images:
@@ -42,6 +45,7 @@ from PIL import Image
 
 from hfpc_reward.consistency.config import MetricsConfig
 
+MIN_IGNORE_PX = 2  # the ignored band is at least this wide: anti-aliasing, JPEG and blur at low resolution
 EDGE_ZONE = 3  # the edge zone reaches this many ignored-band widths into the product
 GAIN_RIDGE = (
     100.0  # (0-255 levels)^2: below this channel variance the grading fit prefers an offset to a gain
@@ -49,7 +53,7 @@ GAIN_RIDGE = (
 SSIM_BLUR = (0.0, 1.0)  # px: SSIM against the original as is and slightly blurred (the better one counts)
 DRIFT_BLUR = (2.0, 3.0)  # px at the analysis size: colour is compared at this scale (structure: SSIM)
 MAX_PALETTE = 256  # an image with at most this many distinct colours is quantised (palette PNG, GIF, ...)
-PALETTE_SAMPLE_STEP = 7  # every n-th pixel is looked at first to rule quantisation out cheaply
+PALETTE_SAMPLE = 4096  # pixels (evenly strided) looked at first to rule quantisation out cheaply
 METRIC_NAMES = (
     "iou",
     "expansion",
@@ -61,6 +65,7 @@ METRIC_NAMES = (
     "ssim",
     "changed_area",
     "edge_changed",
+    "bleed",
     "aspect_mismatch",
 )
 
@@ -96,7 +101,7 @@ def fit_grading(original: np.ndarray, generated: np.ndarray, region: np.ndarray,
 def quantisation_palette(rgb: np.ndarray) -> np.ndarray | None:
     """The (K,3) uint8 colours of a quantised image (at most MAX_PALETTE distinct), else None."""
     packed = rgb[..., 0].astype(np.uint32) << 16 | rgb[..., 1].astype(np.uint32) << 8 | rgb[..., 2]
-    if len(np.unique(packed.ravel()[::PALETTE_SAMPLE_STEP])) > MAX_PALETTE:
+    if len(np.unique(packed.ravel()[:: max(1, packed.size // PALETTE_SAMPLE)])) > MAX_PALETTE:
         return None
     colours = np.unique(packed)
     if len(colours) > MAX_PALETTE:
@@ -116,7 +121,9 @@ def undo_grading(generated: np.ndarray, g: np.ndarray, o: np.ndarray) -> np.ndar
     return (generated.astype(np.float32) - o) / g
 
 
-def mask_metrics(m_orig: np.ndarray, m_gen: np.ndarray, boundary_tolerance: float) -> dict[str, float]:
+def mask_metrics(
+    m_orig: np.ndarray, m_gen: np.ndarray, boundary_tolerance: float, bleed_band: float = 0.02
+) -> dict[str, float]:
     """The mask metrics of the module docstring for two bool masks of the same shape (m_orig non-empty)."""
     area_o = float(m_orig.sum())
     if area_o == 0:
@@ -136,7 +143,15 @@ def mask_metrics(m_orig: np.ndarray, m_gen: np.ndarray, boundary_tolerance: floa
         "area_ratio": area_g / area_o,
         "centroid_shift": min(shift, 1.0),
         "boundary_f": boundary_f_score(m_orig, m_gen, max(1.0, boundary_tolerance * diagonal)),
+        "bleed": bleed(m_orig, m_gen, max(1.0, bleed_band * diagonal)),
     }
+
+
+def bleed(m_orig: np.ndarray, m_gen: np.ndarray, width_px: float) -> float:
+    """Share of the ring outside m_orig's outline (width_px to 3 x width_px away) that m_gen covers."""
+    dist_out = cv2.distanceTransform((~m_orig).astype(np.uint8), cv2.DIST_L2, 3)
+    ring = (dist_out > width_px) & (dist_out <= 3 * width_px + 1)
+    return float(m_gen[ring].mean()) if ring.any() else 0.0
 
 
 def boundary_f_score(m_a: np.ndarray, m_b: np.ndarray, tolerance_px: float) -> float:
@@ -169,7 +184,7 @@ def original_appearance(
     original: np.ndarray, m_orig: np.ndarray, config: MetricsConfig
 ) -> OriginalAppearance:
     """Everything the appearance metrics need from the original (uint8 RGB) and its product mask."""
-    band = max(1, round(config.ignore_band * box_diagonal(m_orig)))
+    band = max(MIN_IGNORE_PX, round(config.ignore_band * box_diagonal(m_orig)))
     region = cv2.erode(m_orig.astype(np.uint8), disk(band)) > 0
     if region.sum() < 16:  # a thin product: keep its pixels rather than nothing
         region = m_orig

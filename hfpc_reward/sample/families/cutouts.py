@@ -21,6 +21,7 @@ from functools import cache
 import cv2
 import numpy as np
 from PIL import Image
+from scipy.ndimage import distance_transform_edt
 
 from hfpc_reward.sample.families.base import DEFECTS, FamilyPair, photo, plan_defects
 
@@ -148,47 +149,19 @@ def defect(kind: str, rng, colour, alpha) -> tuple[np.ndarray, np.ndarray]:
     solid = alpha > 0.5
     ys, xs = np.nonzero(solid)
     size = float(np.hypot(np.ptp(xs), np.ptp(ys)))
-    mean = colour[solid].mean(axis=0)
-    if kind == "expanded":  # a blob in the product's colours attached to the outline
-        edge = np.flatnonzero(
-            (cv2.dilate(solid.astype(np.uint8), np.ones((3, 3))) > 0).ravel() & ~solid.ravel()
-        )
+    if kind == "expanded":  # the product grew: a blob attached to the outline, in its nearest colours
+        edge = np.flatnonzero(cv2.dilate(solid.astype(np.uint8), np.ones((3, 3))).ravel() & ~solid.ravel())
         cy, cx = np.unravel_index(rng.choice(edge), solid.shape)
         radius = rng.uniform(0.12, 0.22) * size
         blob = np.zeros((side, side), np.float32)
-        cv2.ellipse(
-            blob,
-            (int(cx), int(cy)),
-            (int(radius), int(radius * rng.uniform(0.6, 1.0))),
-            rng.uniform(0, 180),
-            0,
-            360,
-            1.0,
-            -1,
-            cv2.LINE_AA,
-        )
-        added = np.clip(blob - alpha, 0, 1)
-        texture = cv2.GaussianBlur(colour, (0, 0), 3) * 0.5 + mean * 0.5
-        return colour * alpha[..., None] / np.maximum(alpha + added, 1e-4)[..., None] + texture * (
-            added / np.maximum(alpha + added, 1e-4)
-        )[..., None], np.clip(alpha + added, 0, 1)
+        axes = (int(radius), int(radius * rng.uniform(0.6, 1.0)))
+        cv2.ellipse(blob, (int(cx), int(cy)), axes, rng.uniform(0, 180), 0, 360, 1.0, -1, cv2.LINE_AA)
+        return _grown(colour, alpha, np.maximum(alpha, blob))
     if kind == "bled":  # product colours smeared 7-13 px (at 512 px) outward around the outline
         reach = max(2.0, rng.uniform(7, 13) * side / 512)
-        premult = colour * alpha[..., None]
-        smear_alpha = cv2.GaussianBlur(
-            cv2.dilate(
-                alpha, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(reach) + 1, 2 * int(reach) + 1))
-            ),
-            (0, 0),
-            reach / 3,
-        )
-        smear_colour = (
-            cv2.GaussianBlur(premult, (0, 0), reach)
-            / np.maximum(cv2.GaussianBlur(alpha, (0, 0), reach), 1e-4)[..., None]
-        )
-        new_alpha = np.maximum(alpha, smear_alpha * rng.uniform(0.75, 0.95))
-        weight = (alpha / np.maximum(new_alpha, 1e-4))[..., None]
-        return colour * weight + np.clip(smear_colour, 0, 1) * (1 - weight), new_alpha
+        disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(reach) + 1, 2 * int(reach) + 1))
+        smear = cv2.GaussianBlur(cv2.dilate(alpha, disk), (0, 0), reach / 3) * rng.uniform(0.75, 0.95)
+        return _grown(colour, alpha, np.maximum(alpha, smear))
     if kind == "truncated":  # a half-plane of the product is gone
         angle = rng.uniform(0, 2 * np.pi)
         direction = np.array([np.cos(angle), np.sin(angle)])
@@ -221,6 +194,14 @@ def defect(kind: str, rng, colour, alpha) -> tuple[np.ndarray, np.ndarray]:
         matrix = cv2.getRotationMatrix2D((float(xs.mean()), float(ys.max())), 0.0, scale)
         return cv2.warpAffine(colour, matrix, (side, side)), cv2.warpAffine(alpha, matrix, (side, side))
     raise ValueError(f"unknown defect {kind!r}; one of {DEFECTS}")
+
+
+def _grown(colour, alpha, new_alpha) -> tuple[np.ndarray, np.ndarray]:
+    """The product layer with alpha raised to `new_alpha`, new pixels taking the nearest product colour."""
+    _, (iy, ix) = distance_transform_edt(alpha <= 0.5, return_indices=True)
+    nearest = cv2.GaussianBlur(colour[iy, ix], (0, 0), 1.0)
+    weight = (alpha / np.maximum(new_alpha, 1e-4))[..., None]
+    return colour * weight + nearest * (1 - weight), new_alpha
 
 
 def generation(rng, colour, alpha) -> tuple[np.ndarray, list[str]]:
