@@ -187,7 +187,7 @@ def test_agreement_matches_hand_computed_kappa_and_alpha():
     assert figures["krippendorff_alpha"] == pytest.approx(0.62, abs=1e-3)
     assert figures["percent_agreement"] == pytest.approx(0.8)
     assert figures["krippendorff_alpha_per_reason"]["product moved"] < 0  # only annotator a ever ticks it
-    assert np.isnan(figures["krippendorff_alpha_per_reason"]["background artefacts"])  # never ticked
+    assert figures["krippendorff_alpha_per_reason"]["background artefacts"] is None  # never ticked: undefined
 
 
 def test_labelling_config_has_images_prompt_verdict_reasons_and_hotkeys():
@@ -276,7 +276,7 @@ def test_labels_pulled_from_label_studio_train_the_current_model_and_eval_shows_
     config.write_text(yaml.safe_dump({"model": current, "training": {**TINY_TRAINING, "epochs": 10}}))
     overrides = [
         f"data.train_manifest={feedback / 'manifest.jsonl'}",
-        f"training.output_dir={tmp_path / 'next'}",
+        f"training.out_dir={tmp_path / 'next'}",
         "training.eval_every_steps=1000",
         "training.save_every_steps=1000",
     ]

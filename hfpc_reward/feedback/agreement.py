@@ -3,14 +3,13 @@
 Krippendorff's alpha (the `krippendorff` package) takes any number of annotators and pairs labelled by
 only some of them; a reason's alpha compares "ticked / not ticked" across the annotators of each pair
 (a pass vote ticks none). Cohen's kappa (scikit-learn) is given for every two annotators who share at
-least two pairs. Only each annotator's latest vote per pair counts. NaN where a figure is undefined (fewer
-than two annotators on any pair, or a single value everywhere).
+least two pairs. Only each annotator's latest vote per pair counts. None (null in JSON) where a figure is
+undefined (fewer than two annotators on any pair, or a single value everywhere).
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -31,7 +30,7 @@ def agreement(labels: Iterable[dict]) -> dict:
         "percent_agreement": (
             float(np.mean([len({row["label"] for row in by.values()}) == 1 for by in shared]))
             if shared
-            else math.nan
+            else None
         ),
         "krippendorff_alpha": _alpha(votes, annotators, lambda row: row["label"]),
         "krippendorff_alpha_per_reason": {
@@ -49,7 +48,7 @@ def agreement(labels: Iterable[dict]) -> dict:
     return result
 
 
-def _alpha(votes: dict[str, dict[str, dict]], annotators: list[str], value) -> float:
+def _alpha(votes: dict[str, dict[str, dict]], annotators: list[str], value) -> float | None:
     import krippendorff
 
     matrix = np.full((len(annotators), len(votes)), np.nan)
@@ -58,13 +57,13 @@ def _alpha(votes: dict[str, dict[str, dict]], annotators: list[str], value) -> f
             matrix[annotators.index(name), column] = value(row)
     pairable = (np.isfinite(matrix).sum(axis=0) >= 2).any()
     if not pairable or len(np.unique(matrix[np.isfinite(matrix)])) < 2:
-        return math.nan  # alpha is undefined without two ratings of a pair or with one value only
+        return None  # alpha is undefined without two ratings of a pair or with one value only
     return float(krippendorff.alpha(reliability_data=matrix, level_of_measurement="nominal"))
 
 
-def _kappa(first: tuple, second: tuple) -> float:
+def _kappa(first: tuple, second: tuple) -> float | None:
     from sklearn.metrics import cohen_kappa_score
 
     if len(set(first) | set(second)) < 2:
-        return math.nan
+        return None
     return float(cohen_kappa_score(first, second))

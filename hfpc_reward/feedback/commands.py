@@ -93,7 +93,12 @@ def _select(args: argparse.Namespace) -> int:
 
     threshold = args.threshold
     if threshold is None and args.reward_model:
-        threshold = json.loads((args.reward_model / "config.json").read_text())["threshold"]
+        stored = args.reward_model / "config.json"
+        if not stored.is_file():
+            raise UsageError(
+                f"{args.reward_model} has no config.json: give a reward-model folder (train-reward's model/)"
+            )
+        threshold = json.loads(stored.read_text())["threshold"]
     if threshold is None:
         raise UsageError("give the reward model's pass threshold: --threshold T or --reward-model FOLDER")
     clusters = ClusterAssignment.load(args.clusters).assignment if args.clusters else None
@@ -176,7 +181,7 @@ def _pull(args: argparse.Namespace) -> int:
     figures = agreement(read_jsonl(args.folder / LABELS_NAME))
     (args.folder / AGREEMENT_NAME).write_text(json.dumps(figures, indent=1))
     logger.info(
-        "pulled %s; Krippendorff's alpha %.3f -> %s", counts, figures["krippendorff_alpha"], args.folder
+        "pulled %s; Krippendorff's alpha %s -> %s", counts, figures["krippendorff_alpha"], args.folder
     )
     return 0
 

@@ -25,8 +25,9 @@ LOADED_IMAGES = (
     " && i.src.includes('/data/local-files/'))"
     ".length"
 )
-CLICK_CHOICE = (
-    "[...document.querySelectorAll('label')].find(l => l.textContent.trim().startsWith(%s))?.click()"
+CLICK_CHOICE = (  # true when the choice was there to click
+    "(l => l ? (l.click(), true) : false)"
+    "([...document.querySelectorAll('label')].find(l => l.textContent.trim().startsWith(%s)))"
 )
 HEADLESS_FLAGS = (
     "--headless",
@@ -166,8 +167,12 @@ def screenshot_task(
                 loaded = browser.call("Runtime.evaluate", {"expression": LOADED_IMAGES}, tab)["result"].get(
                     "value", 0
                 )
-            for text in choose:  # click a choice like an annotator would
-                browser.call("Runtime.evaluate", {"expression": CLICK_CHOICE % json.dumps(text)}, tab)
+            for text in choose:  # click a choice like an annotator would (once the interface shows it)
+                click = {"expression": CLICK_CHOICE % json.dumps(text)}
+                while not browser.call("Runtime.evaluate", click, tab)["result"].get("value"):
+                    if time.monotonic() > deadline:
+                        raise UsageError(f"the labelling interface shows no choice {text!r}")
+                    time.sleep(0.5)
                 time.sleep(0.5)
             time.sleep(1.0)  # let the layout settle after the last image
             shot = browser.call("Page.captureScreenshot", {"format": "png"}, tab)["data"]
