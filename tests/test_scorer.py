@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -176,21 +175,14 @@ def test_score_command_names_the_product_by_category_not_by_background_prompt(ki
 
 
 def test_score_command_under_two_processes_writes_each_row_once_in_order(kit, tmp_path):
-    import os
-    import subprocess
-    import sys
+    from launch import REPO, torchrun
 
     from hfpc_reward.data.manifest import read_jsonl
 
     manifest = kit["root"] / "pairs" / "manifest.jsonl"
     out = tmp_path / "results.jsonl"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    classic = (
-        Path(__file__).resolve().parents[1] / "configs" / "scorer" / "classic.yaml"
-    )  # consistency only: fast
+    classic = REPO / "configs" / "scorer" / "classic.yaml"  # consistency only: fast
     command = [
-        *torchrun,
-        "-m",
         "hfpc_reward.cli",
         "score",
         "--manifest",
@@ -200,8 +192,8 @@ def test_score_command_under_two_processes_writes_each_row_once_in_order(kit, tm
         "--config",
         str(classic),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    subprocess.run(command, check=True, env=env, capture_output=True, timeout=300)
+    result = torchrun(command, nproc=2, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
     records = read_jsonl(out)
     assert [r["manifest_index"] for r in records] == list(range(len(kit["rows"])))
     assert not list(tmp_path.glob("*.part-*"))  # shards merged and removed

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from launch import torchrun
 
 from hfpc_reward.cli import main as cli_main
 from hfpc_reward.config import load_config
@@ -292,12 +293,6 @@ def test_url_manifest_is_refused_with_the_fetch_hint(tiny_config, tmp_path, capl
 def test_two_processes_train_the_same_model_as_one(tiny_config, colour_task, tmp_path):
     """torchrun, 2 CPU processes (gloo), each its shard of every micro-batch == 1 process with the global
     batch: the same pairs per step and synchronised gradients give the same weights."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
     common = [
         "training.epochs=1",
         "training.gradient_accumulation_steps=1",
@@ -310,26 +305,16 @@ def test_two_processes_train_the_same_model_as_one(tiny_config, colour_task, tmp
         "training.save_every_steps=1000",
     ]
     one = _train(tiny_config, colour_task["small"], tmp_path / "one", [*common, "training.batch_size=4"])
-    repo = Path(__file__).resolve().parents[1]
-    with socket.socket() as probe:  # a free port for the gloo rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(port),
+        "hfpc_reward.cli",
+        "train-reward",
+        "--config",
+        str(tiny_config),
+        *common,
+        "training.batch_size=2",
     ]
-    command += ["-m", "hfpc_reward.cli", "train-reward", "--config", str(tiny_config)]
     command += [f"data.train_manifest={colour_task['small']}", f"training.out_dir={tmp_path / 'two'}"]
-    command += [*common, "training.batch_size=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(
-        command, cwd=repo, env=env, capture_output=True, text=True, timeout=600, check=False
-    )
+    result = torchrun(command, nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "run.json").read_text())
     assert two["finished_step"] == one["global_step"] > 1
