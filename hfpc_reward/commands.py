@@ -53,6 +53,8 @@ SCORE_SAFE_KEYS = (
     "scorer.cache_size",
     "scorer.reward_model.batch_size",
     "scorer.reward_model.device",
+    "scorer.consistency.grounded.batch_size",
+    "scorer.consistency.grounded.device",
 )
 
 

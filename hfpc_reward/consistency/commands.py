@@ -48,7 +48,8 @@ from hfpc_reward.runs import add_run_arguments
 
 logger = logging.getLogger(__name__)
 
-CHECK_SAFE_KEYS = ("workers", "overlays")  # --resume may change these: they do not change any result
+# --resume may change these: where overlays go, how many processes, batch size and device of the models
+CHECK_SAFE_KEYS = ("workers", "overlays", "consistency.grounded.batch_size", "consistency.grounded.device")
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
@@ -277,6 +278,13 @@ def add_calibrate_consistency_arguments(parser: argparse.ArgumentParser) -> None
         "--best-f1", action="store_true", help="maximise F1 of detecting inconsistent pairs (default)"
     )
     goal.add_argument("--target-precision", type=float, help="maximise recall with at least this precision")
+    goal.add_argument(
+        "--max-rejection", type=float, help="maximise recall rejecting at most this share of consistent pairs"
+    )
+    parser.add_argument(
+        "--holdout", type=float, default=0.3, help="share of originals held out to report on (0 = none)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split by original")
     add_config_arguments(parser, ConsistencyConfig, example="configs/consistency/classic.yaml")
     parser.add_argument(
         "--results", type=Path, help="where the checked rows are cached (default <out>.results.jsonl)"
@@ -285,35 +293,50 @@ def add_calibrate_consistency_arguments(parser: argparse.ArgumentParser) -> None
 
 
 def run_calibrate_consistency(args: argparse.Namespace) -> int:
+    from hfpc_reward.consistency.calibrate import split_for_calibration
+    from hfpc_reward.consistency.checker import verdict
     from hfpc_reward.consistency.commands import check_manifest
     from hfpc_reward.data.manifest import read_manifest
 
+    if not 0.0 <= args.holdout < 1.0:
+        raise CommandLineError(f"--holdout must be in [0, 1), got {args.holdout}")
     config = load_config(ConsistencyConfig, args.config, args.overrides)
     results = args.results or args.out.with_name(args.out.name + ".results.jsonl")
-    records = check_manifest(read_manifest(args.manifest), config, results, workers=args.workers)
-    usable = [
-        (r["metrics"], ground_truth(r)) for r in records if not r.get("error") and ground_truth(r) is not None
+    rows = read_manifest(args.manifest)
+    records = check_manifest(rows, config, results, workers=args.workers)
+    labelled = [
+        (row, r) for row, r in zip(rows, records) if not r.get("error") and ground_truth(r) is not None
     ]
-    if not usable:
+    if not labelled:
         logger.error("no checked row of %s has ground truth (a 'consistent' or 'label' field)", args.manifest)
         return 2
-    metrics, truth = [m for m, _ in usable], [t for _, t in usable]
-    thresholds = fit_thresholds(metrics, truth, config.thresholds, args.target_precision)
+    fit_part, held_out = split_for_calibration(
+        [row for row, _ in labelled], [r for _, r in labelled], args.holdout, args.seed
+    )
+    metrics, truth = [r["metrics"] for r in fit_part], [ground_truth(r) for r in fit_part]
+    thresholds = fit_thresholds(
+        metrics, truth, config.thresholds, args.target_precision, max_rejection=args.max_rejection
+    )
     fitted = replace(config, thresholds=thresholds)
-    from hfpc_reward.consistency.checker import verdict
-
-    before = detection_metrics(truth, [verdict(m, config.thresholds).consistent for m in metrics])
-    after = detection_metrics(truth, [verdict(m, thresholds).consistent for m in metrics])
     delta = yaml.safe_load(args.config.read_text()) if args.config else {}
     delta = delta or {}
     delta["thresholds"] = config_to_dict(fitted)["thresholds"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(yaml.safe_dump(delta, sort_keys=False))
-    for name, m in (("before", before), ("after", after)):
-        print(
-            f"{name:6s} precision {m['precision']:.3f}  recall {m['recall']:.3f}  F1 {m['f1']:.3f}  "
-            f"consistent rejected {m['false_rejection']:.1%}  (n={m['n']})"
-        )
+    parts = [("fitted on (chose the thresholds: not a result)", fit_part), ("held out", held_out)]
+    for title, part in parts:
+        if not part:
+            print(f"{title}: no rows (need labelled rows of at least two originals and --holdout > 0)")
+            continue
+        originals = len({r.get("origin") for r in part})
+        print(f"{title}: {len(part)} rows of {originals} originals")
+        part_truth = [ground_truth(r) for r in part]
+        for name, limits in (("before", config.thresholds), ("after", thresholds)):
+            m = detection_metrics(part_truth, [verdict(r["metrics"], limits).consistent for r in part])
+            print(
+                f"{name:6s} precision {m['precision']:.3f}  recall {m['recall']:.3f}  F1 {m['f1']:.3f}  "
+                f"consistent rejected {m['false_rejection']:.1%}  (n={m['n']})"
+            )
     print(f"wrote {args.out}")
     return 0
 
