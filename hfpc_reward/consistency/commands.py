@@ -13,8 +13,8 @@ row could not be checked, with `consistent` null: a bad row never stops the run)
 `consistent` (ground truth) is kept as `consistent_truth`. The run contract applies (`hfpc_reward.runs`):
 RESULTS is locked while a run writes it, its settings (consistency config, manifest path and content hash)
 are stamped in RESULTS.run.json, `--resume` continues an interrupted run and refuses changed settings
-(safe to change: --workers, --overlays), and an existing RESULTS needs --resume or --overwrite. Rows of
-one original (same origin, mask and category) are checked together so its original-side work is done once;
+(safe to change: CHECK_SAFE_KEYS, e.g. --workers, --overlays), and an existing RESULTS needs --resume or
+--overwrite. Rows of one original (same origin, mask and category) are checked together so its original-side work is done once;
 a row's `category` (e.g. "bottle") is the product phrase given to detection backends (its `prompt`
 describes the background, so it is not used to find the product). `--overlays DIR` writes
 DIR/<manifest_index>.png per checked pair. A summary table ends the run (failure kinds from
