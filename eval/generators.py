@@ -88,7 +88,11 @@ class InpaintPipelineGenerator:
             requires_safety_checker=False,
         )
         if lora:
-            pipe.load_lora_weights(lora, adapter_name=self.ADAPTER_NAME)
+            state_dict, *_ = pipe.lora_state_dict(lora)
+            if any(key.startswith("text_encoder") for key in state_dict):
+                pipe.load_lora_weights(state_dict, adapter_name=self.ADAPTER_NAME)
+            else:  # a UNet-only LoRA (what hfpc finetune writes): no "no text-encoder keys" warning
+                pipe.unet.load_lora_adapter(state_dict, prefix="unet", adapter_name=self.ADAPTER_NAME)
             pipe.set_adapters([self.ADAPTER_NAME], adapter_weights=[lora_scale])
         pipe.set_progress_bar_config(disable=True)
         self.device = resolve_device(generation.device)
