@@ -49,8 +49,8 @@ from hfpc_eval.samples import (
 from hfpc_reward.config import RESOLVED_CONFIG_NAME, config_to_dict, load_config, save_resolved_config
 from hfpc_reward.data.manifest import append_jsonl
 from hfpc_reward.errors import UsageError
-from hfpc_reward.images import load_rgb
-from hfpc_reward.runs import changed_settings, is_safe_key
+from hfpc_reward.images import ImageLoadError, load_rgb
+from hfpc_reward.runs import FOLDER_STAMP_NAME, changed_settings, is_safe_key
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,9 @@ def rejudge_run(
     products, skipped = load_products(config.manifest, config.generation.default_prompt)
     names, product_ids = [v.name for v in config.versions], [p.product_id for p in products]
     source_rows = {row_key(row): row for row in latest_samples(source / SAMPLES_NAME)}
+    stamp = source / FOLDER_STAMP_NAME
+    if stamp.is_file() and not json.loads(stamp.read_text()).get("finished"):
+        logger.warning("%s is an unfinished run: only its samples made so far are judged", source)
     with owned_output(config, processes, resume, overwrite, inputs=[source]) as run:
         if processes.is_main:
             if not run.resuming:
@@ -176,15 +179,7 @@ def _judge_units(config, units, products, source_rows, scorer, shard: Path, sett
                 _unjudged(source_rows[(unit.version, unit.product_id, k)], settings[unit.version])
                 for k in unit.ks
             ]
-            judged = [
-                (
-                    row,
-                    load_rgb(out / row["raw_image"]) if "raw_image" in row else None,
-                    load_rgb(out / row["image"]),
-                )
-                for row in rows
-                if "image" in row
-            ]
+            judged = [item for item in (_images(out, row) for row in rows if "image" in row) if item]
             if judged:
                 raw_check = config.held_out.raw_consistency and all(raw is not None for _, raw, _ in judged)
                 judge_samples(scorer, None, products[unit.product_id], judged, raw_check=raw_check)
@@ -192,6 +187,19 @@ def _judge_units(config, units, products, source_rows, scorer, shard: Path, sett
     finally:
         if owned:
             close_judges(scorer)
+
+
+def _images(out: Path, row: dict) -> tuple | None:
+    """(row, pre-paste image or None, final image), or None when an image of the source run cannot be read:
+    the row then says why, drops the image and is marked for a retry (the others are judged all the same)."""
+    try:
+        raw = load_rgb(out / row["raw_image"]) if "raw_image" in row else None
+        return row, raw, load_rgb(out / row["image"])
+    except ImageLoadError as exc:
+        for key in ("image", "raw_image"):
+            row.pop(key, None)
+        row.update(passed=False, reward=None, reasons=[], error=f"image of the source run: {exc}", retry=True)
+        return None
 
 
 def _unjudged(row: dict, settings: str) -> dict:

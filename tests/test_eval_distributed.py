@@ -214,3 +214,20 @@ def test_the_command_line_resumes_only_when_asked(world, tmp_path, capsys):
     for key in NUMBERS:
         assert results[key] == json.loads(json.dumps(world["reference"][key]))
     assert "report:" in capsys.readouterr().out
+
+
+def test_rejudge_keeps_going_past_an_unreadable_image(world):
+    import shutil
+
+    from hfpc_eval.rejudge import rejudge_config, rejudge_run
+
+    source = world["root"] / "broken"
+    shutil.copytree(world["root"] / "one", source)
+    first = read_jsonl(source / "samples.jsonl")[0]
+    (source / first["image"]).write_bytes(b"not a png")
+    out = world["root"] / "broken-rejudged"
+    results = rejudge_run(source, rejudge_config(source, out, overrides=["scorer.policy.threshold=0.0"]))
+    rows = read_jsonl(out / "samples.jsonl")
+    assert rows[0]["retry"] is True and "image of the source run" in rows[0]["error"]
+    assert all(row["error"] is None for row in rows[1:]) and len(rows) == 2 * 4 * K
+    assert results["versions"]["base"]["n_errors"] == 1
