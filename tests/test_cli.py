@@ -106,3 +106,40 @@ def test_library_chatter_and_the_torchvision_fallback_note_are_off_unless_verbos
             assert "our own progress line" in caplog.text
     finally:
         configure_logging(0)
+
+
+def test_our_library_calls_raise_no_deprecation_warnings(tmp_path):
+    """diffusers deprecated torch_dtype=, and a UNet-only LoRA loaded through load_lora_weights warns about
+    text-encoder keys: our eval generator does neither."""
+    import logging
+    import warnings
+
+    from hfpc_eval.config import GenerationConfig
+    from hfpc_eval.generators import InpaintPipelineGenerator
+    from peft import LoraConfig
+
+    from hfpc_reward.testing.tiny_sd import build_tiny_sd_inpaint
+
+    pipe = build_tiny_sd_inpaint()
+    pipe.save_pretrained(tmp_path / "pipe")
+    pipe.unet.add_adapter(LoraConfig(r=2, target_modules=["conv_out"]))
+    from diffusers import StableDiffusionInpaintPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    StableDiffusionInpaintPipeline.save_lora_weights(
+        tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(pipe.unet)
+    )
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("diffusers").addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            InpaintPipelineGenerator(
+                str(tmp_path / "pipe"), GenerationConfig(device="cpu"), lora=str(tmp_path / "lora")
+            )
+    finally:
+        logging.getLogger("diffusers").removeHandler(handler)
+    assert not [w for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    assert not [r for r in records if r.levelno >= logging.WARNING], [r.getMessage() for r in records]
