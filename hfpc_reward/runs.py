@@ -112,6 +112,21 @@ def stamp_path(out: Path, folder: bool | None = None) -> Path:
     return out.with_name(out.stem + STAMP_SUFFIX)
 
 
+def refuse_output_over_inputs(out: Path, inputs: Iterable[Path | str | None], name: str) -> None:
+    """OutputIsInputError when `out` is an input, lies inside an input folder, or is a folder holding one."""
+    resolved = Path(out).resolve()
+    for source in (Path(p).resolve() for p in inputs if p not in (None, "")):
+        if (
+            resolved == source
+            or resolved in source.parents
+            or (source.is_dir() and source in resolved.parents)
+        ):
+            raise OutputIsInputError(
+                f"{name}: the output {out} is (or contains, or lies inside) the input {source}; "
+                "choose an --out outside the inputs"
+            )
+
+
 def _is_folder(out: Path, folder: bool | None) -> bool:
     return folder if folder is not None else (out.is_dir() or not out.suffix)
 
@@ -182,14 +197,7 @@ class RunOutput:
             self._write_stamp({**data, **fields})
 
     def _refuse_output_over_input(self) -> None:
-        out = self.out.resolve()
-        for source in self.inputs:
-            source = source.resolve()
-            if out == source or out in source.parents or (source.is_dir() and source in out.parents):
-                raise OutputIsInputError(
-                    f"{self.name}: the output {self.out} is (or contains, or lies inside) the input "
-                    f"{source}; choose an --out outside the inputs"
-                )
+        refuse_output_over_inputs(self.out, self.inputs, self.name)
 
     def _lock(self) -> None:
         lock_path = self.out.parent / f".{self.out.name}.lock"

@@ -212,6 +212,11 @@ def test_split_command_writes_disjoint_parts(tmp_path, capsys):
     assert {row.category for row in parts["test"]} == set(categories)
     assert parts["test"][0].origin == str(tmp_path / parts["test"][0].origin.split("/")[-1])
     assert "train" in capsys.readouterr().out
+    # a split that would write over its own input manifest is refused, the manifest untouched
+    before = manifest.read_text()
+    inplace = ["data", "split", str(manifest), "--out", str(manifest.parent), "--fractions"]
+    assert main([*inplace, f"{manifest.stem}=0.5,other=0.5"]) == 2
+    assert manifest.read_text() == before
 
 
 def test_split_keeps_input_order_without_line_numbers():

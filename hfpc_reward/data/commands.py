@@ -19,6 +19,7 @@ from hfpc_reward.data.manifest import (
 )
 from hfpc_reward.data.splits import DEFAULT_SPLIT_FRACTIONS, split_by_original
 from hfpc_reward.errors import CommandLineError
+from hfpc_reward.runs import refuse_output_over_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,8 @@ def _split(args: argparse.Namespace) -> int:
     if args.stratify_clusters:
         stratify_by = json.loads(args.stratify_clusters.read_text())["assignment"]
     parts = split_by_original(read_manifest(args.manifest), args.fractions, args.seed, stratify_by)
+    for name in parts:
+        refuse_output_over_inputs(args.out / f"{name}.jsonl", [args.manifest], "hfpc data split")
     for name, rows in parts.items():
         path = args.out / f"{name}.jsonl"
         write_jsonl(path, (row.to_record() for row in rows))

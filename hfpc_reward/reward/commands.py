@@ -17,7 +17,7 @@ from hfpc_reward.reward.evaluate import evaluate_model, plot_curves
 from hfpc_reward.reward.model import HFPCRewardModel
 from hfpc_reward.reward.rows import require_local_images
 from hfpc_reward.reward.train import TrainRewardConfig, train_reward_model
-from hfpc_reward.runs import add_run_arguments
+from hfpc_reward.runs import add_run_arguments, refuse_output_over_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def add_eval_reward_arguments(parser: argparse.ArgumentParser) -> None:
 def run_eval_reward(args: argparse.Namespace) -> int:
     import hfpc_reward
 
+    refuse_output_over_inputs(Path(args.out), [args.manifest, args.model], "hfpc eval-reward")
     rows = read_manifest(args.manifest)
     require_local_images(rows, args.manifest)
     model = HFPCRewardModel.from_pretrained(args.model, device=args.device)
