@@ -1,6 +1,7 @@
 """config.py: defaults, YAML deltas, overrides that win, strict keys and types, validation, round trips."""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import yaml
@@ -169,3 +170,41 @@ def test_describe_fields_lists_defaults_and_source_comments():
     assert 'run.mixed_precision = fp16  # "no" | "fp16" | "bf16"' in lines
     assert "run.label = null  # a wrapped field: its comment sits inside the parentheses" in lines
     assert "run.kwargs = {}  # keyword arguments of the reward" in lines
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _yaml_strings(value):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _yaml_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _yaml_strings(item)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_the_real_configs_agree_on_where_models_live():
+    def read(name):
+        return yaml.safe_load((CONFIGS / name).read_text())
+
+    reward_model = read("reward/blip_base.yaml")["training"]["out_dir"] + "/model"
+    lora = read("finetune/ddpo_sd_inpaint.yaml")["run"]["out_dir"] + "/lora"
+    assert read("scorer/hfpc.yaml")["reward_model"]["path"] == reward_model
+    assert read("eval/real.yaml")["scorer"]["reward_model"]["path"] == reward_model
+    assert read("eval/judges_real.yaml")["scorer"]["reward_model"]["path"] == reward_model
+    assert lora in [version["path"] for version in read("eval/real.yaml")["versions"]]
+
+
+def test_every_tiny_config_reads_the_kit_from_one_place():
+    kit_paths = []
+    for path in sorted(CONFIGS.glob("*/*tiny*.yaml")):
+        for value in _yaml_strings(yaml.safe_load(path.read_text())):
+            if any(
+                name in value for name in ("sd_inpaint/", "reward_model/", "efficientsam/", "grounded_sam/")
+            ):
+                kit_paths.append((path.name, value))
+    assert len(kit_paths) >= 6
+    assert all(value.startswith("outputs/tiny/") for _, value in kit_paths), kit_paths
