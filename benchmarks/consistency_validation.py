@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--families", nargs="+", default=["sample", "heldout", "cutouts"])
     parser.add_argument("--fit-family", default="cutouts", help="the one family thresholds are fitted on")
+    parser.add_argument(
+        "--max-rejection", type=float, default=0.02, help="fit: most recall with at most this share rejected"
+    )
     parser.add_argument("overrides", nargs="*", help="consistency config overrides (section.field=value)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -186,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     fit_rows = [r for r in records if r["family"] == args.fit_family and r["metrics"] is not None]
     if fit_rows:
         fitted = fit_thresholds(
-            [r["metrics"] for r in fit_rows], [r["consistent"] for r in fit_rows], config.thresholds
+            [r["metrics"] for r in fit_rows],
+            [r["consistent"] for r in fit_rows],
+            config.thresholds,
+            max_rejection=args.max_rejection,
         )
         print()
         print(table(records, fitted, args.fit_family, f"thresholds fitted on {args.fit_family}"))

@@ -2,6 +2,11 @@
 
     hfpc calibrate-consistency --manifest M.jsonl --out configs/consistency/mine.yaml [--best-f1 | --target-precision P]
 
+The thresholds are fitted on a part of the originals and reported on the others (`--holdout`, the share
+of originals held out, split by original with hfpc_reward.data.splits so that no product is in both):
+the numbers on the fitted rows chose the thresholds and are printed only as such. With fewer than two
+labelled originals nothing can be held out; the run says so.
+
 Ground truth per row: the `consistent` field (bool; results rows keep it as `consistent_truth`), else the HFPC `label` (1 = accepted = consistent; note
 that human labels also reject pairs for their background, so they are a noisier target). The rows are
 checked once (results cached in `--results`, default <out>.results.jsonl, resumable), then every threshold
@@ -10,7 +15,8 @@ that metric), a few rounds, starting from the current config; a last pass moves 
 lenient value that keeps the objective within `SLACK` of the best, so the fitted thresholds keep a margin
 for pairs not seen in calibration. The detection task is "inconsistent" as the
 positive class: `--best-f1` maximises F1; `--target-precision P` maximises recall among settings with
-precision >= P. The output YAML is the input config delta (if any) with the fitted `thresholds` section,
+precision >= P; `--max-rejection R` maximises recall among settings that reject at most R of the
+consistent rows. The output YAML is the input config delta (if any) with the fitted `thresholds` section,
 loadable with `--config`.
 """
 
@@ -60,14 +66,34 @@ def detection_metrics(
     }
 
 
+FIT_PART, HELD_OUT_PART = "fit", "held_out"
+
+
+def split_for_calibration(
+    rows: Sequence[Any], records: Sequence[dict[str, Any]], holdout: float, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(records to fit on, held-out records): `records[i]` is the result of `rows[i]` (ManifestRow), split
+    by original so that every row of one product is on one side. Nothing is held out when `holdout` is 0
+    or the rows have fewer than two originals."""
+    from hfpc_reward.data.splits import split_by_original
+
+    if holdout <= 0 or len({row.origin for row in rows}) < 2:
+        return list(records), []
+    position = {id(row): i for i, row in enumerate(rows)}
+    parts = split_by_original(rows, {FIT_PART: 1.0 - holdout, HELD_OUT_PART: holdout}, seed=seed)
+    return tuple([records[position[id(row)]] for row in parts[name]] for name in (FIT_PART, HELD_OUT_PART))
+
+
 def fit_thresholds(
     metrics: list[dict[str, float]],
     truth_consistent: Sequence[bool],
     start: ThresholdConfig,
     target_precision: float | None = None,
     slack: float = SLACK,
+    max_rejection: float | None = None,
 ) -> ThresholdConfig:
-    """Thresholds maximising F1 (or recall at `target_precision`) of detecting inconsistent rows.
+    """Thresholds maximising F1 (or recall at `target_precision`, or recall with at most `max_rejection` of
+    the consistent rows rejected: what an RL reward needs) of detecting inconsistent rows.
 
     Coordinate ascent finds the best objective; a last pass then moves each threshold to its most lenient
     value that keeps the objective within `slack` of that best (a margin for unseen consistent pairs).
@@ -87,6 +113,9 @@ def fit_thresholds(
 
     def objective(flagged: np.ndarray) -> tuple:
         m = detection_metrics(~truth, ~flagged)
+        if max_rejection is not None:
+            reached = m["false_rejection"] <= max_rejection
+            return (reached, m["recall"] if reached else -m["false_rejection"])
         if target_precision is None:
             return (m["f1"],)
         reached = m["precision"] >= target_precision

@@ -39,7 +39,7 @@ from hfpc_reward.consistency.config import ClassicConfig, ConsistencyConfig
 from hfpc_reward.consistency.metrics import box_diagonal, disk, fit_grading, rgb_to_lab, undo_grading
 
 STUDIO_WORK_SIZE = 512  # longest side at which studio-background extraction runs
-REFINE_WORK_SIZE = 320  # longest side at which a mask is snapped to the original's edges
+REFINE_WORK_SIZE = 256  # longest side at which a mask is snapped to the original's edges
 PALETTE_SAMPLES = 2000  # background pixels (evenly strided) the k-means palette is fitted on
 PRODUCT_COLOURS = 8  # k-means colours of the product used by mask refinement
 MIN_REFINE_PX = 5

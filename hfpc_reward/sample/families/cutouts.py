@@ -228,13 +228,17 @@ def generation(rng, colour, alpha) -> tuple[np.ndarray, list[str]]:
     return np.asarray(Image.open(buffer).convert("RGB")), changes
 
 
-def cutout_pairs(n_pairs: int = 120, seed: int = 0, defect_fraction: float = 0.5) -> list[FamilyPair]:
+def cutout_pairs(
+    n_pairs: int = 120, seed: int = 0, defect_fraction: float = 0.5, sides: tuple[int, ...] | None = None
+) -> list[FamilyPair]:
+    """`n_pairs` pairs, GENERATIONS_PER_ORIGINAL per original; image sides drawn from SIDES (or `sides`)."""
     plan = plan_defects(n_pairs, defect_fraction, seed)
     pairs = []
     for first in range(0, n_pairs, GENERATIONS_PER_ORIGINAL):
         index = first // GENERATIONS_PER_ORIGINAL
         rng = np.random.default_rng([seed, 5, index])
         side = int(rng.choice(SIDES, p=SIDE_WEIGHTS / SIDE_WEIGHTS.sum()))
+        side = side if sides is None else int(rng.choice(sides))
         colour, alpha = new_product(rng, side)
         shadow = bool(rng.random() < 0.5)
         original = (np.clip(studio_original(rng, colour, alpha, shadow), 0, 1) * 255 + 0.5).astype(np.uint8)
