@@ -19,7 +19,7 @@ _PUBLIC = {
     "ConsistencyReward": "hfpc_reward.rewards",
     "DifferentiableHFPCReward": "hfpc_reward.rewards",
     "as_ddpo_reward_fn": "hfpc_reward.rewards",
-    "select_best": "hfpc_reward.rewards",
+    "select_best": "hfpc_reward.best_of_n",
     "HFPCScorer": "hfpc_reward.scorer",
     "HFPCResult": "hfpc_reward.scorer",
     "ScorerConfig": "hfpc_reward.scorer",
@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
+    from hfpc_reward.best_of_n import select_best
     from hfpc_reward.config import load_config
     from hfpc_reward.consistency.checker import ConsistencyReport, ProductConsistencyChecker
     from hfpc_reward.consistency.config import ConsistencyConfig
@@ -64,7 +65,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
         DifferentiableHFPCReward,
         HFPCReward,
         as_ddpo_reward_fn,
-        select_best,
     )
     from hfpc_reward.scorer import HFPCResult, HFPCScorer, ScorerConfig
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from hfpc_reward.best_of_n import select_best
 from hfpc_reward.config import load_config
 from hfpc_reward.data.manifest import read_manifest
 from hfpc_reward.images import load_mask, load_rgb, pil_to_tensor
@@ -15,7 +16,6 @@ from hfpc_reward.rewards import (
     DifferentiableHFPCReward,
     HFPCReward,
     as_ddpo_reward_fn,
-    select_best,
 )
 from hfpc_reward.sample.pairs import generate_pairs
 from hfpc_reward.scorer import HFPCScorer, ScorerConfig
