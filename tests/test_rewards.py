@@ -327,3 +327,22 @@ def test_select_best_refuses_to_drop_the_background_judge(kit, tiny_pipe):
     reward = HFPCReward(kit["config"])
     judged = select_best(*args, reward=reward, **small)  # reward= judges; it is not passed to the pipeline
     assert all(r.background_score is not None for r in judged.results)
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_stay_on_the_gpu_through_the_reward_model(kit):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    reward = BackgroundReward(kit["config"])  # reward_model.device: auto -> cuda
+    model = reward.scorer.reward_model
+    assert model.device.type == "cuda"
+    generated, originals = torch.rand(2, 3, 40, 40, device="cuda"), torch.rand(2, 3, 40, 40, device="cuda")
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 12:28] = True
+    seen = []
+    encode = model.encode_images
+    model.encode_images = lambda pixels: seen.append(pixels) or encode(pixels)
+    values = reward(prompts="a", completions=generated, image=originals, product_mask=mask)
+    del model.encode_images
+    assert seen and all(pixels.device.type == "cuda" for pixels in seen)
+    assert all(isinstance(v, float) for v in values)
