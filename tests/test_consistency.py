@@ -348,3 +348,29 @@ def test_a_palette_png_of_a_consistent_image_stays_consistent(tmp_path):
     recoloured = np.where(mask[..., None], original[..., ::-1], original)
     Image.fromarray(recoloured).quantize(32).save(palette_png)
     assert not checker.check([original], [palette_png], masks=[mask])[0].consistent
+
+
+def test_overlay_has_titled_panels_and_paints_expansion_in_its_own_colour(checker, scene):
+    from hfpc_reward.consistency.overlays import EXPANDED_COLOUR, overlay_image
+
+    original, generated, mask = scene
+    grown = mask.copy()
+    grown[int(SIZE * 0.3) : int(SIZE * 0.6), int(SIZE * 0.65) : int(SIZE * 0.78)] = True
+    expanded = generated.copy()
+    expanded[grown & ~mask] = (190, 30, 40)
+    product = checker.prepare_originals([original], [mask])[0]
+    ((report, details),) = checker.inspect_prepared([product], [expanded])
+    picture = overlay_image(details, report, max_delta_e=2.5)
+    assert picture.shape[1] == 3 * details.original.shape[1] and picture.shape[0] > details.original.shape[0]
+    title_height = (picture.shape[0] - details.original.shape[0]) // 4
+    assert (picture[:title_height] < 100).any()  # panel titles are drawn above the panels
+    expected = 0.35 * np.array([190, 30, 40]) + 0.65 * np.array(EXPANDED_COLOUR)
+    tinted = np.abs(picture.astype(int) - expected).sum(axis=2) < 40
+    assert tinted[:, SIZE : 2 * SIZE].sum() > 0.5 * (grown & ~mask).sum()  # the bulge, in the generated panel
+    for width in (64, 1024):  # the caption fits whatever the size
+        small = cv2.resize(original, (width, width))
+        product = checker.prepare_originals([small], [cv2.resize(mask.astype(np.uint8), (width, width)) > 0])[
+            0
+        ]
+        ((report, details),) = checker.inspect_prepared([product], [cv2.resize(expanded, (width, width))])
+        assert overlay_image(details, report, 2.5).shape[1] == 3 * details.original.shape[1]

@@ -12,8 +12,8 @@ Mask metrics (m_orig: product mask of the original, m_gen: product mask found in
   (1.0 when m_gen is empty).
 - `boundary_f`: F-score of the two outlines, a boundary pixel matching when the other outline is within
   `boundary_tolerance` x the box diagonal (at least one pixel).
-- `bleed`: share of the ring just outside the original outline (from `ignore_band` to 3 x `ignore_band` x
-  the box diagonal away) that the generated product covers: an outline smeared outward into the
+- `bleed`: share of the ring just outside the original outline (from 0.5 to 2 x `ignore_band` x the box
+  diagonal away) that the generated product covers: an outline smeared outward into the
   background (a localised blob shows as `expansion` instead; both grow the product).
 
 Appearance metrics, measured on the original product's pixels (m_orig without a thin band inside its outline,
@@ -148,9 +148,9 @@ def mask_metrics(
 
 
 def bleed(m_orig: np.ndarray, m_gen: np.ndarray, width_px: float) -> float:
-    """Share of the ring outside m_orig's outline (width_px to 3 x width_px away) that m_gen covers."""
+    """Share of the ring outside m_orig's outline (width_px / 2 to 2 x width_px away) that m_gen covers."""
     dist_out = cv2.distanceTransform((~m_orig).astype(np.uint8), cv2.DIST_L2, 3)
-    ring = (dist_out > width_px) & (dist_out <= 3 * width_px + 1)
+    ring = (dist_out > width_px / 2) & (dist_out <= 2 * width_px + 1)
     return float(m_gen[ring].mean()) if ring.any() else 0.0
 
 

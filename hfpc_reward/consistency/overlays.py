@@ -1,9 +1,15 @@
 """Overlay pictures of a consistency check: what the checker saw, for a person to look at.
 
-Three panels side by side at the analysis size: the original with its product outline (green); the
-generated image with the original outline (green) and the generated product outline (red); a heat map of
-the colour drift inside the product (CIE76 Lab difference, 0 = blue .. `2 x max_delta_e` or more = red)
-over the generated image in grey. A caption strip gives the verdict, the score and the reasons.
+Three titled panels side by side at the analysis size, over a caption:
+- "original": the original with its product outline (green);
+- "generated": the generated image with the original outline (green), the product found in it (white
+  outline) and, filled in their own colours, what changed: expanded (magenta: product grown beyond the ring
+  just outside the outline), bled (orange: product covering that ring, the outline smeared outward) and
+  lost (cyan: product missing);
+- "difference": the colour drift inside the product (CIE76 Lab difference, blue = 0 .. red = `2 x
+  max_delta_e` or more) over the generated image in grey.
+The caption gives the verdict, the score, the primary reason and the other reasons, wrapped to the width,
+then a legend of the colours. Text is sized from the image width, so it fits at any size.
 """
 
 from __future__ import annotations
@@ -15,39 +21,48 @@ import numpy as np
 from PIL import Image
 
 from hfpc_reward.consistency.checker import ConsistencyReport, PairDetails
+from hfpc_reward.consistency.metrics import box_diagonal
 
 ORIGINAL_COLOUR = (40, 200, 60)  # RGB outline of the original product
-GENERATED_COLOUR = (230, 40, 40)  # RGB outline of the product found in the generated image
-CAPTION_HEIGHT = 44
+FOUND_COLOUR = (255, 255, 255)  # RGB outline of the product found in the generated image
+EXPANDED_COLOUR = (230, 30, 220)  # RGB fill of product grown beyond the ring around the outline
+BLED_COLOUR = (255, 150, 20)  # RGB fill of product covering the ring just outside the outline
+LOST_COLOUR = (20, 220, 255)  # RGB fill of product missing from the generated image
+LEGEND = (
+    ("original outline", ORIGINAL_COLOUR),
+    ("product found", FOUND_COLOUR),
+    ("expanded", EXPANDED_COLOUR),
+    ("bled", BLED_COLOUR),
+    ("lost", LOST_COLOUR),
+)
+BLEED_RING = 0.04  # x the product's box diagonal: added product nearer than this to the outline is "bled"
+FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def overlay_image(details: PairDetails, report: ConsistencyReport, max_delta_e: float) -> np.ndarray:
-    """The overlay as an (H, 3W, 3) uint8 RGB array (plus a caption strip)."""
+    """The overlay as an (H', 3W, 3) uint8 RGB array: titled panels over a caption (module docstring)."""
     original = _outline(details.original.copy(), details.original_mask, ORIGINAL_COLOUR)
-    generated = _outline(details.generated.copy(), details.original_mask, ORIGINAL_COLOUR)
-    generated = _outline(generated, details.generated_mask, GENERATED_COLOUR)
+    generated = _changes(details)
+    generated = _outline(generated, details.original_mask, ORIGINAL_COLOUR)
+    generated = _outline(generated, details.generated_mask, FOUND_COLOUR)
     heat = np.clip(details.drift / (2.0 * max_delta_e) * 255.0, 0, 255).astype(np.uint8)
     heat = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     grey = cv2.cvtColor(cv2.cvtColor(details.generated, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
     inside = details.original_mask[..., None]
     drift_panel = np.where(inside, (0.65 * heat + 0.35 * grey), grey).astype(np.uint8)
-    panels = np.concatenate([original, generated, drift_panel], axis=1)
-    caption = np.full((CAPTION_HEIGHT, panels.shape[1], 3), 255, np.uint8)
-    verdict = "CONSISTENT" if report.consistent else "INCONSISTENT"
-    lines = [f"{verdict}  score {report.score:.2f}", "; ".join(report.reasons) or "no problem found"]
-    for row, text in enumerate(lines):
-        ascii_text = text.replace("Δ", "d").encode("ascii", "replace").decode()
-        cv2.putText(
-            caption,
-            ascii_text[:150],
-            (6, 17 + 20 * row),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.45,
-            (0, 0, 0),
-            1,
-            cv2.LINE_AA,
+    width = details.original.shape[1]
+    scale = _font_scale(3 * width)
+    titled = [
+        np.concatenate([_text_strip([title], width, scale), panel], axis=0)
+        for title, panel in (
+            ("original", original),
+            ("generated", generated),
+            ("difference (colour drift)", drift_panel),
         )
-    return np.concatenate([panels, caption], axis=0)
+    ]
+    panels = np.concatenate(titled, axis=1)
+    caption = _text_strip(_caption_lines(report), panels.shape[1], scale, wrap=True)
+    return np.concatenate([panels, caption, _legend(panels.shape[1], scale)], axis=0)
 
 
 def write_overlay(
@@ -59,6 +74,90 @@ def write_overlay(
     return path
 
 
+def _changes(details: PairDetails) -> np.ndarray:
+    """The generated image with expanded, bled and lost pixels tinted in their colours."""
+    out = details.generated.astype(np.float32)
+    added = details.generated_mask & ~details.original_mask
+    lost = details.original_mask & ~details.generated_mask
+    ring = max(1.0, BLEED_RING * box_diagonal(details.original_mask))
+    distance = cv2.distanceTransform((~details.original_mask).astype(np.uint8), cv2.DIST_L2, 3)
+    for region, colour in (
+        (added & (distance > ring), EXPANDED_COLOUR),
+        (added & (distance <= ring), BLED_COLOUR),
+        (lost, LOST_COLOUR),
+    ):
+        out[region] = 0.35 * out[region] + 0.65 * np.float32(colour)
+    return out.astype(np.uint8)
+
+
+def _caption_lines(report: ConsistencyReport) -> list[str]:
+    if report.error is not None:
+        return [f"ERROR  {report.error}"]
+    verdict = "CONSISTENT" if report.consistent else f"INCONSISTENT: {report.primary_reason}"
+    return [f"{verdict}  score {report.score:.2f}", "; ".join(report.reasons) or "no problem found"]
+
+
+def _font_scale(width: int) -> float:
+    return float(np.clip(width / 1500.0, 0.3, 1.2))
+
+
+def _line_height(scale: float) -> int:
+    return round(26 * scale) + 4
+
+
+def _text_strip(lines: list[str], width: int, scale: float, wrap: bool = False) -> np.ndarray:
+    """White strip with `lines` in black, each wrapped (when `wrap`) or cut to fit `width`."""
+    margin = max(3, int(6 * scale))
+    fitted = []
+    for line in lines:
+        text = _ascii(line)
+        fitted += _wrap(text, width - 2 * margin, scale) if wrap else [_cut(text, width - 2 * margin, scale)]
+    height = _line_height(scale)
+    strip = np.full((height * len(fitted) + margin, width, 3), 255, np.uint8)
+    for row, text in enumerate(fitted):
+        baseline = height * (row + 1) - max(2, int(6 * scale))
+        cv2.putText(strip, text, (margin, baseline), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
+
+
+def _legend(width: int, scale: float) -> np.ndarray:
+    height = _line_height(scale)
+    strip = np.full((height + 4, width, 3), 255, np.uint8)
+    x, swatch = max(3, int(6 * scale)), max(6, int(16 * scale))
+    for name, colour in LEGEND:
+        text_width = cv2.getTextSize(name, FONT, scale, 1)[0][0]
+        if x + swatch + 4 + text_width > width:
+            break  # a narrow overlay shows the legend entries that fit
+        cv2.rectangle(strip, (x, 4), (x + swatch, 4 + swatch), colour, -1)
+        cv2.rectangle(strip, (x, 4), (x + swatch, 4 + swatch), (0, 0, 0), 1)
+        cv2.putText(strip, name, (x + swatch + 4, 4 + swatch), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        x += swatch + 4 + text_width + 2 * swatch
+    return strip
+
+
+def _wrap(text: str, width: int, scale: float) -> list[str]:
+    lines, current = [], ""
+    for word in text.split(" "):
+        candidate = f"{current} {word}".strip()
+        if current and cv2.getTextSize(candidate, FONT, scale, 1)[0][0] > width:
+            lines.append(current)
+            current = word
+        else:
+            current = candidate
+    return [_cut(line, width, scale) for line in lines + [current]]
+
+
+def _cut(text: str, width: int, scale: float) -> str:
+    while text and cv2.getTextSize(text, FONT, scale, 1)[0][0] > width:
+        text = text[:-2] + "~" if len(text) > 1 else ""
+    return text
+
+
+def _ascii(text: str) -> str:
+    return text.replace("Δ", "d").encode("ascii", "replace").decode()
+
+
 def _outline(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    return cv2.drawContours(np.ascontiguousarray(image), contours, -1, colour, 1)
+    thickness = max(1, round(max(image.shape[:2]) / 300))
+    return cv2.drawContours(np.ascontiguousarray(image), contours, -1, colour, thickness)
