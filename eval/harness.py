@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,8 @@ def _make_samples(config, units, products, generators, scorer, itm_judge, shard,
     by_id = {product.product_id: product for product in products}
     versions = {version.name: version for version in config.versions}
     generators = dict(generators or {})
+    judging = ThreadPoolExecutor(1)  # judges batch i while the generator makes batch i+1 (GPU and CPU busy)
+    in_flight: list[tuple[list[dict], str, Future]] = []  # the batch being judged: (rows, version, future)
     try:
         for name, group in itertools.groupby(units, key=lambda unit: unit.version):
             group = list(group)
@@ -226,20 +229,32 @@ def _make_samples(config, units, products, generators, scorer, itm_judge, shard,
                 f" [{processes.rank + 1}/{processes.world}]" if processes.world > 1 else ""
             )
             for unit in tqdm(group, desc=desc, unit="batch", disable=not processes.is_main):
-                rows = _sample_unit(
-                    config, versions[name], generator, scorer, itm_judge, by_id[unit.product_id], unit.ks
-                )
-                append_jsonl(shard, [{**row, "settings": settings[name]} for row in rows])
+                product = by_id[unit.product_id]
+                rows, judged, raw_check = _generate_unit(config, versions[name], generator, product, unit.ks)
+                future = judging.submit(judge_samples, scorer, itm_judge, product, judged, raw_check)
+                _append_judged(in_flight, shard, settings)
+                in_flight.append((rows, name, future))
             del generator  # free this version's pipeline before the next one loads
-    finally:
+    finally:  # also on an interruption: the batch being judged is finished and kept
+        _append_judged(in_flight, shard, settings)
+        judging.shutdown()
         if owned_scorer:
             close_judges(scorer)
 
 
-def _sample_unit(
-    config, version: VersionConfig, generator, scorer, itm_judge, product: Product, ks: Sequence[int]
-) -> list[dict]:
-    """Generate, paste back, judge and thumbnail the samples `ks` of one product; one row each."""
+def _append_judged(in_flight: list, shard: Path, settings: dict[str, str]) -> None:
+    """Wait for the batch being judged (if any) and append its rows to the shard."""
+    while in_flight:
+        rows, name, future = in_flight.pop()
+        future.result()
+        append_jsonl(shard, [{**row, "settings": settings[name]} for row in rows])
+
+
+def _generate_unit(
+    config, version: VersionConfig, generator, product: Product, ks: Sequence[int]
+) -> tuple[list[dict], list[tuple], bool]:
+    """Generate, paste back, save and thumbnail the samples `ks` of one product: (one row each, the
+    (row, raw, final) images to judge, whether to judge consistency before paste-back too)."""
     paste = version.pastes_product(config.generation.paste_product) and product.mask is not None
     keep_raw = paste and config.held_out.raw_consistency  # kept so that `eval rejudge` can judge it again
     name = version.name
@@ -277,9 +292,7 @@ def _sample_unit(
                 held_out_check(config.held_out.oracle, final, product.image, product.mask, product.prompt)
             )
         judged.append((row, raw, final))
-    if judged:
-        judge_samples(scorer, itm_judge, product, judged, raw_check=keep_raw)
-    return rows
+    return rows, judged, keep_raw
 
 
 def _save_image(image: Image.Image, out_dir: str, version: str, product_id: str, k: int) -> str:

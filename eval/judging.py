@@ -104,6 +104,8 @@ def judge_samples(
     """Fill the judged fields of each (row, raw image or None, final image): the HFPC judges on the final
     images; with `raw_check`, consistency before paste-back too; ITM when a judge is given. A judge that
     raises marks the rows `retry` (redone on resume) instead of stopping the run."""
+    if not judged:
+        return
     n = len(judged)
     masks = None if product.mask is None else [product.mask] * n
     finals = [final for _, _, final in judged]
