@@ -1,8 +1,8 @@
 """`eval run`: sample every generator version on every product, judge each sample, write the numbers.
 
 Flow: products (manifest) -> work units (version, product, chunk of samples k; seed f(product, k)) ->
-generate -> paste the product back -> HFPC judges + held-out checks -> rows appended to this process's
-shard of samples.jsonl. When every process is done, the main process merges the shards in one fixed order
+generate -> paste the product back -> HFPC judges + held-out checks (in a thread, while the next unit
+generates) -> rows appended to this process's shard of samples.jsonl. When every process is done, the main process merges the shards in one fixed order
 (samples.py) and writes results.json (numbers, stamped), report.html and a terminal table.
 
 Several processes (`torchrun` / `accelerate launch`, see distributed.py) share the units round-robin; the
