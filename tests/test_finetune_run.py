@@ -221,3 +221,16 @@ def test_an_output_inside_the_pipeline_folder_is_refused_and_a_hub_id_is_no_inpu
     with pytest.raises(OutputIsInputError, match="choose an --out outside the inputs"):
         train(make_config(tiny_kit, f"{pipeline}/run", **QUICK))
     assert local_folders("stable-diffusion-v1-5/stable-diffusion-inpainting") == []
+
+
+def test_a_tracker_asked_for_by_name_must_be_installed():
+    import importlib.util
+
+    from hfpc_finetune.tracking import TrackerError, resolve_tracker
+
+    assert resolve_tracker("none") is None
+    if importlib.util.find_spec("wandb") is None:
+        with pytest.raises(TrackerError, match="pip install wandb"):
+            resolve_tracker("wandb")
+    with pytest.raises(ConfigError, match="report_to must be one of"):
+        load_config(FinetuneConfig, None, ["run.report_to=mlflow"])
