@@ -2,7 +2,7 @@
 
 hfpc eval run --config configs/eval/tiny.yaml [--resume | --overwrite] [section.field=value ...]
 torchrun --nproc_per_node 8 -m hfpc_eval run --config configs/eval/real.yaml   (same numbers as 1 process)
-hfpc eval rejudge --run RUN_DIR --out NEW_DIR [--scorer configs/scorer/X.yaml] [scorer.field=value ...]
+hfpc eval rejudge --from RUN_DIR --out NEW_DIR [--scorer configs/scorer/X.yaml] [scorer.field=value ...]
 hfpc eval compare A/results.json B/results.json [--pair a:b] [--out comparison.json]
 hfpc eval judges --config configs/eval/judges_tiny.yaml [--manifest labelled.jsonl] [overrides]
 hfpc eval screenshot outputs/demo/eval/report.html docs/report.png   (needs Chromium)
@@ -27,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     add_config_arguments(run, EvalConfig, example="configs/eval/tiny.yaml")  # fields listed in --help
     add_run_arguments(run)
     rejudge = sub.add_parser("rejudge", help="judge a finished run's images again with another scorer")
-    rejudge.add_argument("--run", required=True, help="out_dir of a finished `eval run` (left as it is)")
+    rejudge.add_argument(
+        "--from", dest="source", required=True, help="out_dir of a finished `eval run` (left as it is)"
+    )
     rejudge.add_argument("--out", required=True, help="new run folder for the re-judged samples and report")
     rejudge.add_argument("--scorer", help="scorer YAML (as `hfpc score --config`) replacing the run's scorer")
     rejudge.add_argument("overrides", nargs="*", help="dotted overrides, e.g. scorer.policy.threshold=0.5")
@@ -77,8 +79,8 @@ def _run(args: argparse.Namespace) -> int:
         from hfpc_eval.rejudge import rejudge_config, rejudge_run, rejudged_summary
         from hfpc_eval.report import terminal_table
 
-        config = rejudge_config(args.run, args.out, args.scorer, args.overrides)
-        results = rejudge_run(args.run, config, resume=args.resume, overwrite=args.overwrite)
+        config = rejudge_config(args.source, args.out, args.scorer, args.overrides)
+        results = rejudge_run(args.source, config, resume=args.resume, overwrite=args.overwrite)
         if results is not None:
             print(terminal_table(results))
             print(rejudged_summary(results))

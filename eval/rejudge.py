@@ -1,7 +1,7 @@
-"""`hfpc eval rejudge --run RUN --out NEW`: judge a finished run's images again with another scorer, no regeneration.
+"""`hfpc eval rejudge --from RUN --out NEW`: judge a finished run's images again with another scorer, no regeneration.
 
-    hfpc eval rejudge --run outputs/eval/run --out outputs/eval/run-rm2 scorer.reward_model.path=outputs/reward/v2
-    hfpc eval rejudge --run outputs/eval/run --out outputs/eval/run-strict --scorer configs/scorer/hfpc.yaml
+    hfpc eval rejudge --from outputs/eval/run --out outputs/eval/run-rm2 scorer.reward_model.path=outputs/reward/v2
+    hfpc eval rejudge --from outputs/eval/run --out outputs/eval/run-strict --scorer configs/scorer/hfpc.yaml
 
 NEW is a complete eval run folder: the source run's config with the new judge (`--scorer` replaces the
 scorer section with a scorer YAML over its defaults, as `hfpc score --config`; dotted overrides of the eval

@@ -147,7 +147,7 @@ def test_rejudge_changes_only_the_judged_fields_and_says_which_judge(world, caps
     threshold = float(np.median([row["background_score"] for row in source]))  # flips about half the verdicts
     judge = [f"scorer.policy.threshold={threshold}", "scorer.policy.reward=product"]
     out = world["root"] / "rejudged"
-    assert main(["rejudge", "--run", str(one), "--out", str(out), *judge]) == 0
+    assert main(["rejudge", "--from", str(one), "--out", str(out), *judge]) == 0
     assert "re-judged 32 samples" in capsys.readouterr().out
     rows = latest_samples(out / "samples.jsonl")
     assert [(r["version"], r["product_id"], r["k"]) for r in rows] == [
@@ -173,7 +173,7 @@ def test_rejudge_changes_only_the_judged_fields_and_says_which_judge(world, caps
     for key in NUMBERS:
         assert json.loads((out / "results.json").read_text())[key] == json.loads(json.dumps(direct[key]))
     # anything but the judges is refused, in one line
-    assert main(["rejudge", "--run", str(one), "--out", str(world["root"] / "x"), "generation.seed=3"]) == 2
+    assert main(["rejudge", "--from", str(one), "--out", str(world["root"] / "x"), "generation.seed=3"]) == 2
 
 
 def test_pooled_consistency_judge_gives_the_verdicts_of_one_process(world):
