@@ -420,3 +420,13 @@ def test_a_run_extends_to_more_samples_and_reports_only_its_own(product_manifest
         small, generators={}, scorer=DummyScorer(), resume=True
     )  # nothing to generate: no generator is built
     assert again["versions"]["base"]["n_samples"] == N_PRODUCTS * 2
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(product_manifest, tmp_path):
+    from hfpc_reward.runs import RunLockedError, RunOutput
+
+    out = tmp_path / "out"
+    holder = RunOutput(out, {}, resume=False, folder=True, name="first")  # another run holds the folder
+    with holder, pytest.raises(RunLockedError, match="another run is writing"):
+        run_eval(_config(product_manifest, out), generators={}, scorer=DummyScorer(), resume=True)
+    assert not (out / "samples.jsonl").exists()
