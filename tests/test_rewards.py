@@ -204,10 +204,9 @@ def studio_pair(size=64):
 
 def test_a_reward_whose_model_does_not_load_fails_at_construction(tmp_path):
     from hfpc_reward.errors import UsageError
-    from hfpc_reward.rewards import RewardSetupError
 
     missing = tmp_path / "no_such_model"
-    with pytest.raises(RewardSetupError, match="no_such_model"):
+    with pytest.raises(UsageError, match="no_such_model"):  # the model's own load error, or RewardSetupError
         HFPCReward(load_config(ScorerConfig, overrides=[f"reward_model.path={missing}"]))
     with pytest.raises(UsageError, match="judges='consistency'"):
         HFPCReward(ScorerConfig())  # no reward model: the background judge would be silently off
