@@ -337,3 +337,18 @@ def test_curve_command_writes_both_learning_curves(tmp_path):
     )  # 24 labels of consistency metrics learn
     assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
     assert main([*args, "--budget", "100"]) == 2  # more labels than the pool holds: one clear line
+
+
+def test_push_refuses_an_image_folder_outside_the_document_root_and_an_unreachable_server(
+    exported, tmp_path, caplog
+):
+    picks, _ = exported
+    path = tmp_path / "picks.jsonl"
+    write_jsonl(path, picks[:2])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    push = ["feedback", "push", str(path), "--url", "http://127.0.0.1:9", "--token", "t0ken"]
+    assert main([*push, "--document-root", str(elsewhere)]) == 2
+    assert "must be a sub-folder of the server's document root" in caplog.text
+    assert main([*push, "--document-root", str(tmp_path)]) == 2  # nothing listens on port 9
+    assert "cannot reach Label Studio at http://127.0.0.1:9" in caplog.text

@@ -140,64 +140,30 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pushed(server, tiny_reward_kit, tmp_path_factory):
     """A scored sample pool, picks pushed to a new project: {picks, receipt, project, ...}."""
+    from hfpc_reward.data.manifest import append_jsonl
     from hfpc_reward.sample.pairs import generate_pairs
 
     work = tmp_path_factory.mktemp("loop")
     manifest = generate_pairs(server["pool"], n_pairs=16, seed=5, size=128)
     scores, picks = work / "scores.jsonl", work / "picks.jsonl"
+    reward = tiny_reward_kit["reward"]
     assert (
-        main(
-            [
-                "score",
-                "--manifest",
-                str(manifest),
-                "--out",
-                str(scores),
-                f"reward_model.path={tiny_reward_kit['reward']}",
-            ]
-        )
-        == 0
+        main(["score", "--manifest", str(manifest), "--out", str(scores), f"reward_model.path={reward}"]) == 0
     )
     assert (
-        main(
-            [
-                "feedback",
-                "select",
-                str(scores),
-                "--out",
-                str(picks),
-                "--n",
-                "6",
-                "--reward-model",
-                tiny_reward_kit["reward"],
-            ]
-        )
+        main(["feedback", "select", str(scores), "--out", str(picks), "--n", "6", "--reward-model", reward])
         == 0
     )
-    token = ANNOTATORS["a"][2]
-    push = [
-        "feedback",
-        "push",
-        str(picks),
-        "--url",
-        server["url"],
-        "--token",
-        token,
-        "--document-root",
-        str(server["root"]),
-        "--images-root",
-        str(server["pool"]),
-    ]
-    assert main(push) == 0
+    selected = read_jsonl(picks)
+    secret = server["root"] / "secret.png"  # under the server's document root, but outside the pool
+    secret.write_bytes(Path(selected[0]["generation"]).read_bytes())
+    append_jsonl(picks, [{**selected[0], "generation": str(secret), "pair_id": "outside-the-pool"}])
+    push = f"feedback push {picks} --url {server['url']} --token {ANNOTATORS['a'][2]} "
+    push += f"--document-root {server['root']} --images-root {server['pool']}"
+    assert main(push.split()) == 0
     receipt = json.loads((work / "picks.pushed.json").read_text())
-    return {
-        **server,
-        "work": work,
-        "picks": read_jsonl(picks),
-        "picks_path": picks,
-        "receipt": receipt,
-        "manifest": manifest,
-    }
+    assert "outside-the-pool" not in receipt["tasks"]  # never served: not pushed, the others are
+    return {**server, "work": work, "picks": selected, "picks_path": picks, "receipt": receipt}
 
 
 def test_push_annotate_pull_agreement_through_a_real_server(pushed):
@@ -207,9 +173,8 @@ def test_push_annotate_pull_agreement_through_a_real_server(pushed):
     a, b = (LabelStudioClient(url, ANNOTATORS[name][2]) for name in "ab")
     exported = a.export(project)
     image = requests.get(url + exported[0]["data"]["generation"], headers=a.session.headers, timeout=30)
-    assert image.status_code == 200 and image.headers["content-type"].startswith(
-        "image/"
-    )  # local storage serves it
+    assert image.status_code == 200  # local-files storage serves the pool's images
+    assert image.headers["content-type"].startswith("image/")
     assert "label" not in exported[0]["data"]["hfpc_pick"]  # annotators never see a known label
 
     fail = choices_result("fail", ["product expanded"])
@@ -224,19 +189,8 @@ def test_push_annotate_pull_agreement_through_a_real_server(pushed):
     a.delete_task(tasks[4])  # deleted in the UI; tasks[5] is never labelled (a half-finished project)
 
     folder = pushed["work"] / "feedback"
-    pull = [
-        "feedback",
-        "pull",
-        str(folder),
-        "--url",
-        url,
-        "--token",
-        ANNOTATORS["a"][2],
-        "--project",
-        str(project),
-        "--picks",
-        str(pushed["picks_path"]),
-    ]
+    pull = f"feedback pull {folder} --url {url} --token {ANNOTATORS['a'][2]} --project {project} "
+    pull = (pull + f"--picks {pushed['picks_path']}").split()
     assert main(pull) == 0
     labels = read_jsonl(folder / "labels.jsonl")
     assert len(labels) == 7
@@ -250,15 +204,13 @@ def test_push_annotate_pull_agreement_through_a_real_server(pushed):
         generation[3]: 1,
     }
     assert majority[generation[1]].extra["reasons"] == ["product expanded"]
-    assert (
-        majority[generation[0]].mask == picks[0]["mask"]
-        and majority[generation[0]].category == picks[0]["category"]
-    )
+    assert majority[generation[0]].mask == picks[0]["mask"]  # the pick's fields come back with the label
+    assert majority[generation[0]].category == picks[0]["category"]
     assert [row["generation"] for row in read_jsonl(folder / "contested.jsonl")] == [generation[2]]
     problems = {(p.get("pair_id"), p["problem"]) for p in read_jsonl(folder / "problems.jsonl")}
     assert (picks[3]["pair_id"], "annotator skipped the task") in problems
     assert (picks[4]["pair_id"], "task deleted in Label Studio (pushed, not exported)") in problems
-    assert len(problems) == 2
+    assert len(problems) == 2  # the pick outside the pool was never pushed, so it is not "deleted"
 
     figures = json.loads((folder / "agreement.json").read_text())
     # 3 pairs labelled by both: a votes pass/fail/pass, b pass/fail/fail: p_o 2/3, p_e 4/9 -> kappa 0.4

@@ -62,7 +62,13 @@ def add_feedback_arguments(parser: argparse.ArgumentParser) -> None:
     pull.add_argument("--export", type=Path, help="a Label Studio JSON export file (instead of the server)")
     _server_arguments(pull, required=False)
     pull.add_argument("--project", type=int, help="project id to export from the server")
-    pull.add_argument("--picks", type=Path, nargs="*", default=[], help="pushed picks: report deleted tasks")
+    pull.add_argument(
+        "--picks",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="pushed picks (and their .pushed.json receipts): report deleted tasks",
+    )
 
     agree = actions.add_parser(
         "agreement", help="annotator agreement and contested pairs of a feedback folder"
@@ -137,6 +143,8 @@ def _push(args: argparse.Namespace) -> int:
             pushed.append(pick)
         except UsageError as exc:  # one bad pick does not stop the others
             logger.warning("pick %s not pushed: %s", pick.get("pair_id"), exc)
+    if not tasks:
+        raise UsageError(f"no pick of {args.picks} could be pushed (see the warnings above); nothing sent")
     client = LabelStudioClient(args.url, args.token)
     project = args.project or client.create_project(args.title, f"{len(tasks)} pairs from {args.picks}")["id"]
     client.add_local_storage(project, images_root)
@@ -146,7 +154,7 @@ def _push(args: argparse.Namespace) -> int:
         "project": project,
         "tasks": dict(zip([p["pair_id"] for p in pushed], task_ids)),
     }
-    receipt = args.picks.with_name(args.picks.stem + ".pushed.json")
+    receipt = _receipt(args.picks)
     receipt.write_text(json.dumps(record, indent=1))
     logger.info(
         "pushed %d of %d picks to project %d at %s (%s)",
@@ -157,6 +165,19 @@ def _push(args: argparse.Namespace) -> int:
         receipt,
     )
     return 0
+
+
+def _receipt(picks: Path) -> Path:
+    """Where `push` records what it sent: picks.jsonl -> picks.pushed.json (project, pair id -> task id)."""
+    return picks.with_name(picks.stem + ".pushed.json")
+
+
+def _pushed_pairs(picks: Path) -> list[str]:
+    """The pair ids of the picks that push sent (from its receipt; all picks when there is none)."""
+    receipt = _receipt(picks)
+    if receipt.is_file():
+        return list(json.loads(receipt.read_text())["tasks"])
+    return [pick["pair_id"] for pick in read_jsonl(picks)]
 
 
 def _pull(args: argparse.Namespace) -> int:
@@ -175,7 +196,7 @@ def _pull(args: argparse.Namespace) -> int:
             )
     else:
         raise UsageError("give --export EXPORT.json, or --url and --project to export from the server")
-    pushed = [pick["pair_id"] for path in args.picks for pick in read_jsonl(path)]
+    pushed = [pair for path in args.picks for pair in _pushed_pairs(path)]
     rows, problems = annotations_of(tasks, pushed)
     counts = import_annotations(args.folder, rows, problems)
     figures = agreement(read_jsonl(args.folder / LABELS_NAME))

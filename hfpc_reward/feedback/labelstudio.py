@@ -158,10 +158,16 @@ class LabelStudioClient:
         )
 
     def add_local_storage(self, project_id: int, images_root: str | os.PathLike) -> dict:
-        """Let the project's tasks read images under `images_root` (no sync: tasks come from our picks)."""
+        """Let the project's tasks read images under `images_root` (no sync: tasks come from our picks);
+        a storage the project already has on that folder is reused."""
+        path = os.path.realpath(images_root)
+        storages = self._request("GET", "/api/storages/localfiles/", params={"project": project_id})
+        for storage in storages or []:
+            if storage.get("path") == path:
+                return storage
         body = {
             "project": project_id,
-            "path": os.path.realpath(images_root),
+            "path": path,
             "title": "hfpc pool",
             "use_blob_urls": False,
         }
