@@ -160,3 +160,105 @@ def write_world_blip(out_dir: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def pretrain_world_blip(
+    blip_dir: str | Path, out_dir: str | Path, steps: int = 600, batch_size: int = 32, seed: int = 0
+) -> Path:
+    """Image-text pretraining of the world's BLIP on clean renders and their captions (the world's "web data").
+
+    BLIP's two objectives: image-text contrast (each render against the captions of all six scene kinds,
+    temperature 0.07) and image-text matching (the true caption vs another kind's, through the cross-attention).
+    No flaw and no annotator label is seen: the reward model still learns what passes from the feedback;
+    like BLIP's own pretraining, this gives it features that know the scenes.
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers import BlipForImageTextRetrieval, BlipProcessor
+
+    from hfpc_reward.sample.world import render
+
+    processor = BlipProcessor.from_pretrained(str(blip_dir))
+    model = BlipForImageTextRetrieval.from_pretrained(str(blip_dir)).train()
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    products = world_products("train", 64)
+    pool_rng = np.random.default_rng([seed, 7001])
+    pool = []  # (image, category, scene index): rendered once
+    for index in range(max(batch_size * 16, 512)):
+        product, kind = products[index % len(products)], index % len(SCENE_KINDS)
+        item = render(product, SCENE_KINDS[kind], pool_rng)
+        pool.append((Image.fromarray((item.image * 255 + 0.5).astype(np.uint8)), product.spec.category, kind))
+    pixels = processor(images=[image for image, _, _ in pool], return_tensors="pt").pixel_values
+    for step in range(steps):
+        rng = np.random.default_rng([seed, 7002, step])
+        pick = rng.choice(len(pool), batch_size, replace=False)
+        batch = pixels[torch.from_numpy(pick)]
+        kinds = torch.tensor([pool[i][2] for i in pick])
+        captions = [prompt_for(pool[i][1], kind) for i in pick for kind in SCENE_KINDS]  # (B*6,)
+        text = processor.tokenizer(captions, return_tensors="pt", padding=True)
+        vision = model.vision_model(pixel_values=batch).last_hidden_state  # (B,N,D)
+        image_feat = F.normalize(model.vision_proj(vision[:, 0]), dim=-1)  # (B,P)
+        text_cls = model.text_encoder(
+            input_ids=text.input_ids, attention_mask=text.attention_mask
+        ).last_hidden_state
+        text_feat = F.normalize(model.text_proj(text_cls[:, 0]), dim=-1).view(
+            batch_size, len(SCENE_KINDS), -1
+        )
+        contrast = F.cross_entropy(torch.einsum("bp,bkp->bk", image_feat, text_feat) / 0.07, kinds)
+        wrong = (kinds + torch.from_numpy(rng.integers(1, len(SCENE_KINDS), batch_size))) % len(SCENE_KINDS)
+        rows = torch.arange(batch_size) * len(SCENE_KINDS)
+        chosen = torch.cat([rows + kinds, rows + wrong])  # true captions, then wrong ones
+        fused = model.text_encoder(
+            input_ids=text.input_ids[chosen],
+            attention_mask=text.attention_mask[chosen],
+            encoder_hidden_states=vision.repeat(2, 1, 1),
+        ).last_hidden_state
+        matching = F.cross_entropy(
+            model.itm_head(fused[:, 0]), torch.cat([torch.ones(batch_size), torch.zeros(batch_size)]).long()
+        )
+        loss = contrast + matching
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % 50 == 0:
+            logger.info(
+                "blip pretraining step %d: contrastive %.3f, matching %.3f",
+                step + 1,
+                contrast.item(),
+                matching.item(),
+            )
+    out = Path(out_dir)
+    model.eval().save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def demo_summary(demo: str | Path) -> str:
+    """The demo's closing lines: per version HFPC and oracle pass rates with intervals, paired differences,
+    the reward model's pairwise accuracy against the oracle (referenced and unreferenced), the report path."""
+    import json
+
+    demo = Path(demo)
+    results = json.loads((demo / "eval" / "results.json").read_text())
+
+    def rate(value: dict | None) -> str:
+        if not value:
+            return "n/a"
+        return f"{value['estimate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+
+    lines = ["version        HFPC pass rate [95% CI]   oracle pass rate [95% CI]"]
+    for name, summary in results["versions"].items():
+        lines.append(f"{name:14s} {rate(summary['pass_rate']):25s} {rate(summary.get('oracle_pass_rate'))}")
+    for name, paired in results["paired"].items():
+        flag = "  <- HACKING: HFPC rises, the oracle does not" if paired.get("hacking") else ""
+        lines.append(f"{name:14s} {'+' + rate(paired):25s} {'+' + rate(paired.get('oracle'))}{flag}")
+    for label, name in (("referenced", "referenced.json"), ("unreferenced", "unreferenced.json")):
+        path = demo / "reward_eval" / name
+        if path.is_file():
+            accuracy = json.loads(path.read_text())["metrics"]["pairwise_accuracy"]
+            lines.append(
+                f"reward model ({label}) vs oracle, held-out originals: pairwise accuracy {accuracy:.3f}"
+            )
+    lines.append(f"report: {demo / 'eval' / 'report.html'}")
+    return "\n".join(lines)

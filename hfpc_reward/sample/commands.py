@@ -69,8 +69,14 @@ def add_world_arguments(parser: argparse.ArgumentParser) -> None:
     label.add_argument("--steps", type=int, default=20, help="denoising steps")
     label.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     label.add_argument("--seed", type=int, default=0, help="seed of sampling and label noise")
-    blip = sub.add_parser("blip", help="write a random BLIP backbone with the world's vocabulary (64 px)")
+    blip = sub.add_parser("blip", help="a BLIP backbone with the world's vocabulary (64 px), ITM-pretrained")
     blip.add_argument("out", type=Path, help="folder of the BLIP checkpoint")
+    blip.add_argument(
+        "--pretrain-steps", type=int, default=600, help="ITM steps on clean renders; 0 = random"
+    )
+    blip.add_argument("--seed", type=int, default=0, help="seed of the init and the pretraining renders")
+    summary = sub.add_parser("summary", help="print the demo's numbers (eval results + reward-model checks)")
+    summary.add_argument("demo", type=Path, help="the demo folder (outputs/demo)")
 
 
 def run_world(args: argparse.Namespace) -> int:
@@ -115,7 +121,14 @@ def run_world(args: argparse.Namespace) -> int:
             args.guidance,
         )
     elif args.world_command == "blip":
-        from hfpc_reward.sample.annotators import write_world_blip
+        from hfpc_reward.sample.annotators import pretrain_world_blip, write_world_blip
 
-        logger.info("world BLIP backbone: %s", write_world_blip(args.out))
+        path = write_world_blip(args.out, args.seed)
+        if args.pretrain_steps:
+            pretrain_world_blip(path, path, args.pretrain_steps, seed=args.seed)
+        logger.info("world BLIP backbone: %s", path)
+    elif args.world_command == "summary":
+        from hfpc_reward.sample.annotators import demo_summary
+
+        print(demo_summary(args.demo))  # the command's output
     return 0
