@@ -352,3 +352,32 @@ def test_push_refuses_an_image_folder_outside_the_document_root_and_an_unreachab
     assert "must be a sub-folder of the server's document root" in caplog.text
     assert main([*push, "--document-root", str(tmp_path)]) == 2  # nothing listens on port 9
     assert "cannot reach Label Studio at http://127.0.0.1:9" in caplog.text
+
+
+def test_selection_spreads_over_clusters_from_hfpc_data_clusters(tmp_path):
+    from hfpc_reward.data.clusters import ClusterAssignment
+
+    rows = _pool(
+        {"can": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]}, per_original=2
+    )  # one category, 4 originals
+    origins = sorted({row.origin for row in rows})
+    assignment = {origin: int(k >= 2) for k, origin in enumerate(origins)}  # originals 0-1: cluster 0, 2-3: 1
+    path = ClusterAssignment(assignment, dict.fromkeys(origins, 0.0), k=2).save(tmp_path / "clusters.json")
+    scores = tmp_path / "scores.jsonl"
+    write_jsonl(scores, [row.to_record() for row in rows])
+    out = tmp_path / "picks.jsonl"
+    args = [
+        "feedback",
+        "select",
+        str(scores),
+        "--out",
+        str(out),
+        "--n",
+        "4",
+        "--threshold",
+        "0",
+        "--clusters",
+    ]
+    assert main([*args, str(path)]) == 0
+    picks = read_jsonl(out)
+    assert [p["group"] for p in picks] == ["cluster 0", "cluster 1", "cluster 0", "cluster 1"]

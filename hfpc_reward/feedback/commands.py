@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hfpc_reward.data.manifest import read_jsonl, read_manifest, write_jsonl
 from hfpc_reward.errors import UsageError
+from hfpc_reward.runs import RunOutput
 
 logger = logging.getLogger(__name__)
 
@@ -198,9 +199,11 @@ def _pull(args: argparse.Namespace) -> int:
         raise UsageError("give --export EXPORT.json, or --url and --project to export from the server")
     pushed = [pair for path in args.picks for pair in _pushed_pairs(path)]
     rows, problems = annotations_of(tasks, pushed)
-    counts = import_annotations(args.folder, rows, problems)
-    figures = agreement(read_jsonl(args.folder / LABELS_NAME))
-    (args.folder / AGREEMENT_NAME).write_text(json.dumps(figures, indent=1))
+    # the run contract: one pull at a time writes the folder (an append-only log must not interleave)
+    with RunOutput(args.folder, {"command": "feedback pull"}, resume=True, folder=True, name="feedback pull"):
+        counts = import_annotations(args.folder, rows, problems)
+        figures = agreement(read_jsonl(args.folder / LABELS_NAME))
+        (args.folder / AGREEMENT_NAME).write_text(json.dumps(figures, indent=1))
     logger.info(
         "pulled %s; Krippendorff's alpha %s -> %s", counts, figures["krippendorff_alpha"], args.folder
     )

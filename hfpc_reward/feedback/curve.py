@@ -171,6 +171,10 @@ def summarise(runs: list[dict], settings: dict) -> dict:
     labels = runs[0]["labels"]
     final = curves[RANDOM]["mean"][-1]
     reached = [n for n, acc in zip(labels, curves[ACTIVE]["mean"]) if acc >= final]
+    per_seed = []  # per world: labels active needs to reach that world's random final accuracy (None: never)
+    for active, random in zip(runs[::2], runs[1::2]):
+        hits = [n for n, acc in zip(labels, active["accuracy"]) if acc >= random["accuracy"][-1]]
+        per_seed.append(hits[0] if hits else None)
     return {
         "settings": settings,
         "labels": labels,
@@ -180,6 +184,8 @@ def summarise(runs: list[dict], settings: dict) -> dict:
         "active_labels_to_match": reached[0] if reached else None,
         "active_share_of_labels": round(reached[0] / labels[-1], 3) if reached else None,
         "target_met": bool(reached) and reached[0] <= TARGET_SHARE * labels[-1],
+        "active_labels_to_match_per_seed": per_seed,
+        "seeds_meeting_target": sum(n is not None and n <= TARGET_SHARE * labels[-1] for n in per_seed),
     }
 
 
