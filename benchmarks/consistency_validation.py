@@ -105,11 +105,14 @@ def _downscale(image: np.ndarray, side: int = 128) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def check_all(checker, families: dict[str, list[FamilyPair]], seed: int) -> list[dict]:
+def check_all(
+    checker, families: dict[str, list[FamilyPair]], seed: int, variants: tuple[str, ...] = VARIANTS
+) -> list[dict]:
     """One record per (family, variant, pair): truth, defect, metrics (None for an error)."""
     records = []
     for name, pairs in families.items():
-        for v, variant in enumerate(VARIANTS):
+        for variant in variants:
+            v = VARIANTS.index(variant)
             originals, generated, masks = variant_inputs(pairs, variant, seed + v)
             start = time.perf_counter()
             reports = checker.check(originals, generated, masks=masks, errors="report")
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=120, help="pairs per family")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--families", nargs="+", default=["sample", "heldout", "cutouts"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--fit-family", default="cutouts", help="the one family thresholds are fitted on")
     parser.add_argument(
         "--max-rejection", type=float, default=0.02, help="fit: most recall with at most this share rejected"
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     checker = ProductConsistencyChecker.from_config(config)
     with tempfile.TemporaryDirectory() as folder:
         families = {name: family_pairs(name, args.pairs, args.seed, Path(folder)) for name in args.families}
-    records = check_all(checker, families, args.seed)
+    records = check_all(checker, families, args.seed, tuple(args.variants))
     print(table(records, config.thresholds, None, "default thresholds (share caught per defect kind)"))
     fit_rows = [r for r in records if r["family"] == args.fit_family and r["metrics"] is not None]
     if fit_rows:

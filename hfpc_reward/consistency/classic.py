@@ -243,8 +243,8 @@ def refine_mask(rgb: np.ndarray, mask: np.ndarray, reach_px: int) -> np.ndarray:
     """`mask` snapped to the edges of `rgb` within `reach_px` of its outline (at REFINE_WORK_SIZE at most).
 
     Within that band a pixel changes side when its colour is closer (by REFINE_MARGIN) to the other side:
-    to the nearest product pixel beyond the band inside (or one of the product's k-means colours), or to the
-    nearest background pixel beyond it outside. A mask eroded or dilated by a few pixels (a segmenter's)
+    to the nearest product pixel beyond the band inside (for joining, also one of the product's k-means
+    colours), or to the nearest background pixel beyond it outside. A mask eroded or dilated by a few pixels (a segmenter's)
     comes back to the product's true outline where product and background differ.
     """
     height, width = mask.shape
@@ -259,13 +259,16 @@ def refine_mask(rgb: np.ndarray, mask: np.ndarray, reach_px: int) -> np.ndarray:
         return mask
     lab = rgb_to_lab(work)
     band = ~inside & ~outside
-    product_colours = _palette(lab, inside, PRODUCT_COLOURS)  # thin parts have no interior nearby
-    to_in = np.minimum(_distance(lab, nearest_colour(lab, inside)), _distance_to(lab, product_colours, band))
+    to_near_in = _distance(lab, nearest_colour(lab, inside))
     to_out = _distance(lab, nearest_colour(lab, outside))
     # a pixel changes side only when clearly closer to the other one: mixed (anti-aliased) pixels keep the
-    # given label; holes of the mask (inside a handle) stay holes
+    # given label; holes of the mask (inside a handle) stay holes. A thin part has no interior nearby, so a
+    # pixel may also join by the product's k-means colours; it leaves only by its nearest interior colour
+    # (a white print would otherwise keep a white backdrop in the mask)
+    product_colours = _palette(lab, inside, PRODUCT_COLOURS)
+    to_in = np.minimum(to_near_in, _distance_to(lab, product_colours, band & ~m_work))
     joins = band & ~m_work & (to_in + REFINE_MARGIN < to_out)
-    leaves = band & m_work & (to_out + REFINE_MARGIN < to_in)
+    leaves = band & m_work & (to_out + REFINE_MARGIN < to_near_in)
     refined = (m_work | joins) & ~leaves
     if scale == 1.0:
         return refined
@@ -296,7 +299,7 @@ def studio_mask(rgb: np.ndarray, config: ClassicConfig) -> tuple[np.ndarray, lis
     distinct = np.linalg.norm(lab - backdrop, axis=2) > config.studio_delta_e
     shadow = shadow_like(lab, backdrop, config.shadow_max_chroma) & (lab[..., 0] > 0.4 * backdrop[..., 0])
     foreground = (distinct & ~shadow).astype(np.uint8)
-    radius = max(1, round(0.01 * max(work.shape[:2])))
+    radius = max(1, round(0.004 * max(work.shape[:2])))  # small: wider closes the gaps between legs
     foreground = cv2.morphologyEx(foreground, cv2.MORPH_CLOSE, disk(radius))
     foreground = cv2.morphologyEx(foreground, cv2.MORPH_OPEN, disk(1))
     foreground = _fill_holes(

@@ -46,6 +46,7 @@ from PIL import Image
 from hfpc_reward.consistency.config import MetricsConfig
 
 MIN_IGNORE_PX = 2  # the ignored band is at least this wide: anti-aliasing, JPEG and blur at low resolution
+IGNORE_IMAGE_FRACTION = 0.01  # ... and at least this share of the image side
 EDGE_ZONE = 3  # the edge zone reaches this many ignored-band widths into the product
 GAIN_RIDGE = (
     100.0  # (0-255 levels)^2: below this channel variance the grading fit prefers an offset to a gain
@@ -184,7 +185,12 @@ def original_appearance(
     original: np.ndarray, m_orig: np.ndarray, config: MetricsConfig
 ) -> OriginalAppearance:
     """Everything the appearance metrics need from the original (uint8 RGB) and its product mask."""
-    band = max(MIN_IGNORE_PX, round(config.ignore_band * box_diagonal(m_orig)))
+    # the band covers feathered edges (a share of the product's size) and masks a pixel or two off (a share
+    # of the image side)
+    band = max(
+        MIN_IGNORE_PX,
+        round(max(config.ignore_band * box_diagonal(m_orig), IGNORE_IMAGE_FRACTION * max(m_orig.shape))),
+    )
     region = cv2.erode(m_orig.astype(np.uint8), disk(band)) > 0
     if region.sum() < 16:  # a thin product: keep its pixels rather than nothing
         region = m_orig
