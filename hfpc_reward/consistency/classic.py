@@ -15,8 +15,9 @@ outline keeps the original's label, so feathered edges and masks a few pixels of
   local mean of the background around each pixel.
 - Outside the product, up to `search_fraction` x its size, a pixel is *added* (object expansion, bleed)
   when its nearest product colour is closer than every background colour by `product_margin` (Lab), it is
-  not a shadow (a darker, same-hue version of the nearby background), it did not stay as it was in the
-  original, and it is connected to the product. The palette is fitted again without the added pixels.
+  not a shadow (a darker, same-hue version of the nearby background, keeping MIN_SHADOW_RATIO of its
+  lightness), it did not stay as it was in the original, and it is connected to the product by such
+  pixels that do not go on past the search zone (that is a background object behind the product). The palette is fitted again without the added pixels.
 - Inside it (beyond the band), a pixel is *lost* when it no longer matches the original (`same_delta_e`,
   after mild grading) and is closer to the background than to the original's colour by `product_margin`.
 The generated mask is the original mask minus lost plus added, at the original's size.
@@ -41,6 +42,7 @@ from hfpc_reward.consistency.metrics import box_diagonal, disk, fit_grading, rgb
 STUDIO_WORK_SIZE = 512  # longest side at which studio-background extraction runs
 REFINE_WORK_SIZE = 256  # longest side at which a mask is snapped to the original's edges
 PALETTE_SAMPLES = 2000  # background pixels (evenly strided) the k-means palette is fitted on
+MIN_SHADOW_RATIO = 0.4  # a shadow keeps at least this share of the lightness (darker is an object)
 PRODUCT_COLOURS = 8  # k-means colours of the product used by mask refinement
 MIN_REFINE_PX = 5
 REFINE_MARGIN = 6.0  # Lab distance by which a pixel must be closer to the other side to change sides
@@ -140,13 +142,14 @@ class ClassicMaskFinder:
         outside = ~m_small & (dist_out > band)
         ring = outside & (dist_out <= cache["search"])
         far = outside & ~ring
+        beyond = far & (dist_out <= cache["search"] + 2 * band + 2)  # just past the search zone
         far_background = far if far.sum() > 64 else outside  # where an expansion cannot reach
         local_background = _local_mean(lab, far_background)
         shadow = self._shadow_like(lab, local_background)
         labels, edge_core = cache["nearest_product"]
         table = np.zeros((int(labels.max()) + 1, 3), np.float32)
         table[labels[edge_core]] = lab[edge_core]
-        near = ring | m_small  # the only pixels whose product / background distances are used
+        near = ring | beyond | m_small  # the only pixels whose product / background distances are used
         to_product = np.minimum(
             _distance(lab, table[labels]), _distance_to(lab, cache["product_palette"], near)
         )
@@ -159,11 +162,14 @@ class ClassicMaskFinder:
                 _distance_to(lab, _palette(lab, background, cfg.palette_size), near),
                 _distance(lab, _local_mean(lab, background)),
             )
-            candidates = ring & (to_product + cfg.product_margin < to_background) & ~shadow & ~same
+            candidates = (ring | beyond) & (to_product + cfg.product_margin < to_background) & ~shadow & ~same
             candidates = (
                 cv2.morphologyEx(candidates.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8)) > 0
             )
-            added = _connected_to(candidates, seed)
+            # a product-like region that goes on past the search zone is a background object behind the
+            # product (a red tank next to a red label), not the product grown
+            attached = _connected_to(candidates, seed)
+            added = attached & ~_connected_to(attached, beyond & attached) & ring
             # the product-like pixels and their fringe stay out of the background (k-means gives outliers
             # a colour of their own)
             found = cv2.dilate(candidates.astype(np.uint8), disk(2 * band + 1)) > 0
@@ -190,7 +196,7 @@ def shadow_like(lab: np.ndarray, local: np.ndarray, max_chroma: float) -> np.nda
     """Pixels of `lab` that are a darker version of the `local` background colour (same hue and chroma ratio)."""
     ratio = lab[..., 0] / np.maximum(local[..., 0], 1.0)
     chroma_gap = np.hypot(lab[..., 1] - ratio * local[..., 1], lab[..., 2] - ratio * local[..., 2])
-    return (ratio < 0.97) & (ratio > 0.2) & (chroma_gap < max_chroma)
+    return (ratio < 0.97) & (ratio > MIN_SHADOW_RATIO) & (chroma_gap < max_chroma)
 
 
 def nearest_colour(lab: np.ndarray, source: np.ndarray) -> np.ndarray:
@@ -297,7 +303,7 @@ def studio_mask(rgb: np.ndarray, config: ClassicConfig) -> tuple[np.ndarray, lis
             "original has no plain studio background; its extracted product mask may be wrong (pass a mask)"
         )
     distinct = np.linalg.norm(lab - backdrop, axis=2) > config.studio_delta_e
-    shadow = shadow_like(lab, backdrop, config.shadow_max_chroma) & (lab[..., 0] > 0.4 * backdrop[..., 0])
+    shadow = shadow_like(lab, backdrop, config.shadow_max_chroma)
     foreground = (distinct & ~shadow).astype(np.uint8)
     radius = max(1, round(0.004 * max(work.shape[:2])))  # small: wider closes the gaps between legs
     foreground = cv2.morphologyEx(foreground, cv2.MORPH_CLOSE, disk(radius))
