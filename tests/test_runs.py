@@ -114,3 +114,34 @@ def test_output_equal_to_or_over_an_input_is_refused(tmp_path):
         with pytest.raises(OutputIsInputError, match="choose an --out outside the inputs"):
             enter(out, SETTINGS, resume=False, inputs=inputs)
     assert manifest.read_text() == "{}\n"
+
+
+def test_the_lock_holds_across_processes_and_dies_with_its_holder(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "results.jsonl"
+    holder = (
+        "import sys, time\n"
+        "from hfpc_reward.runs import RunOutput\n"
+        f"with RunOutput({str(out)!r}, {{}}, resume=False):\n"
+        "    print('holding', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "holding"
+        with pytest.raises(RunLockedError):
+            enter(out, SETTINGS, resume=True)
+    finally:
+        process.kill()  # a crashed holder: the OS drops its lock, no stale lock file blocks the next run
+        process.wait()
+    with RunOutput(out, {}, resume=True) as run:
+        assert run.resuming is True and run.previous == {}
+
+
+def test_a_hint_joins_the_refusal_of_its_key(tmp_path):
+    out = tmp_path / "run"
+    enter(out, {"schedule": 2}, resume=False)
+    with pytest.raises(ResumeMismatchError, match="schedule \\(2 -> 4\\); fix it from the start"):
+        enter(out, {"schedule": 4}, resume=True, hints={"schedule": "fix it from the start"})
