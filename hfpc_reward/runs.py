@@ -30,7 +30,12 @@ On enter, in this order:
      is False). RunOutput itself deletes nothing: each command knows which of its files to replace.
 Only the main process (`is_main_process`) locks, writes the stamp and refuses a fresh run over an existing
 output; every process compares a resume with the stamp, so all ranks agree on refusing a mismatch (the main
-process may already have stamped a fresh run, which then compares equal).
+process may already have stamped a fresh run, which then compares equal). `hints` add a sentence to the
+refusal of a key (e.g. how to make a change safe); `run.update_stamp(**facts)` records facts at the end.
+
+Also here: `refuse_output_over_inputs` (the same check for one-shot writers such as `eval-reward`),
+`CheckpointFolder` (atomic, pruned accelerate `save_state` checkpoints with the loop's own state),
+`add_run_arguments` (--resume / --overwrite) and `replace_directory`.
 """
 
 from __future__ import annotations
