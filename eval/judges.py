@@ -48,7 +48,7 @@ class JudgesConfig:
     out_dir: str = "outputs/judges"  # judges.json, judges.md and per-row scores.jsonl go here
     scorer: ScorerConfig = field(default_factory=ScorerConfig)  # the HFPC judges
     itm_model: str = ""  # BlipForImageTextRetrieval id/folder for the zero-shot baseline; "" = leave it out
-    itm_device: str = "cpu"  # torch device of the ITM model
+    itm_device: str = "auto"  # torch device of the ITM model ("auto": CUDA when present, else CPU)
     default_prompt: str = "a product photo on a clean, tasteful background"  # prompt of rows without one
     calibration_fraction: float = 0.5  # share of originals used to pick thresholds; the rest is reported
     target_precision: float | None = (

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from hfpc_reward.config import resolve_device
 from hfpc_reward.data.manifest import ManifestRow
 from hfpc_reward.images import ImageLoadError, load_rgb
 
@@ -38,7 +39,7 @@ class ClusterConfig:
         "Salesforce/blip-itm-base-coco"  # BLIP ITM id/folder, a BLIP vision folder or a reward model
     )
     batch_size: int = 32  # images per vision-encoder forward pass
-    device: str = "cpu"  # torch device of the vision encoder
+    device: str = "auto"  # torch device of the vision encoder ("auto": CUDA when present, else CPU)
     sheet_thumbnails: int = 48  # originals shown per contact sheet (the most typical first)
     thumbnail_px: int = 96  # edge of one contact-sheet cell, pixels
 
@@ -97,11 +98,12 @@ class BlipImageFeatures:
     BLIP vision-only checkpoint, or an HFPCRewardModel folder (its fine-tuned vision encoder is used).
     """
 
-    def __init__(self, backbone: str, device: str = "cpu", dtype=None):
+    def __init__(self, backbone: str, device: str = "auto", dtype=None):
         import torch
 
         self.torch = torch
         self.vision, self.image_processor = load_blip_vision(backbone)
+        device = resolve_device(device)
         self.vision = self.vision.eval().to(device=device, dtype=dtype)
         self.device, self.dtype = device, dtype
 
