@@ -76,8 +76,11 @@ def run_score(args: argparse.Namespace) -> int:
     rank, world = _process_rank()
     settings = {"scorer": config_to_dict(config), "batch_size": args.batch_size}
     with manifest_run(
-        args,
+        args.manifest,
+        args.out,
         settings,
+        resume=args.resume,
+        overwrite=args.overwrite,
         safe_keys=SCORE_SAFE_KEYS,
         name="hfpc score",
         inputs=[config.reward_model.path],

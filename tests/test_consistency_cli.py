@@ -191,6 +191,11 @@ def test_calibrate_writes_a_loadable_config_that_separates_the_labels(pairs, tmp
     )
     records = read_jsonl(tmp_path / "r.jsonl")
     assert sorted(r["consistent"] for r in records) == [False, False, False, True, True, True]
+    # the checked-rows cache serves a rerun on this manifest (other thresholds too), never another manifest
+    calibrate = ["calibrate-consistency", "--out", str(out), "--manifest"]
+    assert main([*calibrate, str(manifest), "thresholds.min_ssim=0.2"]) == 0
+    other = write_manifest(pairs / "labelled_other.jsonl", rows[::-1])
+    assert main([*calibrate, str(other)]) == 2
 
 
 def check_args(manifest: Path, out: Path, *extra: str) -> list[str]:

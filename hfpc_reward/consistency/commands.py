@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 # --resume may change these: where overlays go, how many processes, batch size and device of the models
 CHECK_SAFE_KEYS = ("workers", "overlays", "consistency.grounded.batch_size", "consistency.grounded.device")
+CALIBRATION_CACHE_SAFE_KEYS = ("consistency.thresholds", *CHECK_SAFE_KEYS[2:])  # calibration reads metrics
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,7 +101,15 @@ def _check_manifest_run(args: argparse.Namespace, config: ConsistencyConfig) -> 
         "workers": args.workers,
         "overlays": str(args.overlays) if args.overlays else None,
     }
-    with manifest_run(args, settings, safe_keys=CHECK_SAFE_KEYS, name="hfpc check") as run:
+    with manifest_run(
+        args.manifest,
+        args.out,
+        settings,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        safe_keys=CHECK_SAFE_KEYS,
+        name="hfpc check",
+    ) as run:
         records = check_manifest(rows, config, args.out, args.overlays, args.workers, resuming=run.resuming)
         run.update_stamp(rows=len(records))
     print(summary_table(records))
@@ -303,7 +312,18 @@ def run_calibrate_consistency(args: argparse.Namespace) -> int:
     config = load_config(ConsistencyConfig, args.config, args.overrides)
     results = args.results or args.out.with_name(args.out.name + ".results.jsonl")
     rows = read_manifest(args.manifest)
-    records = check_manifest(rows, config, results, workers=args.workers)
+    # the checked rows are cached in `results` for this manifest and check config (thresholds aside: only
+    # the metrics are used); another manifest or config is refused, naming what changed
+    cache_settings = {"consistency": config_to_dict(config)}
+    with manifest_run(
+        args.manifest,
+        results,
+        cache_settings,
+        resume=True,
+        safe_keys=CALIBRATION_CACHE_SAFE_KEYS,
+        name="calibrate-consistency",
+    ) as cache:
+        records = check_manifest(rows, config, results, workers=args.workers, resuming=cache.resuming)
     labelled = [
         (row, r) for row, r in zip(rows, records) if not r.get("error") and ground_truth(r) is not None
     ]

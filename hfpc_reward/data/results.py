@@ -42,9 +42,12 @@ def file_sha256(path: str | Path) -> str:
 
 
 def manifest_run(
-    args: Any,
+    manifest: str | Path,
+    out: str | Path,
     settings: dict[str, Any],
     *,
+    resume: bool,
+    overwrite: bool = False,
     safe_keys: Sequence[str],
     name: str,
     inputs: Sequence[str | Path | None] = (),
@@ -53,13 +56,13 @@ def manifest_run(
     """The run contract of a manifest command (`--manifest M --out RESULTS [--resume] [--overwrite]`): the
     stamped settings gain the manifest's path and content hash (a resume notices an edit in place), and the
     manifest is an input that RESULTS may not overwrite."""
-    manifest = Path(args.manifest)
+    manifest = Path(manifest)
     stamped = {"manifest": {"path": str(manifest.resolve()), "sha256": file_sha256(manifest)}, **settings}
     return RunOutput(
-        args.out,
+        out,
         stamped,
-        resume=args.resume,
-        overwrite=args.overwrite,
+        resume=resume,
+        overwrite=overwrite,
         safe_keys=safe_keys,
         inputs=[manifest, *inputs],
         is_main_process=is_main_process,
