@@ -208,3 +208,31 @@ def test_every_tiny_config_reads_the_kit_from_one_place():
                 kit_paths.append((path.name, value))
     assert len(kit_paths) >= 6
     assert all(value.startswith("outputs/tiny/") for _, value in kit_paths), kit_paths
+
+
+def _device_fields(schema, prefix=""):
+    import dataclasses
+
+    from hfpc_reward.config import _field_default
+
+    for item in dataclasses.fields(schema):
+        value = _field_default(item)
+        if dataclasses.is_dataclass(value):
+            yield from _device_fields(type(value), f"{prefix}{item.name}.")
+        elif item.name.endswith("device"):
+            yield f"{prefix}{item.name}", value
+
+
+def test_every_device_defaults_to_auto():
+    from hfpc_eval.config import EvalConfig
+    from hfpc_eval.judges import JudgesConfig
+
+    from hfpc_reward.data.clusters import ClusterConfig
+    from hfpc_reward.scorer import ScorerConfig
+
+    devices = [
+        field
+        for schema in (ScorerConfig, EvalConfig, JudgesConfig, ClusterConfig)
+        for field in _device_fields(schema)
+    ]
+    assert len(devices) >= 5 and all(value == "auto" for _, value in devices), devices
