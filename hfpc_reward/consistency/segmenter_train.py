@@ -46,7 +46,11 @@ from hfpc_reward.runs import RunOutput, replace_directory
 
 logger = logging.getLogger(__name__)
 
-SEGMENTER_SAFE_KEYS = ("train.cpu", "train.cache_embeddings")  # --resume may change these: device, speed
+SEGMENTER_SAFE_KEYS = (
+    "out_dir",
+    "train.cpu",
+    "train.cache_embeddings",
+)  # --resume may change: place, device, speed
 
 
 @dataclass

@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 # --resume may change these: they decide how long, how fast or how often to save, not what a step computes
 TRAIN_SAFE_KEYS = (
+    "training.out_dir",  # a run folder that was moved resumes where it now is
     "training.epochs",
     "training.save_every_steps",
     "training.keep_checkpoints",
