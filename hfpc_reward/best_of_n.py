@@ -59,7 +59,7 @@ def select_best(
     from PIL import Image
 
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise UsageError(f"n must be >= 1, got {n}")
     if product_mask is None and mask_image is not None:
         warnings.warn(
             "select_best(mask_image=...) is deprecated: pass product_mask (white = product)",

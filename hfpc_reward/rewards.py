@@ -65,7 +65,7 @@ class HFPCReward:
     ):
         if isinstance(config, ScorerConfig):
             if overrides:
-                raise ValueError("overrides apply to a config file; edit the ScorerConfig object instead")
+                raise UsageError("overrides apply to a config file; edit the ScorerConfig object instead")
             self.config = config
         else:
             self.config = load_config(ScorerConfig, config, overrides)
@@ -334,7 +334,7 @@ class _DdpoRewardFn:
         self, generated: Any, prompts: Sequence[str], metadata: Sequence[dict]
     ) -> tuple[np.ndarray, dict]:
         if len(metadata) != len(prompts):
-            raise ValueError(f"got {len(metadata)} metadata dicts for {len(prompts)} prompts")
+            raise UsageError(f"got {len(metadata)} metadata dicts for {len(prompts)} prompts")
         missing = [i for i, meta in enumerate(metadata) if "image" not in meta]
         if missing:
             raise KeyError(
@@ -382,14 +382,17 @@ class DifferentiableHFPCReward:
         self.background_weight = background_weight
         self.preservation_weight = preservation_weight
 
-    def __call__(self, original_pixels, generated_pixels, mask, prompts: Sequence[str | None] | None = None):
-        """(B,3,H,W) originals and generations in [0,1], (B,1,H,W) or (B,H,W) product masks -> (B,) rewards."""
+    def __call__(
+        self, original_pixels, generated_pixels, product_mask, prompts: Sequence[str | None] | None = None
+    ):
+        """(B,3,H,W) originals and generations in [0,1], (B,1,H,W) or (B,H,W) product masks (1 = product)
+        -> (B,) rewards."""
         if original_pixels.shape != generated_pixels.shape:
-            raise ValueError(
+            raise UsageError(
                 f"original {tuple(original_pixels.shape)} and generated {tuple(generated_pixels.shape)} pixels "
                 "must have the same shape; resize the originals to the generation size first"
             )
-        mask = mask.to(generated_pixels.dtype)
+        mask = product_mask.to(generated_pixels.dtype)
         if mask.ndim == 3:
             mask = mask.unsqueeze(1)
         squared = (generated_pixels - original_pixels.detach()) ** 2 * mask
@@ -398,6 +401,6 @@ class DifferentiableHFPCReward:
         return self.background_weight * background - self.preservation_weight * preservation
 
 
-def differentiable_reward(original_pixels, generated_pixels, mask, reward_model, **weights):
-    """Functional form of `DifferentiableHFPCReward(reward_model, **weights)(original, generated, mask)`."""
-    return DifferentiableHFPCReward(reward_model, **weights)(original_pixels, generated_pixels, mask)
+def differentiable_reward(original_pixels, generated_pixels, product_mask, reward_model, **weights):
+    """Functional form of `DifferentiableHFPCReward(reward_model, **weights)(original, generated, product_mask)`."""
+    return DifferentiableHFPCReward(reward_model, **weights)(original_pixels, generated_pixels, product_mask)

@@ -28,6 +28,7 @@ import numpy as np
 from hfpc_reward import images
 from hfpc_reward.config import resolve_device
 from hfpc_reward.consistency.config import ConsistencyConfig
+from hfpc_reward.errors import UsageError
 
 REWARD_POLICIES = ("gate", "product", "weighted")
 
@@ -175,7 +176,7 @@ class HFPCScorer:
         prompts = _per_item(prompts, count)
         categories = _per_item(categories, count)
         if not len(originals) == len(masks) == len(prompts) == len(categories) == count:
-            raise ValueError(
+            raise UsageError(
                 f"got {len(originals)} originals, {count} generated images, {len(masks)} masks, {len(prompts)} "
                 f"prompts and {len(categories)} categories: pass one of each per generated image (None where unknown)"
             )
@@ -291,7 +292,9 @@ class HFPCScorer:
             result.error = report.error
             return
         if background is not None and not math.isfinite(background):  # a NaN is never reported as a score
-            result.error = f"the reward model returned {background} (overflow? try reward_model.dtype=float32)"
+            result.error = (
+                f"the reward model returned {background} (overflow? try reward_model.dtype=float32)"
+            )
             return
         result.background_score = background
         result.reasons = list(report.reasons) if not report.consistent else []
