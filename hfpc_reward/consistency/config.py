@@ -88,8 +88,9 @@ class ClassicConfig:
 class ThresholdConfig:
     """Verdict: a pair is consistent when every metric is on the good side of its threshold.
 
-    Defaults: about twice the worst value of consistent sample_data pairs (JPEG, noise, blur, shadows,
-    reflections, feathered edges, grading), as a margin for unseen data; see README for measured accuracy.
+    Defaults: design values with a margin over the worst harmless change (JPEG, noise, blur, shadows,
+    reflections, feathered edges, grading, masks a few pixels off); not fitted on the validation families
+    (benchmarks/consistency_validation.py), whose results README shows.
 
     `hfpc calibrate-consistency` fits these on a labelled manifest and writes them as a YAML delta.
     """
