@@ -37,7 +37,7 @@ from PIL import Image
 
 from hfpc_reward.consistency.backends import OriginalProduct
 from hfpc_reward.consistency.config import ClassicConfig, ConsistencyConfig
-from hfpc_reward.consistency.metrics import box_diagonal, disk, fit_grading, rgb_to_lab, undo_grading
+from hfpc_reward.consistency.metrics import box_diagonal, disk, fit_grading, undo_grading
 
 STUDIO_WORK_SIZE = 512  # longest side at which studio-background extraction runs
 REFINE_WORK_SIZE = 256  # longest side at which a mask is snapped to the original's edges
@@ -113,7 +113,7 @@ class ClassicMaskFinder:
         _, nearest = cv2.distanceTransformWithLabels(
             (~edge_core).astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
         )
-        lab_blur = rgb_to_lab(cv2.GaussianBlur(small.astype(np.float32), (0, 0), 1.0))
+        lab_blur = fast_lab(cv2.GaussianBlur(small.astype(np.float32), (0, 0), 1.0))
         return {
             "size": size,
             "small": small,
@@ -136,7 +136,7 @@ class ClassicMaskFinder:
         g, o = fit_grading(
             cache["small"], small, core, self.metrics_config.grading_gain, self.metrics_config.grading_offset
         )
-        lab = rgb_to_lab(cv2.GaussianBlur(undo_grading(small, g, o), (0, 0), 1.0))
+        lab = fast_lab(cv2.GaussianBlur(undo_grading(small, g, o), (0, 0), 1.0))
         to_original = _distance(lab, cache["lab_blur"])
         same = to_original < cfg.same_delta_e
         outside = ~m_small & (dist_out > band)
@@ -197,6 +197,13 @@ def shadow_like(lab: np.ndarray, local: np.ndarray, max_chroma: float) -> np.nda
     ratio = lab[..., 0] / np.maximum(local[..., 0], 1.0)
     chroma_gap = np.hypot(lab[..., 1] - ratio * local[..., 1], lab[..., 2] - ratio * local[..., 2])
     return (ratio < 0.97) & (ratio > MIN_SHADOW_RATIO) & (chroma_gap < max_chroma)
+
+
+def fast_lab(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB (L 0..100, a and b about -128..127) through OpenCV's 8-bit table: ~15x faster than the float
+    conversion, within about one Lab unit, which is plenty for segmentation (the metrics use float Lab)."""
+    lab = cv2.cvtColor(np.clip(rgb + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2LAB).astype(np.float32)
+    return lab * np.float32([100.0 / 255.0, 1.0, 1.0]) - np.float32([0.0, 128.0, 128.0])
 
 
 def nearest_colour(lab: np.ndarray, source: np.ndarray) -> np.ndarray:
@@ -263,7 +270,7 @@ def refine_mask(rgb: np.ndarray, mask: np.ndarray, reach_px: int) -> np.ndarray:
     outside = cv2.dilate(m_work.astype(np.uint8), disk(reach)) == 0
     if inside.sum() < 16 or outside.sum() < 16:
         return mask
-    lab = rgb_to_lab(work)
+    lab = fast_lab(work)
     band = ~inside & ~outside
     to_near_in = _distance(lab, nearest_colour(lab, inside))
     to_out = _distance(lab, nearest_colour(lab, outside))
@@ -292,7 +299,7 @@ def studio_mask(rgb: np.ndarray, config: ClassicConfig) -> tuple[np.ndarray, lis
     work = cv2.resize(
         rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
     )
-    lab = rgb_to_lab(cv2.GaussianBlur(work.astype(np.float32), (0, 0), 1.0))
+    lab = fast_lab(cv2.GaussianBlur(work.astype(np.float32), (0, 0), 1.0))
     border = np.zeros(lab.shape[:2], bool)
     border[:2], border[-2:], border[:, :2], border[:, -2:] = True, True, True, True
     notes = []

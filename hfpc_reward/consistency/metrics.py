@@ -45,7 +45,7 @@ from PIL import Image
 
 from hfpc_reward.consistency.config import MetricsConfig
 
-MIN_IGNORE_PX = 2  # the ignored band is at least this wide: anti-aliasing, JPEG and blur at low resolution
+MIN_IGNORE_PX = 3  # the ignored band is at least this wide: anti-aliasing, JPEG and blur at low resolution
 IGNORE_IMAGE_FRACTION = 0.01  # ... and at least this share of the image side
 EDGE_ZONE = 3  # the edge zone reaches this many ignored-band widths into the product
 GAIN_RIDGE = (
