@@ -374,3 +374,41 @@ def test_overlay_has_titled_panels_and_paints_expansion_in_its_own_colour(checke
         ]
         ((report, details),) = checker.inspect_prepared([product], [cv2.resize(expanded, (width, width))])
         assert overlay_image(details, report, 2.5).shape[1] == 3 * details.original.shape[1]
+
+
+def test_a_mask_a_few_pixels_off_is_snapped_back_to_the_product(checker, scene):
+    from hfpc_reward.consistency.classic import refine_mask
+
+    original, generated, mask = scene
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
+    dilated = cv2.dilate(mask.astype(np.uint8), kernel) > 0
+    for wrong in (dilated, cv2.erode(mask.astype(np.uint8), kernel) > 0):
+        refined = refine_mask(original, wrong, reach_px=6)
+        assert (refined ^ mask).sum() < 0.25 * (wrong ^ mask).sum()
+        report = checker.check([original], [generated], masks=[wrong])[0]
+        assert report.consistent, report.reasons  # before: "outline melted", "recoloured" from the 3 px ring
+    unrefined = ProductConsistencyChecker.from_config(
+        load_config(ConsistencyConfig, None, ["refine_mask_fraction=0"])
+    )
+    assert not unrefined.check([original], [generated], masks=[dilated])[0].consistent
+
+
+def test_studio_extraction_leaves_the_soft_cast_shadow_out(scene):
+    original, generated, mask = scene
+    shadow = cv2.GaussianBlur(np.roll(mask, (10, 8), axis=(0, 1)).astype(np.float32), (0, 0), 5)
+    shaded = (original * (1 - 0.3 * shadow)[..., None]).astype(np.uint8)
+    shaded[mask] = original[mask]
+    extracted, notes = studio_mask(shaded, ClassicConfig())
+    assert notes == [] and (extracted & mask).sum() / (extracted | mask).sum() > 0.97
+    checker = ProductConsistencyChecker.from_config(ConsistencyConfig())
+    assert checker.check([shaded], [generated])[0].consistent
+
+
+def test_an_outline_bled_into_the_background_is_caught(checker, scene):
+    original, generated, mask = scene
+    ring = (cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0) & ~mask
+    bled = generated.copy()
+    bled[ring] = (0.8 * np.array([190, 30, 40]) + 0.2 * generated[ring]).astype(np.uint8)
+    report = checker.check([original], [bled], masks=[mask])[0]
+    assert not report.consistent and report.primary_reason in ("bled", "expanded")
+    assert report.metrics["bleed"] > ThresholdConfig().max_bleed

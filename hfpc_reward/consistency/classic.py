@@ -163,9 +163,11 @@ class ClassicMaskFinder:
                 _distance(lab, _local_mean(lab, background)),
             )
             candidates = (ring | beyond) & (to_product + cfg.product_margin < to_background) & ~shadow & ~same
-            candidates = (
+            # specks away from the outline are noise; next to it a thin ring is a bleed, so it is kept
+            opened = (
                 cv2.morphologyEx(candidates.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8)) > 0
             )
+            candidates = opened | (candidates & (dist_out <= 2 * band + 2))
             # a product-like region that goes on past the search zone is a background object behind the
             # product (a red tank next to a red label), not the product grown
             attached = _connected_to(candidates, seed)
