@@ -17,23 +17,29 @@ $(BIN)/hfpc: pyproject.toml constraints.txt
 
 venv: $(BIN)/hfpc
 
-# The main job end to end on tiny random models, offline (a few minutes on a CPU): sample product pairs,
-# check product consistency (with overlays), train the tiny reward model on the pairs' pass/fail labels,
-# score the pairs with both judges, DDPO-fine-tune the tiny inpainting pipeline with LoRA, then evaluate
-# base vs LoRA and write the HTML report. Every run starts from a clean outputs/demo; the tiny kit lives in
-# outputs/tiny, the one place every tiny config (configs/*/tiny*.yaml) reads it from.
+# The mission in miniature, offline, on a CPU: the mini product-photo world (hfpc world). The committed mini
+# generator (assets/mini_world/pipeline, trained by `hfpc world train-generator`) paints backgrounds for train
+# products; simulated annotators (the oracle's verdict with 10% label noise) label them; `hfpc train-reward`
+# learns the image-referenced reward model from those labels (and an unreferenced ablation); `hfpc finetune`
+# DDPO-fine-tunes the generator with LoRA on the HFPC reward; `hfpc eval run` compares base vs LoRA on
+# held-out products with HFPC and with the oracle, which no training step sees. Starts from a clean outputs/demo.
+# The random tiny kit (hfpc tiny-models) stays for the unit tests.
 DEMO := outputs/demo
-TINY := outputs/tiny
+WORLD := assets/mini_world
 demo: venv
 	rm -rf $(DEMO)
-	$(BIN)/hfpc tiny-models $(TINY) --only reward_model sd_inpaint
-	$(BIN)/hfpc sample-data $(DEMO)/pairs --pairs 96 --products 0 --size 128
-	$(BIN)/hfpc check --manifest $(DEMO)/pairs/manifest.jsonl --out $(DEMO)/check/results.jsonl --overlays $(DEMO)/check/overlays
-	$(BIN)/hfpc train-reward --config $(TINY)/reward_tiny.yaml data.train_manifest=$(DEMO)/pairs/manifest.jsonl training.out_dir=$(DEMO)/reward
-	$(BIN)/hfpc score --manifest $(DEMO)/pairs/manifest.jsonl --out $(DEMO)/score/results.jsonl reward_model.path=$(DEMO)/reward/model
-	$(BIN)/hfpc finetune --config $(TINY)/finetune_tiny.yaml run.out_dir=$(DEMO)/finetune
-	$(BIN)/hfpc eval run --config configs/eval/tiny.yaml scorer.reward_model.path=$(DEMO)/reward/model
-	@echo "consistency overlays: $(DEMO)/check/overlays   eval report: $(DEMO)/eval/report.html"
+	$(BIN)/hfpc world oracle $(DEMO)/oracle.json
+	$(BIN)/hfpc world products $(DEMO)/products --split train --count 12
+	$(BIN)/hfpc world products $(DEMO)/products --split heldout --count 24 --scenes-per-product 1
+	$(BIN)/hfpc world label --pipeline $(WORLD)/pipeline --products $(DEMO)/products/train.jsonl --oracle $(DEMO)/oracle.json --out $(DEMO)/feedback --samples 4 --steps 10
+	$(BIN)/hfpc world label --pipeline $(WORLD)/pipeline --products $(DEMO)/products/heldout.jsonl --oracle $(DEMO)/oracle.json --out $(DEMO)/feedback_heldout --samples 6 --steps 10 --label-noise 0 --seed 1
+	$(BIN)/hfpc train-reward --config configs/world/reward.yaml model=$(WORLD)/blip
+	$(BIN)/hfpc train-reward --config configs/world/reward.yaml model=$(WORLD)/blip architecture.referenced=false training.out_dir=$(DEMO)/reward_unreferenced
+	$(BIN)/hfpc eval-reward --model $(DEMO)/reward/model --manifest $(DEMO)/feedback_heldout/manifest.jsonl --out $(DEMO)/reward_eval/referenced.json
+	$(BIN)/hfpc eval-reward --model $(DEMO)/reward_unreferenced/model --manifest $(DEMO)/feedback_heldout/manifest.jsonl --out $(DEMO)/reward_eval/unreferenced.json
+	$(BIN)/hfpc finetune --config configs/world/finetune.yaml
+	$(BIN)/hfpc eval run --config configs/world/eval.yaml
+	$(BIN)/hfpc world summary $(DEMO)
 
 test: venv
 	$(BIN)/python -m pytest -q
