@@ -44,11 +44,11 @@ class GeneratorConfig:
     flaw_mix: dict[str, float] = field(
         default_factory=lambda: {"none": 0.55, "wrong_scene": 0.2, "bleed": 0.125, "blotch": 0.125}
     )  # share of each world flaw among the training renders (the base model's failure modes)
-    vae_steps: int = 800  # stage 1 optimizer steps
+    vae_steps: int = 400  # stage 1 optimizer steps
     vae_batch_size: int = 16  # stage 1 renders per step
     vae_learning_rate: float = 1e-3  # stage 1 AdamW learning rate
     vae_kl_weight: float = 1e-6  # weight of the KL term (keeps latents near N(0,1) scale)
-    unet_steps: int = 2000  # stage 2 optimizer steps
+    unet_steps: int = 1200  # stage 2 optimizer steps
     unet_batch_size: int = 32  # stage 2 renders per step
     unet_learning_rate: float = 1e-3  # stage 2 AdamW learning rate (cosine decay to 10%)
     prompt_dropout: float = 0.1  # share of stage 2 samples trained with the empty prompt (for CFG)
