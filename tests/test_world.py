@@ -112,6 +112,7 @@ def test_generator_training_loss_falls_resumes_and_loads_as_a_pipeline(tmp_path)
 
     pipe = StableDiffusionInpaintPipeline.from_pretrained(path, safety_checker=None)
     assert pipe.unet.config.in_channels == 9
+    assert pipe.tokenizer.tokenize("a jar on a lawn") == ["a</w>", "jar</w>", "on</w>", "a</w>", "lawn</w>"]
     product = world_products("train", 1)[0]
     item = render(product, "lawn", np.random.default_rng(0))
     image = Image.fromarray((item.image * 255).astype(np.uint8))

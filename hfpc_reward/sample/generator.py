@@ -4,7 +4,7 @@ Components (all built from configs, trained here, saved with `save_pretrained` a
 back through `from_pretrained` by finetune/ and eval/ like any hub checkpoint):
 - AutoencoderKL (16,32,32) channels, 64 px -> 16x16x4 latents (0.24M parameters);
 - UNet2DConditionModel with 9 input channels (latents + mask + masked-image latents), (32,64,64), 1.66M;
-- CLIPTextModel (hidden 32, 2 layers) + a character-level CLIPTokenizer built in memory;
+- CLIPTextModel (hidden 32, 2 layers) + a CLIPTokenizer built in memory (one token per prompt word);
 - DDIMScheduler with steps_offset=1 (DDPO needs a nonzero std at the last step).
 
 Stage 1 trains the VAE on world renders (MSE + a small KL); stage 2 freezes it, caches the latents of a fixed
@@ -62,10 +62,35 @@ class GeneratorConfig:
             raise ValueError("vae_steps, unet_steps, renders and train_products must be >= 1")
 
 
+def world_tokenizer():
+    """A CLIPTokenizer built in memory: every word of the world's prompts is one token (BPE merges spell it),
+    any other lowercase text falls back to characters."""
+    from transformers import CLIPTokenizer
+
+    from hfpc_reward.sample.products import CATEGORIES
+    from hfpc_reward.sample.world import SCENES
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "<unk>": 2}
+    for char in _CHARS:
+        vocab[char] = len(vocab)
+        vocab[f"{char}</w>"] = len(vocab)
+    merges = []
+    words = sorted({"a", *CATEGORIES, *(word for phrase in SCENES.values() for word in phrase.split())})
+    for word in words:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        merged = pieces[0]
+        for piece in pieces[1:]:
+            if (merged, piece) not in merges:
+                merges.append((merged, piece))
+            merged += piece
+            vocab.setdefault(merged, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=48)
+
+
 def build_components(seed: int = 0):
     """Untrained UNet, VAE, text encoder, tokenizer and scheduler of the mini pipeline (seeded)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -91,9 +116,10 @@ def build_components(seed: int = 0):
         sample_size=WORLD_SIZE,
         layers_per_block=1,
     )
+    tokenizer = world_tokenizer()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=3 + 2 * len(_CHARS),
+            vocab_size=len(tokenizer.get_vocab()),
             hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=2,
@@ -105,11 +131,6 @@ def build_components(seed: int = 0):
             projection_dim=32,
         )
     )
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "<unk>": 2}
-    for char in _CHARS:
-        vocab[char] = len(vocab)
-        vocab[f"{char}</w>"] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=48)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
