@@ -242,17 +242,17 @@ def demo_summary(demo: str | Path) -> str:
     demo = Path(demo)
     results = json.loads((demo / "eval" / "results.json").read_text())
 
-    def rate(value: dict | None) -> str:
+    def rate(value: dict | None, sign: str = "") -> str:
         if not value:
             return "n/a"
-        return f"{value['estimate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+        return f"{value['estimate']:{sign}.3f} [{value['low']:{sign}.3f}, {value['high']:{sign}.3f}]"
 
     lines = ["version        HFPC pass rate [95% CI]   oracle pass rate [95% CI]"]
     for name, summary in results["versions"].items():
         lines.append(f"{name:14s} {rate(summary['pass_rate']):25s} {rate(summary.get('oracle_pass_rate'))}")
     for name, paired in results["paired"].items():
         flag = "  <- HACKING: HFPC rises, the oracle does not" if paired.get("hacking") else ""
-        lines.append(f"{name:14s} {'+' + rate(paired):25s} {'+' + rate(paired.get('oracle'))}{flag}")
+        lines.append(f"{name:14s} {rate(paired, '+'):25s} {rate(paired.get('oracle'), '+')}{flag}")
     for label, name in (("referenced", "referenced.json"), ("unreferenced", "unreferenced.json")):
         path = demo / "reward_eval" / name
         if path.is_file():
