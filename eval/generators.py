@@ -29,8 +29,8 @@ from hfpc_eval.config import GenerationConfig, VersionConfig
 from hfpc_eval.distributed import resolve_device
 from PIL import Image
 
-from hfpc_reward.data.manifest import read_jsonl, resolve_source
-from hfpc_reward.images import load_rgb, resize_to
+from hfpc_reward.data.manifest import ManifestError, read_jsonl, read_manifest, resolve_source
+from hfpc_reward.images import ImageLoadError, load_mask, load_rgb, open_image, resize_to
 
 logger = logging.getLogger(__name__)
 
@@ -186,3 +186,36 @@ def build_generator(version: VersionConfig, generation: GenerationConfig) -> Gen
             version.base or generation.base, generation, version.path, version.lora_scale
         )
     return InpaintPipelineGenerator(version.path, generation)
+
+
+def load_products(manifest: str | Path, default_prompt: str) -> tuple[list[Product], dict[str, str]]:
+    """Products of an eval manifest, and {product: why it was skipped} for rows whose images do not load.
+
+    Rows that repeat a product_id with the same origin are the same product (a labelled pairs manifest has one
+    row per generation); the same product_id with another origin is an error.
+    """
+    products, skipped, seen = [], {}, {}
+    for row in read_manifest(manifest):
+        product_id = row.product_id or Path(row.origin).stem
+        if product_id in seen:
+            if seen[product_id] != row.origin:
+                raise ManifestError(
+                    f"{manifest}:{row.line}: product_id {product_id!r} names two originals; make it unique"
+                )
+            continue
+        seen[product_id] = row.origin
+        try:
+            loaded = open_image(row.origin)
+            mask = load_mask(row.mask, size=loaded.rgb.size) if row.mask else loaded.alpha
+        except ImageLoadError as exc:
+            logger.warning("skipping product %s: %s", product_id, exc)
+            skipped[product_id] = str(exc)
+            continue
+        products.append(
+            Product(
+                product_id, row.origin, loaded.rgb, mask, row.prompt or default_prompt, row.category or ""
+            )
+        )
+    if not products:
+        raise ManifestError(f"manifest {manifest} has no loadable product: check its origin / mask paths")
+    return products, skipped

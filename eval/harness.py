@@ -25,7 +25,7 @@ from typing import Any
 
 from hfpc_eval.config import EvalConfig, VersionConfig
 from hfpc_eval.distributed import EvalProcesses, pending_units, with_process_devices, work_units
-from hfpc_eval.generators import Generator, Product, build_generator, sample_seed
+from hfpc_eval.generators import Generator, Product, build_generator, load_products, sample_seed
 from hfpc_eval.judging import (
     build_itm_judge,
     build_scorer,
@@ -40,47 +40,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from hfpc_reward.config import config_to_dict, save_resolved_config
-from hfpc_reward.data.manifest import ManifestError, append_jsonl, read_manifest
-from hfpc_reward.images import ImageLoadError, load_mask, open_image, paste_product, resize_to
+from hfpc_reward.data.manifest import append_jsonl
+from hfpc_reward.images import paste_product, resize_to
 from hfpc_reward.runs import RunOutput, flatten_settings, is_safe_key, settings_hash
 from hfpc_reward.sample.oracle import held_out_check
 
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "report.html"
-
-
-def load_products(manifest: str | Path, default_prompt: str) -> tuple[list[Product], dict[str, str]]:
-    """Products of an eval manifest, and {product: why it was skipped} for rows whose images do not load.
-
-    Rows that repeat a product_id with the same origin are the same product (a labelled pairs manifest has one
-    row per generation); the same product_id with another origin is an error.
-    """
-    products, skipped, seen = [], {}, {}
-    for row in read_manifest(manifest):
-        product_id = row.product_id or Path(row.origin).stem
-        if product_id in seen:
-            if seen[product_id] != row.origin:
-                raise ManifestError(
-                    f"{manifest}:{row.line}: product_id {product_id!r} names two originals; make it unique"
-                )
-            continue
-        seen[product_id] = row.origin
-        try:
-            loaded = open_image(row.origin)
-            mask = load_mask(row.mask, size=loaded.rgb.size) if row.mask else loaded.alpha
-        except ImageLoadError as exc:
-            logger.warning("skipping product %s: %s", product_id, exc)
-            skipped[product_id] = str(exc)
-            continue
-        products.append(
-            Product(
-                product_id, row.origin, loaded.rgb, mask, row.prompt or default_prompt, row.category or ""
-            )
-        )
-    if not products:
-        raise ManifestError(f"manifest {manifest} has no loadable product: check its origin / mask paths")
-    return products, skipped
 
 
 def run_eval(

@@ -25,7 +25,8 @@ from typing import Any
 
 from hfpc_eval.config import EvalConfig
 from hfpc_eval.distributed import EvalProcesses, pending_units, with_process_devices, work_units
-from hfpc_eval.harness import load_products, owned_output, run_settings, version_settings
+from hfpc_eval.generators import load_products
+from hfpc_eval.harness import owned_output, run_settings, version_settings
 from hfpc_eval.judging import (
     JUDGED_FIELDS,
     SCORER_HELD_OUT_FIELDS,

@@ -185,7 +185,7 @@ def _regression_key(entry: dict, names: list[str]) -> tuple:
 
 
 def _overlay_maker(config: EvalConfig, product_ids: set[str]):
-    from hfpc_eval.harness import load_products
+    from hfpc_eval.generators import load_products
 
     try:
         products, _ = load_products(config.manifest, config.generation.default_prompt)

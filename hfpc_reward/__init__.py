@@ -25,7 +25,7 @@ _PUBLIC = {
     "ScorerConfig": "hfpc_reward.scorer",
     "HFPCRewardModel": "hfpc_reward.reward.model",
     "ProductConsistencyChecker": "hfpc_reward.consistency.checker",
-    "ConsistencyReport": "hfpc_reward.consistency.checker",
+    "ConsistencyReport": "hfpc_reward.consistency.verdict",
     "ConsistencyConfig": "hfpc_reward.consistency.config",
     "load_config": "hfpc_reward.config",
     "read_manifest": "hfpc_reward.data.manifest",
@@ -54,8 +54,9 @@ __all__ = [
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
     from hfpc_reward.best_of_n import select_best
     from hfpc_reward.config import load_config
-    from hfpc_reward.consistency.checker import ConsistencyReport, ProductConsistencyChecker
+    from hfpc_reward.consistency.checker import ProductConsistencyChecker
     from hfpc_reward.consistency.config import ConsistencyConfig
+    from hfpc_reward.consistency.verdict import ConsistencyReport
     from hfpc_reward.data.manifest import read_manifest
     from hfpc_reward.errors import UsageError
     from hfpc_reward.reward.model import HFPCRewardModel

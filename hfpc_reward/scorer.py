@@ -270,7 +270,7 @@ class HFPCScorer:
             return None
         import torch
 
-        from hfpc_reward.reward.model import OriginalMemory
+        from hfpc_reward.reward.memory import OriginalMemory
 
         model = self.reward_model
         scores: list[float] = []

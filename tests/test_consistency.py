@@ -10,14 +10,11 @@ import pytest
 from PIL import Image
 
 from hfpc_reward.config import ConfigError, load_config
-from hfpc_reward.consistency.checker import (
-    ConsistencyInputError,
-    ProductConsistencyChecker,
-    verdict,
-)
+from hfpc_reward.consistency.checker import ConsistencyInputError, ProductConsistencyChecker
 from hfpc_reward.consistency.classic import ClassicMaskFinder, studio_mask
 from hfpc_reward.consistency.config import ClassicConfig, ConsistencyConfig, ThresholdConfig
 from hfpc_reward.consistency.metrics import METRIC_NAMES, boundary_f_score, mask_metrics
+from hfpc_reward.consistency.verdict import verdict
 from hfpc_reward.images import ImageLoadError
 
 SIZE = 256

@@ -20,7 +20,7 @@ from hfpc_eval.stats import paired_difference
 from PIL import Image
 
 from hfpc_reward.config import ConfigError, load_config
-from hfpc_reward.consistency.checker import ConsistencyReport
+from hfpc_reward.consistency.verdict import ConsistencyReport
 from hfpc_reward.runs import OutputExistsError, ResumeMismatchError
 from hfpc_reward.scorer import HFPCResult
 

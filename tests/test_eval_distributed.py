@@ -177,7 +177,7 @@ def test_rejudge_changes_only_the_judged_fields_and_says_which_judge(world, caps
 
 
 def test_pooled_consistency_judge_gives_the_verdicts_of_one_process(world):
-    from hfpc_eval.harness import load_products
+    from hfpc_eval.generators import load_products
     from hfpc_eval.judging import PooledConsistencyChecker, build_scorer, close_judges
 
     from hfpc_reward.scorer import ScorerConfig

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from hfpc_reward.reward.model import HFPCRewardModel, OriginalMemory, RewardModelConfig, RewardModelLoadError
+from hfpc_reward.reward.memory import OriginalMemory
+from hfpc_reward.reward.model import HFPCRewardModel, RewardModelConfig, RewardModelLoadError
 from hfpc_reward.reward.rows import score_rows
 from hfpc_reward.testing.tiny_blip import TINY_HEAD
 

@@ -15,13 +15,8 @@ from hfpc_reward.cli import main as cli_main
 from hfpc_reward.config import ConfigError, load_config
 from hfpc_reward.consistency.efficientsam import EfficientSamSegmenter
 from hfpc_reward.consistency.geometry import mask_box
-from hfpc_reward.consistency.segmenter_train import (
-    SegmenterFinetuneConfig,
-    _split,
-    finetune_segmenter,
-    mask_iou,
-    segmentation_losses,
-)
+from hfpc_reward.consistency.segmenter_config import SegmenterFinetuneConfig
+from hfpc_reward.consistency.segmenter_train import _split, finetune_segmenter, mask_iou, segmentation_losses
 from hfpc_reward.data.manifest import read_jsonl
 from hfpc_reward.errors import UsageError
 from hfpc_reward.images import load_mask, load_rgb

@@ -98,7 +98,7 @@ def fit_thresholds(
     Coordinate ascent finds the best objective; a last pass then moves each threshold to its most lenient
     value that keeps the objective within `slack` of that best (a margin for unseen consistent pairs).
     """
-    from hfpc_reward.consistency.checker import CHECKS
+    from hfpc_reward.consistency.verdict import CHECKS
 
     if not metrics:
         raise ValueError("no checked rows to calibrate on")

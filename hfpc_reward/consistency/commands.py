@@ -40,7 +40,8 @@ from tqdm import tqdm
 from hfpc_reward.config import add_config_arguments, config_to_dict, load_config
 from hfpc_reward.consistency.calibrate import detection_metrics, fit_thresholds, ground_truth
 from hfpc_reward.consistency.config import BACKEND_NAMES, ConsistencyConfig
-from hfpc_reward.consistency.segmenter_train import SegmenterFinetuneConfig, finetune_segmenter
+from hfpc_reward.consistency.segmenter_config import SegmenterFinetuneConfig
+from hfpc_reward.consistency.segmenter_train import finetune_segmenter
 from hfpc_reward.data.manifest import ManifestRow, read_manifest, remote_source_problem
 from hfpc_reward.data.results import INDEX_FIELD, ManifestResults, manifest_run, require_some_rows_judged
 from hfpc_reward.errors import CommandLineError
@@ -189,7 +190,7 @@ def _init_worker(config: ConsistencyConfig) -> None:
 
 def _check_group(job: tuple[list[tuple[int, ManifestRow]], str | None]) -> list[dict]:
     """Results of all rows of one original; every failure becomes that row's `error`."""
-    from hfpc_reward.consistency.checker import error_report
+    from hfpc_reward.consistency.verdict import error_report
 
     group, overlays = job
     checker = _WORKER["checker"]
@@ -303,8 +304,8 @@ def add_calibrate_consistency_arguments(parser: argparse.ArgumentParser) -> None
 
 def run_calibrate_consistency(args: argparse.Namespace) -> int:
     from hfpc_reward.consistency.calibrate import split_for_calibration
-    from hfpc_reward.consistency.checker import verdict
     from hfpc_reward.consistency.commands import check_manifest
+    from hfpc_reward.consistency.verdict import verdict
     from hfpc_reward.data.manifest import read_manifest
 
     if not 0.0 <= args.holdout < 1.0:

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from hfpc_reward.consistency.checker import ConsistencyReport, PairDetails
 from hfpc_reward.consistency.metrics import box_diagonal
+from hfpc_reward.consistency.verdict import ConsistencyReport, PairDetails
 
 ORIGINAL_COLOUR = (40, 200, 60)  # RGB outline of the original product
 FOUND_COLOUR = (255, 255, 255)  # RGB outline of the product found in the generated image

@@ -23,7 +23,7 @@ from hfpc_reward.runs import RunOutput
 
 INDEX_FIELD = "manifest_index"
 VERDICT_FIELDS = ("consistent", "passed")  # null in error rows
-ERROR_KIND = "error"  # failure kind of a row that could not be judged (= consistency.checker.ERROR)
+ERROR_KIND = "error"  # failure kind of a row that could not be judged (= consistency.verdict.ERROR)
 BACKGROUND_KIND = "background"  # failure kind of a background score below the pass threshold
 HASH_CHUNK_BYTES = 1 << 20
 
