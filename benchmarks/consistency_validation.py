@@ -26,8 +26,9 @@ import cv2
 import numpy as np
 
 from hfpc_reward.consistency.calibrate import detection_metrics, fit_thresholds
-from hfpc_reward.consistency.checker import ProductConsistencyChecker, verdict
+from hfpc_reward.consistency.checker import ProductConsistencyChecker
 from hfpc_reward.consistency.config import ConsistencyConfig
+from hfpc_reward.consistency.verdict import verdict
 from hfpc_reward.data.manifest import read_manifest
 from hfpc_reward.images import load_mask, load_rgb
 from hfpc_reward.sample.families.base import DEFECTS, FamilyPair
