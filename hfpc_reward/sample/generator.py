@@ -275,12 +275,15 @@ class GeneratorTrainer:
         optimizer = torch.optim.AdamW(params, lr=cfg.unet_learning_rate, weight_decay=1e-4)
         if start:
             self._restore_optimizer(optimizer)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda s: float(0.1 + 0.45 * (1 + np.cos(np.pi * min(s, cfg.unet_steps) / cfg.unet_steps))),
-        )
-        for _ in range(start):
-            schedule.step()
+
+        def lr_factor(s: int) -> float:  # cosine from 1.0 down to 0.1 over unet_steps
+            return float(0.1 + 0.45 * (1 + np.cos(np.pi * min(s, cfg.unet_steps) / cfg.unet_steps)))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        if start:  # resume: jump to step `start` (stepping the schedule before an optimizer step warns)
+            schedule.last_epoch = start
+            for group, base in zip(optimizer.param_groups, schedule.base_lrs):
+                group["lr"] = base * lr_factor(start)
         unet, text_encoder, optimizer = self.accelerator.prepare(self.unet, self.text_encoder, optimizer)
         unet.train()
         text_encoder.train()
