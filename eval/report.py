@@ -15,7 +15,6 @@ by `hfpc finetune` shows its training curve from the run folder's metrics.jsonl.
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from hfpc_eval.config import EvalConfig
 from hfpc_eval.report_images import OverlayMaker, file_uri, sample_pictures
 from markupsafe import Markup
 
+from hfpc_reward.data.manifest import read_jsonl
 from hfpc_reward.data.results import failure_kinds
 from hfpc_reward.errors import UsageError
 
@@ -219,9 +219,7 @@ def finetune_curves(config: EvalConfig) -> list[tuple[str, str]]:
         metrics = Path(version.path).parent / METRICS_FILE
         if not metrics.is_file():
             continue
-        records = [
-            json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()
-        ]
+        records = read_jsonl(metrics)
         points = [
             (r.get("epoch", i), r["reward_mean"])
             for i, r in enumerate(records)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hfpc_finetune.config import SAFE_RESUME_KEYS, FinetuneConfig
 
-from hfpc_reward.data.manifest import append_jsonl, read_jsonl
+from hfpc_reward.data.manifest import read_jsonl, write_jsonl
 from hfpc_reward.runs import RunOutput
 
 RUN_FILES = (
@@ -69,8 +69,4 @@ def local_folders(pretrained: str) -> list[str]:
 def keep_epochs_before(metrics_path: Path, epoch: int) -> None:
     """Rewrite the metrics log with only the epochs before `epoch` (the ones the saved state holds), so a
     resume never duplicates a record and a line torn by an interruption is dropped."""
-    kept = [r for r in read_jsonl(metrics_path) if r.get("epoch", 0) < epoch]
-    tmp = metrics_path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    append_jsonl(tmp, kept)
-    tmp.replace(metrics_path)
+    write_jsonl(metrics_path, [r for r in read_jsonl(metrics_path) if r.get("epoch", 0) < epoch])
