@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
 from functools import cache
 from pathlib import Path
@@ -26,6 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from hfpc_reward.data.manifest import read_jsonl, write_jsonl
 from hfpc_reward.images import load_rgb
 from hfpc_reward.sample.defects import DEFECT_KINDS as KINDS
 
@@ -616,7 +616,7 @@ def write_set(out: Path, n_pairs: int, seed: int, size: int, defect_fraction: fl
                 }
             )
     manifest = out / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(manifest, rows)
     return manifest
 
 
@@ -629,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--defect-fraction", type=float, default=0.5)
     args = parser.parse_args(argv)
     manifest = write_set(args.out, args.pairs, args.seed, args.size, args.defect_fraction)
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    rows = read_jsonl(manifest)
     bad = sum(not row["consistent"] for row in rows)
     print(f"wrote {len(rows)} held-out pairs ({bad} defective, {len(rows) - bad} consistent) to {manifest}")
     return 0
