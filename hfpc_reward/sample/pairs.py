@@ -39,9 +39,6 @@ logger = logging.getLogger(__name__)
 GENERATIONS_PER_ORIGINAL = 4
 
 
-# --- backgrounds ---------------------------------------------------------------------------------
-
-
 # --- writing originals, generations and manifests ------------------------------------------------
 
 
@@ -76,9 +73,9 @@ def _write_original(rng, spec: ProductSpec, layer: ProductLayer, out_dir: Path, 
 def _write_generation(rng, spec, layer, defect: str, out_dir: Path, name: str) -> dict:
     """Write one generation of a product with harmless changes and an optional defect."""
     size = layer.alpha.shape[0]
-    textures = [bundled_texture(t) for t in TEXTURES]
     magnitude = 0.0
     if defect != "none":
+        textures = [bundled_texture(t) for t in TEXTURES]
         layer, magnitude = apply_defect(
             defect, layer, rng, lambda r: draw_product(relabel(spec, r), size), textures
         )
