@@ -144,23 +144,17 @@ def tiny_pipe(tmp_path_factory):
     return pipe
 
 
+def scorer_with_threshold(kit, threshold):
+    overrides = [f"reward_model.path={kit['reward_path']}", f"policy.threshold={threshold}"]
+    return HFPCScorer.from_config(load_config(ScorerConfig, overrides=overrides))
+
+
 def test_select_best_returns_the_best_passing_candidate(kit, tiny_pipe):
     row = kit["rows"][0]
-    scorer = HFPCScorer.from_config(
-        load_config(
-            ScorerConfig, overrides=[f"reward_model.path={kit['reward_path']}", "policy.threshold=-100"]
-        )
-    )
+    small = {"num_inference_steps": 2, "width": 64, "height": 64}
+    scorer = scorer_with_threshold(kit, -100)
     found = select_best(
-        tiny_pipe,
-        row.origin,
-        row.mask,
-        row.prompt,
-        n=3,
-        reward=HFPCReward.from_scorer(scorer),
-        num_inference_steps=2,
-        width=64,
-        height=64,
+        tiny_pipe, row.origin, row.mask, row.prompt, n=3, reward=HFPCReward.from_scorer(scorer), **small
     )
     assert len(found.candidates) == len(found.results) == 3
     passing = [i for i, r in enumerate(found.results) if r.passed]
@@ -168,22 +162,8 @@ def test_select_best_returns_the_best_passing_candidate(kit, tiny_pipe):
     assert found.best_index == max(passing, key=lambda i: found.results[i].reward)
     assert found.best is found.candidates[found.best_index]
     assert found.best.size == load_rgb(row.origin).size
-    strict = HFPCScorer.from_config(
-        load_config(
-            ScorerConfig, overrides=[f"reward_model.path={kit['reward_path']}", "policy.threshold=100"]
-        )
-    )
-    none = select_best(
-        tiny_pipe,
-        row.origin,
-        row.mask,
-        row.prompt,
-        n=2,
-        scorer=strict,
-        num_inference_steps=2,
-        width=64,
-        height=64,
-    )
+    strict = scorer_with_threshold(kit, 100)
+    none = select_best(tiny_pipe, row.origin, row.mask, row.prompt, n=2, scorer=strict, **small)
     assert none.best is None and none.best_index is None and len(none.results) == 2
 
 
