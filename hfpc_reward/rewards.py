@@ -169,11 +169,15 @@ class HFPCReward:
             inverted_masks="raise",
         )
         _log_components(results, log_metric, log_metrics, log_extra)
-        return [None if result.error is not None else self.value(result) for result in results]
+        return self._values(results)
 
     def value(self, result: HFPCResult) -> float | None:
         """The scalar this reward gives one judged item."""
         return result.reward
+
+    def _values(self, results: list[HFPCResult]) -> list[float | None]:
+        """`value` of each result; None (abstain) where the item could not be judged."""
+        return [None if result.error is not None else self.value(result) for result in results]
 
     def score(
         self,
@@ -202,7 +206,7 @@ class HFPCReward:
         """Candidates of one original, best first: passing ones by reward, then failing ones by reward, then
         the ones that could not be judged."""
         results = self.judge(original, candidates, prompt, product_mask, category, value_range)
-        values = [None if r.error is not None else self.value(r) for r in results]
+        values = self._values(results)
 
         def key(i: int) -> tuple:
             return (values[i] is None, not results[i].passed, -(values[i] or 0.0), i)
