@@ -89,8 +89,10 @@ def world_tokenizer():
 
 def build_components(seed: int = 0):
     """Untrained UNet, VAE, text encoder, tokenizer and scheduler of the mini pipeline (seeded)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
+
+    from hfpc_reward.testing.tiny_sd import sd_ddim_scheduler
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -131,15 +133,7 @@ def build_components(seed: int = 0):
             projection_dim=32,
         )
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    return unet, vae, text_encoder, tokenizer, scheduler
+    return unet, vae, text_encoder, tokenizer, sd_ddim_scheduler()
 
 
 def training_renders(config: GeneratorConfig, count: int, stream: int):

@@ -14,10 +14,24 @@ from pathlib import Path
 _CHARS = "abcdefghijklmnopqrstuvwxyz0123456789,.-'"
 
 
+def sd_ddim_scheduler():
+    """SD v1's DDIM noise schedule with `steps_offset=1` (DDPO needs a nonzero std at the last step)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
 def build_tiny_sd_inpaint(seed: int = 0):
     """The tiny pipeline object, built in memory (seeded)."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionInpaintPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -69,14 +83,7 @@ def build_tiny_sd_inpaint(seed: int = 0):
         vocab[char] = len(vocab)
         vocab[f"{char}</w>"] = len(vocab)
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = sd_ddim_scheduler()
     return StableDiffusionInpaintPipeline(
         unet=unet,
         vae=vae,
