@@ -52,14 +52,10 @@ class _PromptedEfficientSam(nn.Module):
         pixels = self.model.preprocess(pil_to_tensor([image]).to(self.model.pixel_mean.device))[0]
         return pixels, (self.image_size, self.image_size)
 
-    def encoder_blocks(self) -> nn.ModuleList:
-        return self.model.image_encoder.blocks
-
-    def encoder(self) -> nn.Module:
-        return self.model.image_encoder
-
-    def decoder(self) -> nn.Module:
-        return self.model.mask_decoder
+    def parts(self) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
+        """(image encoder, its blocks, mask decoder): what `load_trainable` freezes and unfreezes."""
+        encoder = self.model.image_encoder
+        return encoder, encoder.blocks, self.model.mask_decoder
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.image_encoder(pixels)
@@ -100,14 +96,9 @@ class _PromptedSam(nn.Module):
         height, width = (int(v) for v in inputs["reshaped_input_sizes"][0])
         return inputs["pixel_values"][0], (width, height)
 
-    def encoder_blocks(self) -> nn.ModuleList:
-        return self.model.vision_encoder.layers
-
-    def encoder(self) -> nn.Module:
-        return self.model.vision_encoder
-
-    def decoder(self) -> nn.Module:
-        return self.model.mask_decoder
+    def parts(self) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
+        encoder = self.model.vision_encoder
+        return encoder, encoder.layers, self.model.mask_decoder
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.get_image_embeddings(pixels)
@@ -132,17 +123,17 @@ class _PromptedSam(nn.Module):
 def load_trainable(config: SegmenterModelConfig) -> nn.Module:
     """The wrapped model with only the mask decoder (and the encoder's last N blocks) left trainable."""
     wrapped = (_PromptedEfficientSam if config.kind == "efficientsam" else _PromptedSam)(config.checkpoint)
-    blocks = wrapped.encoder_blocks()
+    encoder, blocks, decoder = wrapped.parts()
     if config.train_encoder_blocks > len(blocks):
         raise ConfigError(
             f"model.train_encoder_blocks={config.train_encoder_blocks} but the encoder has {len(blocks)}"
         )
     wrapped.requires_grad_(False)
-    wrapped.decoder().requires_grad_(True)
+    decoder.requires_grad_(True)
     for block in list(blocks)[len(blocks) - config.train_encoder_blocks :]:
         block.requires_grad_(True)
     if config.train_encoder_blocks:  # the neck after the last block must follow the blocks it reads
-        neck = getattr(wrapped.encoder(), "neck", None)
+        neck = getattr(encoder, "neck", None)
         if neck is not None:
             neck.requires_grad_(True)
     return wrapped
