@@ -10,7 +10,7 @@ An *original* is the product on a studio background (white, light grey or a soft
 originals are saved as a ready RGBA cut-out (transparent background). A *generation* is the same product
 composited at the same place on a new background (photo crop, tinted texture, tabletop scene with a
 horizon) with harmless changes (JPEG, noise, slight blur, soft shadow, reflection, feathered edges, small
-colour grading) and, for the defective share, one defect from `sample_defects.DEFECT_KINDS` (its
+colour grading) and, for the defective share, one defect from `hfpc_reward.sample.defects.DEFECT_KINDS` (its
 magnitude's meaning and minimum are documented there).
 
 Manifest rows (paths relative to the manifest): origin, generation, mask (white = product of the
