@@ -31,15 +31,19 @@ def interval(values: np.ndarray, groups: Sequence[str], cfg: StatsConfig) -> dic
     )
 
 
+def pass_rate(rows: list[dict], cfg: StatsConfig) -> dict[str, float]:
+    """Share of `rows` that passed, with its interval over their products."""
+    passed = np.array([bool(row["passed"]) for row in rows], dtype=float)
+    return interval(passed, [row["product_id"] for row in rows], cfg)
+
+
 def version_summary(samples: list[dict], cfg: StatsConfig) -> dict[str, Any]:
     """Pass rate (with interval), mean reward and components, and counts, for one version's samples."""
-    groups = [row["product_id"] for row in samples]
-    passed = np.array([bool(row["passed"]) for row in samples], dtype=float)
     summary: dict[str, Any] = {
         "n_samples": len(samples),
-        "n_products": len(set(groups)),
+        "n_products": len({row["product_id"] for row in samples}),
         "n_errors": sum(1 for row in samples if row.get("error")),
-        "pass_rate": interval(passed, groups, cfg),
+        "pass_rate": pass_rate(samples, cfg),
     }
     reward_rows = [row for row in samples if row.get("reward") is not None]
     summary["reward"] = interval(
@@ -51,11 +55,7 @@ def version_summary(samples: list[dict], cfg: StatsConfig) -> dict[str, Any]:
     summary["held_out"] = _component_means([row.get("held_out") or {} for row in samples], flat=True)
     oracle = oracle_verdicts(samples)
     if oracle:  # the ground truth's pass rate, beside the training judge's
-        summary["oracle_pass_rate"] = interval(
-            np.array([row["passed"] for row in oracle], dtype=float),
-            [row["product_id"] for row in oracle],
-            cfg,
-        )
+        summary["oracle_pass_rate"] = pass_rate(oracle, cfg)
     return summary
 
 
@@ -94,7 +94,7 @@ def _component_means(rows: list[dict], flat: bool = False) -> dict[str, float]:
             }
         )
         for name, value in fields.items():
-            if isinstance(value, (bool, int, float)) and value is not None and math.isfinite(float(value)):
+            if isinstance(value, (bool, int, float)) and math.isfinite(float(value)):
                 values.setdefault(name, []).append(float(value))
     return {name: float(np.mean(items)) for name, items in sorted(values.items())}
 
@@ -107,11 +107,7 @@ def by_category(samples: list[dict], cfg: StatsConfig) -> dict[str, dict[str, An
     return {
         name: {
             "n_samples": len(rows),
-            "pass_rate": interval(
-                np.array([bool(row["passed"]) for row in rows], dtype=float),
-                [row["product_id"] for row in rows],
-                cfg,
-            ),
+            "pass_rate": pass_rate(rows, cfg),
         }
         for name, rows in sorted(categories.items())
     }
