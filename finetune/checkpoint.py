@@ -49,9 +49,8 @@ def save_lora(unet, out_dir: str | Path, card=None) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     StableDiffusionInpaintPipeline.save_lora_weights(
         tmp,
-        unet_lora_layers=lora_state_dict(
-            unet
-        ),  # peft key names: diffusers' loader reads them for any layer type
+        # peft key names: diffusers' loader reads them for any layer type
+        unet_lora_layers=lora_state_dict(unet),
         unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
         safe_serialization=True,
     )
