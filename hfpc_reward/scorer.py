@@ -189,9 +189,9 @@ class HFPCScorer:
         reports = self.checker.check_prepared(
             [sides[i][0] for i in good], [pixels[i] for i in good], errors="report"
         )
-        background = self._background_scores(
-            [sides[i][1] for i in good], [generated[i] for i in good], [prompts[i] for i in good]
-        )
+        # tensors go to the reward model as they are (their device); the rest as decoded above, not again
+        sources = [generated[i] if images.is_tensor(generated[i]) else pixels[i] for i in good]
+        background = self._background_scores([sides[i][1] for i in good], sources, [prompts[i] for i in good])
         for k, i in enumerate(good):
             self._judge(results[i], reports[k], None if background is None else background[k])
         return results
