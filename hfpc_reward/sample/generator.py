@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hfpc_reward.data.manifest import append_jsonl
 from hfpc_reward.sample.world import FLAWS, SCENE_KINDS, WORLD_SIZE, render, world_products
 
 logger = logging.getLogger(__name__)
@@ -200,8 +201,7 @@ class GeneratorTrainer:
 
     def _log(self, record: dict) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        with self.metrics_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_jsonl(self.metrics_path, [record])
         logger.info(
             "%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
         )
