@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import tempfile
@@ -26,6 +27,8 @@ from pathlib import Path
 import torch
 from hfpc_finetune.config import FinetuneConfig
 from hfpc_finetune.data import load_products
+from hfpc_finetune.pipeline import WEIGHT_DTYPES
+from hfpc_finetune.run_folder import METRICS_FILE
 from hfpc_finetune.sampling import decode, prepare_conditioning, sample_with_logprob
 
 from benchmarks.timing import timed
@@ -153,7 +156,7 @@ def time_split(args, work: Path, manifest: Path, dtype) -> None:
     from hfpc_finetune.trainer import train
 
     pretrained = work / "pipeline"
-    precision = {"float32": "no", "float16": "fp16", "bfloat16": "bf16"}[args.dtype]
+    precision = next(name for name, weights in WEIGHT_DTYPES.items() if weights == dtype)
     config = config_from_dict(
         FinetuneConfig,
         {
@@ -193,7 +196,7 @@ def time_split(args, work: Path, manifest: Path, dtype) -> None:
     print(
         f"{'epoch':>5} {'sample':>8} {'reward wait':>12} {'reward compute':>15} {'train':>8} {'s/sample':>9}"
     )
-    for record in read_jsonl(work / "run" / "metrics.jsonl"):
+    for record in read_jsonl(work / "run" / METRICS_FILE):
         total = record["time_sample"] + record["time_reward_wait"] + record["time_train"]
         print(
             f"{record['epoch']:>5} {record['time_sample']:8.2f} {record['time_reward_wait']:12.3f} "
@@ -215,11 +218,11 @@ def compare_timestep_fractions(fractions: list[float], work: Path) -> None:
         f"{'fraction':>8} {'trained steps':>13} {'first':>7} {'last 2':>7} {'gain':>7} {'train s/epoch':>14}"
     )
     for fraction in fractions:
-        values = json.loads(json.dumps(kit))
+        values = copy.deepcopy(kit)
         values["train"]["timestep_fraction"] = fraction
         values["run"].update(out_dir=str(work / f"fraction_{fraction}"), report_to="none", grid_every=0)
         train(config_from_dict(FinetuneConfig, values))
-        records = read_jsonl(work / f"fraction_{fraction}" / "metrics.jsonl")
+        records = read_jsonl(work / f"fraction_{fraction}" / METRICS_FILE)
         first, last = records[0]["reward_mean"], sum(r["reward_mean"] for r in records[-2:]) / 2
         steps = max(1, int(values["sample"]["num_steps"] * fraction))
         train_s = sum(r["time_train"] for r in records) / len(records)
