@@ -44,9 +44,9 @@ REFINE_WORK_SIZE = 256  # longest side at which a mask is snapped to the origina
 PALETTE_SAMPLES = 2000  # background pixels (evenly strided) the k-means palette is fitted on
 MIN_SHADOW_RATIO = 0.4  # a shadow keeps at least this share of the lightness (darker is an object)
 PRODUCT_COLOURS = 8  # k-means colours of the product used by mask refinement
-MIN_REFINE_PX = 5
+MIN_REFINE_PX = 5  # mask refinement looks at least this many pixels either side of the given outline
 REFINE_MARGIN = 6.0  # Lab distance by which a pixel must be closer to the other side to change sides
-HOLE_FRACTION = 0.005  # studio extraction keeps see-through holes of at least this share of the product  # mask refinement looks at least this many pixels either side of the given outline
+HOLE_FRACTION = 0.005  # studio extraction keeps see-through holes of at least this share of the product
 
 
 class ClassicMaskFinder:
@@ -110,9 +110,6 @@ class ClassicMaskFinder:
         if core.sum() < 16:
             core = m_small
         edge_core = core & (dist_in <= 2 * band + 1)  # the product just inside the band: its colour reference
-        _, nearest = cv2.distanceTransformWithLabels(
-            (~edge_core).astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
-        )
         lab_blur = fast_lab(cv2.GaussianBlur(small.astype(np.float32), (0, 0), 1.0))
         return {
             "size": size,
@@ -121,7 +118,7 @@ class ClassicMaskFinder:
             "product_palette": _palette(lab_blur, core, self.config.palette_size),
             "mask": m_small,
             "core": core,
-            "nearest_product": (nearest, edge_core),  # labels of the nearest edge_core pixel, and edge_core
+            "nearest_product": (nearest_labels(edge_core), edge_core),  # see colour_at_nearest
             "dist_out": cv2.distanceTransform((~m_small).astype(np.uint8), cv2.DIST_L2, 3),
             "band": band,
             "search": max(band + 2, round(self.config.search_fraction * product_size)),
@@ -146,12 +143,10 @@ class ClassicMaskFinder:
         far_background = far if far.sum() > 64 else outside  # where an expansion cannot reach
         local_background = _local_mean(lab, far_background)
         shadow = self._shadow_like(lab, local_background)
-        labels, edge_core = cache["nearest_product"]
-        table = np.zeros((int(labels.max()) + 1, 3), np.float32)
-        table[labels[edge_core]] = lab[edge_core]
         near = ring | beyond | m_small  # the only pixels whose product / background distances are used
         to_product = np.minimum(
-            _distance(lab, table[labels]), _distance_to(lab, cache["product_palette"], near)
+            _distance(lab, colour_at_nearest(lab, *cache["nearest_product"])),
+            _distance_to(lab, cache["product_palette"], near),
         )
         seed = cv2.dilate(m_small.astype(np.uint8), disk(band + 1)) > 0
 
@@ -210,9 +205,19 @@ def fast_lab(rgb: np.ndarray) -> np.ndarray:
 
 def nearest_colour(lab: np.ndarray, source: np.ndarray) -> np.ndarray:
     """Per pixel, the `lab` colour of the nearest `source` pixel (OpenCV's labelled distance transform)."""
+    return colour_at_nearest(lab, nearest_labels(source), source)
+
+
+def nearest_labels(source: np.ndarray) -> np.ndarray:
+    """Per pixel, the label of the nearest `source` pixel: depends on `source` only, so it can be kept."""
     _, labels = cv2.distanceTransformWithLabels(
         (~source).astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
     )
+    return labels
+
+
+def colour_at_nearest(lab: np.ndarray, labels: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Per pixel, the `lab` colour of the nearest `source` pixel, `labels` being `nearest_labels(source)`."""
     table = np.zeros((int(labels.max()) + 1, 3), np.float32)
     table[labels[source]] = lab[source]
     return table[labels]
@@ -348,15 +353,12 @@ def _fill_holes(mask: np.ndarray, keep: np.ndarray) -> np.ndarray:
     area whose pixels are mostly `keep` (the backdrop showing through, as inside a handle)."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
     edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    filled = mask.copy()
-    minimum = HOLE_FRACTION * mask.sum()
-    for label in range(1, count):
-        if label in edge_labels:
-            continue
-        hole = labels == label
-        if stats[label, cv2.CC_STAT_AREA] < minimum or keep[hole].mean() < 0.5:
-            filled |= hole
-    return filled
+    area = stats[:, cv2.CC_STAT_AREA]
+    kept_share = np.bincount(labels.ravel(), weights=keep.ravel(), minlength=count) / np.maximum(area, 1)
+    fill = (area < HOLE_FRACTION * mask.sum()) | (kept_share < 0.5)
+    fill[0] = False  # the mask itself
+    fill[edge_labels] = False  # background reaching the border is no hole
+    return mask | fill[labels]
 
 
 def _connected_to(candidates: np.ndarray, seed: np.ndarray) -> np.ndarray:
