@@ -146,26 +146,18 @@ def table(records: list[dict], thresholds, fitted_family: str | None, title: str
     for record in records:
         groups[(record["family"], record["variant"])].append(record)
     for (family, variant), group in groups.items():
-        judged = [r for r in group if r["metrics"] is not None]
-        flagged = [not verdict(r["metrics"], thresholds).consistent for r in judged]
         # an unjudged pair counts as rejected: the judge failed to pass it
-        truth = [r["consistent"] for r in judged] + [r["consistent"] for r in group if r["metrics"] is None]
-        predicted = [not f for f in flagged] + [False] * (len(group) - len(judged))
-        m = detection_metrics(truth, predicted)
+        predicted = [r["metrics"] is not None and verdict(r["metrics"], thresholds).consistent for r in group]
+        m = detection_metrics([r["consistent"] for r in group], predicted)
         caught = []
         for kind in DEFECTS:
-            hits = [
-                not p
-                for t, p, r in zip(truth, predicted, judged + [r for r in group if r["metrics"] is None])
-                if r["defect"] == kind
-            ]
+            hits = [not p for p, r in zip(predicted, group) if r["defect"] == kind]
             caught.append(f"{np.mean(hits):8.0%}" if hits else f"{'-':>8s}")
+        unjudged = sum(r["metrics"] is None for r in group)
         mark = " (fitted)" if family == fitted_family else ""
         lines.append(
             f"{family:9s} {variant:16s} {m['f1']:6.3f} {m['false_rejection']:6.1%} "
-            f"{len(group) - len(judged):4d} "
-            + " ".join(caught)
-            + f"   {1000 * group[0]['seconds']:.1f}{mark}"
+            f"{unjudged:4d} " + " ".join(caught) + f"   {1000 * group[0]['seconds']:.1f}{mark}"
         )
     return "\n".join(lines)
 
