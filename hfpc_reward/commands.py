@@ -167,7 +167,7 @@ def _process_rank() -> tuple[int, int]:
 
 def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Pass rate (bootstrap CI over originals), error count, and agreement with human labels if present."""
-    from hfpc_reward.stats import binary_metrics, grouped_bootstrap_ci
+    from hfpc_reward.stats import grouped_bootstrap_ci, precision_recall_f1
 
     judged = [r for r in records if r.get("error") is None]
     result: dict[str, Any] = {
@@ -184,10 +184,8 @@ def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     result["mean_reward"] = float(np.mean([r["reward"] for r in judged]))
     labelled = [r for r in judged if r.get("label") is not None]
     if labelled:
-        metrics = binary_metrics(
-            [float(r["passed"]) for r in labelled], [int(r["label"]) for r in labelled], 0.5
-        )
-        result["vs_labels"] = {key: metrics[key] for key in ("n", "precision", "recall", "f1")}
+        truth, predicted = [r["label"] == 1 for r in labelled], [bool(r["passed"]) for r in labelled]
+        result["vs_labels"] = {"n": len(labelled), **precision_recall_f1(truth, predicted)}
     return result
 
 
