@@ -64,17 +64,18 @@ def write_world_products(out_dir: str | Path, split: str, count: int, scenes_per
 
 
 def sample_pipeline(pipe, rows, samples: int, seed: int, steps: int, guidance: float, batch_size: int = 16):
-    """`samples` images per manifest row from an inpainting pipeline (mask = background); yields (row, k, PIL)."""
+    """`samples` images per manifest row from an inpainting pipeline (mask = background).
+
+    Yields (row, k, original PIL, product mask at the original's size, generated PIL).
+    """
     import torch
 
     jobs = [(row, k) for row in rows for k in range(samples)]
     for start in tqdm(range(0, len(jobs), batch_size), desc="sample", unit="batch"):
         chunk = jobs[start : start + batch_size]
         originals = [load_rgb(row.origin) for row, _ in chunk]
-        backgrounds = [
-            Image.fromarray(np.where(load_mask(row.mask, size=image.size), 0, 255).astype(np.uint8))
-            for (row, _), image in zip(chunk, originals)
-        ]
+        masks = [load_mask(row.mask, size=image.size) for (row, _), image in zip(chunk, originals)]
+        backgrounds = [Image.fromarray(np.where(mask, 0, 255).astype(np.uint8)) for mask in masks]
         generators = [torch.Generator().manual_seed(seed * 100_003 + start + i) for i in range(len(chunk))]
         out = pipe(
             prompt=[row.prompt for row, _ in chunk],
@@ -86,7 +87,10 @@ def sample_pipeline(pipe, rows, samples: int, seed: int, steps: int, guidance: f
             guidance_scale=guidance,
             generator=generators,
         )
-        yield from ((row, k, image) for (row, k), image in zip(chunk, out.images))
+        yield from (
+            (row, k, original, mask, image)
+            for (row, k), original, mask, image in zip(chunk, originals, masks, out.images)
+        )
 
 
 def label_generations(
@@ -112,11 +116,9 @@ def label_generations(
     out = Path(out_dir)
     rng = np.random.default_rng([seed, 4099])
     records = []
-    for row, k, image in sample_pipeline(
+    for row, k, original, mask, image in sample_pipeline(
         pipe, read_manifest(products_manifest), samples, seed, steps, guidance
     ):
-        original = load_rgb(row.origin)
-        mask = load_mask(row.mask, size=original.size)
         final = paste_product(image.resize(original.size), original, mask)
         name = f"generations/{row.product_id}_{k}.png"
         _save(np.asarray(final), out / name)
