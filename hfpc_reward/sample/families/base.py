@@ -13,7 +13,8 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from hfpc_reward.images import load_rgb
 
 DEFECTS = ("expanded", "bled", "truncated", "recoloured", "relabelled", "moved", "rescaled")
 
@@ -42,7 +43,7 @@ def photo(name: str) -> np.ndarray:
     for package, folder in (("skimage", "data"), ("sklearn", "datasets/images")):
         path = Path(importlib.util.find_spec(package).origin).parent / folder / name
         if path.is_file():
-            return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+            return np.asarray(load_rgb(path), dtype=np.float32) / 255.0
     raise FileNotFoundError(f"no bundled photo named {name}")
 
 
