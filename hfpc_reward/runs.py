@@ -198,8 +198,10 @@ class RunOutput:
     def update_stamp(self, **fields: Any) -> None:
         """Record extra facts in the stamp (e.g. finished=True, rows=N); main process only."""
         if self.is_main_process:
-            data = json.loads(self.stamp.read_text(encoding="utf-8")) if self.stamp.exists() else {}
-            self._write_stamp({**data, **fields})
+            self._write_stamp({**(self._read_stamp() or {}), **fields})
+
+    def _read_stamp(self) -> dict[str, Any] | None:
+        return json.loads(self.stamp.read_text(encoding="utf-8")) if self.stamp.exists() else None
 
     def _refuse_output_over_input(self) -> None:
         refuse_output_over_inputs(self.out, self.inputs, self.name)
@@ -230,7 +232,7 @@ class RunOutput:
         return self.out.exists() or self.stamp.exists()
 
     def _apply_policy(self) -> None:
-        stamp = json.loads(self.stamp.read_text(encoding="utf-8")) if self.stamp.exists() else None
+        stamp = self._read_stamp()
         self.previous = stamp["settings"] if stamp else None
         if self.resume and stamp is not None:
             self._check_resume(stamp["settings"])
