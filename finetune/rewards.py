@@ -108,11 +108,11 @@ class WeightedReward:
 
     def __init__(self, terms: Sequence[tuple[str, float, Callable]]):
         self.terms = list(terms)
+        self.mask_keywords = [_mask_keyword(fn) for _, _, fn in self.terms]  # read once, not per batch
 
     def __call__(self, *, prompts, completions, image, product_mask=None, log_metric=None, **kwargs) -> list:
         total: list[float | None] = [0.0] * len(prompts)
-        for name, weight, fn in self.terms:
-            mask_keyword = _mask_keyword(fn)
+        for (name, weight, fn), mask_keyword in zip(self.terms, self.mask_keywords):
             values = list(
                 fn(
                     prompts=prompts,
