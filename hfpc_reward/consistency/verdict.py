@@ -11,32 +11,14 @@ from hfpc_reward.consistency.config import ThresholdConfig
 
 # Machine-readable kinds of failure (ConsistencyReport.failed_checks / primary_reason); group by these.
 DISTORTED = "distorted"  # the generated image's aspect ratio differs: the product would be stretched
-
-
 MOVED = "moved"  # the product is not where it was
-
-
 TRUNCATED = "truncated"  # part of the product is missing
-
-
 EXPANDED = "expanded"  # the product grew into the background (object expansion)
-
-
 BLED = "bled"  # the outline melted: product and background colours smeared across it
-
-
 RESHAPED = "reshaped"  # the outline changed shape (mask IoU / boundary) without a clearer cause
-
-
 RELABELLED = "relabelled"  # label, print or texture changed (structure)
-
-
 RECOLOURED = "recoloured"  # the product's colour changed
-
-
 APPEARANCE = "appearance"  # a local part of the product changed
-
-
 ERROR = "error"  # the pair could not be checked (consistent is None)
 
 
@@ -97,7 +79,7 @@ class ConsistencyReport:
     """The verdict on one (original, generated) pair."""
 
     consistent: bool | None  # the product was kept (every check passed); None when it could not be checked
-    score: float  # in [0, 1]; >= 0.5 exactly when consistent (see the module docstring)
+    score: float  # in [0, 1]; >= 0.5 exactly when consistent (see consistency.checker)
     metrics: dict[str, float]  # the metrics of metrics.py (empty when `error` is set)
     reasons: list[str]  # human-readable: the failed checks not explained by the primary one, then notes
     error: str | None = None  # set when this item could not be checked (errors="report")
@@ -151,7 +133,7 @@ class Verdict:
 
 
 def verdict(metrics: dict[str, float], thresholds: ThresholdConfig) -> Verdict:
-    """The verdict of a metrics dict under `thresholds` (see the module docstring).
+    """The verdict of a metrics dict under `thresholds` (scoring: the consistency.checker docstring).
 
     Failed kinds are ordered by FAILURE_PRECEDENCE; a kind explained by an earlier failed kind (EXPLAINS) is
     dropped, so a moved product reports "moved" only, not also the colour drift its shift causes.
