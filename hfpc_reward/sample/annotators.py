@@ -119,7 +119,7 @@ def label_generations(
     for row, k, original, mask, image in sample_pipeline(
         pipe, read_manifest(products_manifest), samples, seed, steps, guidance
     ):
-        final = paste_product(image.resize(original.size), original, mask)
+        final = paste_product(image, original, mask)  # resizes to the original
         name = f"generations/{row.product_id}_{k}.png"
         _save(np.asarray(final), out / name)
         verdict = oracle.judge(np.asarray(final), np.asarray(original), mask, row.prompt)
