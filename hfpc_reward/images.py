@@ -112,8 +112,7 @@ def to_unit_range(pixels: Any, value_range: str = "0,1", name: str = "pixels") -
     if value_range not in VALUE_RANGES:
         raise ImageLoadError(f"value_range must be one of {sorted(VALUE_RANGES)}, got {value_range!r}")
     tensor = is_tensor(pixels)
-    floating = pixels.is_floating_point() if tensor else np.issubdtype(np.asarray(pixels).dtype, np.floating)
-    if not floating:
+    if not is_floating(pixels if tensor else np.asarray(pixels)):
         return (pixels.float() if tensor else np.asarray(pixels, dtype=np.float32)) / 255.0
     finite = bool(pixels.isfinite().all()) if tensor else bool(np.isfinite(pixels).all())
     if not finite:
@@ -344,6 +343,13 @@ def _normalise_mode(image: Image.Image) -> ImageWithAlpha:
 def is_tensor(obj: Any) -> bool:
     """True for a torch tensor (checked without importing torch)."""
     return type(obj).__module__.startswith("torch") and hasattr(obj, "detach")
+
+
+def is_floating(obj: Any) -> bool:
+    """True for a float tensor or numpy array (pixels whose range `to_unit_range` needs declared)."""
+    if is_tensor(obj):
+        return obj.is_floating_point()
+    return isinstance(obj, np.ndarray) and np.issubdtype(obj.dtype, np.floating)
 
 
 def _tensor_to_numpy(tensor: Any) -> np.ndarray:

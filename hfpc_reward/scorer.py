@@ -23,8 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from hfpc_reward import images
 from hfpc_reward.config import resolve_device
 from hfpc_reward.consistency.config import ConsistencyConfig
@@ -342,15 +340,9 @@ class _LRU(OrderedDict):
 def _unit_batch(batch: Any, value_range: str, name: str) -> list[Any]:
     """A batch (or one image) as a list of items; float tensors / arrays rescaled into [0,1] where they are."""
     return [
-        images.to_unit_range(item, value_range, name=name) if _floating(item) else item
+        images.to_unit_range(item, value_range, name=name) if images.is_floating(item) else item
         for item in images.as_batch(batch)
     ]
-
-
-def _floating(item: Any) -> bool:
-    if images.is_tensor(item):
-        return item.is_floating_point()
-    return isinstance(item, np.ndarray) and np.issubdtype(item.dtype, np.floating)
 
 
 def _per_item(values: Sequence[str | None] | str | None, count: int) -> list[str | None]:
