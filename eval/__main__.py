@@ -66,8 +66,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "run":
         from hfpc_eval.config import EvalConfig
-        from hfpc_eval.harness import REPORT_NAME, run_eval
-        from hfpc_eval.report import terminal_table
+        from hfpc_eval.harness import run_eval
+        from hfpc_eval.report import REPORT_NAME, terminal_table
 
         config = load_config(EvalConfig, args.config, args.overrides)
         results = run_eval(config, resume=args.resume, overwrite=args.overwrite)
@@ -75,9 +75,8 @@ def _run(args: argparse.Namespace) -> int:
             print(terminal_table(results))
             print(f"report: {Path(config.out_dir).resolve() / REPORT_NAME}")
     elif args.command == "rejudge":
-        from hfpc_eval.harness import REPORT_NAME
         from hfpc_eval.rejudge import rejudge_config, rejudge_run, rejudged_summary
-        from hfpc_eval.report import terminal_table
+        from hfpc_eval.report import REPORT_NAME, terminal_table
 
         config = rejudge_config(args.source, args.out, args.scorer, args.overrides)
         results = rejudge_run(args.source, config, resume=args.resume, overwrite=args.overwrite)

@@ -47,8 +47,6 @@ from hfpc_reward.sample.oracle import held_out_check
 
 logger = logging.getLogger(__name__)
 
-REPORT_NAME = "report.html"
-
 
 def run_eval(
     config: EvalConfig,

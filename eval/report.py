@@ -31,6 +31,7 @@ from hfpc_reward.errors import UsageError
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 METRICS_FILE = "metrics.jsonl"  # per-epoch records of an `hfpc finetune` run folder
+REPORT_NAME = "report.html"
 
 
 def _interval_cell(ci: dict | None) -> str:
@@ -100,7 +101,7 @@ def write_report(out: Path, results: dict, samples: list[dict], config: EvalConf
         products=_products(out, samples, names, config),
         colours=dict(zip(names, COLOURS * (1 + len(names) // len(COLOURS)))),
     )
-    path = out / "report.html"
+    path = out / REPORT_NAME
     path.write_text(html, encoding="utf-8")
     return path
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from PIL import Image
 
+from hfpc_reward.images import load_rgb
+
 logger = logging.getLogger(__name__)
 
 FULL_SIDE = 768  # longest side of the full image embedded in the page, in pixels
@@ -39,8 +41,7 @@ def file_uri(out: Path, relative: str | None, max_side: int | None = None) -> st
     path = out / relative
     if not path.is_file():
         return None
-    with Image.open(path) as image:
-        return data_uri(image, max_side)
+    return data_uri(load_rgb(path), max_side)
 
 
 class OverlayMaker:
@@ -81,8 +82,7 @@ def sample_pictures(out: Path, row: dict, overlays: OverlayMaker | None) -> dict
     full_path = out / row["image"] if row.get("image") else None
     if full_path is None or not full_path.is_file():
         return {"thumb": thumb, "full": thumb, "overlay": None}
-    with Image.open(full_path) as opened:
-        full = opened.convert("RGB")
+    full = load_rgb(full_path)
     overlay = None
     if overlays is not None:
         try:
