@@ -38,10 +38,14 @@ import yaml
 from tqdm import tqdm
 
 from hfpc_reward.config import add_config_arguments, config_to_dict, load_config
-from hfpc_reward.consistency.calibrate import detection_metrics, fit_thresholds, ground_truth
+from hfpc_reward.consistency.calibrate import (
+    TRUTH_FIELD,
+    detection_metrics,
+    fit_thresholds,
+    ground_truth,
+    split_for_calibration,
+)
 from hfpc_reward.consistency.config import BACKEND_NAMES, ConsistencyConfig
-from hfpc_reward.consistency.segmenter_config import SegmenterFinetuneConfig
-from hfpc_reward.consistency.segmenter_train import finetune_segmenter
 from hfpc_reward.data.manifest import ManifestRow, read_manifest, remote_source_problem
 from hfpc_reward.data.results import INDEX_FIELD, ManifestResults, manifest_run, require_some_rows_judged
 from hfpc_reward.errors import CommandLineError
@@ -228,8 +232,6 @@ def _check_group(job: tuple[list[tuple[int, ManifestRow]], str | None]) -> list[
 
 
 def _result_record(index: int, row: ManifestRow, report) -> dict[str, Any]:
-    from hfpc_reward.consistency.calibrate import TRUTH_FIELD
-
     record = {INDEX_FIELD: index, **row.to_record()}
     if "consistent" in record:  # the input's ground truth; `consistent` becomes the checker's verdict
         record[TRUTH_FIELD] = record.pop("consistent")
@@ -247,8 +249,6 @@ def _write_overlay(folder: Path, index: int, details, report, max_delta_e: float
 
 def summary_table(records: list[dict[str, Any]]) -> str:
     """A plain-text summary of result records (counts, top reasons, detection metrics with ground truth)."""
-    from hfpc_reward.consistency.calibrate import detection_metrics, ground_truth
-
     errors = [r for r in records if r.get("error")]
     checked = [r for r in records if not r.get("error")]
     consistent = sum(bool(r.get("consistent")) for r in checked)
@@ -303,10 +303,7 @@ def add_calibrate_consistency_arguments(parser: argparse.ArgumentParser) -> None
 
 
 def run_calibrate_consistency(args: argparse.Namespace) -> int:
-    from hfpc_reward.consistency.calibrate import split_for_calibration
-    from hfpc_reward.consistency.commands import check_manifest
     from hfpc_reward.consistency.verdict import verdict
-    from hfpc_reward.data.manifest import read_manifest
 
     if not 0.0 <= args.holdout < 1.0:
         raise CommandLineError(f"--holdout must be in [0, 1), got {args.holdout}")
@@ -339,8 +336,7 @@ def run_calibrate_consistency(args: argparse.Namespace) -> int:
         metrics, truth, config.thresholds, args.target_precision, max_rejection=args.max_rejection
     )
     fitted = replace(config, thresholds=thresholds)
-    delta = yaml.safe_load(args.config.read_text()) if args.config else {}
-    delta = delta or {}
+    delta = (yaml.safe_load(args.config.read_text()) if args.config else None) or {}
     delta["thresholds"] = config_to_dict(fitted)["thresholds"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(yaml.safe_dump(delta, sort_keys=False))
@@ -363,13 +359,17 @@ def run_calibrate_consistency(args: argparse.Namespace) -> int:
 
 
 def add_finetune_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
+    from hfpc_reward.consistency.segmenter_config import SegmenterFinetuneConfig  # imports torch
+
     add_config_arguments(parser, SegmenterFinetuneConfig, example="configs/segmenter/efficientsam_ti.yaml")
     add_run_arguments(parser)  # --resume: from out_dir/state
 
 
 def run_finetune_segmenter(args: argparse.Namespace) -> int:
+    from hfpc_reward.consistency.segmenter_config import SegmenterFinetuneConfig
+    from hfpc_reward.consistency.segmenter_train import finetune_segmenter
+
     config = load_config(SegmenterFinetuneConfig, args.config, args.overrides)
-    finetune_segmenter(
-        config, resume=args.resume, overwrite=args.overwrite
-    )  # logs before / best metrics and writes summary.json
+    # logs before / best metrics and writes summary.json
+    finetune_segmenter(config, resume=args.resume, overwrite=args.overwrite)
     return 0
