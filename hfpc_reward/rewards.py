@@ -159,15 +159,7 @@ class HFPCReward:
             _refuse_masks_equal_to_repaint(
                 masks, _broadcast(images.as_batch(mask_image, masks=True), count, "mask_image")
             )
-        results = self.scorer.score(
-            originals,
-            generated,
-            masks=masks,
-            prompts=prompts,
-            categories=category,
-            value_range=value_range,
-            inverted_masks="raise",
-        )
+        results = self._score(originals, generated, masks, prompts, category, value_range)
         _log_components(results, log_metric, log_metrics, log_extra)
         return self._values(results)
 
@@ -225,12 +217,16 @@ class HFPCReward:
         """The full judgement (HFPCResult) of each candidate generated from one original."""
         generated = images.as_batch(candidates)
         masks = None if product_mask is None else [product_mask] * len(generated)
+        return self._score([original] * len(generated), generated, masks, prompt, category, value_range)
+
+    def _score(self, originals, generated, masks, prompts, categories, value_range) -> list[HFPCResult]:
+        """The scorer's judgement; a reward refuses (raises on) a product mask that looks inverted."""
         return self.scorer.score(
-            [original] * len(generated),
+            originals,
             generated,
             masks=masks,
-            prompts=prompt,
-            categories=category,
+            prompts=prompts,
+            categories=categories,
             value_range=value_range,
             inverted_masks="raise",
         )
