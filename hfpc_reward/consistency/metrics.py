@@ -123,7 +123,10 @@ def undo_grading(generated: np.ndarray, g: np.ndarray, o: np.ndarray) -> np.ndar
 
 
 def mask_metrics(
-    m_orig: np.ndarray, m_gen: np.ndarray, boundary_tolerance: float, bleed_band: float = 0.02
+    m_orig: np.ndarray,
+    m_gen: np.ndarray,
+    boundary_tolerance: float,
+    bleed_band: float = MetricsConfig.ignore_band,
 ) -> dict[str, float]:
     """The mask metrics of the module docstring for two bool masks of the same shape (m_orig non-empty)."""
     area_o = float(m_orig.sum())
