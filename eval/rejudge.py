@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -220,7 +221,7 @@ def _changes(source: Path, source_rows: dict, samples: list[dict]) -> dict[str, 
     source_judge = (
         json.loads(source_results.read_text())["meta"].get("judge") if source_results.is_file() else None
     )
-    changed: dict[str, int] = {}
+    changed: Counter[str] = Counter()
     for row in samples:
         before = source_rows[row_key(row)]
         for key in sorted(before.keys() | row.keys()):
@@ -228,10 +229,10 @@ def _changes(source: Path, source_rows: dict, samples: list[dict]) -> dict[str, 
                 inner = before.get(key, {}), row.get(key, {})
                 for name in sorted(inner[0].keys() | inner[1].keys()):
                     if inner[0].get(name) != inner[1].get(name):
-                        changed[f"held_out.{name}"] = changed.get(f"held_out.{name}", 0) + 1
+                        changed[f"held_out.{name}"] += 1
             elif before.get(key) != row.get(key):
-                changed[key] = changed.get(key, 0) + 1
-    return {"source_judge": source_judge, "rows": len(samples), "changed_rows": changed}
+                changed[key] += 1
+    return {"source_judge": source_judge, "rows": len(samples), "changed_rows": dict(changed)}
 
 
 def rejudged_summary(results: dict[str, Any]) -> str:
