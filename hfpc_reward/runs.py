@@ -35,7 +35,8 @@ refusal of a key (e.g. how to make a change safe); `run.update_stamp(**facts)` r
 
 Also here: `refuse_output_over_inputs` (the same check for one-shot writers such as `eval-reward`),
 `CheckpointFolder` (atomic, pruned accelerate `save_state` checkpoints with the loop's own state),
-`add_run_arguments` (--resume / --overwrite) and `replace_directory`.
+`add_run_arguments` (--resume / --overwrite), `replace_directory` and `write_json_atomic` (the one JSON writer
+of files a reader or a crash must never see half of).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -279,10 +280,7 @@ class RunOutput:
             logger.info("%s: resuming with %s changed (%s -> %s)", self.name, key, _shown(old), _shown(new))
 
     def _write_stamp(self, data: Mapping[str, Any]) -> None:
-        self.stamp.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.stamp.with_name(self.stamp.name + ".tmp")
-        temp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-        os.replace(temp, self.stamp)
+        write_json_atomic(self.stamp, data, default=str)
 
 
 class CheckpointFolder:
@@ -356,3 +354,22 @@ def replace_directory(staging: Path, target: Path) -> None:
     os.replace(staging, target)
     if old is not None:
         shutil.rmtree(old)
+
+
+def write_json_atomic(
+    path: Path, data: Any, *, indent: int | None = 2, default: Callable[[Any], Any] | None = None
+) -> Path:
+    """Write `data` as JSON (UTF-8, one final newline) to `path`, creating its folder: into `<name>.tmp` beside
+    it, then os.replace, so readers never see half a file and a failed write leaves the old one as it was.
+    `default` converts what JSON cannot hold (e.g. str for Paths); without it such a value raises TypeError."""
+    path = Path(path)
+    text = json.dumps(data, indent=indent, default=default) + "\n"  # a TypeError here touches no file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(path.name + ".tmp")
+    try:
+        temp.write_text(text, encoding="utf-8")
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path

@@ -14,6 +14,7 @@ from hfpc_reward.runs import (
     changed_settings,
     settings_hash,
     stamp_path,
+    write_json_atomic,
 )
 
 
@@ -145,3 +146,34 @@ def test_a_hint_joins_the_refusal_of_its_key(tmp_path):
     enter(out, {"schedule": 2}, resume=False)
     with pytest.raises(ResumeMismatchError, match="schedule \\(2 -> 4\\); fix it from the start"):
         enter(out, {"schedule": 4}, resume=True, hints={"schedule": "fix it from the start"})
+
+
+def test_write_json_atomic_round_trips_into_a_new_folder(tmp_path):
+    data = {"metrics": {"f1": 0.75, "rows": [1, 2]}, "model": "ünïcode"}
+    path = write_json_atomic(tmp_path / "new" / "report.json", data)
+    assert json.loads(path.read_text(encoding="utf-8")) == data
+    assert path.read_text(encoding="utf-8").endswith("}\n")
+    assert json.loads(write_json_atomic(path, {"p": tmp_path}, default=str).read_text()) == {
+        "p": str(tmp_path)
+    }
+    assert sorted(p.name for p in path.parent.iterdir()) == ["report.json"]  # no temp file left behind
+
+
+def test_a_failed_json_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    path = write_json_atomic(tmp_path / "report.json", {"version": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"version": 2, "path": tmp_path})  # not JSON without default=str
+    real_write_text = Path.write_text
+
+    def write_half_then_fail(self, text, **kwargs):
+        real_write_text(self, text[: len(text) // 2], **kwargs)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", write_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        write_json_atomic(path, {"version": 3, "padding": "x" * 100})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"version": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]

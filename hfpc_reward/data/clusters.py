@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 from hfpc_reward.config import resolve_device
 from hfpc_reward.data.manifest import ManifestRow
 from hfpc_reward.images import ImageLoadError, load_rgb
+from hfpc_reward.runs import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -70,14 +71,9 @@ class ClusterAssignment:
         return counts.tolist()
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         record = {"k": self.k, "sizes": self.sizes(), "meta": self.meta, "assignment": self.assignment,
                   "distances": self.distances, "skipped": self.skipped}  # fmt: skip
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(path)
-        return path
+        return write_json_atomic(Path(path), record, indent=1)
 
     @classmethod
     def load(cls, path: str | Path) -> ClusterAssignment:

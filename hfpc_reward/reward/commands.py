@@ -17,7 +17,7 @@ from hfpc_reward.reward.evaluate import evaluate_model, plot_curves
 from hfpc_reward.reward.model import HFPCRewardModel
 from hfpc_reward.reward.rows import require_local_images
 from hfpc_reward.reward.train import TrainRewardConfig, train_reward_model
-from hfpc_reward.runs import add_run_arguments, refuse_output_over_inputs
+from hfpc_reward.runs import add_run_arguments, refuse_output_over_inputs, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +65,7 @@ def run_eval_reward(args: argparse.Namespace) -> int:
     ok = np.isfinite(scores)
     labels = np.array([row.label for row in labelled])[ok]
     report["plots"] = [str(p) for p in plot_curves(scores[ok], labels, model.threshold, out.parent)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out)
+    write_json_atomic(out, report)
     m = report["metrics"]
     logger.info(
         "pairwise accuracy %.4f, precision %.4f, recall %.4f, F1 %.4f, PR-AUC %.4f, ROC-AUC %.4f -> %s",
