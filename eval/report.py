@@ -4,8 +4,12 @@ The page is rendered by Jinja2 from `templates/report.html.j2` out of plain data
 entry in a table, not a template rewrite:
 - `VERSION_COLUMNS`: (header, function(version summary) -> cell text) of the per-version table;
 - `SAMPLE_FIELDS`: (label, function(sample row) -> text or None) shown under each image;
-- products come regressions first: those where the candidate (the last version) passed less often than
-  the reference (the first), then by how much its mean reward dropped.
+- products come most different first (`grid_order`): by how far apart the versions' pass rates on the
+  product lie (the oracle's when the run has one, else HFPC's), regressions (the last version below the
+  first) before gains at an equal difference, then by HFPC pass rate, mean reward, product id;
+- with the mini world's oracle (`held_out.oracle`), the training judge and the oracle stand side by side
+  per version, and a version whose HFPC pass rate rises while the oracle's does not (`hacking` in the
+  paired results) is marked in the tables, the pass-rate chart and the terminal summary.
 Images (thumbnails, full images, consistency overlays) are embedded as data URIs (`report_images.py`);
 charts are inline matplotlib SVGs; clicking a thumbnail opens the full image and its overlay (CSS :target,
 no script). The judge's identity (reward model, threshold, scorer hash) heads the page; a LoRA version made
@@ -22,6 +26,7 @@ from typing import Any
 
 from hfpc_eval.config import EvalConfig
 from hfpc_eval.report_images import OverlayMaker, file_uri, sample_pictures
+from hfpc_eval.stats import oracle_verdicts
 from markupsafe import Markup
 
 from hfpc_reward.data.manifest import read_jsonl
@@ -32,12 +37,15 @@ TEMPLATE_DIR = Path(__file__).parent / "templates"
 COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 METRICS_FILE = "metrics.jsonl"  # per-epoch records of an `hfpc finetune` run folder
 REPORT_NAME = "report.html"
+HACKING_MARK = "HACKING: HFPC pass rate rises, the oracle's does not"  # a flagged version, page and terminal
 
 
-def _interval_cell(ci: dict | None) -> str:
+def _interval_cell(ci: dict | None, signed: bool = False) -> str:
     if not ci:
         return "-"
-    return f"{format_number(ci.get('estimate'))} [{format_number(ci.get('low'), 2)}, {format_number(ci.get('high'), 2)}]"
+    estimate = ci.get("estimate")
+    head = f"{estimate:+.3f}" if signed and estimate is not None else format_number(estimate)
+    return f"{head} [{format_number(ci.get('low'), 2)}, {format_number(ci.get('high'), 2)}]"
 
 
 # header -> cell text of one version's summary (results["versions"][name]); append to add a column
@@ -80,6 +88,7 @@ def write_report(out: Path, results: dict, samples: list[dict], config: EvalConf
 
     out = Path(out)
     names = [version.name for version in config.versions]
+    oracle = bool(oracle_verdicts(samples))
     env = Environment(loader=FileSystemLoader(TEMPLATE_DIR), autoescape=True, undefined=StrictUndefined)
     env.filters["num"] = format_number
     env.filters["pvalue"] = format_p_value
@@ -89,6 +98,9 @@ def write_report(out: Path, results: dict, samples: list[dict], config: EvalConf
         judge=results["meta"].get("judge") or {},
         versions=names,
         version_table=_version_table(results, config),
+        judge_vs_oracle=judge_vs_oracle(results, names),
+        hacking=hacking_versions(results),
+        hacking_mark=HACKING_MARK,
         paired=results["paired"],
         categories=results["categories"],
         reasons=results["failure_reasons"],
@@ -98,7 +110,9 @@ def write_report(out: Path, results: dict, samples: list[dict], config: EvalConf
         pass_chart=Markup(pass_rate_chart(results, names)),
         reward_chart=Markup(reward_histogram(samples, names)),
         curves=[(name, Markup(svg)) for name, svg in finetune_curves(config)],
-        products=_products(out, samples, names, config),
+        grid_order=grid_order_text(names, oracle),
+        products=_products(out, samples, names, config, oracle),
+        oracle=oracle,
         colours=dict(zip(names, COLOURS * (1 + len(names) // len(COLOURS)))),
     )
     path = out / REPORT_NAME
@@ -120,8 +134,49 @@ def _version_table(results: dict, config: EvalConfig) -> dict:
     return {"headers": [header for header, _ in VERSION_COLUMNS], "rows": rows}
 
 
-def _products(out: Path, samples: list[dict], names: list[str], config: EvalConfig) -> list[dict]:
-    """Products (at most report.max_products), regressions first, with each version's samples in k order."""
+def hacking_versions(results: dict) -> list[str]:
+    """The versions whose paired results carry the `hacking` flag (HFPC rises, the oracle does not)."""
+    return [diff["candidate"] for diff in results["paired"].values() if diff.get("hacking")]
+
+
+def judge_vs_oracle(results: dict, names: list[str]) -> list[dict] | None:
+    """Per version: the HFPC and the oracle pass rate with intervals, both paired differences against the
+    reference (the first version) and the hacking flag; None when the run has no oracle verdicts."""
+    summaries = results["versions"]
+    if not any("oracle_pass_rate" in summaries[name] for name in names):
+        return None
+    paired = {diff["candidate"]: diff for diff in results["paired"].values()}
+    rows = []
+    for name in names:
+        diff = paired.get(name)
+        rows.append(
+            {
+                "name": name,
+                "hfpc": _interval_cell(summaries[name]["pass_rate"]),
+                "oracle": _interval_cell(summaries[name].get("oracle_pass_rate")),
+                "hfpc_delta": _paired_cell(diff),
+                "oracle_delta": _paired_cell(diff.get("oracle") if diff else None),
+                "hacking": bool(diff and diff.get("hacking")),
+            }
+        )
+    return rows
+
+
+def _paired_cell(diff: dict | None) -> dict | None:
+    """A paired difference as {text, trend}: trend "good"/"bad" when its interval excludes 0."""
+    if not diff:
+        return None
+    trend = "good" if diff["low"] > 0 else ("bad" if diff["high"] < 0 else "")
+    return {
+        "text": f"{_interval_cell(diff, signed=True)} p {format_p_value(diff['p_value'])}",
+        "trend": trend,
+    }
+
+
+def _products(
+    out: Path, samples: list[dict], names: list[str], config: EvalConfig, oracle: bool
+) -> list[dict]:
+    """Products (at most report.max_products) in `grid_order_text` order, each version's samples in k order."""
     products: dict[str, dict] = {}
     for row in sorted(samples, key=lambda row: (row["product_id"], row["k"])):
         entry = products.setdefault(
@@ -136,12 +191,12 @@ def _products(out: Path, samples: list[dict], names: list[str], config: EvalConf
         )
         if row["version"] in entry["versions"]:
             entry["versions"][row["version"]].append(row)
-    ordered = sorted(products.values(), key=lambda entry: _regression_key(entry, names))
-    shown = ordered[: config.report.max_products]
+    for entry in products.values():
+        entry["change"], entry["order"] = _difference(entry, names, oracle)
+    shown = sorted(products.values(), key=lambda entry: entry.pop("order"))[: config.report.max_products]
     overlays = _overlay_maker(config, {entry["product_id"] for entry in shown})
     for entry in shown:
         entry["original"] = file_uri(out, entry.pop("original_thumb"))
-        entry["change"] = _change(entry, names)
         entry["versions"] = {
             name: [_sample_view(out, row, overlays) for row in rows]
             for name, rows in entry["versions"].items()
@@ -158,31 +213,62 @@ def _mean_reward(rows: list[dict]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _change(entry: dict, names: list[str]) -> dict | None:
-    """The candidate (last version) against the reference (first) on one product, or None with one version."""
+# what the grid order compares between versions, per product: (name, function(version's rows) -> value)
+ORACLE_MEASURE = ("oracle pass rate", lambda rows: _pass_rate(oracle_verdicts(rows)))
+JUDGE_MEASURES = [("HFPC pass rate", _pass_rate), ("mean reward", _mean_reward)]
+
+
+def grid_order_text(names: list[str], oracle: bool) -> str:
+    """The order of the image grid, in words (shown above it); `_difference` implements it."""
     if len(names) < 2:
-        return None
+        return "by product id"
+    measures = [name for name, _ in ([ORACLE_MEASURE] if oracle else []) + JUDGE_MEASURES]
+    return (
+        f"most different first: by how far apart the versions' {measures[0]} on the product lies (largest "
+        f"first); at an equal difference, regressions ({names[-1]} below {names[0]}) before gains, then by the "
+        f"difference in {' and '.join(measures[1:])}, then product id"
+    )
+
+
+def _difference(entry: dict, names: list[str], oracle: bool) -> tuple[dict | None, tuple]:
+    """How the versions differ on one product: the change shown beside it (the last version against the
+    first; None with one version) and its sort key in the grid (see `grid_order_text`)."""
+    measures = ([ORACLE_MEASURE] if oracle else []) + JUDGE_MEASURES
+    values = [[measure(entry["versions"][name]) for name in names] for _, measure in measures]
+    spreads = [_spread(items) for items in values]
+    first, last = values[0][0], values[0][-1]
+    delta = None if len(names) < 2 or first is None or last is None else last - first
+    order = (
+        -spreads[0],
+        not (delta is not None and delta < 0),
+        *(-s for s in spreads[1:]),
+        entry["product_id"],
+    )
+    if len(names) < 2:
+        return None, order
     reference, candidate = entry["versions"][names[0]], entry["versions"][names[-1]]
-    passes = [sum(bool(r.get("passed")) for r in rows) for rows in (reference, candidate)]
-    rewards = [_mean_reward(rows) for rows in (reference, candidate)]
-    reward_delta = None if None in rewards else rewards[1] - rewards[0]
-    rates = [_pass_rate(reference), _pass_rate(candidate)]
-    delta = None if None in rates else rates[1] - rates[0]
-    return {
-        "label": f"{names[-1]} vs {names[0]}: passes {passes[1]}/{len(candidate)} vs {passes[0]}/{len(reference)}",
+    counts = [f"HFPC passes {_passes(candidate)} vs {_passes(reference)}"]
+    if oracle:
+        counts.append(
+            f"oracle {_passes(oracle_verdicts(candidate))} vs {_passes(oracle_verdicts(reference))}"
+        )
+    rewards = values[-1]
+    change = {
+        "label": f"{names[-1]} vs {names[0]}: " + "; ".join(counts),
         "lost": delta is not None and delta < 0,
         "won": delta is not None and delta > 0,
-        "reward_delta": reward_delta,
+        "reward_delta": None if rewards[0] is None or rewards[-1] is None else rewards[-1] - rewards[0],
     }
+    return change, order
 
 
-def _regression_key(entry: dict, names: list[str]) -> tuple:
-    change = _change(entry, names)
-    if change is None:
-        return (0.0, 0.0, entry["product_id"])
-    rates = [_pass_rate(entry["versions"][names[0]]), _pass_rate(entry["versions"][names[-1]])]
-    delta = 0.0 if None in rates else rates[1] - rates[0]
-    return (delta, change["reward_delta"] or 0.0, entry["product_id"])
+def _spread(values: list[float | None]) -> float:
+    present = [value for value in values if value is not None]
+    return max(present) - min(present) if len(present) > 1 else 0.0
+
+
+def _passes(rows: list[dict]) -> str:
+    return f"{sum(bool(row.get('passed')) for row in rows)}/{len(rows)}"
 
 
 def _overlay_maker(config: EvalConfig, product_ids: set[str]):
@@ -206,8 +292,18 @@ def _sample_view(out: Path, row: dict, overlays) -> dict:
         "primary_reason": primary_reason(row),
         "reasons": "; ".join(reasons),
         "fields": fields,
+        "oracle": _oracle_view(row),
         **sample_pictures(out, row, overlays),
     }
+
+
+def _oracle_view(row: dict) -> dict | None:
+    """The oracle's verdict on a sample: {passed, reason (its first, None on a pass)}; None when not judged."""
+    held_out = row.get("held_out") or {}
+    if held_out.get("oracle_passed") is None:
+        return None
+    reasons = held_out.get("oracle_reasons") or []
+    return {"passed": bool(held_out["oracle_passed"]), "reason": reasons[0] if reasons else None}
 
 
 def finetune_curves(config: EvalConfig) -> list[tuple[str, str]]:
@@ -257,33 +353,60 @@ def _svg(fig, salt: str) -> str:
 
 
 def pass_rate_chart(results: dict, names: list[str]) -> str:
-    """Horizontal bars of each version's pass rate with its bootstrap interval, as an SVG string."""
+    """Horizontal bars of each version's pass rate with its bootstrap interval, as an SVG string; with an
+    oracle, its pass rate as a hatched bar under HFPC's, and a version flagged as hacking labelled so."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rates = [results["versions"][name]["pass_rate"] for name in names]
-    fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.45 * len(names)))
-    estimates = [rate["estimate"] for rate in rates]
-    errors = [
-        [max(0.0, r["estimate"] - r["low"]) for r in rates],
-        [max(0.0, r["high"] - r["estimate"]) for r in rates],
-    ]
-    ax.barh(
-        range(len(names)), estimates, xerr=errors, color=COLOURS[: len(names)] or None, capsize=4, height=0.6
-    )
-    ax.set_yticks(range(len(names)), names)
+    summaries = [results["versions"][name] for name in names]
+    series = [("HFPC", [s["pass_rate"] for s in summaries], {})]
+    if any("oracle_pass_rate" in s for s in summaries):
+        series.append(
+            ("oracle", [s.get("oracle_pass_rate") for s in summaries], {"hatch": "///", "alpha": 0.55})
+        )
+    height = 0.7 / len(series)
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.45 * len(series) * len(names)))
+    for index, (label, rates, style) in enumerate(series):
+        ys = [y + (index - (len(series) - 1) / 2) * height for y in range(len(names))]
+        shown = [(y, rate, colour) for y, rate, colour in zip(ys, rates, COLOURS * 4) if rate]
+        ax.barh(
+            [y for y, _, _ in shown],
+            [rate["estimate"] for _, rate, _ in shown],
+            xerr=[
+                [max(0.0, rate["estimate"] - rate["low"]) for _, rate, _ in shown],
+                [max(0.0, rate["high"] - rate["estimate"]) for _, rate, _ in shown],
+            ],
+            color=[colour for _, _, colour in shown] or None,
+            capsize=3,
+            height=height * 0.9,
+            edgecolor="black" if style else None,
+            **style,
+        )
+        for y, rate, _ in shown:  # inside the bar; right of the interval when the bar is too short
+            inside = rate["estimate"] >= (0.25 if len(series) > 1 else 0.12)
+            x = 0.01 if inside else min(rate["high"], 0.8) + 0.02
+            colour = "white" if inside and not style else "black"
+            box = {"facecolor": "white", "edgecolor": "none", "pad": 1} if inside and style else None
+            text = (
+                f"{label} {format_number(rate['estimate'])}"
+                if len(series) > 1
+                else format_number(rate["estimate"])
+            )
+            ax.text(x, y, text, va="center", fontsize=8, color=colour, weight="bold", bbox=box)
+    hacking = set(hacking_versions(results))
+    ax.set_yticks(range(len(names)), [f"{name}\n(hacking)" if name in hacking else name for name in names])
+    for tick, name in zip(ax.get_yticklabels(), names):
+        if name in hacking:
+            tick.set_color("#c62828")
+            tick.set_fontweight("bold")
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel(
         f"pass rate ({int(results['meta']['config']['stats']['confidence'] * 100)}% CI over products)"
     )
     ax.spines[["top", "right"]].set_visible(False)
-    for y, rate in enumerate(rates):  # inside the bar; right of the interval when the bar is too short
-        inside = rate["estimate"] >= 0.12
-        x, colour = (0.01, "white") if inside else (min(rate["high"], 0.9) + 0.02, "black")
-        ax.text(x, y, format_number(rate["estimate"]), va="center", fontsize=9, color=colour, weight="bold")
     return _svg(fig, "pass-rate")
 
 
@@ -336,20 +459,33 @@ def _interval(ci: dict) -> str:
 
 
 def terminal_table(results: dict) -> str:
-    """The compact summary printed after a run: one line per version, one per paired difference."""
+    """The compact summary printed after a run: one line per version (with the oracle's pass rate when the
+    run has one), one per paired difference (the oracle's beside it, and HACKING_MARK on a flagged one)."""
+    oracle = any("oracle_pass_rate" in summary for summary in results["versions"].values())
+    oracle_header = f" {'oracle pass rate [CI]':<26}" if oracle else ""
     lines = [
-        f"{'version':<16} {'samples':>7} {'pass rate [CI]':<26} {'reward':>7} {'bg':>7} {'cons':>6} {'drift':>6}"
+        f"{'version':<16} {'samples':>7} {'pass rate [CI]':<26}{oracle_header} {'reward':>7} {'bg':>7} {'cons':>6} {'drift':>6}"
     ]
     for name, summary in results["versions"].items():
         components, held_out = summary["components"], summary["held_out"]
+        oracle_cell = (
+            f" {_interval(summary['oracle_pass_rate']) if summary.get('oracle_pass_rate') else '-':<26}"
+        )
         lines.append(
-            f"{name:<16} {summary['n_samples']:>7} {_interval(summary['pass_rate']):<26} "
+            f"{name:<16} {summary['n_samples']:>7} {_interval(summary['pass_rate']):<26}{oracle_cell if oracle else ''} "
             f"{format_number(summary['reward']['estimate']):>7} {format_number(components.get('background_score')):>7} "
             f"{format_number(components.get('consistent'), 2):>6} {format_number(held_out.get('product_drift'), 3):>6}"
         )
     for label, diff in results["paired"].items():
-        lines.append(
-            f"{label}: {diff['estimate']:+.3f} [{format_number(diff['low'])}, {format_number(diff['high'])}] "
-            f"p={format_number(diff['p_value'], 4)} ({diff.get('test', '-')}, {diff['n_products']} products)"
-        )
+        line = f"{label}: {_paired_text(diff)} ({diff.get('test', '-')}, {diff['n_products']} products)"
+        if diff.get("oracle"):
+            line += f"; oracle {_paired_text(diff['oracle'])}"
+        lines.append(line + (f"  <- {HACKING_MARK}" if diff.get("hacking") else ""))
     return "\n".join(lines)
+
+
+def _paired_text(diff: dict) -> str:
+    return (
+        f"{diff['estimate']:+.3f} [{format_number(diff['low'])}, {format_number(diff['high'])}] "
+        f"p={format_number(diff['p_value'], 4)}"
+    )

@@ -1,10 +1,12 @@
-"""report.html: one self-contained file, regressions first, the judge's identity, overlays, fine-tune curves."""
+"""report.html: one self-contained file, most different products first, the judge's identity, overlays,
+fine-tune curves."""
 
 import json
 import re
 
 import pytest
 from hfpc_eval.harness import run_eval
+from hfpc_eval.samples import latest_samples
 from test_eval import DummyGenerator, DummyScorer, K, _config, product_manifest  # noqa: F401 (fixture)
 
 
@@ -24,11 +26,11 @@ def worse_candidate_run(product_manifest, tmp_path_factory):  # noqa: F811
     generators = {"base": DummyGenerator(0.7), "lora": DummyGenerator(0.3)}
     config = _config(product_manifest, out, versions, **{"report.max_products": 12})
     results = run_eval(config, generators=generators, scorer=DummyScorer())
-    return (out / "report.html").read_text(), results
+    return (out / "report.html").read_text(), results, out
 
 
 def test_the_report_is_one_file_with_every_picture_embedded(worse_candidate_run):
-    html, _ = worse_candidate_run
+    html, _, _ = worse_candidate_run
     sources = re.findall(r'src="([^"]+)"', html)
     assert sources and all(source.startswith("data:image/") for source in sources)
     assert html.count('class="lightbox"') == 12 * 2 * K  # every thumbnail clicks through
@@ -36,17 +38,33 @@ def test_the_report_is_one_file_with_every_picture_embedded(worse_candidate_run)
     assert html.count('alt="consistency overlay"') == 12 * 2 * K
 
 
-def test_regressions_come_first_and_each_failure_has_one_primary_reason(worse_candidate_run):
-    html, _ = worse_candidate_run
-    products = re.findall(r'<div class="product( regression)?">', html)
-    flags = [bool(flag) for flag in products]
-    assert any(flags) and flags == sorted(flags, reverse=True)  # every regression before any other product
+def test_most_different_products_come_first_regressions_before_gains(worse_candidate_run):
+    html, _, out = worse_candidate_run
+    passes = {}  # product -> version -> passes
+    for row in latest_samples(out / "samples.jsonl"):
+        versions = passes.setdefault(row["product_id"], {"base": 0, "lora": 0})
+        versions[row["version"]] += bool(row["passed"])
+    products = re.findall(r'<div class="product( regression)?">.*?<b>(\w+)</b>', html, re.DOTALL)
+    order = [
+        (abs(passes[p]["lora"] - passes[p]["base"]), passes[p]["lora"] < passes[p]["base"])
+        for _, p in products
+    ]
+    assert order == sorted(order, reverse=True)  # largest difference first; at a tie, regressions first
+    assert [bool(flag) for flag, _ in products] == [lost for _, lost in order]
+    assert len({gap for gap, _ in order}) > 1 and any(lost for _, lost in order)
+    assert (
+        "Products are ordered most different first: by how far apart the versions&#39; HFPC pass rate" in html
+    )
+
+
+def test_each_failure_has_one_primary_reason(worse_candidate_run):
+    html, _, _ = worse_candidate_run
     failed = len(re.findall(r'class="badge fail"', html))
     assert failed > 0 and html.count('<span class="primary">') == failed
 
 
 def test_the_judge_and_the_finetune_curve_are_shown(worse_candidate_run):
-    html, results = worse_candidate_run
+    html, results, _ = worse_candidate_run
     judge = results["meta"]["judge"]
     assert judge["scorer_hash"] and judge["scorer_hash"] in html and 'id="judge"' in html
     assert "Fine-tuning curve: lora" in html and html.count("<svg") >= 3

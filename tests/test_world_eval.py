@@ -1,9 +1,19 @@
-"""The eval harness reports the mini world's oracle beside HFPC and flags reward hacking."""
+"""The eval harness reports the mini world's oracle beside HFPC and flags reward hacking, in results.json,
+report.html (side-by-side table, a visible mark, both verdicts under each image) and the terminal summary."""
 
 from __future__ import annotations
 
-from hfpc_eval.config import StatsConfig
+import re
+
+import pytest
+from hfpc_eval.config import EvalConfig, StatsConfig
+from hfpc_eval.report import HACKING_MARK, terminal_table
+from hfpc_eval.results import write_results
 from hfpc_eval.stats import summarise
+
+from hfpc_reward.config import load_config
+
+WRONG_SCENE = "wrong scene: shows lawn, prompt asks for brick_wall"
 
 
 def _rows(version: str, hfpc_passes: int, oracle_passes: int, products: int = 12, k: int = 4) -> list[dict]:
@@ -11,13 +21,18 @@ def _rows(version: str, hfpc_passes: int, oracle_passes: int, products: int = 12
     for p in range(products):
         for i in range(k):
             index = p * k + i
+            oracle_passed = (index * 7) % (products * k) < oracle_passes
             rows.append(
                 {
                     "version": version,
-                    "product_id": f"p{p}",
+                    "product_id": f"p{p:02d}",
                     "k": i,
                     "passed": index % (products * k) < hfpc_passes,
-                    "held_out": {"oracle_passed": (index * 7) % (products * k) < oracle_passes},
+                    "reward": 0.1 * i,
+                    "held_out": {
+                        "oracle_passed": oracle_passed,
+                        "oracle_reasons": [] if oracle_passed else [WRONG_SCENE],
+                    },
                 }
             )
     return rows
@@ -48,3 +63,88 @@ def test_without_oracle_verdicts_nothing_changes():
         "oracle" not in results["paired"]["tuned - base"]
         and "hacking" not in results["paired"]["tuned - base"]
     )
+
+
+def _report(tmp_path, samples: list[dict], names: list[str]) -> tuple[str, dict]:
+    """results.json and report.html of hand-made sample rows (no images: the grid shows captions only)."""
+    versions = "[" + ",".join(f'{{"name": "{name}", "path": "unused"}}' for name in names) + "]"
+    config = load_config(
+        EvalConfig,
+        None,
+        [
+            f"manifest={tmp_path / 'absent.jsonl'}",
+            f"out_dir={tmp_path}",
+            "stats.n_resamples=500",
+            f"versions={versions}",
+        ],
+    )
+    results = write_results(config, tmp_path, list(range(12)), {}, samples, 0, {})
+    return (tmp_path / "report.html").read_text(), results
+
+
+@pytest.fixture(scope="module")
+def hacked_report(tmp_path_factory):
+    return _report(
+        tmp_path_factory.mktemp("hacked"), _rows("base", 12, 24) + _rows("hacked", 40, 22), ["base", "hacked"]
+    )
+
+
+@pytest.fixture(scope="module")
+def honest_report(tmp_path_factory):
+    return _report(
+        tmp_path_factory.mktemp("honest"), _rows("base", 12, 12) + _rows("tuned", 36, 36), ["base", "tuned"]
+    )
+
+
+def test_a_hacking_version_is_marked_in_the_report_and_the_terminal(hacked_report):
+    html, results = hacked_report
+    assert results["paired"]["hacked - base"]["hacking"] is True
+    assert 'class="hacking-alert" id="hacking-hacked"' in html
+    table = html[
+        html.index('id="judge-vs-oracle"') : html.index("</table>", html.index('id="judge-vs-oracle"'))
+    ]
+    rows = re.findall(r"<tr( class=\"hacking\")?><td>.*?&nbsp;(\w+)</td>", table)
+    assert rows == [("", "base"), (' class="hacking"', "hacked")]
+    assert table.count(HACKING_MARK.replace("'", "&#39;")) == 1
+    chart = html[html.index('id="pass-rate-chart"') : html.index('id="reward-chart"')]
+    assert "hacked" in chart and "(hacking)" in chart and "oracle 0.458" in chart  # oracle bars beside HFPC's
+    lines = terminal_table(results).splitlines()
+    assert "oracle pass rate [CI]" in lines[0]
+    assert lines[-1].startswith("hacked - base: +") and "; oracle -0.042" in lines[-1]
+    assert lines[-1].endswith(HACKING_MARK)
+
+
+def test_an_honest_gain_shows_both_judges_without_a_mark(honest_report):
+    html, results = honest_report
+    assert results["paired"]["tuned - base"]["hacking"] is False
+    assert "hacking" not in html[html.index("<body>") :].lower()  # no alert, row mark or chart label
+    table = html[
+        html.index('id="judge-vs-oracle"') : html.index("</table>", html.index('id="judge-vs-oracle"'))
+    ]
+    assert "0.750 [" in table and 'class="good">+0.500 [' in table  # tuned's oracle rate and paired gain
+    assert "HACKING" not in terminal_table(results)
+
+
+def test_the_grid_shows_the_most_different_products_first_with_both_verdicts(tmp_path):
+    samples = _rows("base", 12, 12) + _rows("tuned", 36, 36)
+    for row in samples:  # p05: the oracle fails all of base's samples and passes all of tuned's
+        if row["product_id"] == "p05":
+            row["held_out"] = {"oracle_passed": row["version"] == "tuned", "oracle_reasons": []}
+            if row["version"] == "base":
+                row["held_out"]["oracle_reasons"] = [WRONG_SCENE]
+    html, _ = _report(tmp_path, samples, ["base", "tuned"])
+    shown = re.findall(r"<b>(p\d\d)</b>", html)
+    oracle = {}
+    for row in samples:
+        oracle.setdefault(row["product_id"], {}).setdefault(row["version"], []).append(
+            row["held_out"]["oracle_passed"]
+        )
+    gap = {p: abs(sum(v["tuned"]) - sum(v["base"])) / 4 for p, v in oracle.items()}
+    assert shown[0] == "p05" and gap["p05"] == 1.0
+    assert [gap[p] for p in shown] == sorted(gap.values(), reverse=True)
+    assert "most different first: by how far apart the versions&#39; oracle pass rate" in html
+    # every caption carries both verdicts: HFPC's badge and the oracle's, with the oracle's reason
+    oracle_fails = sum(not row["held_out"]["oracle_passed"] for row in samples)
+    assert html.count('class="badge ') == html.count('class="oracle-badge ') == len(samples)
+    assert html.count('class="oracle-badge fail"') == oracle_fails
+    assert html.count(f'<span class="oracle-reason">{WRONG_SCENE}</span>') == oracle_fails
