@@ -29,7 +29,7 @@ from hfpc_eval.config import GenerationConfig, VersionConfig
 from hfpc_eval.distributed import resolve_device
 from PIL import Image
 
-from hfpc_reward.data.manifest import ManifestError, read_jsonl, read_manifest, resolve_source
+from hfpc_reward.data.manifest import ManifestError, _iter_json_lines, read_manifest, resolve_source
 from hfpc_reward.images import ImageLoadError, load_mask, load_rgb, open_image, resize_to
 
 logger = logging.getLogger(__name__)
@@ -141,13 +141,18 @@ class FolderGenerator:
                 raise FileNotFoundError(f"folder-version manifest {manifest} does not exist")
             base = Path(manifest).resolve().parent
             seen: dict[str, int] = {}
-            for line, row in enumerate(read_jsonl(manifest), start=1):
+            for line, row in _iter_json_lines(Path(manifest)):  # numbered as in the file, blank lines too
                 if not {"product_id", "generation"} <= set(row):
-                    raise ValueError(
+                    raise ManifestError(
                         f"{manifest}:{line}: rows need 'product_id' and 'generation' (and optionally 'k')"
                     )
                 product_id = str(row["product_id"])
-                k = int(row["k"]) if "k" in row else seen.get(product_id, 0)
+                try:
+                    k = int(row["k"]) if "k" in row else seen.get(product_id, 0)
+                except (TypeError, ValueError):
+                    raise ManifestError(
+                        f"{manifest}:{line}: 'k' must be a whole number, got {row['k']!r}"
+                    ) from None
                 seen[product_id] = k + 1
                 self.by_key[(product_id, k)] = resolve_source(row["generation"], base)
         elif self.folder is None or not self.folder.is_dir():

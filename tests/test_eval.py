@@ -263,6 +263,22 @@ def test_folder_version_by_manifest_and_clear_errors(tmp_path):
         FolderGenerator(str(tmp_path / "nope"))
 
 
+def test_a_bad_folder_version_manifest_row_is_named_by_its_line_in_the_file(tmp_path):
+    from hfpc_reward.errors import UsageError
+
+    manifest = tmp_path / "m.jsonl"
+    good = json.dumps({"product_id": "a", "generation": "a.png"})
+    for lines, problem in (
+        ([good, "", "", json.dumps({"product_id": "b"})], "rows need 'product_id' and 'generation'"),
+        ([good, "", json.dumps({"product_id": "b", "generation": "b.png", "k": "two"})], "'k' must be"),
+        (["", good, "{not json"], "not valid JSON"),
+    ):
+        manifest.write_text("\n".join(lines) + "\n")
+        with pytest.raises(UsageError, match=problem) as caught:
+            FolderGenerator(manifest=str(manifest))
+        assert f"m.jsonl:{len(lines)}:" in str(caught.value)  # the bad row is always the file's last line
+
+
 def test_compare_two_runs(dummy_run, product_manifest, tmp_path):
     out, _, _ = dummy_run
     generators = {"base": DummyGenerator(0.3), "tuned": DummyGenerator(0.3)}
