@@ -4,12 +4,14 @@ report.html (side-by-side table, a visible mark, both verdicts under each image)
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from hfpc_eval.config import EvalConfig, StatsConfig
 from hfpc_eval.report import HACKING_MARK, terminal_table
 from hfpc_eval.results import write_results
 from hfpc_eval.stats import summarise
+from test_eval import _chromium
 
 from hfpc_reward.config import load_config
 
@@ -65,7 +67,7 @@ def test_without_oracle_verdicts_nothing_changes():
     )
 
 
-def _report(tmp_path, samples: list[dict], names: list[str]) -> tuple[str, dict]:
+def _report(tmp_path, samples: list[dict], names: list[str]) -> tuple[str, dict, Path]:
     """results.json and report.html of hand-made sample rows (no images: the grid shows captions only)."""
     versions = "[" + ",".join(f'{{"name": "{name}", "path": "unused"}}' for name in names) + "]"
     config = load_config(
@@ -79,7 +81,7 @@ def _report(tmp_path, samples: list[dict], names: list[str]) -> tuple[str, dict]
         ],
     )
     results = write_results(config, tmp_path, list(range(12)), {}, samples, 0, {})
-    return (tmp_path / "report.html").read_text(), results
+    return (tmp_path / "report.html").read_text(), results, tmp_path / "report.html"
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,7 @@ def honest_report(tmp_path_factory):
 
 
 def test_a_hacking_version_is_marked_in_the_report_and_the_terminal(hacked_report):
-    html, results = hacked_report
+    html, results, _ = hacked_report
     assert results["paired"]["hacked - base"]["hacking"] is True
     assert 'class="hacking-alert" id="hacking-hacked"' in html
     table = html[
@@ -115,7 +117,7 @@ def test_a_hacking_version_is_marked_in_the_report_and_the_terminal(hacked_repor
 
 
 def test_an_honest_gain_shows_both_judges_without_a_mark(honest_report):
-    html, results = honest_report
+    html, results, _ = honest_report
     assert results["paired"]["tuned - base"]["hacking"] is False
     assert "hacking" not in html[html.index("<body>") :].lower()  # no alert, row mark or chart label
     table = html[
@@ -132,7 +134,7 @@ def test_the_grid_shows_the_most_different_products_first_with_both_verdicts(tmp
             row["held_out"] = {"oracle_passed": row["version"] == "tuned", "oracle_reasons": []}
             if row["version"] == "base":
                 row["held_out"]["oracle_reasons"] = [WRONG_SCENE]
-    html, _ = _report(tmp_path, samples, ["base", "tuned"])
+    html, _, _ = _report(tmp_path, samples, ["base", "tuned"])
     shown = re.findall(r"<b>(p\d\d)</b>", html)
     oracle = {}
     for row in samples:
@@ -148,3 +150,13 @@ def test_the_grid_shows_the_most_different_products_first_with_both_verdicts(tmp
     assert html.count('class="badge ') == html.count('class="oracle-badge ') == len(samples)
     assert html.count('class="oracle-badge fail"') == oracle_fails
     assert html.count(f'<span class="oracle-reason">{WRONG_SCENE}</span>') == oracle_fails
+
+
+def test_the_report_with_an_oracle_renders_cleanly_in_a_headless_browser(hacked_report):
+    from hfpc_eval.browser import check_page
+
+    _, _, page = hacked_report
+    check, console = check_page(page, _chromium())
+    assert check["errors"] == [] and console == [], (check["errors"], console)
+    assert check["products"] == 12 and check["badges"] == 2 * 12 * 4 and check["summaryRows"] == 3
+    assert check["passChart"]["width"] > 200 and check["passChart"]["marks"] > 5
