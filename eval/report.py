@@ -168,7 +168,7 @@ def _paired_cell(diff: dict | None) -> dict | None:
         return None
     trend = "good" if diff["low"] > 0 else ("bad" if diff["high"] < 0 else "")
     return {
-        "text": f"{_interval_cell(diff, signed=True)} p {format_p_value(diff['p_value'])}",
+        "text": f"{_interval_cell(diff, signed=True)}, p {format_p_value(diff['p_value'])}",
         "trend": trend,
     }
 
@@ -224,7 +224,7 @@ def grid_order_text(names: list[str], oracle: bool) -> str:
         return "by product id"
     measures = [name for name, _ in ([ORACLE_MEASURE] if oracle else []) + JUDGE_MEASURES]
     return (
-        f"most different first: by how far apart the versions' {measures[0]} on the product lies (largest "
+        f"most different first: by how far apart the versions' {measures[0]}s on the product lie (largest "
         f"first); at an equal difference, regressions ({names[-1]} below {names[0]}) before gains, then by the "
         f"difference in {' and '.join(measures[1:])}, then product id"
     )

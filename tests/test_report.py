@@ -53,7 +53,8 @@ def test_most_different_products_come_first_regressions_before_gains(worse_candi
     assert [bool(flag) for flag, _ in products] == [lost for _, lost in order]
     assert len({gap for gap, _ in order}) > 1 and any(lost for _, lost in order)
     assert (
-        "Products are ordered most different first: by how far apart the versions&#39; HFPC pass rate" in html
+        "Products are ordered most different first: by how far apart the versions&#39; HFPC pass rates"
+        in html
     )
 
 

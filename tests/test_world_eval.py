@@ -144,7 +144,7 @@ def test_the_grid_shows_the_most_different_products_first_with_both_verdicts(tmp
     gap = {p: abs(sum(v["tuned"]) - sum(v["base"])) / 4 for p, v in oracle.items()}
     assert shown[0] == "p05" and gap["p05"] == 1.0
     assert [gap[p] for p in shown] == sorted(gap.values(), reverse=True)
-    assert "most different first: by how far apart the versions&#39; oracle pass rate" in html
+    assert "most different first: by how far apart the versions&#39; oracle pass rates" in html
     # every caption carries both verdicts: HFPC's badge and the oracle's, with the oracle's reason
     oracle_fails = sum(not row["held_out"]["oracle_passed"] for row in samples)
     assert html.count('class="badge ') == html.count('class="oracle-badge ') == len(samples)
