@@ -4,7 +4,7 @@ The page is rendered by Jinja2 from `templates/report.html.j2` out of plain data
 entry in a table, not a template rewrite:
 - `VERSION_COLUMNS`: (header, function(version summary) -> cell text) of the per-version table;
 - `SAMPLE_FIELDS`: (label, function(sample row) -> text or None) shown under each image;
-- products come most different first (`grid_order`): by how far apart the versions' pass rates on the
+- products come most different first (`grid_order_text`, `_difference`): by how far apart the versions' pass rates on the
   product lie (the oracle's when the run has one, else HFPC's), regressions (the last version below the
   first) before gains at an equal difference, then by HFPC pass rate, mean reward, product id;
 - with the mini world's oracle (`held_out.oracle`), the training judge and the oracle stand side by side
@@ -40,12 +40,13 @@ REPORT_NAME = "report.html"
 HACKING_MARK = "HACKING: HFPC pass rate rises, the oracle's does not"  # a flagged version, page and terminal
 
 
-def _interval_cell(ci: dict | None, signed: bool = False) -> str:
+def _interval_cell(ci: dict | None, signed: bool = False, digits: int = 2) -> str:
+    """An estimate with its interval, "0.250 [0.04, 0.50]" (`digits`: of the bounds); '-' when missing."""
     if not ci:
         return "-"
     estimate = ci.get("estimate")
     head = f"{estimate:+.3f}" if signed and estimate is not None else format_number(estimate)
-    return f"{head} [{format_number(ci.get('low'), 2)}, {format_number(ci.get('high'), 2)}]"
+    return f"{head} [{format_number(ci.get('low'), digits)}, {format_number(ci.get('high'), digits)}]"
 
 
 # header -> cell text of one version's summary (results["versions"][name]); append to add a column
@@ -112,7 +113,6 @@ def write_report(out: Path, results: dict, samples: list[dict], config: EvalConf
         curves=[(name, Markup(svg)) for name, svg in finetune_curves(config)],
         grid_order=grid_order_text(names, oracle),
         products=_products(out, samples, names, config, oracle),
-        oracle=oracle,
         colours=dict(zip(names, COLOURS * (1 + len(names) // len(COLOURS)))),
     )
     path = out / REPORT_NAME
@@ -238,12 +238,8 @@ def _difference(entry: dict, names: list[str], oracle: bool) -> tuple[dict | Non
     spreads = [_spread(items) for items in values]
     first, last = values[0][0], values[0][-1]
     delta = None if len(names) < 2 or first is None or last is None else last - first
-    order = (
-        -spreads[0],
-        not (delta is not None and delta < 0),
-        *(-s for s in spreads[1:]),
-        entry["product_id"],
-    )
+    lost = delta is not None and delta < 0
+    order = (-spreads[0], not lost, *(-s for s in spreads[1:]), entry["product_id"])
     if len(names) < 2:
         return None, order
     reference, candidate = entry["versions"][names[0]], entry["versions"][names[-1]]
@@ -255,7 +251,7 @@ def _difference(entry: dict, names: list[str], oracle: bool) -> tuple[dict | Non
     rewards = values[-1]
     change = {
         "label": f"{names[-1]} vs {names[0]}: " + "; ".join(counts),
-        "lost": delta is not None and delta < 0,
+        "lost": lost,
         "won": delta is not None and delta > 0,
         "reward_delta": None if rewards[0] is None or rewards[-1] is None else rewards[-1] - rewards[0],
     }
@@ -454,25 +450,20 @@ def format_p_value(value: float | None) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
-def _interval(ci: dict) -> str:
-    return f"{format_number(ci['estimate'])} [{format_number(ci['low'])}, {format_number(ci['high'])}]"
-
-
 def terminal_table(results: dict) -> str:
     """The compact summary printed after a run: one line per version (with the oracle's pass rate when the
     run has one), one per paired difference (the oracle's beside it, and HACKING_MARK on a flagged one)."""
     oracle = any("oracle_pass_rate" in summary for summary in results["versions"].values())
+    judge_header = "HFPC pass rate [CI]" if oracle else "pass rate [CI]"
     oracle_header = f" {'oracle pass rate [CI]':<26}" if oracle else ""
     lines = [
-        f"{'version':<16} {'samples':>7} {'pass rate [CI]':<26}{oracle_header} {'reward':>7} {'bg':>7} {'cons':>6} {'drift':>6}"
+        f"{'version':<16} {'samples':>7} {judge_header:<26}{oracle_header} {'reward':>7} {'bg':>7} {'cons':>6} {'drift':>6}"
     ]
     for name, summary in results["versions"].items():
         components, held_out = summary["components"], summary["held_out"]
-        oracle_cell = (
-            f" {_interval(summary['oracle_pass_rate']) if summary.get('oracle_pass_rate') else '-':<26}"
-        )
+        oracle_cell = f" {_interval_cell(summary.get('oracle_pass_rate'), digits=3):<26}" if oracle else ""
         lines.append(
-            f"{name:<16} {summary['n_samples']:>7} {_interval(summary['pass_rate']):<26}{oracle_cell if oracle else ''} "
+            f"{name:<16} {summary['n_samples']:>7} {_interval_cell(summary['pass_rate'], digits=3):<26}{oracle_cell} "
             f"{format_number(summary['reward']['estimate']):>7} {format_number(components.get('background_score')):>7} "
             f"{format_number(components.get('consistent'), 2):>6} {format_number(held_out.get('product_drift'), 3):>6}"
         )
@@ -485,7 +476,4 @@ def terminal_table(results: dict) -> str:
 
 
 def _paired_text(diff: dict) -> str:
-    return (
-        f"{diff['estimate']:+.3f} [{format_number(diff['low'])}, {format_number(diff['high'])}] "
-        f"p={format_number(diff['p_value'], 4)}"
-    )
+    return f"{_interval_cell(diff, signed=True, digits=3)} p={format_number(diff['p_value'], 4)}"
