@@ -10,6 +10,10 @@ numbers are the same as one process's. The output folder follows the run contrac
 run at a time, settings stamped in run.json; `resume=True` skips every (version, product, k) that already
 has a row (on any number of processes), retries rows whose generation or judging raised, and refuses
 changed settings outside SAFE_KEYS.
+
+That skeleton (run contract, pending units dealt to the processes, merge, results) is `fill_run_folder`;
+`eval run` and `eval rejudge` (rejudge.py) each hand it their `RunSteps`: what to make of a process's units,
+which judge to stamp, and what to put in the folder first.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import contextlib
 import itertools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hfpc_eval.config import EvalConfig, VersionConfig
-from hfpc_eval.distributed import EvalProcesses, pending_units, with_process_devices, work_units
+from hfpc_eval.distributed import EvalProcesses, Unit, pending_units, with_process_devices, work_units
 from hfpc_eval.generators import Generator, Product, build_generator, load_products, sample_seed
 from hfpc_eval.judging import (
     build_itm_judge,
@@ -66,46 +71,85 @@ def run_eval(
     `config.scorer`); `itm_judge` any object with `score(images, prompts)` (default: from held_out.itm_model).
     `processes` defaults to the ones torchrun / accelerate launched (see distributed.py).
     """
+    steps = RunSteps(
+        make=lambda share: _make_samples(share, generators, scorer, itm_judge),
+        judge=lambda samples: judge_stamp(config.scorer),
+        prepare=lambda products: _save_original_thumbs(config, products),
+    )
+    return fill_run_folder(config, steps, resume=resume, overwrite=overwrite, processes=processes)
+
+
+@dataclass
+class Share:
+    """One process's part of a run folder's work, handed to `RunSteps.make`."""
+
+    config: EvalConfig  # the run's config with this process's devices
+    units: list[Unit]  # the units this process makes
+    products: dict[str, Product]  # every product of the manifest, by id
+    shard: Path  # this process's shard of samples.jsonl: every row made goes here
+    settings: dict[str, str]  # version name -> the settings hash its rows carry
+    processes: EvalProcesses  # this process's place in the run
+
+
+@dataclass
+class RunSteps:
+    """What one kind of run does in an eval run folder; `fill_run_folder` does the rest. `eval run` generates
+    and judges; `eval rejudge` judges another run's images again."""
+
+    make: Callable[[Share], None]  # append the rows of this process's units to its shard
+    judge: Callable[[list[dict]], dict[str, Any]]  # the merged samples -> results.json's meta.judge
+    prepare: Callable[[list[Product]], None] = lambda products: None  # main process, once the folder is set
+    can_make: Callable[[Unit], bool] = lambda unit: True  # units this run cannot make are left out
+    inputs: Sequence[Path] = ()  # more inputs the folder must not overlap (besides manifest and versions)
+    generates: bool = True  # results count the samples made this run as generated
+    stamp: dict[str, Any] = field(default_factory=dict)  # more facts for run.json once finished
+
+
+def fill_run_folder(
+    config: EvalConfig,
+    steps: RunSteps,
+    *,
+    resume: bool,
+    overwrite: bool,
+    processes: EvalProcesses | None = None,
+) -> dict[str, Any] | None:
+    """The skeleton every eval run folder is made by: the run contract on `out_dir` (owned_output), the pending
+    (version, product, chunk of k) units dealt among the processes, the shards merged in one fixed order and
+    results.json + report.html written (main process; the others return None)."""
     processes = processes or EvalProcesses.from_environment()
     out = Path(config.out_dir)
     products, skipped = load_products(config.manifest, config.generation.default_prompt)
-    with owned_output(config, processes, resume, overwrite) as run:
+    with owned_output(config, processes, resume, overwrite, steps.inputs) as run:
         if processes.is_main:
             if not run.resuming:
                 remove_samples(out)  # --overwrite: start from scratch (a fresh folder holds nothing)
                 (out / RESULTS_NAME).unlink(missing_ok=True)
             save_resolved_config(config, out)
+            steps.prepare(products)
         processes.wait_for_everyone()  # an --overwrite has removed the old samples
         settings = {version.name: version_settings(config, version) for version in config.versions}
         done = finished_keys(out, settings)
         names, product_ids = [v.name for v in config.versions], [p.product_id for p in products]
         chunking = (config.generation.samples_per_product, config.generation.batch_size)
-        pending = pending_units(work_units(names, product_ids, *chunking), done)
+        units = work_units(names, product_ids, *chunking)
+        pending = [unit for unit in pending_units(units, done) if steps.can_make(unit)]
         processes.wait_for_everyone()  # all have read what is done before anyone appends
-        local = with_process_devices(config, processes)
-        shard = shard_path(out, processes.rank, processes.world)
-        _make_samples(
-            local,
-            processes.share(pending),
-            products,
-            generators,
-            scorer,
-            itm_judge,
-            shard,
-            settings,
-            processes,
+        share = Share(
+            config=with_process_devices(config, processes),
+            units=processes.share(pending),
+            products={product.product_id: product for product in products},
+            shard=shard_path(out, processes.rank, processes.world),
+            settings=settings,
+            processes=processes,
         )
+        steps.make(share)
         processes.wait_for_everyone()  # every shard is complete
         if not processes.is_main:
             return None
         samples = merge_samples(out, names, product_ids, config.generation.samples_per_product)
-        for product in products:
-            _save_thumb(product.image, config, f"originals/{product.product_id}", keep=True)
-        generated = sum(len(unit.ks) for unit in pending)
-        results = write_results(
-            config, out, products, skipped, samples, generated, judge_stamp(config.scorer)
-        )
-        run.update_stamp(finished=True, samples=len(samples))
+        generated = sum(len(unit.ks) for unit in pending) if steps.generates else 0
+        results = write_results(config, out, products, skipped, samples, generated, steps.judge(samples))
+        run.update_stamp(finished=True, samples=len(samples), **steps.stamp)
         return results
 
 
@@ -171,37 +215,37 @@ def version_settings(config: EvalConfig, version: VersionConfig) -> str:
     return settings_hash({"run": unsafe, "version": config_to_dict(version)})
 
 
-def _make_samples(config, units, products, generators, scorer, itm_judge, shard, settings, processes):
-    """Generate, judge and append (to this process's `shard`) every one of `units`; each version's generator
-    and the judges load once."""
-    if not units:
+def _make_samples(share: Share, generators, scorer, itm_judge) -> None:
+    """Generate, judge and append (to the share's shard) every unit of `share`; each version's generator and
+    the judges load once."""
+    if not share.units:
         return
+    config, processes = share.config, share.processes
     owned_scorer = scorer is None
     if owned_scorer:
         scorer = build_scorer(config.scorer, config.consistency_workers)
     if itm_judge is None:
         itm_judge = build_itm_judge(config.held_out)
-    by_id = {product.product_id: product for product in products}
     versions = {version.name: version for version in config.versions}
     generators = dict(generators or {})
     judging = ThreadPoolExecutor(1)  # judges batch i while the generator makes batch i+1 (GPU and CPU busy)
     in_flight: list[tuple[list[dict], str, Future]] = []  # the batch being judged: (rows, version, future)
     try:
-        for name, group in itertools.groupby(units, key=lambda unit: unit.version):
+        for name, group in itertools.groupby(share.units, key=lambda unit: unit.version):
             group = list(group)
             generator = generators.pop(name, None) or build_generator(versions[name], config.generation)
             desc = f"eval {name}" + (
                 f" [{processes.rank + 1}/{processes.world}]" if processes.world > 1 else ""
             )
             for unit in tqdm(group, desc=desc, unit="batch", disable=not processes.is_main):
-                product = by_id[unit.product_id]
+                product = share.products[unit.product_id]
                 rows, judged, raw_check = _generate_unit(config, versions[name], generator, product, unit.ks)
                 future = judging.submit(judge_samples, scorer, itm_judge, product, judged, raw_check)
-                _append_judged(in_flight, shard, settings)
+                _append_judged(in_flight, share.shard, share.settings)
                 in_flight.append((rows, name, future))
             del generator  # free this version's pipeline before the next one loads
     finally:  # also on an interruption: the batch being judged is finished and kept
-        _append_judged(in_flight, shard, settings)
+        _append_judged(in_flight, share.shard, share.settings)
         judging.shutdown()
         if owned_scorer:
             close_judges(scorer)
@@ -258,6 +302,12 @@ def _generate_unit(
             )
         judged.append((row, raw, final))
     return rows, judged, keep_raw
+
+
+def _save_original_thumbs(config: EvalConfig, products: Sequence[Product]) -> None:
+    """The report's thumbnails of the originals (once: a resumed run keeps those it has)."""
+    for product in products:
+        _save_thumb(product.image, config, f"originals/{product.product_id}", keep=True)
 
 
 def _save_image(image: Image.Image, out_dir: str, version: str, product_id: str, k: int) -> str:

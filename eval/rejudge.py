@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from hfpc_eval.config import EvalConfig
-from hfpc_eval.distributed import EvalProcesses, pending_units, with_process_devices, work_units
-from hfpc_eval.generators import load_products
-from hfpc_eval.harness import owned_output, run_settings, version_settings
+from hfpc_eval.distributed import EvalProcesses
+from hfpc_eval.harness import RunSteps, Share, fill_run_folder, run_settings
 from hfpc_eval.judging import (
     JUDGED_FIELDS,
     SCORER_HELD_OUT_FIELDS,
@@ -36,19 +35,10 @@ from hfpc_eval.judging import (
     judge_samples,
     judge_stamp,
 )
-from hfpc_eval.results import RESULTS_NAME, write_results
-from hfpc_eval.samples import (
-    SAMPLES_NAME,
-    SHARD_GLOB,
-    finished_keys,
-    latest_samples,
-    merge_samples,
-    remove_samples,
-    row_key,
-    shard_path,
-)
+from hfpc_eval.results import RESULTS_NAME
+from hfpc_eval.samples import SAMPLES_NAME, SHARD_GLOB, latest_samples, row_key
 
-from hfpc_reward.config import RESOLVED_CONFIG_NAME, config_to_dict, load_config, save_resolved_config
+from hfpc_reward.config import RESOLVED_CONFIG_NAME, config_to_dict, load_config
 from hfpc_reward.data.manifest import append_jsonl
 from hfpc_reward.errors import UsageError
 from hfpc_reward.images import ImageLoadError, load_rgb
@@ -117,75 +107,48 @@ def rejudge_run(
 ) -> dict[str, Any] | None:
     """Judge the images of run `source` with `config.scorer` into `config.out_dir` (see the module docstring);
     returns the results (None on processes other than the main one)."""
-    source, out = Path(source), Path(config.out_dir)
-    processes = processes or EvalProcesses.from_environment()
-    products, skipped = load_products(config.manifest, config.generation.default_prompt)
-    names, product_ids = [v.name for v in config.versions], [p.product_id for p in products]
+    source = Path(source)
     source_rows = {row_key(row): row for row in latest_samples(source / SAMPLES_NAME)}
     stamp = source / FOLDER_STAMP_NAME
     if stamp.is_file() and not json.loads(stamp.read_text()).get("finished"):
         logger.warning("%s is an unfinished run: only its samples made so far are judged", source)
-    with owned_output(config, processes, resume, overwrite, inputs=[source]) as run:
-        if processes.is_main:
-            if not run.resuming:
-                remove_samples(out)
-                (out / RESULTS_NAME).unlink(missing_ok=True)
-            save_resolved_config(config, out)
-            for folder in COPIED_FOLDERS:
-                _link_tree(source / folder, out / folder)
-        processes.wait_for_everyone()  # images are in place, old samples removed
-        settings = {version.name: version_settings(config, version) for version in config.versions}
-        done = finished_keys(out, settings)
-        chunking = (config.generation.samples_per_product, config.generation.batch_size)
-        units = [
-            unit
-            for unit in pending_units(work_units(names, product_ids, *chunking), done)
-            if all((unit.version, unit.product_id, k) in source_rows for k in unit.ks)
-        ]
-        processes.wait_for_everyone()  # all have read what is done before anyone appends
-        _judge_units(
-            with_process_devices(config, processes),
-            processes.share(units),
-            {product.product_id: product for product in products},
-            source_rows,
-            scorer,
-            shard_path(out, processes.rank, processes.world),
-            settings,
-        )
-        processes.wait_for_everyone()  # every shard is complete
-        if not processes.is_main:
-            return None
-        samples = merge_samples(out, names, product_ids, config.generation.samples_per_product)
-        judge = {
+    steps = RunSteps(
+        make=lambda share: _judge_units(share, source_rows, scorer),
+        judge=lambda samples: {
             **judge_stamp(config.scorer),
             "images_from": str(source),
             "rejudged": _changes(source, source_rows, samples),
-        }
-        results = write_results(config, out, products, skipped, samples, 0, judge)
-        run.update_stamp(finished=True, samples=len(samples), rejudged_from=str(source))
-        return results
+        },
+        prepare=lambda products: _link_folders(source, Path(config.out_dir)),
+        can_make=lambda unit: all((unit.version, unit.product_id, k) in source_rows for k in unit.ks),
+        inputs=[source],
+        generates=False,
+        stamp={"rejudged_from": str(source)},
+    )
+    return fill_run_folder(config, steps, resume=resume, overwrite=overwrite, processes=processes)
 
 
-def _judge_units(config, units, products, source_rows, scorer, shard: Path, settings) -> None:
+def _judge_units(share: Share, source_rows: dict, scorer: Any) -> None:
     """Judge each unit's images (the final ones; the pre-paste ones too when the source kept them). The ITM
     check is held out, not a judge: its values stay those of the source rows."""
-    if not units:
+    if not share.units:
         return
+    config = share.config
     owned = scorer is None
     if owned:
         scorer = build_scorer(config.scorer, config.consistency_workers)
     out = Path(config.out_dir)
     try:
-        for unit in units:
+        for unit in share.units:
             rows = [
-                _unjudged(source_rows[(unit.version, unit.product_id, k)], settings[unit.version])
+                _unjudged(source_rows[(unit.version, unit.product_id, k)], share.settings[unit.version])
                 for k in unit.ks
             ]
             judged = [item for item in (_images(out, row) for row in rows if "image" in row) if item]
             if judged:
                 raw_check = config.held_out.raw_consistency and all(raw is not None for _, raw, _ in judged)
-                judge_samples(scorer, None, products[unit.product_id], judged, raw_check=raw_check)
-            append_jsonl(shard, rows)
+                judge_samples(scorer, None, share.products[unit.product_id], judged, raw_check=raw_check)
+            append_jsonl(share.shard, rows)
     finally:
         if owned:
             close_judges(scorer)
@@ -245,6 +208,12 @@ def rejudged_summary(results: dict[str, Any]) -> str:
         f"{judge['reward_model'] or '(none)'}, threshold {judge['threshold']}, scorer {judge['scorer_hash']}; "
         f"rows changed per field: {changed}"
     )
+
+
+def _link_folders(source: Path, out: Path) -> None:
+    """The source run's images and thumbnails, into the new run folder."""
+    for folder in COPIED_FOLDERS:
+        _link_tree(source / folder, out / folder)
 
 
 def _link_tree(source: Path, target: Path) -> None:
