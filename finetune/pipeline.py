@@ -7,9 +7,6 @@ from the same adapter. The scheduler becomes DDIM (the DDPO policy needs its eta
 
 from __future__ import annotations
 
-import contextlib
-import logging
-
 import torch
 from hfpc_finetune.config import FinetuneConfig
 
@@ -25,15 +22,14 @@ def load_lora_pipeline(config: FinetuneConfig, device):
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
-    try:
-        with _without_loading_bars():
-            pipe = StableDiffusionInpaintPipeline.from_pretrained(
-                config.model.pretrained,
-                revision=config.model.revision,
-                dtype=WEIGHT_DTYPES[config.run.mixed_precision],
-                safety_checker=None,
-                requires_safety_checker=False,
-            )
+    try:  # its loading bars are off unless -v (hfpc_reward.cli.configure_logging)
+        pipe = StableDiffusionInpaintPipeline.from_pretrained(
+            config.model.pretrained,
+            revision=config.model.revision,
+            dtype=WEIGHT_DTYPES[config.run.mixed_precision],
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
     except (OSError, ValueError) as exc:  # a missing folder, an unknown hub id, an incomplete checkpoint
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UsageError(
@@ -74,22 +70,3 @@ def load_lora_pipeline(config: FinetuneConfig, device):
         eps=train.adam_epsilon,
     )
     return pipe, optimizer
-
-
-@contextlib.contextmanager
-def _without_loading_bars():
-    """diffusers' and transformers' loading bars off (the run's own bar is the one a user watches), unless -v."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    libraries = [diffusers_logging, transformers_logging]
-    quiet = [lib for lib in libraries if lib.is_progress_bar_enabled()]
-    if logging.getLogger("diffusers").isEnabledFor(logging.DEBUG):
-        quiet = []
-    for lib in quiet:
-        lib.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for lib in quiet:
-            lib.enable_progress_bar()

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.abc
+import importlib.machinery
 import logging
 import sys
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -153,9 +156,64 @@ class _TorchvisionFallbackFilter(logging.Filter):
 TORCHVISION_FALLBACK_FILTER = _TorchvisionFallbackFilter()
 
 
+# the logging modules of the libraries whose loading bars ("Loading pipeline components...", "Loading weights")
+# are chatter beside a command's own bar: shown only with -v
+LOADING_BAR_MODULES = ("diffusers.utils.logging", "transformers.utils.logging")
+
+
+class _LoadingBarsHook(importlib.abc.MetaPathFinder):
+    """Sets the loading bars of a LOADING_BAR_MODULES module the moment it is imported (if ever), so that
+    light commands never import diffusers or transformers for it."""
+
+    def __init__(self) -> None:
+        self.shown = True  # the libraries' own default
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if name not in LOADING_BAR_MODULES:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        if spec is None or spec.loader is None:
+            return None  # left to the other finders, unchanged
+        run_module = spec.loader.exec_module
+
+        def exec_module(module: types.ModuleType) -> None:
+            run_module(module)
+            _set_loading_bars(module, self.shown)
+
+        spec.loader.exec_module = exec_module  # this module's own loader instance only
+        return spec
+
+
+LOADING_BARS_HOOK = _LoadingBarsHook()
+
+
+def show_loading_bars(shown: bool) -> None:
+    """Turn diffusers' and transformers' loading bars on or off without importing either: set now in a library
+    already imported, at import in one imported later. The hub's download bars stay as they are."""
+    LOADING_BARS_HOOK.shown = shown
+    if LOADING_BARS_HOOK not in sys.meta_path:
+        sys.meta_path.insert(0, LOADING_BARS_HOOK)
+    for name in LOADING_BAR_MODULES:
+        if name in sys.modules:
+            _set_loading_bars(sys.modules[name], shown)
+
+
+def _set_loading_bars(library_logging: types.ModuleType, shown: bool) -> None:
+    if shown:
+        library_logging.enable_progress_bar()
+        return
+    hub = sys.modules.get("huggingface_hub.utils")
+    downloads_shown = hub is not None and not hub.are_progress_bars_disabled()
+    library_logging.disable_progress_bar()  # transformers' turns the hub's bars off too: not a loading bar
+    if downloads_shown:
+        hub.enable_progress_bars()
+
+
 def configure_logging(verbosity: int = 0) -> None:
-    """One log format for every command: INFO for hfpc's own loggers, WARNING for libraries, DEBUG with -v."""
+    """One log format for every command: INFO for hfpc's own loggers, WARNING for libraries, DEBUG with -v;
+    the libraries' loading bars only with -v."""
     level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
+    show_loading_bars(verbosity > 0)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # no-op when a handler exists (pytest)
     logging.getLogger().setLevel(level)
     for name in CHATTY_LIBRARIES:

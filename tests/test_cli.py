@@ -108,6 +108,35 @@ def test_library_chatter_and_the_torchvision_fallback_note_are_off_unless_verbos
         configure_logging(0)
 
 
+def test_library_loading_bars_are_off_unless_verbose_without_importing_the_libraries():
+    """configure_logging (every command runs it) imports neither diffusers nor transformers (light commands
+    stay torch-free), yet both libraries' loading bars are off once they load; the hub's download bars stay."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from hfpc_reward.cli import configure_logging\n"
+        "configure_logging(0)\n"
+        "heavy = {'torch', 'transformers', 'diffusers'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "from diffusers.utils import logging as diffusers_logging\n"
+        "from transformers.utils import logging as transformers_logging\n"
+        "from huggingface_hub.utils import are_progress_bars_disabled\n"
+        "libraries = (diffusers_logging, transformers_logging)\n"
+        "assert not any(lib.is_progress_bar_enabled() for lib in libraries)\n"
+        "assert not are_progress_bars_disabled()\n"
+        "configure_logging(1)\n"
+        "assert all(lib.is_progress_bar_enabled() for lib in libraries)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], check=False, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_our_library_calls_raise_no_deprecation_warnings(tmp_path):
     """diffusers deprecated torch_dtype=, and a UNet-only LoRA loaded through load_lora_weights warns about
     text-encoder keys: our eval generator does neither."""

@@ -102,7 +102,7 @@ def test_pipeline_generator_repaints_background_only_and_is_seeded(kit):
 
 def test_base_and_lora_versions_end_to_end(kit, tmp_path_factory, capsys):
     """`hfpc eval run` on the tiny kit: real pipelines, real HFPCScorer (reward model + consistency), ITM."""
-    from hfpc_eval.__main__ import main
+    from hfpc_reward.cli import main
 
     tmp_path = tmp_path_factory.mktemp("run")  # the output folder; the config file lives outside it
 
@@ -116,8 +116,9 @@ def test_base_and_lora_versions_end_to_end(kit, tmp_path_factory, capsys):
     config = _config(kit, tmp_path, **overrides)
     config_file = tmp_path.parent / f"{tmp_path.name}.yaml"
     config_file.write_text(yaml.safe_dump(config_to_dict(config)))
-    assert main(["run", "--config", str(config_file), "stats.n_resamples=300"]) == 0
-    printed = capsys.readouterr().out
+    assert main(["eval", "run", "--config", str(config_file), "stats.n_resamples=300"]) == 0
+    printed, bars = capsys.readouterr()
+    assert "Loading pipeline components" not in bars  # the libraries' loading bars are off (no -v)
     assert "lora - base:" in printed and str(tmp_path / "report.html") in printed
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["meta"]["config"]["stats"]["n_resamples"] == 300  # the override reached the run
