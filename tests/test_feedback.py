@@ -244,7 +244,7 @@ def test_labels_pulled_from_label_studio_train_the_current_model_and_eval_shows_
 
     from hfpc_reward.testing.tiny_blip import TINY_TRAINING, write_colour_preference_task
 
-    pool = read_manifest(write_colour_preference_task(tmp_path / "pool", n_originals=100, seed=4))
+    pool = read_manifest(write_colour_preference_task(tmp_path / "pool", n_originals=200, seed=4))
     test = write_colour_preference_task(tmp_path / "test", n_originals=30, seed=5)  # the fixed labelled split
     picks = [
         {"origin": r.origin, "generation": r.generation, "pair_id": pair_id(r.origin, r.generation)}
@@ -269,11 +269,13 @@ def test_labels_pulled_from_label_studio_train_the_current_model_and_eval_shows_
     feedback = tmp_path / "feedback"
     assert main(["feedback", "pull", str(feedback), "--export", str(export)]) == 0
     labelled = read_manifest(feedback / "manifest.jsonl")
-    assert 360 <= len(labelled) < 400  # ties between the two annotators wait in contested.jsonl
+    assert 720 <= len(labelled) < 800  # ties between the two annotators wait in contested.jsonl
 
     current = tiny_reward_kit["reward"]  # the model in use: continue training from it
     config = tmp_path / "continue.yaml"
-    config.write_text(yaml.safe_dump({"model": current, "training": {**TINY_TRAINING, "epochs": 10}}))
+    # at lr 4e-3 on 100 originals the gain ranged 0.45-0.83 by training seed
+    recipe = {**TINY_TRAINING, "epochs": 10, "learning_rate": 2e-3}
+    config.write_text(yaml.safe_dump({"model": current, "training": recipe}))
     overrides = [
         f"data.train_manifest={feedback / 'manifest.jsonl'}",
         f"training.out_dir={tmp_path / 'next'}",
@@ -302,7 +304,8 @@ def test_labels_pulled_from_label_studio_train_the_current_model_and_eval_shows_
     before, after = (
         json.loads((tmp_path / n / "metrics.json").read_text())["metrics"] for n in ("before", "after")
     )
-    # measured: pairwise accuracy 0.517 (untrained head) -> 0.700 after 10 epochs on the pulled labels
+    # measured: pairwise accuracy 0.517 (untrained head) -> 0.72-0.93 over training seeds 1, 2, 3, 4, 5, 42
+    # (0.925 at the default 42) after 10 epochs on the labels pulled for 200 originals
     assert after["pairwise_accuracy"] >= before["pairwise_accuracy"] + 0.1
 
 
