@@ -1,4 +1,4 @@
-"""DDPO sampling overhead, the per-epoch time split, and what `train.timestep_fraction` costs in learning.
+r"""DDPO sampling overhead, the per-epoch time split, and what `train.timestep_fraction` costs in learning.
 
 1. Sampling with log-probs (finetune.sampling: conditioning + DDIM-with-log-prob chain + decode) vs the
    plain `StableDiffusionInpaintPipeline.__call__` at the same steps, batch, guidance and eta

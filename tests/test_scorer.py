@@ -197,3 +197,20 @@ def test_score_command_under_two_processes_writes_each_row_once_in_order(kit, tm
     records = read_jsonl(out)
     assert [r["manifest_index"] for r in records] == list(range(len(kit["rows"])))
     assert not list(tmp_path.glob("*.part-*"))  # shards merged and removed
+
+
+def test_sdpa_vision_attention_gives_transformers_eager_blip_tokens(kit):
+    import torch
+    from transformers.models.blip.modeling_blip import BlipVisionModel
+
+    from hfpc_reward.reward.model import HFPCRewardModel, SdpaVisionAttention
+
+    model = HFPCRewardModel.from_pretrained(kit["reward_path"])
+    assert all(isinstance(layer.self_attn, SdpaVisionAttention) for layer in model.vision.encoder.layers)
+    eager = BlipVisionModel(model.blip_config.vision_config).eval()
+    eager.load_state_dict(model.vision.state_dict(), strict=True)  # same weights under the same names
+    torch.manual_seed(0)
+    pixels = torch.rand(3, 3, *model.image_size)
+    with torch.inference_mode():
+        expected = eager(pixel_values=model.preprocess(pixels)).last_hidden_state
+        assert torch.allclose(model.encode_images(pixels), expected, atol=1e-5)

@@ -121,6 +121,32 @@ def _mlp_head(in_dim: int, dims: Sequence[int], dropout: Sequence[float]) -> nn.
     return nn.Sequential(*layers)
 
 
+class SdpaVisionAttention(nn.Module):
+    """BLIP's vision self-attention (transformers' `BlipAttention`, models/blip/modeling_blip.py) with its core
+    as one `F.scaled_dot_product_attention` call: the same result within float rounding, without the
+    (B, heads, N, N) score tensor that the eager core writes and reads back (BLIP has no SDPA path in
+    transformers). It holds the eager module's own `qkv` / `projection` layers, so weights and state-dict
+    names are unchanged; it returns no attention probabilities."""
+
+    def __init__(self, eager: nn.Module):
+        super().__init__()
+        self.num_heads = eager.num_heads
+        self.head_dim = eager.head_dim
+        self.scale = eager.scale
+        self.dropout_p = eager.dropout.p
+        self.qkv = eager.qkv
+        self.projection = eager.projection
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        batch, length, width = hidden_states.shape
+        qkv = self.qkv(hidden_states).reshape(batch, length, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4)
+        context = F.scaled_dot_product_attention(
+            query, key, value, dropout_p=self.dropout_p if self.training else 0.0, scale=self.scale
+        )
+        return self.projection(context.transpose(1, 2).reshape(batch, length, width)), None
+
+
 class HFPCRewardModel(nn.Module):
     """Image-referenced BLIP reward model. Build with `from_pretrained`; see the module docstring."""
 
@@ -128,7 +154,9 @@ class HFPCRewardModel(nn.Module):
         self, vision: nn.Module, text: nn.Module, processor: Any, blip_config: Any, config: RewardModelConfig
     ):
         super().__init__()
-        self.vision = vision  # BlipVisionModel
+        for layer in vision.encoder.layers:
+            layer.self_attn = SdpaVisionAttention(layer.self_attn)
+        self.vision = vision  # BlipVisionModel, its self-attention cores as SDPA (SdpaVisionAttention)
         self.text = text  # BlipTextModel with cross-attention layers, no pooler
         self.processor = processor  # BlipProcessor: image size, mean/std and the tokenizer
         self.blip_config = blip_config
