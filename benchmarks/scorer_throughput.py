@@ -15,11 +15,12 @@ times, alternating, and keeps each side's best run. `--tensors` passes the gener
 tensor on `--device` (as a DDPO trainer holds them), decoded before the clock starts.
 
 The split: every phase below is the exclusive time of the calls it wraps (a call's time minus the
-wrapped calls inside it); "overhead" is the rest of the end-to-end time. "(originals)" phases are the
-original side, which the scorer does once per distinct original. The per-pair loop projects the whole
-memory [generated ; original] to cross-attention keys/values in one call ("memory K/V (both)"); a
-projection acts on each token alone, so half of it (N of 2N tokens) is the original's. The ceiling is the
-loop with its original side done once per original instead of once per pair:
+wrapped calls inside it, per thread); "overhead" is the rest of the end-to-end time, negative when the
+scorer's consistency threads overlap the reward model (`--consistency-threads`; the config's default is 1).
+"(originals)" phases are the original side, which the scorer does once per distinct original. The per-pair
+loop projects the whole memory [generated ; original] to cross-attention keys/values in one call ("memory
+K/V (both)"); a projection acts on each token alone, so half of it (N of 2N tokens) is the original's.
+The ceiling is the loop with its original side done once per original instead of once per pair:
     ideal = loop - (1 - originals / pairs) * original_side,    ceiling = loop / ideal.
 """
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -50,9 +52,21 @@ class PhaseClock:
 
     def __init__(self, device: str):
         self.seconds: dict[str, float] = defaultdict(float)
-        self._inner: list[float] = []  # per open wrapped call: seconds spent in wrapped calls inside it
-        self._side: list[str] = []
+        self._stacks = threading.local()  # per thread: the open wrapped calls and sides
         self._cuda = device.startswith("cuda")
+
+    @property
+    def _inner(self) -> list[float]:
+        """Per open wrapped call of this thread: seconds spent in wrapped calls inside it."""
+        if not hasattr(self._stacks, "inner"):
+            self._stacks.inner = []
+        return self._stacks.inner
+
+    @property
+    def _side(self) -> list[str]:
+        if not hasattr(self._stacks, "side"):
+            self._stacks.side = []
+        return self._stacks.side
 
     def sync(self) -> None:
         if self._cuda:
@@ -210,6 +224,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="reward-model dtype (float32, float16, bfloat16)")
     parser.add_argument("--tensors", action="store_true", help="generated images as one tensor on --device")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--consistency-threads",
+        type=int,
+        default=None,
+        help="the scorer's consistency_threads (default: the config's; 0 = no overlap with the reward model)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -247,7 +267,12 @@ def main() -> None:
         if args.batch_size is None
         else ScorerConfig(RewardModelRef(batch_size=args.batch_size))
     )
-    print(f"scorer reward_model.batch_size {config.reward_model.batch_size}")
+    if args.consistency_threads is not None:
+        config.consistency_threads = args.consistency_threads
+    print(
+        f"scorer reward_model.batch_size {config.reward_model.batch_size}, "
+        f"consistency_threads {config.consistency_threads}"
+    )
     clock = PhaseClock(args.device)
     instrument(clock, model, checker)
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from hfpc_reward import images
@@ -70,10 +72,15 @@ class ScorerConfig:
     cache_size: int = (
         16  # distinct originals kept: product mask + cross-attention K/V (~42 MB each at BLIP-base fp32)
     )
+    # threads checking consistency while the reward model scores (a batch's items split between them;
+    # OpenCV/numpy release the GIL); 0 = check in the calling thread before the reward model runs
+    consistency_threads: int = 1
 
     def __post_init__(self):
         if self.cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {self.cache_size}")
+        if self.consistency_threads < 0:
+            raise ValueError(f"consistency_threads must be >= 0, got {self.consistency_threads}")
 
 
 @dataclass
@@ -184,12 +191,13 @@ class HFPCScorer:
             _load_or_error(generated[i], results[i]) if sides[i] is not None else None for i in range(count)
         ]
         good = [i for i in range(count) if pixels[i] is not None]
-        reports = self.checker.check_prepared(
-            [sides[i][0] for i in good], [pixels[i] for i in good], errors="report"
-        )
         # tensors go to the reward model as they are (their device); the rest as decoded above, not again
         sources = [generated[i] if images.is_tensor(generated[i]) else pixels[i] for i in good]
-        background = self._background_scores([sides[i][1] for i in good], sources, [prompts[i] for i in good])
+        reports, background = self._both_judges(
+            [sides[i][0] for i in good],
+            [pixels[i] for i in good],
+            lambda: self._background_scores([sides[i][1] for i in good], sources, [prompts[i] for i in good]),
+        )
         for k, i in enumerate(good):
             self._judge(results[i], reports[k], None if background is None else background[k])
         return results
@@ -239,6 +247,21 @@ class HFPCScorer:
             else:
                 sides.append((product, memories.get(image_key)))
         return sides
+
+    def _both_judges(self, products: list, pixels: list, background_scores) -> tuple[list, list | None]:
+        """Consistency reports of `pixels` against `products` and the reward model's `background_scores()`,
+        the consistency check running in `config.consistency_threads` threads beside the reward model."""
+        threads = min(self.config.consistency_threads, len(pixels))
+        if threads == 0:
+            return self.checker.check_prepared(products, pixels, errors="report"), background_scores()
+        bounds = [len(pixels) * k // threads for k in range(threads + 1)]
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hfpc-consistency") as pool:
+            futures = [
+                pool.submit(self.checker.check_prepared, products[a:b], pixels[a:b], errors="report")
+                for a, b in pairwise(bounds)
+            ]
+            background = background_scores()
+            return [report for future in futures for report in future.result()], background
 
     def _encode_originals(self, sources: list) -> list:
         """The reward model's `OriginalMemory` of each original (one per image), encoded in batches."""

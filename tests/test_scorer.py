@@ -47,6 +47,29 @@ def test_batched_cached_scoring_equals_per_pair(kit):
         assert a.passed == b.passed and a.reasons == b.reasons
 
 
+def test_consistency_threads_beside_the_reward_model_give_the_same_results_in_order(kit, tmp_path):
+    import threading
+
+    rows = kit["rows"]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    origins, generations, masks, prompts = columns(rows)
+    generations[4] = str(bad)  # one unreadable item keeps its place
+    inline = make_scorer(kit, "consistency_threads=0").score(origins, generations, masks, prompts)
+    threaded = make_scorer(kit, "consistency_threads=3")
+    checked_in = set()
+    check = threaded.checker.check_prepared
+    threaded.checker.check_prepared = lambda *a, **k: (
+        checked_in.add(threading.current_thread().name) or check(*a, **k)
+    )
+    results = threaded.score(origins, generations, masks, prompts)
+    assert len(checked_in) == 3 and threading.current_thread().name not in checked_in
+    assert [r.to_record() for r in results] == [r.to_record() for r in inline]
+    assert results[4].error is not None and all(r.error is None for k, r in enumerate(results) if k != 4)
+    with pytest.raises(ValueError, match="consistency_threads must be >= 0"):
+        ScorerConfig(consistency_threads=-1)
+
+
 def test_originals_are_encoded_once_and_cache_is_bounded(kit):
     rows = kit["rows"]
     scorer = make_scorer(kit, "cache_size=2")
