@@ -31,8 +31,8 @@ demo: venv
 	$(BIN)/hfpc world oracle $(DEMO)/oracle.json
 	$(BIN)/hfpc world products $(DEMO)/products --split train --count 12
 	$(BIN)/hfpc world products $(DEMO)/products --split heldout --count 24 --scenes-per-product 1
-	$(BIN)/hfpc world label --pipeline $(WORLD)/pipeline --products $(DEMO)/products/train.jsonl --oracle $(DEMO)/oracle.json --out $(DEMO)/feedback --samples 4 --steps 10
-	$(BIN)/hfpc world label --pipeline $(WORLD)/pipeline --products $(DEMO)/products/heldout.jsonl --oracle $(DEMO)/oracle.json --out $(DEMO)/feedback_heldout --samples 6 --steps 10 --label-noise 0 --seed 1
+	$(BIN)/hfpc world label --pipeline $(WORLD)/pipeline --products $(DEMO)/products/train.jsonl --oracle $(DEMO)/oracle.json --out $(DEMO)/feedback --samples 4 --steps 10 --guidance 4
+	$(BIN)/hfpc world label --pipeline $(WORLD)/pipeline --products $(DEMO)/products/heldout.jsonl --oracle $(DEMO)/oracle.json --out $(DEMO)/feedback_heldout --samples 6 --steps 10 --guidance 4 --label-noise 0 --seed 1
 	$(BIN)/hfpc train-reward --config configs/world/reward.yaml model=$(WORLD)/blip
 	$(BIN)/hfpc train-reward --config configs/world/reward.yaml model=$(WORLD)/blip architecture.referenced=false training.out_dir=$(DEMO)/reward_unreferenced
 	$(BIN)/hfpc eval-reward --model $(DEMO)/reward/model --manifest $(DEMO)/feedback_heldout/manifest.jsonl --out $(DEMO)/reward_eval/referenced.json
