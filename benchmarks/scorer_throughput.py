@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -46,27 +46,22 @@ PHASES = [f"{name} {side}" for name in SIDED for side in (ORIGINALS, GENERATED, 
 ]
 
 
+class _ThreadStacks(threading.local):
+    """Per thread: the sides entered and, per open wrapped call, seconds spent in wrapped calls inside it."""
+
+    def __init__(self):
+        self.side: list[str] = []
+        self.inner: list[float] = []
+
+
 class PhaseClock:
     """Exclusive seconds per phase of the calls it wraps; sided phases are named by the region they run in
     (inside an `originals` region: "(originals)", inside `both`: "(both)", else "(generated)")."""
 
     def __init__(self, device: str):
         self.seconds: dict[str, float] = defaultdict(float)
-        self._stacks = threading.local()  # per thread: the open wrapped calls and sides
+        self._stacks = _ThreadStacks()
         self._cuda = device.startswith("cuda")
-
-    @property
-    def _inner(self) -> list[float]:
-        """Per open wrapped call of this thread: seconds spent in wrapped calls inside it."""
-        if not hasattr(self._stacks, "inner"):
-            self._stacks.inner = []
-        return self._stacks.inner
-
-    @property
-    def _side(self) -> list[str]:
-        if not hasattr(self._stacks, "side"):
-            self._stacks.side = []
-        return self._stacks.side
 
     def sync(self) -> None:
         if self._cuda:
@@ -74,32 +69,33 @@ class PhaseClock:
 
     @contextmanager
     def side(self, name: str):
-        self._side.append(name)
+        self._stacks.side.append(name)
         try:
             yield
         finally:
-            self._side.pop()
+            self._stacks.side.pop()
 
     def wrap(self, owner, attr: str, phase: str | None, sided: bool = False, side: str | None = None):
         """Replace `owner.attr` by a timed call; `phase=None` only marks the region's `side`."""
         fn = getattr(owner, attr)
 
         def timed(*args, **kwargs):
-            with self.side(side) if side else _nothing():
+            stacks = self._stacks
+            with self.side(side) if side else nullcontext():
                 if phase is None:
                     return fn(*args, **kwargs)
-                name = f"{phase} {self._side[-1] if self._side else GENERATED}" if sided else phase
+                name = f"{phase} {stacks.side[-1] if stacks.side else GENERATED}" if sided else phase
                 self.sync()
                 start = time.perf_counter()
-                self._inner.append(0.0)
+                stacks.inner.append(0.0)
                 try:
                     return fn(*args, **kwargs)
                 finally:
                     self.sync()
                     elapsed = time.perf_counter() - start
-                    self.seconds[name] += elapsed - self._inner.pop()
-                    if self._inner:
-                        self._inner[-1] += elapsed
+                    self.seconds[name] += elapsed - stacks.inner.pop()
+                    if stacks.inner:
+                        stacks.inner[-1] += elapsed
 
         setattr(owner, attr, timed)
 
@@ -107,11 +103,6 @@ class PhaseClock:
         """The seconds measured since the last take, and a fresh start."""
         taken, self.seconds = dict(self.seconds), defaultdict(float)
         return taken
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def instrument(clock: PhaseClock, model, checker) -> None:
@@ -136,6 +127,26 @@ def instrument(clock: PhaseClock, model, checker) -> None:
     clock.wrap(checker, "check_prepared", "consistency", sided=True)
 
 
+def transformer_shapes(hidden: int, layers: int) -> dict:
+    """BLIP-style layer sizes for a tower of `hidden` width and `layers` depth (64-wide heads)."""
+    return {
+        "hidden_size": hidden,
+        "intermediate_size": 4 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": max(1, hidden // 64),
+    }
+
+
+def vision_config_fields(hidden: int, layers: int, image_size: int) -> dict:
+    """A random BLIP vision tower's config fields (16 px patches; initializer_range 0.02, see DESIGN.md)."""
+    return {
+        "image_size": image_size,
+        "patch_size": 16,
+        "initializer_range": 0.02,
+        **transformer_shapes(hidden, layers),
+    }
+
+
 def build_reward_model(folder: Path, hidden: int, layers: int, image_size: int):
     from transformers import BlipConfig, BlipForImageTextRetrieval
 
@@ -143,14 +154,9 @@ def build_reward_model(folder: Path, hidden: int, layers: int, image_size: int):
     from hfpc_reward.testing.tiny_blip import tiny_blip_processor
 
     processor = tiny_blip_processor(image_size=image_size)
-    shapes = {
-        "hidden_size": hidden,
-        "intermediate_size": 4 * hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": max(1, hidden // 64),
-    }
+    shapes = transformer_shapes(hidden, layers)
     config = BlipConfig(
-        vision_config={"image_size": image_size, "patch_size": 16, "initializer_range": 0.02, **shapes},
+        vision_config=vision_config_fields(hidden, layers, image_size),
         text_config={"vocab_size": len(processor.tokenizer), "encoder_hidden_size": hidden, **shapes},
     )
     torch.manual_seed(0)
@@ -184,16 +190,10 @@ def print_split(runs: dict[str, tuple[float, dict[str, float]]], pairs: int, ori
     print(f"\nper-phase seconds (best run; ms per pair in brackets), {pairs} pairs, {originals} originals:")
     print(f"{'phase':26s}" + "".join(f"{c:>22s}" for c in columns) + f"{'scorer - ideal':>18s}")
     used = [p for p in PHASES if any(col.get(p, 0.0) > 0 for col in columns.values())]
-    for name in [*used, "overhead", "total"]:
-        row = []
-        for column, split in columns.items():
-            if name == "total":
-                value = totals[column]
-            elif name == "overhead":
-                value = totals[column] - sum(split.values())
-            else:
-                value = split.get(name, 0.0)
-            row.append(value)
+    overheads = {column: totals[column] - sum(split.values()) for column, split in columns.items()}
+    rows = {name: [split.get(name, 0.0) for split in columns.values()] for name in used}
+    rows |= {"overhead": list(overheads.values()), "total": list(totals.values())}
+    for name, row in rows.items():
         cells = "".join(f"{v:10.2f} s ({1000 * v / pairs:7.1f})" for v in row)
         print(f"{name:26s}{cells}{row[2] - row[1]:+16.2f} s")
     ceiling = loop_total / ideal_total

@@ -7,7 +7,7 @@ One random `BlipVisionModel` of the given shape (default: BLIP-base, 577 tokens 
 transformers builds it and again with every layer's self-attention replaced by
 `hfpc_reward.reward.model.SdpaVisionAttention` (the swap `HFPCRewardModel` makes), on the same weights and
 pixels, forward only (no grad), median of `--repeats` after a warm-up. Prints both, the ratio and the
-largest difference of the output tokens.
+largest difference of one image's output tokens.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import copy
 
 import torch
 
+from benchmarks.scorer_throughput import vision_config_fields
 from benchmarks.timing import timed
 
 
@@ -38,15 +39,7 @@ def main() -> None:
 
     from hfpc_reward.reward.model import SdpaVisionAttention
 
-    config = BlipVisionConfig(
-        hidden_size=args.hidden,
-        intermediate_size=4 * args.hidden,
-        num_hidden_layers=args.layers,
-        num_attention_heads=max(1, args.hidden // 64),
-        image_size=args.image_size,
-        patch_size=16,
-        initializer_range=0.02,
-    )
+    config = BlipVisionConfig(**vision_config_fields(args.hidden, args.layers, args.image_size))
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
     eager = BlipVisionModel(config).eval().to(device=args.device, dtype=dtype)
@@ -61,8 +54,8 @@ def main() -> None:
     )
     seconds = {}
     with torch.inference_mode():
-        outputs = {
-            name: model(pixel_values=pixels).last_hidden_state
+        outputs = {  # on one image: the timed calls below warm up by themselves
+            name: model(pixel_values=pixels[:1]).last_hidden_state
             for name, model in [("eager", eager), ("sdpa", sdpa)]
         }
         for name, model in (("eager", eager), ("sdpa", sdpa)):
