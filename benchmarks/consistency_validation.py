@@ -5,8 +5,13 @@
 Families: "sample" (hfpc_reward.sample, PIL drawing, the data the default thresholds were first tuned on),
 "heldout" (benchmarks/heldout_consistency_set.py, OpenCV drawing), "cutouts" (hfpc_reward.sample.families,
 real objects cut from bundled photos, SDF drawing, studio originals with cast shadows), "drawn"
-(hfpc_reward.sample.families.drawn, scikit-image polygons and procedural textures, written after the judge
-was designed on the other three and reported last: the held-out truth). Each family's pairs
+(hfpc_reward.sample.families.drawn, scikit-image polygons and procedural textures; held out until the reach
+and halo metrics were designed while looking at it), "lit" (hfpc_reward.sample.families.lit, shaded 3-D
+products with printed labels on photo / texture / bokeh scenes, written by someone who did not read the
+judge; looked at once the reach and halo metrics existed, and the judge changed after that), and
+"packshot" (hfpc_reward.sample.families.packshot, flat vector pack shots with gradients, strokes and
+text, reflections and contact shadows, written the same way and never looked at while designing the judge:
+the held-out truth, reported last). Each family's pairs
 are checked in four variants: the exact product mask; the mask eroded or dilated by 2-4 px (as a
 segmenter's would be); every image downscaled to 128 px; no mask (the product is found in the studio
 original). Thresholds are then fitted (hfpc_reward.consistency.calibrate.fit_thresholds) on ONE family,
@@ -36,6 +41,8 @@ from hfpc_reward.images import load_mask, load_rgb
 from hfpc_reward.sample.families.base import DEFECTS, FamilyPair
 from hfpc_reward.sample.families.cutouts import cutout_pairs
 from hfpc_reward.sample.families.drawn import drawn_pairs
+from hfpc_reward.sample.families.lit import lit_pairs
+from hfpc_reward.sample.families.packshot import packshot_pairs
 
 VARIANTS = ("exact mask", "mask off 2-4 px", "128 px", "no mask")
 RENAMED = {
@@ -71,6 +78,10 @@ def family_pairs(name: str, n_pairs: int, seed: int, folder: Path) -> list[Famil
         return cutout_pairs(n_pairs, seed)
     if name == "drawn":
         return drawn_pairs(n_pairs, seed)
+    if name == "lit":
+        return lit_pairs(n_pairs, seed)
+    if name == "packshot":
+        return packshot_pairs(n_pairs, seed)
     if name == "sample":
         from hfpc_reward.sample.pairs import generate_pairs
 
@@ -171,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=120, help="pairs per family")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--families", nargs="+", default=["sample", "heldout", "cutouts", "drawn"])
+    parser.add_argument(
+        "--families", nargs="+", default=["sample", "heldout", "cutouts", "drawn", "lit", "packshot"]
+    )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--fit-family", default="cutouts", help="the one family thresholds are fitted on")
     parser.add_argument(

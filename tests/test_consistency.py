@@ -258,6 +258,8 @@ def test_verdict_score_and_thresholds_from_config():
         "changed_area": 0.0,
         "edge_changed": 0.0,
         "bleed": 0.0,
+        "reach": 0.0,
+        "halo": 0.0,
         "aspect_mismatch": 0.0,
     }
     outcome = verdict(good, ThresholdConfig())
@@ -295,6 +297,8 @@ def test_fit_thresholds_separates_labels_and_never_ends_worse():
         "changed_area": 0.0,
         "edge_changed": 0.0,
         "bleed": 0.0,
+        "reach": 0.0,
+        "halo": 0.0,
         "aspect_mismatch": 0.0,
     }
     metrics, truth = [], []
@@ -409,3 +413,74 @@ def test_an_outline_bled_into_the_background_is_caught(checker, scene):
     report = checker.check([original], [bled], masks=[mask])[0]
     assert not report.consistent and report.primary_reason in ("bled", "expanded")
     assert report.metrics["bleed"] > ThresholdConfig().max_bleed
+
+
+def test_a_thin_limb_grown_out_of_the_product_is_caught_by_its_reach(checker, scene):
+    """A limb in the product's colour covers little area (expansion under its threshold) but reaches far."""
+    original, generated, mask = scene
+    grown = generated.copy()
+    ys, xs = np.nonzero(mask)
+    limb = np.zeros_like(mask)
+    limb[ys.max() - 30 : ys.max() - 20, xs.max() + 1 : xs.max() + 40] = True  # 10 px wide, 39 px out
+    grown[limb] = (190, 30, 40)
+    report = checker.check([original], [grown], masks=[mask])[0]
+    assert report.metrics["expansion"] < ThresholdConfig().max_expansion
+    assert report.metrics["reach"] > ThresholdConfig().max_reach
+    assert not report.consistent and report.primary_reason == "expanded"
+
+
+def test_an_object_behind_the_product_meeting_it_at_an_edge_is_no_expansion(checker, scene):
+    """A background object in a colour near one of the product's (its label's) that meets the product at a
+    clear colour step (its red top) is not the product grown; the same object continuing that red is."""
+    original, generated, mask = scene
+    ys, xs = np.nonzero(mask)
+    block = np.zeros_like(mask)
+    block[ys.min() + 10 : ys.min() + 40, xs.max() + 1 : xs.max() + 45] = True  # touches the red top
+    behind = generated.copy()
+    behind[block] = (
+        235,
+        200,
+        80,
+    )  # a yellow object: the label's hue, but not its exact colour, at the red part
+    assert checker.check([original], [behind], masks=[mask])[0].consistent
+    continuing = generated.copy()
+    continuing[block] = (190, 30, 40)  # the red of the part it touches: grown out of the product
+    report = checker.check([original], [continuing], masks=[mask])[0]
+    assert not report.consistent and report.primary_reason == "expanded"
+
+
+def test_a_glow_of_product_colour_is_caught_and_a_blurred_generation_is_not(checker, scene):
+    original, generated, mask = scene
+    glow = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 4) * 2.0
+    glow = np.clip(glow, 0, 0.9)[..., None] * (~mask)[..., None]
+    haloed = (generated * (1 - glow) + np.array([190, 30, 40]) * glow).astype(np.uint8)
+    report = checker.check([original], [haloed], masks=[mask])[0]
+    assert report.metrics["halo"] > ThresholdConfig().max_halo
+    assert not report.consistent and report.primary_reason == "bled"
+    blurred = cv2.GaussianBlur(generated, (0, 0), 0.8)
+    report = checker.check([original], [blurred], masks=[mask])[0]
+    assert report.metrics["halo"] < ThresholdConfig().max_halo / 2 and report.consistent, report.reasons
+
+
+def test_the_grading_fit_follows_the_unchanged_part_of_the_product():
+    """Mild grading is fitted on the pixels the first fit explains best: a part that changed does not drag it."""
+    from hfpc_reward.consistency.metrics import fit_grading
+
+    rng = np.random.default_rng(0)
+    original = rng.uniform(40, 200, (64, 64, 3)).astype(np.float32)
+    generated = original * 1.05 + 6.0  # a mild global grading ...
+    generated[:, :24] = 250.0 - original[:, :24]  # ... and 38% of the product changed beyond it
+    gain, offset = fit_grading(original, generated, np.ones((64, 64), bool), gain=0.15, offset=20.0)
+    assert np.allclose(gain, 1.05, atol=0.02) and np.allclose(offset, 6.0, atol=3.0)
+
+
+def test_a_product_with_no_contrast_to_its_backdrop_gets_no_halo_verdict(checker):
+    """A white product on a white backdrop: almost no ring pixel has a product / background mix to measure,
+    so a busy new background cannot make up a halo."""
+    mask = product_mask()
+    original = np.full((SIZE, SIZE, 3), 245, np.uint8)
+    original[mask] = (238, 238, 240)
+    generated = textured_background(2)
+    generated[mask] = original[mask]
+    report = checker.check([original], [generated], masks=[mask])[0]
+    assert report.metrics["halo"] == 0.0

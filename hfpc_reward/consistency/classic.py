@@ -17,7 +17,9 @@ outline keeps the original's label, so feathered edges and masks a few pixels of
   when its nearest product colour is closer than every background colour by `product_margin` (Lab), it is
   not a shadow (a darker, same-hue version of the nearby background, keeping MIN_SHADOW_RATIO of its
   lightness), it did not stay as it was in the original, and it is connected to the product by such
-  pixels that do not go on past the search zone (that is a background object behind the product). The palette is fitted again without the added pixels.
+  pixels that do not go on past the search zone (that is a background object behind the product). A connected part is kept only when, where it touches the product, it mostly
+  continues the colour of the product there (CONTINUITY_SHARE): grown product continues the product, an
+  object behind it meets it at an edge. The palette is fitted again without the added pixels.
 - Inside it (beyond the band), a pixel is *lost* when it no longer matches the original (`same_delta_e`,
   after mild grading) and is closer to the background than to the original's colour by `product_margin`.
 The generated mask is the original mask minus lost plus added, at the original's size.
@@ -25,6 +27,9 @@ The generated mask is the original mask minus lost plus added, at the original's
 Known limit: expansion is found when it is made of product-like colours (the product grew). An object of
 another colour attached to the product (a stand, a handle in a new colour) cannot be told from a background
 object next to the product by colour alone; it is missed unless it also covers the product (appearance metrics).
+So is a blob in one of the product's colours attached where the product has another colour (a purple blob
+on the dark side of a purple box), and an object behind the product that continues its colour where they
+meet (a purple bokeh disc touching a purple ball) is taken for grown product.
 """
 
 from __future__ import annotations
@@ -36,16 +41,23 @@ import numpy as np
 from PIL import Image
 
 from hfpc_reward.consistency.backends import OriginalProduct
+from hfpc_reward.consistency.colour import (
+    colour_at_nearest,
+    fast_lab,
+    nearest_colour,
+    nearest_labels,
+    shadow_like,
+)
 from hfpc_reward.consistency.config import ClassicConfig, ConsistencyConfig
 from hfpc_reward.consistency.metrics import box_diagonal, disk, fit_grading, undo_grading
 
 STUDIO_WORK_SIZE = 512  # longest side at which studio-background extraction runs
 REFINE_WORK_SIZE = 256  # longest side at which a mask is snapped to the original's edges
 PALETTE_SAMPLES = 2000  # background pixels (evenly strided) the k-means palette is fitted on
-MIN_SHADOW_RATIO = 0.4  # a shadow keeps at least this share of the lightness (darker is an object)
 PRODUCT_COLOURS = 8  # k-means colours of the product used by mask refinement
 MIN_REFINE_PX = 5  # mask refinement looks at least this many pixels either side of the given outline
 REFINE_MARGIN = 6.0  # Lab distance by which a pixel must be closer to the other side to change sides
+CONTINUITY_SHARE = 0.5  # a grown part continues the product's colour on at least this share of its contact
 HOLE_FRACTION = 0.005  # studio extraction keeps see-through holes of at least this share of the product
 
 
@@ -144,10 +156,17 @@ class ClassicMaskFinder:
         local_background = _local_mean(lab, far_background)
         shadow = self._shadow_like(lab, local_background)
         near = ring | beyond | m_small  # the only pixels whose product / background distances are used
-        to_product = np.minimum(
-            _distance(lab, colour_at_nearest(lab, *cache["nearest_product"])),
-            _distance_to(lab, cache["product_palette"], near),
+        # the product's colour at its nearest edge pixel, where that pixel is still roughly the original's (a
+        # part cut off and replaced by background is no reference for what the product looks like)
+        nearest_product = cache["nearest_product"]
+        kept = (to_original < 2 * cfg.same_delta_e)[..., None].astype(
+            np.float32
+        )  # resampling and JPEG allowed
+        still_there = colour_at_nearest(kept, *nearest_product)[..., 0] > 0.5
+        to_nearest_product = np.where(
+            still_there, _distance(lab, colour_at_nearest(lab, *nearest_product)), np.inf
         )
+        to_product = np.minimum(to_nearest_product, _distance_to(lab, cache["product_palette"], near))
         seed = cv2.dilate(m_small.astype(np.uint8), disk(band + 1)) > 0
 
         added = np.zeros_like(m_small)
@@ -167,6 +186,11 @@ class ClassicMaskFinder:
             # product (a red tank next to a red label), not the product grown
             attached = _connected_to(candidates, seed)
             added = attached & ~_connected_to(attached, beyond & attached) & ring
+            # grown product continues the colour of the product where it touches it; an object behind the
+            # product meets it at an edge in a colour of its own (a red tank against the dark rim of an
+            # orange-red product)
+            continues = to_nearest_product + cfg.product_margin < to_background
+            added = _grown(added, continues, dist_out <= band + 2)
             # the product-like pixels and their fringe stay out of the background (k-means gives outliers
             # a colour of their own)
             found = cv2.dilate(candidates.astype(np.uint8), disk(2 * band + 1)) > 0
@@ -187,40 +211,6 @@ class ClassicMaskFinder:
     def _shadow_like(self, lab: np.ndarray, local: np.ndarray) -> np.ndarray:
         """Pixels that are a darker version of the nearby background: same hue, lower lightness."""
         return shadow_like(lab, local, self.config.shadow_max_chroma)
-
-
-def shadow_like(lab: np.ndarray, local: np.ndarray, max_chroma: float) -> np.ndarray:
-    """Pixels of `lab` that are a darker version of the `local` background colour (same hue and chroma ratio)."""
-    ratio = lab[..., 0] / np.maximum(local[..., 0], 1.0)
-    chroma_gap = np.hypot(lab[..., 1] - ratio * local[..., 1], lab[..., 2] - ratio * local[..., 2])
-    return (ratio < 0.97) & (ratio > MIN_SHADOW_RATIO) & (chroma_gap < max_chroma)
-
-
-def fast_lab(rgb: np.ndarray) -> np.ndarray:
-    """CIELAB (L 0..100, a and b about -128..127) through OpenCV's 8-bit table: ~15x faster than the float
-    conversion, within about one Lab unit, which is plenty for segmentation (the metrics use float Lab)."""
-    lab = cv2.cvtColor(np.clip(rgb + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2LAB).astype(np.float32)
-    return lab * np.float32([100.0 / 255.0, 1.0, 1.0]) - np.float32([0.0, 128.0, 128.0])
-
-
-def nearest_colour(lab: np.ndarray, source: np.ndarray) -> np.ndarray:
-    """Per pixel, the `lab` colour of the nearest `source` pixel (OpenCV's labelled distance transform)."""
-    return colour_at_nearest(lab, nearest_labels(source), source)
-
-
-def nearest_labels(source: np.ndarray) -> np.ndarray:
-    """Per pixel, the label of the nearest `source` pixel: depends on `source` only, so it can be kept."""
-    _, labels = cv2.distanceTransformWithLabels(
-        (~source).astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
-    )
-    return labels
-
-
-def colour_at_nearest(lab: np.ndarray, labels: np.ndarray, source: np.ndarray) -> np.ndarray:
-    """Per pixel, the `lab` colour of the nearest `source` pixel, `labels` being `nearest_labels(source)`."""
-    table = np.zeros((int(labels.max()) + 1, 3), np.float32)
-    table[labels[source]] = lab[source]
-    return table[labels]
 
 
 def _local_mean(lab: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -359,6 +349,20 @@ def _fill_holes(mask: np.ndarray, keep: np.ndarray) -> np.ndarray:
     fill[0] = False  # the mask itself
     fill[edge_labels] = False  # background reaching the border is no hole
     return mask | fill[labels]
+
+
+def _grown(regions: np.ndarray, continues: np.ndarray, contact_zone: np.ndarray) -> np.ndarray:
+    """The connected parts of `regions` that look grown out of the product: at least CONTINUITY_SHARE of their
+    pixels in `contact_zone` (where they touch it) `continues` the product's colour."""
+    count, labels = cv2.connectedComponents(regions.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return regions
+    contact = contact_zone & regions
+    touching = np.bincount(labels[contact], minlength=count)
+    continuing = np.bincount(labels[contact & continues], minlength=count)
+    keep = continuing >= CONTINUITY_SHARE * np.maximum(touching, 1)
+    keep[0] = False
+    return keep[labels]
 
 
 def _connected_to(candidates: np.ndarray, seed: np.ndarray) -> np.ndarray:

@@ -15,6 +15,9 @@ Mask metrics (m_orig: product mask of the original, m_gen: product mask found in
 - `bleed`: share of the ring just outside the original outline (from 0.5 to 2 x `ignore_band` x the box
   diagonal away) that the generated product covers: an outline smeared outward into the
   background (a localised blob shows as `expansion` instead; both grow the product).
+- `reach`: how far a solid part of m_gen (wider than 2 x `ignore_band` x the box diagonal) reaches beyond
+  m_orig's outline, / box diagonal: a limb or blob grown out of the product reaches far while covering
+  little area, which `expansion` (an area) misses; a thin fringe does not count (that is `bleed` / `halo`).
 
 Appearance metrics, measured on the original product's pixels (m_orig without a thin band inside its outline,
 `ignore_band`, so feathered edges do not count), the same pixels compared in both images:
@@ -31,6 +34,16 @@ Appearance metrics, measured on the original product's pixels (m_orig without a 
 - `edge_changed`: fraction of the product's edge zone (inside the outline, from the ignored band to 3 times its
   width) whose colour difference exceeds `edge_delta_e` (lower than `changed_delta_e`): an outline that
   melted into the background blends background into this zone.
+- `halo`: how much more of the product's colour the thin ring just outside the outline gained in the
+  generated image than in the original, in the ring's inner half over its outer half (a glow fades with
+  distance; an object behind the product does not), clipped at 0. Per ring pixel x, alpha is its share of
+  the product colour p (the nearest product pixel well inside the outline) in a mix with the background
+  colour b (the nearest pixel past the ring), in each image with its own p and b:
+  alpha = (x - b).(p - b) / |p - b|^2. Pixels where p and b are too alike (HALO_MIN_CONTRAST), that are a
+  shadow of b, or whose colour is far off the line from b to p (another object, HALO_OFF_LINE) are left
+  out, and a ring with too few pixels left (HALO_MIN_DEFINED) scores 0. The original's alpha (the largest
+  over HALO_ORIGINAL_BLURS) carries the anti-aliasing and any mask error of the outline, which the
+  generated image shares, so only a glow or a smear of the product into the new background remains.
 - `aspect_mismatch`: |log(aspect ratio of the generated image / aspect ratio of the original)|, set by the
   checker before alignment (0 when the sizes agree).
 """
@@ -43,6 +56,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from hfpc_reward.consistency.colour import colour_at_nearest, fast_lab, nearest_labels, shadow_like
 from hfpc_reward.consistency.config import MetricsConfig
 
 MIN_IGNORE_PX = 3  # the ignored band is at least this wide: anti-aliasing, JPEG and blur at low resolution
@@ -51,8 +65,18 @@ EDGE_ZONE = 3  # the edge zone reaches this many ignored-band widths into the pr
 GAIN_RIDGE = (
     100.0  # (0-255 levels)^2: below this channel variance the grading fit prefers an offset to a gain
 )
+GRADING_SAMPLE = 4096  # product pixels (evenly strided) the colour grading is fitted on
+GRADING_INLIER_LEVELS = 24.0  # summed |RGB| residual (0-255 levels) a pixel may keep in the grading's refit
 SSIM_BLUR = (0.0, 1.0)  # px: SSIM against the original as is and slightly blurred (the better one counts)
 DRIFT_BLUR = (2.0, 3.0)  # px at the analysis size: colour is compared at this scale (structure: SSIM)
+HALO_RING = 0.04  # x box diagonal: the ring of `halo` reaches this far outside the outline (at least 2 px)
+HALO_MIN_CONTRAST = 12.0  # Lab distance between product and background colour below which alpha is undefined
+HALO_BLUR = 0.7  # px at the analysis size: both images are blurred this much before the halo (noise, JPEG)
+HALO_ORIGINAL_BLURS = (0.0, 1.0, 1.6)  # px: the original's alpha is the largest at these extra blurs, so a
+# slightly blurred or resampled generation (its edge spread a pixel or two) is no halo
+HALO_OFF_LINE = 0.3  # x |p - b|: a ring colour farther than this from the line p-b is no mix of the two
+HALO_MIN_DEFINED = 0.25  # share of the ring with alpha defined in both images below which halo is 0
+HALO_SHADOW_CHROMA = 12.0  # a ring pixel darker than its background colour within this chroma is a shadow
 MAX_PALETTE = 256  # an image with at most this many distinct colours is quantised (palette PNG, GIF, ...)
 PALETTE_SAMPLE = 4096  # pixels (evenly strided) looked at first to rule quantisation out cheaply
 METRIC_NAMES = (
@@ -67,6 +91,8 @@ METRIC_NAMES = (
     "changed_area",
     "edge_changed",
     "bleed",
+    "reach",
+    "halo",
     "aspect_mismatch",
 )
 
@@ -79,24 +105,38 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 def fit_grading(original: np.ndarray, generated: np.ndarray, region: np.ndarray, gain: float, offset: float):
     """Per-channel gain g and offset o with generated ~= g * original + o on `region`, clamped to mild grading:
     least squares with a ridge (GAIN_RIDGE) that keeps the gain near 1 where the product has little contrast.
+    Fitted twice: the second time on the pixels the first fit explains best (at least half of them), so a
+    part of the product that changed or moved away does not drag the grading of the rest.
 
     Returns (g, o), each shape (3,), float32. Undo with (generated - o) / g. Clipped pixels (near 0 or 255
     in `generated`) are left out of the fit when enough others remain.
     """
-    g, o = np.ones(3, np.float32), np.zeros(3, np.float32)
-    for c in range(3):
-        src = original[..., c][region].astype(np.float32)
-        dst = generated[..., c][region].astype(np.float32)
-        unclipped = (dst > 3) & (dst < 252)  # a clipped pixel says nothing about the gain
-        if unclipped.sum() >= 16:
-            src, dst = src[unclipped], dst[unclipped]
-        if len(src) < 2:
-            continue
-        # least squares with a ridge pulling the gain to 1: a one-colour product (tiny variance) gets an offset
-        covariance = ((src - src.mean()) * (dst - dst.mean())).mean()
-        g[c] = np.clip((covariance + GAIN_RIDGE) / (src.var() + GAIN_RIDGE), 1.0 - gain, 1.0 + gain)
-        o[c] = np.clip(dst.mean() - g[c] * src.mean(), -offset, offset)
+    stride = max(1, int(region.sum()) // GRADING_SAMPLE)  # a 2-parameter fit per channel: a sample will do
+    src = original[region][::stride].astype(np.float32)  # (N,3)
+    dst = generated[region][::stride].astype(np.float32)
+    g, o = _fit_channels(src, dst, gain, offset)
+    if len(src) >= 32:
+        residual = np.abs(src * g + o - dst).sum(axis=1)
+        inliers = residual <= max(GRADING_INLIER_LEVELS, float(np.median(residual)))
+        g, o = _fit_channels(src[inliers], dst[inliers], gain, offset)
     return g, o
+
+
+def _fit_channels(src: np.ndarray, dst: np.ndarray, gain: float, offset: float):
+    """The per-channel ridge least-squares fit of fit_grading on (N,3) pixels, all channels at once."""
+    if len(src) < 2:
+        return np.ones(3, np.float32), np.zeros(3, np.float32)
+    weight = ((dst > 3) & (dst < 252)).astype(np.float32)  # a clipped pixel says nothing about the gain
+    weight[:, weight.sum(axis=0) < 16] = 1.0  # ... unless too few others remain
+    count = weight.sum(axis=0)
+    src_mean, dst_mean = (weight * src).sum(axis=0) / count, (weight * dst).sum(axis=0) / count
+    centred = src - src_mean
+    covariance = (weight * centred * (dst - dst_mean)).sum(axis=0) / count
+    variance = (weight * centred * centred).sum(axis=0) / count
+    # least squares with a ridge pulling the gain to 1: a one-colour product (tiny variance) gets an offset
+    g = np.clip((covariance + GAIN_RIDGE) / (variance + GAIN_RIDGE), 1.0 - gain, 1.0 + gain)
+    o = np.clip(dst_mean - g * src_mean, -offset, offset)
+    return g.astype(np.float32), o.astype(np.float32)
 
 
 def quantisation_palette(rgb: np.ndarray) -> np.ndarray | None:
@@ -148,7 +188,20 @@ def mask_metrics(
         "centroid_shift": min(shift, 1.0),
         "boundary_f": boundary_f_score(m_orig, m_gen, max(1.0, boundary_tolerance * diagonal)),
         "bleed": bleed(m_orig, m_gen, max(1.0, bleed_band * diagonal)),
+        "reach": reach(m_orig, m_gen, max(1, round(bleed_band * diagonal))) / diagonal,
     }
+
+
+def reach(m_orig: np.ndarray, m_gen: np.ndarray, solid_px: int) -> float:
+    """How far (px) the part of m_gen outside m_orig that survives an opening by a disk of `solid_px` (thin
+    fringes do not) reaches beyond m_orig's outline; 0 when nothing does."""
+    added = (m_gen & ~m_orig).astype(np.uint8)
+    if not added.any():
+        return 0.0
+    solid = cv2.morphologyEx(added, cv2.MORPH_OPEN, disk(solid_px)) > 0
+    if not solid.any():
+        return 0.0
+    return float(cv2.distanceTransform((~m_orig).astype(np.uint8), cv2.DIST_L2, 3)[solid].max())
 
 
 def bleed(m_orig: np.ndarray, m_gen: np.ndarray, width_px: float) -> float:
@@ -182,6 +235,82 @@ class OriginalAppearance:
     greys: list[
         tuple[np.ndarray, np.ndarray, np.ndarray]
     ]  # per SSIM_BLUR: greyscale original, local mean, variance
+    halo_ring: HaloRing  # the ring outside the outline where `halo` is measured, with the original's alpha
+
+
+@dataclass
+class HaloRing:
+    """Where the `halo` metric looks (at the analysis size) and the original's side of it."""
+
+    ring: np.ndarray  # (H,W) bool pixels just outside the outline (up to HALO_RING x the box diagonal)
+    near: (
+        np.ndarray
+    )  # (N,) bool ring pixels in the ring's inner half (a glow fades: more product colour there)
+    inner: tuple[np.ndarray, np.ndarray]  # nearest_labels of the product zone giving p, and that zone
+    outer: tuple[np.ndarray, np.ndarray]  # nearest_labels of the zone past the ring giving b, and that zone
+    alpha: np.ndarray  # (N,) float32 the original's alpha at the ring pixels (NaN where undefined)
+
+
+def halo_ring(original: np.ndarray, m_orig: np.ndarray, region: np.ndarray, band: int) -> HaloRing:
+    """The ring, its reference zones and the original's alpha there (see `halo` in the module docstring)."""
+    depth = cv2.distanceTransform(m_orig.astype(np.uint8), cv2.DIST_L2, 3)
+    dist_out = cv2.distanceTransform((~m_orig).astype(np.uint8), cv2.DIST_L2, 3)
+    width = max(2.0, HALO_RING * box_diagonal(m_orig))
+    inner = region & (depth <= 2 * band + 1)
+    inner = inner if inner.any() else m_orig
+    outer = (dist_out > width + band) & (dist_out <= width + 2 * band + 1)
+    # only ring pixels facing open background: in a handle's hole or a narrow gap the nearest background
+    # reference is far away and says nothing about the colour there
+    to_outer = cv2.distanceTransform((~outer).astype(np.uint8), cv2.DIST_L2, 3)
+    ring = (dist_out > 0) & (dist_out <= width) & (to_outer <= width + band + 1)
+    halo = HaloRing(
+        ring=ring,
+        near=dist_out[ring] <= width / 2,
+        inner=(nearest_labels(inner), inner),
+        outer=(nearest_labels(outer), outer),
+        alpha=np.empty(0, np.float32),
+    )
+    # a blur spreads the product outward: the original's alpha is its most blurred-looking one
+    stacked = np.stack(
+        [
+            _ring_alpha(halo, cv2.GaussianBlur(original, (0, 0), sigma) if sigma else original)
+            for sigma in HALO_ORIGINAL_BLURS
+        ]
+    )
+    most = np.where(np.isnan(stacked), -np.inf, stacked).max(0)
+    halo.alpha = np.where(np.isfinite(most), most, np.nan).astype(np.float32)
+    return halo
+
+
+def _ring_alpha(halo: HaloRing, rgb: np.ndarray) -> np.ndarray:
+    """Per ring pixel, its share of the product colour in a mix with the background colour (NaN: undefined)."""
+    lab = fast_lab(cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), HALO_BLUR))
+    if not halo.outer[1].any():
+        return np.full(int(halo.ring.sum()), np.nan, np.float32)
+    x = lab[halo.ring]
+    p = colour_at_nearest(lab, *halo.inner, at=halo.ring)
+    b = colour_at_nearest(lab, *halo.outer, at=halo.ring)
+    direction = p - b
+    squared = np.einsum("nc,nc->n", direction, direction)
+    # clipped symmetrically around both ends (0 = background, 1 = product) so noise averages out
+    share = np.einsum("nc,nc->n", x - b, direction) / np.maximum(squared, 1e-6)
+    # a mix of the two lies near the line between them; a colour off it (another object) says nothing
+    off_line = np.linalg.norm(x - b - share[:, None] * direction, axis=1)
+    mixed = off_line <= HALO_OFF_LINE * np.sqrt(squared)
+    alpha = np.clip(share, -1.0, 2.0)
+    shadow = shadow_like(x[None], b[None], HALO_SHADOW_CHROMA)[0]
+    return np.where((squared >= HALO_MIN_CONTRAST**2) & ~shadow & mixed, alpha, np.nan).astype(np.float32)
+
+
+def halo(original: OriginalAppearance, generated: np.ndarray) -> float:
+    """The `halo` metric (module docstring) of `generated` (uint8 RGB at the analysis size)."""
+    ring = original.halo_ring
+    difference = _ring_alpha(ring, generated) - ring.alpha
+    defined = ~np.isnan(difference)
+    if defined.mean() < HALO_MIN_DEFINED:  # mostly product-coloured surroundings: no verdict either way
+        return 0.0
+    near, far = difference[defined & ring.near], difference[defined & ~ring.near]
+    return float(max(0.0, near.mean() - far.mean())) if len(near) and len(far) else 0.0
 
 
 def original_appearance(
@@ -211,6 +340,7 @@ def original_appearance(
         edge_zone=region & (depth <= EDGE_ZONE * band),
         blurred=[cv2.GaussianBlur(original_float, (0, 0), sigma) for sigma in DRIFT_BLUR],
         greys=greys,
+        halo_ring=halo_ring(original, m_orig, region, band),
     )
 
 
@@ -245,6 +375,7 @@ def appearance_metrics(
         "ssim": float(np.clip(ssim_map[region].mean(), -1.0, 1.0)),
         "changed_area": float((drift[region] > config.changed_delta_e).mean()),
         "edge_changed": float((drift[zone] > config.edge_delta_e).mean()) if zone.any() else 0.0,
+        "halo": halo(original, generated),
     }
     return metrics, drift
 

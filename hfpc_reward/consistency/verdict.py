@@ -64,6 +64,8 @@ CHECKS: tuple[tuple[str, str, str, str, str], ...] = (
     ("changed_area", "max_changed_area", "max", APPEARANCE, "appearance changed on {:.0%} of the product"),
     ("edge_changed", "max_edge_changed", "max", BLED, "outline melted or changed ({:.0%} of its edge zone)"),
     ("bleed", "max_bleed", "max", BLED, "outline bled into the background ({:.0%} of the ring around it)"),
+    ("reach", "max_reach", "max", EXPANDED, "grew {:.0%} of its size beyond its outline"),
+    ("halo", "max_halo", "max", BLED, "product colour glows or smears past its outline (halo {:.2f})"),
     (
         "aspect_mismatch",
         "max_aspect_mismatch",
