@@ -239,8 +239,9 @@ def _distance_to(lab: np.ndarray, palette: np.ndarray | None, region: np.ndarray
     if palette is None:
         return distance
     pixels = lab[region]
-    squared = (pixels * pixels).sum(1)[:, None] - 2 * pixels @ palette.T + (palette * palette).sum(1)[None]
-    distance[region] = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+    # (K, N): the minimum over the K palette colours is then a reduction over contiguous rows (fast)
+    squared = (palette * palette).sum(1)[:, None] - 2 * palette @ pixels.T + (pixels * pixels).sum(1)[None]
+    distance[region] = np.sqrt(np.maximum(squared.min(axis=0), 0.0))
     return distance
 
 

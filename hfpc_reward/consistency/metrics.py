@@ -295,7 +295,7 @@ def _ring_alpha(halo: HaloRing, rgb: np.ndarray) -> np.ndarray:
     # clipped symmetrically around both ends (0 = background, 1 = product) so noise averages out
     share = np.einsum("nc,nc->n", x - b, direction) / np.maximum(squared, 1e-6)
     # a mix of the two lies near the line between them; a colour off it (another object) says nothing
-    off_line = np.linalg.norm(x - b - share[:, None] * direction, axis=1)
+    off_line = _norm(x - b - share[:, None] * direction)
     mixed = off_line <= HALO_OFF_LINE * np.sqrt(squared)
     alpha = np.clip(share, -1.0, 2.0)
     shadow = shadow_like(x[None], b[None], HALO_SHADOW_CHROMA)[0]
@@ -362,10 +362,7 @@ def appearance_metrics(
     graded = np.clip(original.rgb.astype(np.float32) * g + o, 0, 255)
     generated_lab = rgb_to_lab(cv2.GaussianBlur(np.where(inside, generated, graded), (0, 0), DRIFT_BLUR[0]))
     drift = np.minimum(
-        *(
-            np.linalg.norm(rgb_to_lab(np.clip(blurred * g + o, 0, 255)) - generated_lab, axis=2)
-            for blurred in original.blurred
-        )
+        *(_norm(rgb_to_lab(np.clip(blurred * g + o, 0, 255)) - generated_lab) for blurred in original.blurred)
     )
     drift = np.where(region, drift, 0.0).astype(np.float32)
     ssim_map = _ssim_map(original, _grey(corrected))
@@ -378,6 +375,11 @@ def appearance_metrics(
         "halo": halo(original, generated),
     }
     return metrics, drift
+
+
+def _norm(vectors: np.ndarray) -> np.ndarray:
+    """Euclidean norm over the last axis (about twice as fast as np.linalg.norm for 3-vectors)."""
+    return np.sqrt(np.einsum("...c,...c->...", vectors, vectors))
 
 
 def _ssim_blur(image: np.ndarray) -> np.ndarray:
