@@ -10,8 +10,11 @@ and halo metrics were designed while looking at it), "lit" (hfpc_reward.sample.f
 products with printed labels on photo / texture / bokeh scenes, written by someone who did not read the
 judge; looked at once the reach and halo metrics existed, and the judge changed after that), and
 "packshot" (hfpc_reward.sample.families.packshot, flat vector pack shots with gradients, strokes and
-text, reflections and contact shadows, written the same way and never looked at while designing the judge:
-the held-out truth, reported last). Each family's pairs
+text, reflections and contact shadows, written the same way and never looked at while designing the judge),
+and "inpaint" (hfpc_reward.sample.families.inpaint, written the same way after the judge was final: the
+whole generated image goes through a latent-like round trip (down 2-8x, noise, up, sharpen) and most
+get the product pasted back with a feathered mask, as a real inpainting pipeline does). Those last two are
+the held-out truth. Each family's pairs
 are checked in four variants: the exact product mask; the mask eroded or dilated by 2-4 px (as a
 segmenter's would be); every image downscaled to 128 px; no mask (the product is found in the studio
 original). Thresholds are then fitted (hfpc_reward.consistency.calibrate.fit_thresholds) on ONE family,
@@ -41,6 +44,7 @@ from hfpc_reward.images import load_mask, load_rgb
 from hfpc_reward.sample.families.base import DEFECTS, FamilyPair
 from hfpc_reward.sample.families.cutouts import cutout_pairs
 from hfpc_reward.sample.families.drawn import drawn_pairs
+from hfpc_reward.sample.families.inpaint import inpaint_pairs
 from hfpc_reward.sample.families.lit import lit_pairs
 from hfpc_reward.sample.families.packshot import packshot_pairs
 
@@ -82,6 +86,8 @@ def family_pairs(name: str, n_pairs: int, seed: int, folder: Path) -> list[Famil
         return lit_pairs(n_pairs, seed)
     if name == "packshot":
         return packshot_pairs(n_pairs, seed)
+    if name == "inpaint":
+        return inpaint_pairs(n_pairs, seed)
     if name == "sample":
         from hfpc_reward.sample.pairs import generate_pairs
 
@@ -183,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=120, help="pairs per family")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
-        "--families", nargs="+", default=["sample", "heldout", "cutouts", "drawn", "lit", "packshot"]
+        "--families",
+        nargs="+",
+        default=["sample", "heldout", "cutouts", "drawn", "lit", "packshot", "inpaint"],
     )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--fit-family", default="cutouts", help="the one family thresholds are fitted on")
