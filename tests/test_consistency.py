@@ -457,6 +457,13 @@ def test_a_glow_of_product_colour_is_caught_and_a_blurred_generation_is_not(chec
     report = checker.check([original], [haloed], masks=[mask])[0]
     assert report.metrics["halo"] > ThresholdConfig().max_halo
     assert not report.consistent and report.primary_reason == "bled"
+    from hfpc_reward.consistency.overlays import BLED_COLOUR, overlay_image
+
+    ((report, details),) = checker.inspect_prepared(checker.prepare_originals([original], [mask]), [haloed])
+    assert details.glow.sum() > 0.3 * (glow[..., 0] > 0.3).sum() and not (details.glow & mask).any()
+    panel = overlay_image(details, report, 2.5)[:, SIZE : 2 * SIZE].astype(int)
+    tinted = np.abs(panel - (0.35 * np.array([190, 30, 40]) + 0.65 * np.array(BLED_COLOUR))).sum(axis=2) < 60
+    assert tinted.sum() > 0.3 * details.glow.sum()  # the glow is drawn in the bled colour
     blurred = cv2.GaussianBlur(generated, (0, 0), 0.8)
     report = checker.check([original], [blurred], masks=[mask])[0]
     assert report.metrics["halo"] < ThresholdConfig().max_halo / 2 and report.consistent, report.reasons

@@ -284,7 +284,7 @@ class ProductConsistencyChecker:
         metrics = mask_metrics(
             original.mask, m_gen, self.config.metrics.boundary_tolerance, self.config.metrics.ignore_band
         )
-        appearance, drift = appearance_metrics(original, gen_rgb, self.config.metrics)
+        appearance, drift, glow = appearance_metrics(original, gen_rgb, self.config.metrics)
         metrics.update(appearance)
         metrics["aspect_mismatch"] = aspect_mismatch
         outcome = verdict(metrics, self.config.thresholds)
@@ -296,7 +296,7 @@ class ProductConsistencyChecker:
             failed_checks=outcome.failed_checks,
             primary_reason=outcome.failed_checks[0] if outcome.failed_checks else None,
         )
-        return report, PairDetails(original.rgb, gen_rgb, original.mask, m_gen, drift)
+        return report, PairDetails(original.rgb, gen_rgb, original.mask, m_gen, drift, glow)
 
 
 def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -76,6 +76,7 @@ HALO_ORIGINAL_BLURS = (0.0, 1.0, 1.6)  # px: the original's alpha is the largest
 # slightly blurred or resampled generation (its edge spread a pixel or two) is no halo
 HALO_OFF_LINE = 0.3  # x |p - b|: a ring colour farther than this from the line p-b is no mix of the two
 HALO_MIN_DEFINED = 0.25  # share of the ring with alpha defined in both images below which halo is 0
+HALO_SHOWN = 0.3  # a ring pixel whose product share rose by more than this is drawn as bled in overlays
 HALO_SHADOW_CHROMA = 12.0  # a ring pixel darker than its background colour within this chroma is a shadow
 MAX_PALETTE = 256  # an image with at most this many distinct colours is quantised (palette PNG, GIF, ...)
 PALETTE_SAMPLE = 4096  # pixels (evenly strided) looked at first to rule quantisation out cheaply
@@ -302,15 +303,18 @@ def _ring_alpha(halo: HaloRing, rgb: np.ndarray) -> np.ndarray:
     return np.where((squared >= HALO_MIN_CONTRAST**2) & ~shadow & mixed, alpha, np.nan).astype(np.float32)
 
 
-def halo(original: OriginalAppearance, generated: np.ndarray) -> float:
-    """The `halo` metric (module docstring) of `generated` (uint8 RGB at the analysis size)."""
+def halo(original: OriginalAppearance, generated: np.ndarray) -> tuple[float, np.ndarray]:
+    """The `halo` metric (module docstring) of `generated` (uint8 RGB at the analysis size), and the (H,W) bool
+    map of the ring pixels whose product share rose by more than HALO_SHOWN (drawn in overlays)."""
     ring = original.halo_ring
     difference = _ring_alpha(ring, generated) - ring.alpha
     defined = ~np.isnan(difference)
+    glow = np.zeros(ring.ring.shape, bool)
+    glow[ring.ring] = defined & (np.nan_to_num(difference) > HALO_SHOWN)
     if defined.mean() < HALO_MIN_DEFINED:  # mostly product-coloured surroundings: no verdict either way
-        return 0.0
+        return 0.0, glow
     near, far = difference[defined & ring.near], difference[defined & ~ring.near]
-    return float(max(0.0, near.mean() - far.mean())) if len(near) and len(far) else 0.0
+    return (float(max(0.0, near.mean() - far.mean())) if len(near) and len(far) else 0.0), glow
 
 
 def original_appearance(
@@ -346,10 +350,12 @@ def original_appearance(
 
 def appearance_metrics(
     original: OriginalAppearance, generated: np.ndarray, config: MetricsConfig
-) -> tuple[dict[str, float], np.ndarray]:
-    """Colour and structure drift of the product pixels (`generated`: uint8 RGB at the original's size).
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Colour and structure drift of the product pixels (`generated`: uint8 RGB at the original's size), and
+    the halo just outside them.
 
-    Returns the metrics and the drift map: (H,W) float32 CIE76 difference after compensation, 0 off-product.
+    Returns the metrics, the drift map ((H,W) float32 CIE76 difference after compensation, 0 off-product)
+    and the glow map ((H,W) bool ring pixels that took on product colour, see `halo`).
     """
     inside, region = original.mask[..., None], original.region
     # off the product, use the original's pixels: windows near the outline then see only product changes
@@ -372,9 +378,9 @@ def appearance_metrics(
         "ssim": float(np.clip(ssim_map[region].mean(), -1.0, 1.0)),
         "changed_area": float((drift[region] > config.changed_delta_e).mean()),
         "edge_changed": float((drift[zone] > config.edge_delta_e).mean()) if zone.any() else 0.0,
-        "halo": halo(original, generated),
     }
-    return metrics, drift
+    metrics["halo"], glow = halo(original, generated)
+    return metrics, drift, glow
 
 
 def _norm(vectors: np.ndarray) -> np.ndarray:

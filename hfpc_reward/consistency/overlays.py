@@ -4,8 +4,8 @@ Three titled panels side by side at the analysis size, over a caption:
 - "original": the original with its product outline (green);
 - "generated": the generated image with the original outline (green), the product found in it (white
   outline) and, filled in their own colours, what changed: expanded (magenta: product grown beyond the ring
-  just outside the outline), bled (orange: product covering that ring, the outline smeared outward) and
-  lost (cyan: product missing);
+  just outside the outline), bled (orange: product covering that ring, the outline smeared outward, or ring
+  pixels that took on the product's colour, the `halo` metric's glow) and lost (cyan: product missing);
 - "difference": the colour drift inside the product (CIE76 Lab difference, blue = 0 .. red = `2 x
   max_delta_e` or more) over the generated image in grey.
 The caption gives the verdict, the score, the primary reason and the other reasons, wrapped to the width,
@@ -83,7 +83,7 @@ def _changes(details: PairDetails) -> np.ndarray:
     distance = cv2.distanceTransform((~details.original_mask).astype(np.uint8), cv2.DIST_L2, 3)
     for region, colour in (
         (added & (distance > ring), EXPANDED_COLOUR),
-        (added & (distance <= ring), BLED_COLOUR),
+        ((added & (distance <= ring)) | (details.glow & ~added), BLED_COLOUR),
         (lost, LOST_COLOUR),
     ):
         out[region] = 0.35 * out[region] + 0.65 * np.float32(colour)

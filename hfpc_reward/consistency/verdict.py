@@ -110,6 +110,7 @@ class PairDetails:
     original_mask: np.ndarray  # (H,W) bool
     generated_mask: np.ndarray  # (H,W) bool
     drift: np.ndarray  # (H,W) float32 Lab difference inside the original product
+    glow: np.ndarray  # (H,W) bool pixels just outside the outline that took on product colour (halo)
 
 
 def error_report(message: str) -> ConsistencyReport:
