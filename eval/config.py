@@ -104,12 +104,19 @@ class StatsConfig:
     paired_test: str = (
         "permutation"  # p-value of a version difference: "permutation" (sign flip) | "bootstrap"
     )
+    best_of: list[int] = field(
+        default_factory=lambda: [2, 4, 8]
+    )  # best-of-n by the HFPC reward among each product's samples (n above samples_per_product is skipped)
 
     def __post_init__(self):
         if not 0.5 <= self.confidence < 1.0:
             raise ValueError(f"stats.confidence must be in [0.5, 1), got {self.confidence}")
         if self.n_resamples < 100:
             raise ValueError(f"stats.n_resamples must be >= 100 for usable intervals, got {self.n_resamples}")
+        if any(n < 2 for n in self.best_of):
+            raise ValueError(
+                f"stats.best_of sizes must be >= 2 (1 is the version itself), got {self.best_of}"
+            )
         if self.paired_test not in PAIRED_TESTS:
             raise ValueError(f"stats.paired_test must be one of {PAIRED_TESTS}, got {self.paired_test!r}")
 

@@ -56,7 +56,52 @@ def version_summary(samples: list[dict], cfg: StatsConfig) -> dict[str, Any]:
     oracle = oracle_verdicts(samples)
     if oracle:  # the ground truth's pass rate, beside the training judge's
         summary["oracle_pass_rate"] = pass_rate(oracle, cfg)
+    best = {str(n): best_of_n(samples, n, cfg) for n in cfg.best_of}
+    summary["best_of"] = {n: value for n, value in best.items() if value}
     return summary
+
+
+def best_of_n(samples: list[dict], n: int, cfg: StatsConfig) -> dict[str, Any]:
+    """Best-of-n selection by the HFPC reward: the expected pass rate (and oracle pass rate) of the sample
+    with the highest reward among n of a product's samples, over every n-subset of them (exact), with
+    intervals over products. Products with fewer than n rewarded samples are left out; {} if none is left.
+
+    Among m samples sorted by reward (highest first), the i-th is the best of a random n-subset with
+    probability C(m - i, n - 1) / C(m, n): it is drawn and the other n - 1 come from the m - i below it.
+    """
+    by_product: dict[str, list[dict]] = {}
+    for row in samples:
+        if row.get("reward") is not None and not row.get("error"):
+            by_product.setdefault(row["product_id"], []).append(row)
+    products, passed, oracle = [], [], []  # per product: (best-of-n rate, rate of one sample)
+    for product, rows in by_product.items():
+        if len(rows) < n:
+            continue
+        rows = sorted(rows, key=lambda row: row["reward"], reverse=True)
+        m = len(rows)
+        weights = np.array([math.comb(m - i, n - 1) for i in range(1, m + 1)]) / math.comb(m, n)
+        products.append(product)
+        verdicts = np.array([bool(row["passed"]) for row in rows], dtype=float)
+        passed.append((float(weights @ verdicts), float(verdicts.mean())))
+        truth = [(row.get("held_out") or {}).get("oracle_passed") for row in rows]
+        truth = np.array([bool(v) for v in truth], dtype=float) if None not in truth else None
+        oracle.append(None if truth is None else (float(weights @ truth), float(truth.mean())))
+    if not products:
+        return {}
+    result = {"n_products": len(products), **_selection_gain(np.array(passed), products, cfg, "pass_rate")}
+    if None not in oracle:
+        result.update(_selection_gain(np.array(oracle), products, cfg, "oracle_pass_rate"))
+    return result
+
+
+def _selection_gain(rates: np.ndarray, products: list[str], cfg: StatsConfig, name: str) -> dict[str, Any]:
+    """{name: best-of-n rate with its interval, name_gain: paired gain over one sample, with its test}
+    from (products, 2) per-product rates (best-of-n, one sample)."""
+    gain = paired_difference_test(
+        list(rates[:, 0] - rates[:, 1]), products, cfg.n_resamples, cfg.confidence, cfg.seed, cfg.paired_test
+    )
+    gain.pop("better"), gain.pop("worse")
+    return {name: interval(rates[:, 0], products, cfg), f"{name}_gain": gain}
 
 
 def oracle_verdicts(samples: list[dict]) -> list[dict]:

@@ -3,6 +3,7 @@ report.html (side-by-side table, a visible mark, both verdicts under each image)
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -55,6 +56,47 @@ def test_a_version_whose_hfpc_rate_rises_while_the_oracle_does_not_is_flagged():
     paired = summarise(samples, ["base", "hacked"], StatsConfig(n_resamples=500))["paired"]["hacked - base"]
     assert paired["low"] > 0 and paired["oracle"]["estimate"] <= 0
     assert paired["hacking"] is True
+
+
+def test_best_of_n_by_the_reward_is_exact_over_every_subset_and_paired_against_one_sample():
+    """4 samples with rewards 3 > 2 > 1 > 0; only the second best passes (both judges). The best of a random
+    2-subset is the i-th with probability C(4 - i, 1) / C(4, 2) = 3/6, 2/6, 1/6, 0: it passes with 2/6."""
+    from hfpc_eval.stats import best_of_n
+
+    rows = []
+    for p in range(10):
+        for i, (reward, passed) in enumerate([(3.0, False), (2.0, True), (1.0, False), (0.0, False)]):
+            held_out = {"oracle_passed": passed}
+            rows.append(
+                {"product_id": f"p{p}", "k": i, "reward": reward, "passed": passed, "held_out": held_out}
+            )
+    cfg = StatsConfig(n_resamples=200)
+    two = best_of_n(rows, 2, cfg)
+    assert two["n_products"] == 10 and two["pass_rate"]["estimate"] == pytest.approx(2 / 6)
+    assert two["oracle_pass_rate"]["estimate"] == pytest.approx(2 / 6)
+    assert two["oracle_pass_rate_gain"]["estimate"] == pytest.approx(2 / 6 - 1 / 4)
+    assert best_of_n(rows, 4, cfg)["pass_rate"]["estimate"] == 0.0  # all four: the top one, which fails
+    assert best_of_n(rows, 5, cfg) == {}  # more than a product has
+    summary = summarise(
+        [dict(row, version="base") for row in rows], ["base"], StatsConfig(n_resamples=200, best_of=[2, 8])
+    )
+    assert set(summary["versions"]["base"]["best_of"]) == {"2"}
+    with pytest.raises(ValueError, match="best_of"):
+        StatsConfig(best_of=[1])
+
+
+def test_the_demo_summary_prints_both_judges_and_the_best_of_n_gain(tmp_path):
+    from hfpc_reward.sample.annotators import demo_summary
+
+    samples = _rows("base", 12, 12) + _rows("tuned", 36, 36)
+    (tmp_path / "eval").mkdir()
+    results = summarise(samples, ["base", "tuned"], StatsConfig(n_resamples=200))
+    (tmp_path / "eval" / "results.json").write_text(json.dumps(results))
+    lines = demo_summary(tmp_path).splitlines()
+    assert lines[1].startswith("base ") and "0.250" in lines[1]
+    assert any(line.startswith("base best-of-4 by HFPC") for line in lines)
+    assert any("gain over one sample" in line and "oracle" in line for line in lines)
+    assert lines[-1].endswith("report.html")
 
 
 def test_without_oracle_verdicts_nothing_changes():

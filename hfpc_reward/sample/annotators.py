@@ -238,7 +238,8 @@ def pretrain_world_blip(
 
 def demo_summary(demo: str | Path) -> str:
     """The demo's closing lines: per version HFPC and oracle pass rates with intervals, paired differences,
-    the reward model's pairwise accuracy against the oracle (referenced and unreferenced), the report path."""
+    best-of-n selection by the HFPC reward among each product's samples, the reward model's pairwise
+    accuracy against the oracle (referenced and unreferenced), the report path."""
     import json
 
     demo = Path(demo)
@@ -249,12 +250,21 @@ def demo_summary(demo: str | Path) -> str:
             return "n/a"
         return f"{value['estimate']:{sign}.3f} [{value['low']:{sign}.3f}, {value['high']:{sign}.3f}]"
 
-    lines = ["version        HFPC pass rate [95% CI]   oracle pass rate [95% CI]"]
+    lines = [f"{'version':24s} {'HFPC pass rate [95% CI]':25s} oracle pass rate [95% CI]"]
     for name, summary in results["versions"].items():
-        lines.append(f"{name:14s} {rate(summary['pass_rate']):25s} {rate(summary.get('oracle_pass_rate'))}")
+        lines.append(f"{name:24s} {rate(summary['pass_rate']):25s} {rate(summary.get('oracle_pass_rate'))}")
     for name, paired in results["paired"].items():
         flag = "  <- HACKING: HFPC rises, the oracle does not" if paired.get("hacking") else ""
-        lines.append(f"{name:14s} {rate(paired, '+'):25s} {rate(paired.get('oracle'), '+')}{flag}")
+        lines.append(f"{name:24s} {rate(paired, '+'):25s} {rate(paired.get('oracle'), '+')}{flag}")
+    # the HFPC reward as a selector: the best of n samples of a product, and its gain over one sample
+    reference, summary = next(iter(results["versions"].items()))
+    for n, best in (summary.get("best_of") or {}).items():
+        label = f"{reference} best-of-{n} by HFPC"
+        lines.append(f"{label:24s} {rate(best['pass_rate']):25s} {rate(best.get('oracle_pass_rate'))}")
+        gain = f"  gain over one sample {rate(best['pass_rate_gain'], '+')}"
+        if "oracle_pass_rate_gain" in best:
+            gain += f", oracle {rate(best['oracle_pass_rate_gain'], '+')}"
+        lines.append(gain)
     for label, name in (("referenced", "referenced.json"), ("unreferenced", "unreferenced.json")):
         path = demo / "reward_eval" / name
         if path.is_file():
