@@ -6,9 +6,9 @@ fine-tuning, as in RAFT), and judge it on held-out products with HFPC and the or
 
 For every train (product, prompt) of `make demo`, the mini generator (`--pipeline`, by default the committed
 one; a previous run's `pipeline/` for another round) paints `--candidates`
-backgrounds (DDIM 10 steps, guidance 4, the product pasted back); the demo's HFPC scorer
-(configs/world/scorer.yaml: its trained reward model + the consistency gate) keeps the `--keep` with the
-highest reward; the UNet and text encoder are then trained on those with the generator's own loss (noise
+backgrounds (DDIM 10 steps, guidance 4, the product pasted back) and keeps the `--keep` best, as production
+best-of-N does (`hfpc_reward.best_of_n.select_best` with the demo's HFPC scorer, configs/world/scorer.yaml:
+its trained reward model + the consistency gate; passing candidates by reward first); the UNet and text encoder are then trained on those with the generator's own loss (noise
 prediction on the inpainting input, 10% empty prompts), from those weights. `hfpc eval run` then compares
 the committed base and the result on the held-out products (same seeds), writing `<out>/eval/results.json`
 and its report. No oracle verdict is used before that eval. The DDPO path (`hfpc finetune`) is what
@@ -47,33 +47,33 @@ def load_products(manifest: Path) -> list[tuple[np.ndarray, np.ndarray, str]]:
     return rows
 
 
-def select_best(pipe, scorer, products, candidates: int, keep: int, seed: int) -> tuple[list, list[float]]:
-    """The `keep` highest-reward of `candidates` pasted-back generations per product, and their rewards."""
+def best_candidates(
+    pipe, scorer, products, candidates: int, keep: int, seed: int
+) -> tuple[list, list[float]]:
+    """The `keep` best of `candidates` pasted-back generations per product, ranked as production best-of-N
+    ranks them (`hfpc_reward.best_of_n.select_best`: passing ones by reward first), and their rewards."""
     from tqdm.auto import tqdm
+
+    from hfpc_reward.best_of_n import select_best
 
     chosen, rewards = [], []
     for index, (original, mask, prompt) in enumerate(tqdm(products, desc="candidates", unit="product")):
-        generators = [
-            torch.Generator().manual_seed(seed * 1_000_003 + index * 1000 + k) for k in range(candidates)
-        ]
-        painted = pipe(
-            prompt=[prompt] * candidates,
-            image=[Image.fromarray(original)] * candidates,
-            mask_image=[Image.fromarray((~mask).astype(np.uint8) * 255)] * candidates,
+        found = select_best(
+            pipe,
+            Image.fromarray(original),
+            Image.fromarray(mask.astype(np.uint8) * 255),
+            prompt,
+            n=candidates,
+            scorer=scorer,
+            seed=seed * 1_000_003 + index,
             height=SIDE,
             width=SIDE,
             num_inference_steps=10,
             guidance_scale=4.0,
-            generator=generators,
-            output_type="np",
-        ).images
-        painted = np.where(mask[None, ..., None], original[None], (painted * 255).round().astype(np.uint8))
-        scored = scorer.score(
-            [original] * candidates, list(painted), masks=[mask] * candidates, prompts=prompt
         )
-        order = np.argsort([-np.inf if r.reward is None else r.reward for r in scored])[::-1][:keep]
-        chosen += [(painted[k], mask, prompt) for k in order]
-        rewards += [float(scored[k].reward) for k in order]
+        for k in found.order[:keep]:
+            chosen.append((np.asarray(found.candidates[k].convert("RGB")), mask, prompt))
+            rewards.append(float(found.results[k].reward or 0.0))
     return chosen, rewards
 
 
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     products = load_products(args.demo / "products" / "train.jsonl")
-    chosen, rewards = select_best(pipe, scorer, products, args.candidates, args.keep, args.seed)
+    chosen, rewards = best_candidates(pipe, scorer, products, args.candidates, args.keep, args.seed)
     logger.info(
         "kept %d of %d generations, mean reward %.3f",
         len(chosen),
