@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 DEMO = Path("outputs/demo")
@@ -81,18 +80,14 @@ def fine_tune(pipe, chosen, steps: int, learning_rate: float, batch: int, seed: 
     """Train the UNet and text encoder on `chosen` with the generator's noise-prediction loss; the losses."""
     from diffusers import DDPMScheduler
 
-    vae, unet, text_encoder, tokenizer = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
+    from hfpc_reward.sample.generator import denoising_loss, inpainting_inputs
+
+    unet, text_encoder = pipe.unet, pipe.text_encoder
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    images = torch.from_numpy(
-        np.stack([c[0] for c in chosen]).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1
-    )
-    masks = torch.from_numpy(np.stack([c[1] for c in chosen])[:, None].astype(np.float32))
+    images = np.stack([c[0] for c in chosen]).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1
+    masks = np.stack([c[1] for c in chosen])[:, None].astype(np.float32)
+    inputs = inpainting_inputs(pipe.vae, torch.from_numpy(images), torch.from_numpy(masks))
     prompts = [c[2] for c in chosen]
-    scale = vae.config.scaling_factor
-    with torch.no_grad():
-        latents = vae.encode(images).latent_dist.mode() * scale
-        kept = vae.encode(images * (masks > 0.5)).latent_dist.mode() * scale  # background blanked
-    repaint = F.interpolate(1 - masks, size=latents.shape[-2:])  # 1 = background to paint
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-4)
     unet.train()
@@ -100,18 +95,17 @@ def fine_tune(pipe, chosen, steps: int, learning_rate: float, batch: int, seed: 
     generator = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(steps):
-        index = torch.randint(0, len(latents), (batch,), generator=generator)
-        noise = torch.randn(latents[index].shape, generator=generator)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=generator)
-        drop = torch.rand(batch, generator=generator) < PROMPT_DROPOUT
-        texts = ["" if d else prompts[i] for i, d in zip(index.tolist(), drop.tolist())]
-        tokens = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")
-        hidden = text_encoder(tokens.input_ids)[0]
-        noisy = noise_scheduler.add_noise(latents[index], noise, t)
-        prediction = unet(
-            torch.cat([noisy, repaint[index], kept[index]], 1), t, encoder_hidden_states=hidden
-        ).sample
-        loss = F.mse_loss(prediction, noise)
+        index = torch.randint(0, len(prompts), (batch,), generator=generator)
+        loss = denoising_loss(
+            unet,
+            text_encoder,
+            pipe.tokenizer,
+            noise_scheduler,
+            tuple(part[index] for part in inputs),
+            [prompts[i] for i in index.tolist()],
+            generator,
+            PROMPT_DROPOUT,
+        )
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -44,6 +44,7 @@ from hfpc_reward.consistency.backends import OriginalProduct
 from hfpc_reward.consistency.colour import (
     colour_at_nearest,
     fast_lab,
+    lab_norm,
     nearest_colour,
     nearest_labels,
     shadow_like,
@@ -146,7 +147,7 @@ class ClassicMaskFinder:
             cache["small"], small, core, self.metrics_config.grading_gain, self.metrics_config.grading_offset
         )
         lab = fast_lab(cv2.GaussianBlur(undo_grading(small, g, o), (0, 0), 1.0))
-        to_original = _distance(lab, cache["lab_blur"])
+        to_original = lab_norm(lab - cache["lab_blur"])
         same = to_original < cfg.same_delta_e
         outside = ~m_small & (dist_out > band)
         ring = outside & (dist_out <= cache["search"])
@@ -159,12 +160,10 @@ class ClassicMaskFinder:
         # the product's colour at its nearest edge pixel, where that pixel is still roughly the original's (a
         # part cut off and replaced by background is no reference for what the product looks like)
         nearest_product = cache["nearest_product"]
-        kept = (to_original < 2 * cfg.same_delta_e)[..., None].astype(
-            np.float32
-        )  # resampling and JPEG allowed
-        still_there = colour_at_nearest(kept, *nearest_product)[..., 0] > 0.5
+        roughly_same = (to_original < 2 * cfg.same_delta_e)[..., None].astype(np.float32)  # resampling, JPEG
+        still_there = colour_at_nearest(roughly_same, *nearest_product)[..., 0] > 0.5
         to_nearest_product = np.where(
-            still_there, _distance(lab, colour_at_nearest(lab, *nearest_product)), np.inf
+            still_there, lab_norm(lab - colour_at_nearest(lab, *nearest_product)), np.inf
         )
         to_product = np.minimum(to_nearest_product, _distance_to(lab, cache["product_palette"], near))
         seed = cv2.dilate(m_small.astype(np.uint8), disk(band + 1)) > 0
@@ -174,7 +173,7 @@ class ClassicMaskFinder:
         for _ in range(2):  # fit the background colours, then again without the pixels found to be product
             to_background = np.minimum(
                 _distance_to(lab, _palette(lab, background, cfg.palette_size), near),
-                _distance(lab, _local_mean(lab, background)),
+                lab_norm(lab - _local_mean(lab, background)),
             )
             candidates = (ring | beyond) & (to_product + cfg.product_margin < to_background) & ~shadow & ~same
             # specks away from the outline are noise; next to it a thin ring is a bleed, so it is kept
@@ -245,11 +244,6 @@ def _distance_to(lab: np.ndarray, palette: np.ndarray | None, region: np.ndarray
     return distance
 
 
-def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    difference = a - b
-    return np.sqrt(np.einsum("...c,...c->...", difference, difference))
-
-
 def refine_mask(rgb: np.ndarray, mask: np.ndarray, reach_px: int) -> np.ndarray:
     """`mask` snapped to the edges of `rgb` within `reach_px` of its outline (at REFINE_WORK_SIZE at most).
 
@@ -270,8 +264,8 @@ def refine_mask(rgb: np.ndarray, mask: np.ndarray, reach_px: int) -> np.ndarray:
         return mask
     lab = fast_lab(work)
     band = ~inside & ~outside
-    to_near_in = _distance(lab, nearest_colour(lab, inside))
-    to_out = _distance(lab, nearest_colour(lab, outside))
+    to_near_in = lab_norm(lab - nearest_colour(lab, inside))
+    to_out = lab_norm(lab - nearest_colour(lab, outside))
     # a pixel changes side only when clearly closer to the other one: mixed (anti-aliased) pixels keep the
     # given label; holes of the mask (inside a handle) stay holes. A thin part has no interior nearby, so a
     # pixel may also join by the product's k-means colours; it leaves only by its nearest interior colour

@@ -56,7 +56,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from hfpc_reward.consistency.colour import colour_at_nearest, fast_lab, nearest_labels, shadow_like
+from hfpc_reward.consistency.colour import colour_at_nearest, fast_lab, lab_norm, nearest_labels, shadow_like
 from hfpc_reward.consistency.config import MetricsConfig
 
 MIN_IGNORE_PX = 3  # the ignored band is at least this wide: anti-aliasing, JPEG and blur at low resolution
@@ -177,6 +177,7 @@ def mask_metrics(
     inter = float(np.logical_and(m_orig, m_gen).sum())
     union = area_o + area_g - inter
     diagonal = box_diagonal(m_orig)
+    dist_out = outside_distance(m_orig)
     if area_g > 0:
         shift = float(np.linalg.norm(_centroid(m_gen) - _centroid(m_orig)) / diagonal)
     else:
@@ -188,28 +189,34 @@ def mask_metrics(
         "area_ratio": area_g / area_o,
         "centroid_shift": min(shift, 1.0),
         "boundary_f": boundary_f_score(m_orig, m_gen, max(1.0, boundary_tolerance * diagonal)),
-        "bleed": bleed(m_orig, m_gen, max(1.0, bleed_band * diagonal)),
-        "reach": reach(m_orig, m_gen, max(1, round(bleed_band * diagonal))) / diagonal,
+        "bleed": bleed(dist_out, m_gen, max(1.0, bleed_band * diagonal)),
+        "reach": reach(m_orig, m_gen, dist_out, max(1, round(bleed_band * diagonal))) / diagonal,
     }
 
 
-def reach(m_orig: np.ndarray, m_gen: np.ndarray, solid_px: int) -> float:
+def reach(m_orig: np.ndarray, m_gen: np.ndarray, dist_out: np.ndarray, solid_px: int) -> float:
     """How far (px) the part of m_gen outside m_orig that survives an opening by a disk of `solid_px` (thin
-    fringes do not) reaches beyond m_orig's outline; 0 when nothing does."""
+    fringes do not) reaches beyond m_orig's outline (`dist_out`: outside_distance(m_orig)); 0 when nothing
+    does."""
     added = (m_gen & ~m_orig).astype(np.uint8)
     if not added.any():
         return 0.0
     solid = cv2.morphologyEx(added, cv2.MORPH_OPEN, disk(solid_px)) > 0
     if not solid.any():
         return 0.0
-    return float(cv2.distanceTransform((~m_orig).astype(np.uint8), cv2.DIST_L2, 3)[solid].max())
+    return float(dist_out[solid].max())
 
 
-def bleed(m_orig: np.ndarray, m_gen: np.ndarray, width_px: float) -> float:
-    """Share of the ring outside m_orig's outline (width_px / 2 to 2 x width_px away) that m_gen covers."""
-    dist_out = cv2.distanceTransform((~m_orig).astype(np.uint8), cv2.DIST_L2, 3)
+def bleed(dist_out: np.ndarray, m_gen: np.ndarray, width_px: float) -> float:
+    """Share of the ring outside m_orig's outline (width_px / 2 to 2 x width_px away; `dist_out`:
+    outside_distance(m_orig)) that m_gen covers."""
     ring = (dist_out > width_px / 2) & (dist_out <= 2 * width_px + 1)
     return float(m_gen[ring].mean()) if ring.any() else 0.0
+
+
+def outside_distance(mask: np.ndarray) -> np.ndarray:
+    """Per pixel, its distance (px) to `mask` (0 on the mask)."""
+    return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 3)
 
 
 def boundary_f_score(m_a: np.ndarray, m_b: np.ndarray, tolerance_px: float) -> float:
@@ -252,17 +259,19 @@ class HaloRing:
     alpha: np.ndarray  # (N,) float32 the original's alpha at the ring pixels (NaN where undefined)
 
 
-def halo_ring(original: np.ndarray, m_orig: np.ndarray, region: np.ndarray, band: int) -> HaloRing:
-    """The ring, its reference zones and the original's alpha there (see `halo` in the module docstring)."""
-    depth = cv2.distanceTransform(m_orig.astype(np.uint8), cv2.DIST_L2, 3)
-    dist_out = cv2.distanceTransform((~m_orig).astype(np.uint8), cv2.DIST_L2, 3)
+def halo_ring(
+    original: np.ndarray, m_orig: np.ndarray, depth: np.ndarray, region: np.ndarray, band: int
+) -> HaloRing:
+    """The ring, its reference zones and the original's alpha there (see `halo` in the module docstring);
+    `depth` is each product pixel's distance to the outline."""
+    dist_out = outside_distance(m_orig)
     width = max(2.0, HALO_RING * box_diagonal(m_orig))
     inner = region & (depth <= 2 * band + 1)
     inner = inner if inner.any() else m_orig
     outer = (dist_out > width + band) & (dist_out <= width + 2 * band + 1)
     # only ring pixels facing open background: in a handle's hole or a narrow gap the nearest background
     # reference is far away and says nothing about the colour there
-    to_outer = cv2.distanceTransform((~outer).astype(np.uint8), cv2.DIST_L2, 3)
+    to_outer = outside_distance(outer)
     ring = (dist_out > 0) & (dist_out <= width) & (to_outer <= width + band + 1)
     halo = HaloRing(
         ring=ring,
@@ -296,7 +305,7 @@ def _ring_alpha(halo: HaloRing, rgb: np.ndarray) -> np.ndarray:
     # clipped symmetrically around both ends (0 = background, 1 = product) so noise averages out
     share = np.einsum("nc,nc->n", x - b, direction) / np.maximum(squared, 1e-6)
     # a mix of the two lies near the line between them; a colour off it (another object) says nothing
-    off_line = _norm(x - b - share[:, None] * direction)
+    off_line = lab_norm(x - b - share[:, None] * direction)
     mixed = off_line <= HALO_OFF_LINE * np.sqrt(squared)
     alpha = np.clip(share, -1.0, 2.0)
     shadow = shadow_like(x[None], b[None], HALO_SHADOW_CHROMA)[0]
@@ -344,7 +353,7 @@ def original_appearance(
         edge_zone=region & (depth <= EDGE_ZONE * band),
         blurred=[cv2.GaussianBlur(original_float, (0, 0), sigma) for sigma in DRIFT_BLUR],
         greys=greys,
-        halo_ring=halo_ring(original, m_orig, region, band),
+        halo_ring=halo_ring(original, m_orig, depth, region, band),
     )
 
 
@@ -368,7 +377,10 @@ def appearance_metrics(
     graded = np.clip(original.rgb.astype(np.float32) * g + o, 0, 255)
     generated_lab = rgb_to_lab(cv2.GaussianBlur(np.where(inside, generated, graded), (0, 0), DRIFT_BLUR[0]))
     drift = np.minimum(
-        *(_norm(rgb_to_lab(np.clip(blurred * g + o, 0, 255)) - generated_lab) for blurred in original.blurred)
+        *(
+            lab_norm(rgb_to_lab(np.clip(blurred * g + o, 0, 255)) - generated_lab)
+            for blurred in original.blurred
+        )
     )
     drift = np.where(region, drift, 0.0).astype(np.float32)
     ssim_map = _ssim_map(original, _grey(corrected))
@@ -381,11 +393,6 @@ def appearance_metrics(
     }
     metrics["halo"], glow = halo(original, generated)
     return metrics, drift, glow
-
-
-def _norm(vectors: np.ndarray) -> np.ndarray:
-    """Euclidean norm over the last axis (about twice as fast as np.linalg.norm for 3-vectors)."""
-    return np.sqrt(np.einsum("...c,...c->...", vectors, vectors))
 
 
 def _ssim_blur(image: np.ndarray) -> np.ndarray:

@@ -249,22 +249,11 @@ class GeneratorTrainer:
         self.vae.register_to_config(scaling_factor=float(1.0 / z.std()))
         self._save(2, 0, torch.optim.AdamW([torch.zeros(1)]))
 
-    @torch.no_grad()
-    def _encode(self, images: torch.Tensor, masks: torch.Tensor):
-        scale = self.vae.config.scaling_factor
-        latents, masked = [], []
-        for start in range(0, len(images), 128):
-            x, m = images[start : start + 128], masks[start : start + 128]
-            latents.append(self.vae.encode(x).latent_dist.mode() * scale)
-            masked.append(self.vae.encode(x * (m > 0.5)).latent_dist.mode() * scale)  # background blanked
-        small = F.interpolate(1 - masks, size=latents[0].shape[-2:])  # 1 = repaint (background)
-        return torch.cat(latents), torch.cat(masked), small
-
     def train_unet(self, start: int) -> None:
         cfg = self.config
         self.vae.requires_grad_(False).eval()
         images, masks, prompts = training_renders(cfg, cfg.renders, stream=2)
-        latents, masked, small_masks = self._encode(images, masks)
+        latents, masked, small_masks = inpainting_inputs(self.vae, images, masks)
         params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
         optimizer = torch.optim.AdamW(params, lr=cfg.unet_learning_rate, weight_decay=1e-4)
         if start:
@@ -281,20 +270,19 @@ class GeneratorTrainer:
         unet, text_encoder, optimizer = self.accelerator.prepare(self.unet, self.text_encoder, optimizer)
         unet.train()
         text_encoder.train()
-        timesteps_total = self.scheduler.config.num_train_timesteps
         for step in range(start, cfg.unet_steps):
             index = _batch(step, cfg.unet_batch_size, len(latents), cfg.seed, 2)
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            noise = torch.randn(latents[index].shape, generator=generator)
-            t = torch.randint(0, timesteps_total, (len(index),), generator=generator)
-            drop = torch.rand(len(index), generator=generator) < cfg.prompt_dropout
-            texts = ["" if d else prompts[i] for i, d in zip(index.tolist(), drop.tolist())]
-            tokens = self.tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")
-            hidden = text_encoder(tokens.input_ids)[0]
-            noisy = self.scheduler.add_noise(latents[index], noise, t)
-            model_input = torch.cat([noisy, small_masks[index], masked[index]], dim=1)
-            prediction = unet(model_input, t, encoder_hidden_states=hidden).sample
-            loss = F.mse_loss(prediction, noise)
+            loss = denoising_loss(
+                unet,
+                text_encoder,
+                self.tokenizer,
+                self.scheduler,
+                (latents[index], small_masks[index], masked[index]),
+                [prompts[i] for i in index.tolist()],
+                generator,
+                cfg.prompt_dropout,
+            )
             self.accelerator.backward(loss)
             self.accelerator.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -325,6 +313,37 @@ class GeneratorTrainer:
         pipe.save_pretrained(path, safe_serialization=True)
         logger.info("saved the mini generator to %s", path)
         return path
+
+
+@torch.no_grad()
+def inpainting_inputs(vae, images: torch.Tensor, masks: torch.Tensor):
+    """What the 9-channel UNet is trained on, from images (N,3,H,W) in [-1,1] and product masks (N,1,H,W):
+    (latents of the images, latents of the images with the background blanked, repaint masks at the latent
+    size, 1 = background)."""
+    scale = vae.config.scaling_factor
+    latents, masked = [], []
+    for start in range(0, len(images), 128):
+        x, m = images[start : start + 128], masks[start : start + 128]
+        latents.append(vae.encode(x).latent_dist.mode() * scale)
+        masked.append(vae.encode(x * (m > 0.5)).latent_dist.mode() * scale)  # background blanked
+    small = F.interpolate(1 - masks, size=latents[0].shape[-2:])  # 1 = repaint (background)
+    return torch.cat(latents), torch.cat(masked), small
+
+
+def denoising_loss(unet, text_encoder, tokenizer, scheduler, inputs, prompts, generator, prompt_dropout):
+    """The inpainting UNet's noise-prediction loss on one batch: `inputs` = (latents, repaint masks, masked
+    latents) as inpainting_inputs gives them, `prompts` one per row (a `prompt_dropout` share replaced by
+    "" for classifier-free guidance); noise, timesteps and the dropout are drawn from `generator`."""
+    latents, repaint, masked = inputs
+    noise = torch.randn(latents.shape, generator=generator)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    drop = torch.rand(len(latents), generator=generator) < prompt_dropout
+    texts = ["" if d else prompt for prompt, d in zip(prompts, drop.tolist())]
+    tokens = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")
+    hidden = text_encoder(tokens.input_ids)[0]
+    noisy = scheduler.add_noise(latents, noise, t)
+    prediction = unet(torch.cat([noisy, repaint, masked], dim=1), t, encoder_hidden_states=hidden).sample
+    return F.mse_loss(prediction, noise)
 
 
 def train_generator(config: GeneratorConfig, resume: bool = True) -> Path:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from hfpc_reward.images import load_rgb
@@ -35,6 +36,15 @@ class FamilyPair:
     @property
     def consistent(self) -> bool:
         return self.defect == "none"
+
+    def inner_difference(self, erode_px: int = 3) -> float:
+        """Mean absolute difference (0-255 levels) between original and generation over the product pixels at
+        least `erode_px` inside the mask: how much a generation changed the product itself."""
+        kernel = np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8)
+        inner = cv2.erode(self.mask.astype(np.uint8), kernel) > 0
+        return float(
+            np.abs(self.original.astype(np.float32) - self.generated.astype(np.float32))[inner].mean()
+        )
 
 
 @cache
