@@ -94,6 +94,7 @@ class InpaintPipelineGenerator:
             else:  # a UNet-only LoRA (what hfpc finetune writes): no "no text-encoder keys" warning
                 pipe.unet.load_lora_adapter(state_dict, prefix="unet", adapter_name=self.ADAPTER_NAME)
             pipe.set_adapters([self.ADAPTER_NAME], adapter_weights=[lora_scale])
+            pipe.fuse_lora(adapter_names=[self.ADAPTER_NAME])  # sampling at the base model's cost
         pipe.set_progress_bar_config(disable=True)
         self.device = resolve_device(generation.device)
         self.pipe = pipe.to(self.device)

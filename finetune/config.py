@@ -1,4 +1,5 @@
-"""Settings of a DDPO-LoRA fine-tune of a Stable Diffusion inpainting pipeline.
+"""Settings of a LoRA fine-tune of a Stable Diffusion inpainting pipeline against a reward (DDPO or
+reward-filtered, `train.algorithm`).
 
 Sizes marked *global* count samples over all processes (GPUs x nodes), so one config gives the same
 optimisation on 1 or N processes; sizes marked *per process* are what fits in one device's memory.
@@ -13,6 +14,7 @@ from typing import Any
 MIXED_PRECISION = ("no", "fp16", "bf16")
 RESUME_CHOICES = ("", "latest")
 TRACKERS = ("tensorboard", "wandb", "trackio", "none")
+ALGORITHMS = ("ddpo", "reward_filtered")
 # settings a resume may change without changing what the run computes (more epochs; memory, speed, device,
 # logging and output knobs); any other difference from the run's stamp refuses the resume, naming the keys
 SAFE_RESUME_KEYS = (
@@ -83,60 +85,74 @@ class DataConfig:
 
 @dataclass
 class SampleConfig:
-    """Sampling with log-probs: DDIM with eta (eta = 1 is the DDPO policy), classifier-free guidance."""
+    """Sampling: DDIM with eta (eta = 1 is the DDPO policy; reward_filtered may use 0), classifier-free guidance."""
 
     num_steps: int = 50  # DDIM steps per sample
     guidance_scale: float = 5.0  # classifier-free guidance weight (1 = no guidance, half the UNet work)
-    eta: float = 1.0  # DDIM noise weight; > 0 is needed for a stochastic policy with a log-prob
+    eta: float = 1.0  # DDIM noise weight; ddpo needs > 0 (a stochastic policy with a log-prob)
     negative_prompt: str = ""  # the unconditional prompt of CFG
     batch_size: int = 8  # per process: samples generated at once
     samples_per_epoch: int = (
-        256  # global: samples per epoch (a multiple of batch_size x processes and group size)
+        256  # ddpo, global: samples per epoch (a multiple of batch_size x processes and group size)
     )
     paste_back: bool = True  # paste the original product onto the decoded image before the reward
 
     def __post_init__(self):
         if self.num_steps < 1:
             raise ValueError(f"sample.num_steps must be >= 1, got {self.num_steps}")
-        if not 0.0 < self.eta <= 1.0:
-            raise ValueError(f"sample.eta must be in (0, 1] (0 has no log-prob), got {self.eta}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"sample.eta must be in [0, 1], got {self.eta}")
         if self.guidance_scale < 1.0:
             raise ValueError(
                 f"sample.guidance_scale must be >= 1 (1 disables guidance), got {self.guidance_scale}"
-            )
-        if self.samples_per_epoch % self.batch_size:
-            raise ValueError(
-                f"sample.samples_per_epoch ({self.samples_per_epoch}) must be a multiple of sample.batch_size "
-                f"({self.batch_size})"
             )
 
 
 @dataclass
 class TrainConfig:
-    """DDPO-IS: PPO-clip on the per-step likelihood ratio, advantages normalised within groups."""
+    """How the LoRA learns from rewards. ddpo: PPO-clip on the per-step likelihood ratio, advantages
+    normalised within groups. reward_filtered: each epoch keeps the best of `candidates` generations per
+    (product, prompt) by reward and trains on them with the denoising loss (RAFT-style best-of-N distillation)."""
 
+    algorithm: str = "ddpo"  # ddpo | reward_filtered
     epochs: int = 100  # sample -> reward -> update rounds
     group_size: int = (
-        8  # G samples per (product, mask, prompt) per epoch; advantages are normalised per group
+        8  # ddpo: G samples per (product, mask, prompt) per epoch; advantages are normalised per group
     )
-    min_group_count: int = 4  # groups with fewer valid rewards use the whole batch's mean/std instead
-    group_history: int = 0  # past epochs of rewards kept per group for its statistics (0 = this epoch only)
+    min_group_count: int = 4  # ddpo: groups with fewer valid rewards use the whole batch's mean/std instead
+    group_history: int = (
+        0  # ddpo: past epochs of rewards kept per group for its statistics (0 = this epoch only)
+    )
     learning_rate: float = 3e-4  # AdamW learning rate of the LoRA weights
     adam_beta1: float = 0.9  # AdamW momentum; with one optimizer step per epoch a lower value stops overshoot
     adam_weight_decay: float = 1e-4  # AdamW weight decay
     adam_epsilon: float = 1e-8  # AdamW epsilon
     max_grad_norm: float = 1.0  # gradient clipping of the LoRA weights
-    clip_range: float = 1e-4  # PPO: the ratio exp(logp_new - logp_old) is clipped to 1 +- clip_range
-    adv_clip_max: float = 5.0  # advantages are clipped to +- this
-    inner_epochs: int = 1  # passes (optimizer rounds) over each epoch's samples
-    timestep_fraction: float = 1.0  # fraction of the denoising steps trained on per sample (random subset)
-    train_batch_size: int = 4  # per process: samples per UNet forward when training
-    samples_per_step: int = 64  # global: samples whose gradients are accumulated into one optimizer step
-    kl_coef: float = (
-        0.0  # weight of the KL penalty to the reference model (LoRA disabled); > 0 costs a forward
+    clip_range: float = 1e-4  # ddpo: PPO: the ratio exp(logp_new - logp_old) is clipped to 1 +- clip_range
+    adv_clip_max: float = 5.0  # ddpo: advantages are clipped to +- this
+    inner_epochs: int = 1  # ddpo: passes (optimizer rounds) over each epoch's samples
+    timestep_fraction: float = (
+        1.0  # ddpo: fraction of the denoising steps trained on per sample (random subset)
     )
+    train_batch_size: int = 4  # per process: samples per UNet forward when training
+    samples_per_step: int = 64  # global: samples (reward_filtered: kept rows drawn) per optimizer step
+    kl_coef: float = (
+        0.0  # ddpo: weight of the KL penalty to the reference model (LoRA disabled); > 0 costs a forward
+    )
+    candidates: int = 16  # reward_filtered: generations per (product, prompt) per epoch
+    keep: int = 1  # reward_filtered: highest-reward generations kept per (product, prompt) per epoch
+    steps_per_epoch: int = 200  # reward_filtered: optimizer steps (of samples_per_step rows) on the kept ones
+    prompt_dropout: float = 0.1  # reward_filtered: share of rows trained with the negative prompt (keeps CFG)
 
     def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"train.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if not 1 <= self.keep <= self.candidates:
+            raise ValueError(
+                f"train.keep must be in [1, train.candidates], got keep={self.keep}, candidates={self.candidates}"
+            )
+        if self.steps_per_epoch < 1 or not 0.0 <= self.prompt_dropout < 1.0:
+            raise ValueError("train.steps_per_epoch must be >= 1 and train.prompt_dropout in [0, 1)")
         if self.group_size < 1 or self.min_group_count < 1:
             raise ValueError("train.group_size and train.min_group_count must be >= 1")
         if not 0.0 < self.timestep_fraction <= 1.0:
@@ -259,6 +275,15 @@ class FinetuneConfig:
     run: RunConfig = field(default_factory=RunConfig)  # outputs, tracking, resume
 
     def __post_init__(self):
+        if self.train.algorithm != "ddpo":  # the sizes below are DDPO's epoch layout
+            return
+        if self.sample.eta == 0.0:
+            raise ValueError("sample.eta must be > 0 for train.algorithm=ddpo (eta = 0 has no log-prob)")
+        if self.sample.samples_per_epoch % self.sample.batch_size:
+            raise ValueError(
+                f"sample.samples_per_epoch ({self.sample.samples_per_epoch}) must be a multiple of "
+                f"sample.batch_size ({self.sample.batch_size})"
+            )
         if self.sample.samples_per_epoch % self.train.group_size:
             raise ValueError(
                 f"sample.samples_per_epoch ({self.sample.samples_per_epoch}) must be a multiple of "

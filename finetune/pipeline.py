@@ -7,6 +7,8 @@ from the same adapter. The scheduler becomes DDIM (the DDPO policy needs its eta
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from hfpc_finetune.config import FinetuneConfig
 
@@ -70,3 +72,24 @@ def load_lora_pipeline(config: FinetuneConfig, device):
         eps=train.adam_epsilon,
     )
     return pipe, optimizer
+
+
+@contextlib.contextmanager
+def merged_lora(unet):
+    """Within the block, the LoRA is merged into the frozen weights: sampling then costs what the base
+    model costs (peft's unmerged layers run three products each). Training needs the unmerged layers; on
+    leaving, the frozen weights are restored bit for bit (merging and unmerging alone would drift them)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [module for module in unet.modules() if isinstance(module, BaseTunerLayer)]
+    frozen = [layer.get_base_layer().weight.detach().clone() for layer in layers]
+    with torch.no_grad():
+        for layer in layers:
+            layer.merge()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, weight in zip(layers, frozen):
+                layer.unmerge()
+                layer.get_base_layer().weight.copy_(weight)

@@ -83,10 +83,15 @@ def prepare_conditioning(
     mask = pipe.mask_processor.preprocess(inpaint_masks, height=resolution, width=resolution).to(
         device, dtype
     )
-    masked = pixels * (mask < 0.5)
-    latents = pipe.vae.encode(masked).latent_dist.mode() * pipe.vae.config.scaling_factor
+    latents = encode_pixels(pipe, pixels * (mask < 0.5))
     mask = F.interpolate(mask, size=latents.shape[-2:])
     return Conditioning(prompt_embeds.to(dtype), negative_embeds.to(dtype), mask, latents.to(dtype))
+
+
+@torch.no_grad()
+def encode_pixels(pipe, pixels: torch.Tensor) -> torch.Tensor:
+    """VAE latents (posterior mode, scaled) of preprocessed images (B,3,H,W) in [-1,1]."""
+    return pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
 
 
 def predict_noise(

@@ -1,13 +1,11 @@
-"""The DDPO-IS loop for SD inpainting with LoRA: sample -> reward -> advantages -> PPO epochs.
+"""A fine-tuning run of an SD-inpainting pipeline with LoRA: what every algorithm shares.
 
 Before the pipeline loads, the reward is resolved, built and probed on real product photos and the tracker
 is checked; once everything loaded, the run takes `run.out_dir` (the run contract of `hfpc_reward.runs`: a
 lock, the settings stamp `run.json`, a resume that refuses changed settings outside `SAFE_RESUME_KEYS`), so
-a run that cannot start leaves nothing behind.
-Distributed with accelerate: each process samples its contiguous slice of the epoch's global sample
-indices (every sample seeded by its global index), rewards are gathered so groups span processes, and the
-LoRA gradients are averaged across processes (see `ppo.py`). All randomness derives from (run.seed, epoch,
-sample index), so a resumed run repeats the uninterrupted one.
+a run that cannot start leaves nothing behind. Every epoch appends one record to `metrics.jsonl`, the LoRA
+and the resumable state are saved every `run.save_every` epochs. `train.algorithm` picks what an epoch
+does: `ddpo` (`ddpo.py`) or `reward_filtered` (`reward_filtered.py`).
 """
 
 from __future__ import annotations
@@ -15,18 +13,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from hfpc_finetune.advantages import GroupAdvantages
 from hfpc_finetune.checkpoint import load_state, save_lora, save_state
 from hfpc_finetune.config import FinetuneConfig
-from hfpc_finetune.data import ProductPrompt, epoch_group_items, load_products
-from hfpc_finetune.pipeline import WEIGHT_DTYPES, load_lora_pipeline
-from hfpc_finetune.ppo import Policy, PPOUpdate
+from hfpc_finetune.data import ProductPrompt, load_products
+from hfpc_finetune.pipeline import load_lora_pipeline
 from hfpc_finetune.rewards import (
     RewardBatch,
     RewardError,
@@ -36,14 +31,6 @@ from hfpc_finetune.rewards import (
     resolve_reward,
 )
 from hfpc_finetune.run_folder import METRICS_FILE, keep_epochs_before, own_run_folder
-from hfpc_finetune.sampling import (
-    Conditioning,
-    Trajectory,
-    decode,
-    paste_back,
-    prepare_conditioning,
-    sample_with_logprob,
-)
 from hfpc_finetune.tracking import (
     TRACKER_PROJECT,
     model_card,
@@ -57,7 +44,7 @@ from hfpc_finetune.tracking import (
 from PIL import Image
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from hfpc_reward.config import ConfigError, config_to_dict
+from hfpc_reward.config import config_to_dict
 from hfpc_reward.data.manifest import append_jsonl, read_jsonl
 from hfpc_reward.runs import flatten_settings, settings_hash
 
@@ -79,18 +66,6 @@ class RunSummary:
         return self.last_reward - self.first_reward
 
 
-@dataclass
-class EpochSamples:
-    """One process's share of an epoch, collated: one row per sample (N rows), as PPO consumes it."""
-
-    items: list[ProductPrompt]  # (N) the product, mask and prompt each sample inpainted
-    trajectory: Trajectory  # latents (N,T+1,4,h,w), log_probs (N,T), timesteps (T,)
-    conditioning: Conditioning  # prompt embeddings, masks and masked-image latents (N rows)
-    product_drift: list[float]  # (N) mean |decoded - original| over product pixels, before paste-back
-    rewards: list[Future]  # one per sampling batch, resolving to (RewardBatch, seconds spent)
-    preview: list[tuple[Image.Image, Image.Image]]  # (original, rewarded image) of the first samples
-
-
 def seed_for(*parts: int) -> int:
     """A 63-bit seed from integers (run seed, epoch, index, ...), stable across processes and runs."""
     return int(
@@ -98,8 +73,16 @@ def seed_for(*parts: int) -> int:
     )
 
 
-class DDPOTrainer:
-    """One fine-tuning run: everything checked and loaded at construction, `fit()` trains to train.epochs."""
+def with_rewards(pairs: list[tuple[Image.Image, Image.Image]], results) -> list[tuple]:
+    """(original, image) pairs of consecutive samples with each one's reward and primary failure reason."""
+    values = [v for batch, _, _ in results for v in batch.values]
+    reasons = [r for batch, _, _ in results for r in primary_reasons(batch.extras, len(batch.values))]
+    return [(o, s, v, r) for (o, s), v, r in zip(pairs, values, reasons)]
+
+
+class Trainer:
+    """One fine-tuning run: everything checked and loaded at construction, `fit()` trains to train.epochs.
+    An algorithm implements `_run_epoch` (one epoch's record) and the hooks below."""
 
     def __init__(self, config: FinetuneConfig, resume: bool = False, overwrite: bool = False):
         from accelerate import Accelerator
@@ -143,89 +126,34 @@ class DDPOTrainer:
         )
         self.unet, self.scheduler = self.pipe.unet, self.pipe.scheduler
         self.lora_params = [p for p in self.unet.parameters() if p.requires_grad]
-        policy = Policy(self.unet, self.scheduler, config.sample.guidance_scale, config.sample.eta)
-        self.ppo = PPOUpdate(
-            policy, self.optimizer, self.accelerator, self.lora_params, config.train, self.accumulation
-        )
-        self.advantages = GroupAdvantages(config.train.min_group_count, config.train.group_history)
         self.reward_name = " + ".join(f"{t.weight:g} x {t.name}" for t in reward_terms)
+        self._setup()
 
+    # ---- what an algorithm provides --------------------------------------------------------------------
     def _check_sizes(self) -> None:
-        procs, sample, train = self.accelerator.num_processes, self.config.sample, self.config.train
-        if sample.samples_per_epoch % (sample.batch_size * procs):
-            raise ConfigError(
-                f"sample.samples_per_epoch ({sample.samples_per_epoch}) must be a multiple of "
-                f"sample.batch_size x processes ({sample.batch_size} x {procs})"
-            )
-        if train.samples_per_step % (train.train_batch_size * procs):
-            raise ConfigError(
-                f"train.samples_per_step ({train.samples_per_step}) must be a multiple of "
-                f"train.train_batch_size x processes ({train.train_batch_size} x {procs})"
-            )
-        self.local_samples = sample.samples_per_epoch // procs
-        if self.local_samples % train.train_batch_size:
-            raise ConfigError(
-                f"samples per process ({self.local_samples}) must be a multiple of train.train_batch_size"
-            )
-        self.accumulation = train.samples_per_step // (train.train_batch_size * procs)
+        """Refuse sizes this algorithm cannot run with (ConfigError), before anything loads."""
 
-    # ---- one epoch ------------------------------------------------------------------------------------
-    def global_indices(self) -> range:
-        start = self.accelerator.process_index * self.local_samples
-        return range(start, start + self.local_samples)
+    def _setup(self) -> None:
+        """Build the algorithm's own parts once the pipeline, optimizer and run folder are there."""
 
-    def epoch_items(self, epoch: int, indices) -> list[ProductPrompt]:
-        """The product, mask and prompt of each global sample index: G consecutive samples share one."""
-        cfg = self.config
-        groups = epoch_group_items(
-            len(self.products), cfg.sample.samples_per_epoch // cfg.train.group_size, cfg.run.seed, epoch
-        )
-        return [self.products[groups[g // cfg.train.group_size]] for g in indices]
+    def _units_per_epoch(self) -> int:
+        raise NotImplementedError
 
-    def sample_epoch(self, epoch: int, pool: ThreadPoolExecutor, on_batch=lambda: None) -> EpochSamples:
-        """Sample this process's share; each batch's reward runs in `pool` while the next batch samples."""
-        cfg, seed = self.config, self.config.run.seed
-        indices = self.global_indices()
-        items = self.epoch_items(epoch, indices)
-        trajectories, conds, drifts, rewards, preview = [], [], [], [], []
-        self.unet.eval()
-        for start in range(0, len(items), cfg.sample.batch_size):
-            batch = items[start : start + cfg.sample.batch_size]
-            with self.accelerator.autocast():
-                cond = prepare_conditioning(
-                    self.pipe,
-                    [b.prompt for b in batch],
-                    [b.image for b in batch],
-                    [b.inpaint_mask() for b in batch],
-                    cfg.sample.negative_prompt,
-                    cfg.data.resolution,
-                    self.device,
-                    WEIGHT_DTYPES[cfg.run.mixed_precision],
-                )
-                trajectory = sample_with_logprob(
-                    self.pipe,
-                    self.scheduler,
-                    cond,
-                    [seed_for(seed, epoch, g) for g in indices[start : start + cfg.sample.batch_size]],
-                    cfg.sample.num_steps,
-                    cfg.sample.guidance_scale,
-                    cfg.sample.eta,
-                )
-                decoded = decode(self.pipe, trajectory.latents[:, -1])  # (B,3,H,W) in [0,1]
-            images, drift = paste_back(
-                decoded, [b.image for b in batch], [b.product_mask for b in batch], cfg.sample.paste_back
-            )
-            rewards.append(pool.submit(self._timed_reward, batch, images))
-            trajectories.append(trajectory)
-            conds.append(cond)
-            drifts.extend(drift)
-            preview.extend((b.image, image) for b, image in zip(batch, images))
-            del preview[PREVIEW_SAMPLES:]
-            on_batch()
-        return EpochSamples(
-            items, Trajectory.cat(trajectories), Conditioning.cat(conds), drifts, rewards, preview
-        )
+    def _run_epoch(self, epoch: int, pool: ThreadPoolExecutor, progress) -> dict:
+        raise NotImplementedError
 
+    def _describe(self, record: dict) -> str:
+        """The algorithm's part of the epoch's log line."""
+        return ""
+
+    def _trainer_state(self) -> dict:
+        """What a resume needs besides the LoRA and optimizer (JSON)."""
+        return {}
+
+    def _load_trainer_state(self, state: dict) -> None:
+        """Restore what `_trainer_state` saved."""
+
+    # ---- rewards ---------------------------------------------------------------------------------------
     def _timed_reward(self, batch: list[ProductPrompt], images: list[Image.Image]):
         started = time.perf_counter()
         metrics: dict[str, list[float]] = {}
@@ -240,68 +168,41 @@ class DDPOTrainer:
         )
         return result, metrics, time.perf_counter() - started
 
-    def _run_epoch(self, epoch: int, pool: ThreadPoolExecutor, progress) -> dict:
-        cfg, acc = self.config, self.accelerator
-        started = time.perf_counter()
-        samples = self.sample_epoch(epoch, pool, on_batch=lambda: progress.update(1))
-        sampled = time.perf_counter()
-        results: list[tuple[RewardBatch, dict, float]] = [future.result() for future in samples.rewards]
-        rewarded = time.perf_counter()
-        local = [np.nan if v is None else v for batch, _, _ in results for v in batch.values]
-        rewards = (
-            acc.gather(torch.tensor(local, dtype=torch.float64, device=self.device)).cpu().numpy()
-        )  # (N,)
-        self._refuse_abstaining_epoch(epoch, rewards, results)
-        keys = [item.key for item in self.epoch_items(epoch, range(len(rewards)))]
-        advantages = self.advantages(keys, rewards)[list(self.global_indices())]
-        train_stats = self.ppo.train_epoch(
-            samples.trajectory,
-            samples.conditioning,
-            torch.tensor(advantages, dtype=torch.float32, device=self.device),
-            self.global_indices(),
-            lambda *parts: seed_for(cfg.run.seed, epoch, *parts),
-            on_minibatch=lambda: progress.update(1),
-        )
-        finished = time.perf_counter()
+    def _reward_record(
+        self, epoch: int, rewards: np.ndarray, results: list[tuple[RewardBatch, dict, float]]
+    ) -> dict:
+        """The epoch's reward statistics; stops the run (every process alike: `rewards` is gathered) when
+        too many rewards abstained."""
+        abstained = int((~np.isfinite(rewards)).sum())
+        limit = self.config.reward.max_abstain_fraction
+        if abstained > limit * len(rewards) or abstained == len(rewards):
+            first_error = next((batch.error for batch, _, _ in results if batch.error), None)
+            raise RewardError(
+                f"epoch {epoch}: the reward abstained on {abstained} of {len(rewards)} samples (more than "
+                f"reward.max_abstain_fraction={limit}); first error: "
+                f"{first_error or 'none raised (the reward returned None)'}"
+            )
         valid = rewards[np.isfinite(rewards)]
         metrics: dict[str, list[float]] = {}
         for _, batch_metrics, _ in results:
             for name, values in batch_metrics.items():
                 metrics.setdefault(name, []).extend(values)
-        record = {
-            "epoch": epoch,
+        return {
             "reward_mean": float(valid.mean()),
             "reward_std": float(valid.std()),
-            "reward_abstained": int((~np.isfinite(rewards)).sum()),
-            "product_drift": float(np.mean(samples.product_drift)),
+            "reward_abstained": abstained,
             **{f"reward/{name}": float(np.mean(values)) for name, values in metrics.items()},
-            **train_stats,
-            "time_sample": sampled - started,
-            "time_reward_wait": rewarded - sampled,
             "time_reward_compute": sum(seconds for _, _, seconds in results),
-            "time_train": finished - rewarded,
         }
-        if acc.is_main_process and cfg.run.grid_every and epoch % cfg.run.grid_every == 0:
-            self._save_grid(epoch, samples, results)
-        return record
 
-    def _refuse_abstaining_epoch(self, epoch: int, rewards: np.ndarray, results) -> None:
-        """Stop the run (every process alike: `rewards` is gathered) when too many rewards abstained."""
-        abstained = int((~np.isfinite(rewards)).sum())
-        if abstained <= self.config.reward.max_abstain_fraction * len(rewards) and abstained < len(rewards):
-            return
-        first_error = next((batch.error for batch, _, _ in results if batch.error), None)
-        raise RewardError(
-            f"epoch {epoch}: the reward abstained on {abstained} of {len(rewards)} samples (more than "
-            f"reward.max_abstain_fraction={self.config.reward.max_abstain_fraction}); first error: "
-            f"{first_error or 'none raised (the reward returned None)'}"
-        )
-
-    def _save_grid(self, epoch: int, samples: EpochSamples, results) -> None:
-        values = [v for batch, _, _ in results for v in batch.values]
-        reasons = [r for batch, _, _ in results for r in primary_reasons(batch.extras, len(batch.values))]
-        previews = [(o, s, v, r) for (o, s), v, r in zip(samples.preview, values, reasons)]
-        save_grid(self.out_dir / "grids" / f"epoch_{epoch:04d}.png", previews, self.accelerator, epoch)
+    def _save_grid(
+        self, epoch: int, previews: list[tuple[Image.Image, Image.Image, float | None, str | None]]
+    ):
+        """Every `run.grid_every` epochs: (original, image, reward, primary reason) previews as a grid."""
+        cfg = self.config
+        if self.accelerator.is_main_process and cfg.run.grid_every and epoch % cfg.run.grid_every == 0:
+            path = self.out_dir / "grids" / f"epoch_{epoch:04d}.png"
+            save_grid(path, previews[:PREVIEW_SAMPLES], self.accelerator, epoch)
 
     # ---- the run --------------------------------------------------------------------------------------
     def fit(self) -> RunSummary:
@@ -319,9 +220,7 @@ class DDPOTrainer:
         if acc.is_main_process:
             keep_epochs_before(metrics_path, start_epoch)
         acc.init_trackers(TRACKER_PROJECT, config=tracker_config(flatten_settings(self.settings)))
-        per_epoch = self.local_samples // cfg.sample.batch_size + cfg.train.inner_epochs * -(
-            -self.local_samples // cfg.train.train_batch_size
-        )  # progress units: sampling batches + PPO minibatches
+        per_epoch = self._units_per_epoch()
         bar = progress_bar((cfg.train.epochs - start_epoch) * per_epoch, acc.is_main_process)
         with logging_redirect_tqdm(), bar, ThreadPoolExecutor(max_workers=cfg.reward.num_workers) as pool:
             for epoch in range(start_epoch, cfg.train.epochs):
@@ -331,12 +230,11 @@ class DDPOTrainer:
                     append_jsonl(metrics_path, [record])
                 acc.log(record, step=epoch)
                 logger.info(
-                    "epoch %d: reward %.4f +- %.4f, approx_kl %.2e, clipfrac %.3f",
+                    "epoch %d: reward %.4f +- %.4f, %s",
                     epoch,
                     record["reward_mean"],
                     record["reward_std"],
-                    record["approx_kl"],
-                    record["clipfrac"],
+                    self._describe(record),
                 )
                 last = epoch + 1 == cfg.train.epochs
                 if acc.is_main_process and ((epoch + 1) % cfg.run.save_every == 0 or last):
@@ -361,7 +259,7 @@ class DDPOTrainer:
         if state is None:
             logger.info("resume: no saved state under %s yet, starting at epoch 0", self.out_dir / "state")
             return 0
-        self.advantages.load_state_dict(state["advantages"])
+        self._load_trainer_state(state)
         logger.info("resumed after epoch %d", state["epoch"])
         return state["epoch"]
 
@@ -379,10 +277,14 @@ class DDPOTrainer:
             finished_epochs,
             self.unet,
             self.optimizer,
-            {"advantages": self.advantages.state_dict()},
+            self._trainer_state(),
         )
 
 
 def train(config: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> RunSummary:
     """Fine-tune per `config` (see configs/finetune/); returns the first/last epoch rewards and the LoRA path."""
-    return DDPOTrainer(config, resume=resume, overwrite=overwrite).fit()
+    from hfpc_finetune.ddpo import DDPOTrainer
+    from hfpc_finetune.reward_filtered import RewardFilteredTrainer
+
+    algorithm = {"ddpo": DDPOTrainer, "reward_filtered": RewardFilteredTrainer}[config.train.algorithm]
+    return algorithm(config, resume=resume, overwrite=overwrite).fit()

@@ -100,6 +100,35 @@ def test_pipeline_generator_repaints_background_only_and_is_seeded(kit):
     assert background_change > 5.0  # the background was repainted
 
 
+def test_a_lora_version_paints_with_its_scale(kit):
+    """The eval fuses a LoRA into the UNet for speed: scale 0 must paint exactly the base images, scale 1
+    what the unfused adapter paints."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from hfpc_reward.images import load_mask, load_rgb
+
+    row = json.loads(kit["manifest"].read_text().splitlines()[0])
+    image = load_rgb(kit["manifest"].parent / row["origin"])
+    mask = load_mask(kit["manifest"].parent / row["mask"], size=image.size)
+    product = Product("p0", row["origin"], image, mask, "a photo on a wooden table", "toy")
+    generation = _config(kit, kit["root"] / "unused").generation
+    base = InpaintPipelineGenerator(str(kit["pipeline"]), generation).generate(product, [0], [5])[0]
+    lora = str(kit["lora"])
+    muted = InpaintPipelineGenerator(str(kit["pipeline"]), generation, lora, 0.0).generate(product, [0], [5])[
+        0
+    ]
+    full = InpaintPipelineGenerator(str(kit["pipeline"]), generation, lora).generate(product, [0], [5])[0]
+    unfused = StableDiffusionInpaintPipeline.from_pretrained(str(kit["pipeline"]), safety_checker=None)
+    unfused.load_lora_weights(lora)
+    unfused.set_progress_bar_config(disable=True)
+    expected = InpaintPipelineGenerator(str(kit["pipeline"]), generation)
+    expected.pipe = unfused
+    reference = expected.generate(product, [0], [5])[0]
+    assert np.array_equal(np.asarray(muted), np.asarray(base))
+    assert np.abs(np.asarray(full, float) - np.asarray(reference, float)).max() <= 2
+    assert np.abs(np.asarray(full, float) - np.asarray(base, float)).max() > 10
+
+
 def test_base_and_lora_versions_end_to_end(kit, tmp_path_factory, capsys):
     """`hfpc eval run` on the tiny kit: real pipelines, real HFPCScorer (reward model + consistency), ITM."""
     from hfpc_reward.cli import main

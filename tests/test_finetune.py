@@ -195,7 +195,13 @@ def test_config_rejects_inconsistent_sizes_with_the_fix():
             ],
         )
     with pytest.raises(ConfigError, match="eta must be in"):
+        load_config(FinetuneConfig, None, ["sample.eta=1.5"])
+    with pytest.raises(ConfigError, match="eta must be > 0 for train.algorithm=ddpo"):
         load_config(FinetuneConfig, None, ["sample.eta=0"])
+    with pytest.raises(ConfigError, match=r"train.keep must be in \[1, train.candidates\]"):
+        load_config(
+            FinetuneConfig, None, ["train.algorithm=reward_filtered", "train.keep=5", "train.candidates=4"]
+        )
 
 
 def test_the_hfpc_reward_drives_a_run_and_reports_its_components(tiny_kit, tmp_path):
@@ -220,7 +226,7 @@ def test_the_hfpc_reward_drives_a_run_and_reports_its_components(tiny_kit, tmp_p
 @pytest.fixture(scope="module")
 def trained(tiny_kit, tmp_path_factory):
     """One epoch of DDPO with CFG, a KL penalty and two optimizer steps; parameters snapshotted before."""
-    from hfpc_finetune.trainer import DDPOTrainer
+    from hfpc_finetune.ddpo import DDPOTrainer
 
     out = tmp_path_factory.mktemp("run_small")
     settings = {**SMALL, "train": {**SMALL["train"], "samples_per_step": 4, "epochs": 1, "kl_coef": 0.1}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,3 +120,38 @@ def test_generator_training_loss_falls_resumes_and_loads_as_a_pipeline(tmp_path)
     mask = Image.fromarray(np.where(item.product_mask, 0, 255).astype(np.uint8))
     out = pipe(prompt=item.prompt, image=image, mask_image=mask, height=64, width=64, num_inference_steps=2)
     assert out.images[0].size == (64, 64)
+
+
+def test_training_inputs_reach_the_unet_in_the_order_the_pipeline_uses():
+    """inpainting_inputs feeds denoising_loss directly: on the committed generator (trained with the
+    pipeline's [latents, mask, masked latents] layout) that loss is far below the one with mask and masked
+    latents swapped, as an earlier version of inpainting_inputs returned them."""
+    import torch
+    from diffusers import DDPMScheduler, StableDiffusionInpaintPipeline
+
+    from hfpc_reward.sample.generator import (
+        GeneratorConfig,
+        denoising_loss,
+        inpainting_inputs,
+        training_renders,
+    )
+
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(
+        Path(__file__).resolve().parents[1] / "assets" / "mini_world" / "pipeline", safety_checker=None
+    )
+    images, masks, prompts = training_renders(GeneratorConfig(), 32, stream=9)
+    inputs = inpainting_inputs(pipe.vae, images, masks)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    def loss(parts) -> float:
+        with torch.no_grad():
+            generator = torch.Generator().manual_seed(0)
+            return float(
+                denoising_loss(
+                    pipe.unet, pipe.text_encoder, pipe.tokenizer, scheduler, parts, prompts, generator, 0.0
+                )
+            )
+
+    latents, repaint, masked = inputs
+    assert repaint.shape[1] == 1 and masked.shape[1] == 4
+    assert loss(inputs) < 0.7 * loss((latents, masked, repaint))  # the earlier, wrong layout

@@ -253,7 +253,7 @@ class GeneratorTrainer:
         cfg = self.config
         self.vae.requires_grad_(False).eval()
         images, masks, prompts = training_renders(cfg, cfg.renders, stream=2)
-        latents, masked, small_masks = inpainting_inputs(self.vae, images, masks)
+        inputs = inpainting_inputs(self.vae, images, masks)
         params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
         optimizer = torch.optim.AdamW(params, lr=cfg.unet_learning_rate, weight_decay=1e-4)
         if start:
@@ -271,14 +271,14 @@ class GeneratorTrainer:
         unet.train()
         text_encoder.train()
         for step in range(start, cfg.unet_steps):
-            index = _batch(step, cfg.unet_batch_size, len(latents), cfg.seed, 2)
+            index = _batch(step, cfg.unet_batch_size, len(inputs[0]), cfg.seed, 2)
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             loss = denoising_loss(
                 unet,
                 text_encoder,
                 self.tokenizer,
                 self.scheduler,
-                (latents[index], small_masks[index], masked[index]),
+                tuple(part[index] for part in inputs),
                 [prompts[i] for i in index.tolist()],
                 generator,
                 cfg.prompt_dropout,
@@ -318,8 +318,8 @@ class GeneratorTrainer:
 @torch.no_grad()
 def inpainting_inputs(vae, images: torch.Tensor, masks: torch.Tensor):
     """What the 9-channel UNet is trained on, from images (N,3,H,W) in [-1,1] and product masks (N,1,H,W):
-    (latents of the images, latents of the images with the background blanked, repaint masks at the latent
-    size, 1 = background)."""
+    (latents of the images, repaint masks at the latent size (1 = background), latents of the images with
+    the background blanked), in the UNet's channel order, as `denoising_loss` takes them."""
     scale = vae.config.scaling_factor
     latents, masked = [], []
     for start in range(0, len(images), 128):
@@ -327,12 +327,12 @@ def inpainting_inputs(vae, images: torch.Tensor, masks: torch.Tensor):
         latents.append(vae.encode(x).latent_dist.mode() * scale)
         masked.append(vae.encode(x * (m > 0.5)).latent_dist.mode() * scale)  # background blanked
     small = F.interpolate(1 - masks, size=latents[0].shape[-2:])  # 1 = repaint (background)
-    return torch.cat(latents), torch.cat(masked), small
+    return torch.cat(latents), small, torch.cat(masked)
 
 
 def denoising_loss(unet, text_encoder, tokenizer, scheduler, inputs, prompts, generator, prompt_dropout):
     """The inpainting UNet's noise-prediction loss on one batch: `inputs` = (latents, repaint masks, masked
-    latents) as inpainting_inputs gives them, `prompts` one per row (a `prompt_dropout` share replaced by
+    latents) as `inpainting_inputs` gives them, `prompts` one per row (a `prompt_dropout` share replaced by
     "" for classifier-free guidance); noise, timesteps and the dropout are drawn from `generator`."""
     latents, repaint, masked = inputs
     noise = torch.randn(latents.shape, generator=generator)
