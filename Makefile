@@ -21,8 +21,9 @@ venv: $(BIN)/hfpc
 # generator (assets/mini_world/pipeline, trained by `hfpc world train-generator`) paints backgrounds for train
 # products; simulated annotators (the oracle's verdict with 10% label noise) label them; `hfpc train-reward`
 # learns the image-referenced reward model from those labels (and an unreferenced ablation); `hfpc finetune`
-# DDPO-fine-tunes the generator with LoRA on the HFPC reward; `hfpc eval run` compares base vs LoRA on
-# held-out products with HFPC and with the oracle, which no training step sees. Starts from a clean outputs/demo.
+# fine-tunes a LoRA on the generations the HFPC reward ranks first (reward-filtered); `hfpc eval run`
+# compares base vs LoRA on held-out products with HFPC and with the oracle, which no training step sees.
+# Starts from a clean outputs/demo.
 # The random tiny kit (hfpc tiny-models) stays for the unit tests.
 DEMO := outputs/demo
 WORLD := assets/mini_world
