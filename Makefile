@@ -23,7 +23,9 @@ venv: $(BIN)/hfpc
 # learns the image-referenced reward model from those labels (and an unreferenced ablation); `hfpc finetune`
 # fine-tunes a LoRA on the generations the HFPC reward ranks first (reward-filtered); `hfpc eval run`
 # compares base vs LoRA on held-out products with HFPC and with the oracle, which no training step sees.
-# Starts from a clean outputs/demo.
+# The held-out labels and the unreferenced ablation need neither the reward model nor the LoRA: they run in
+# the background on the second core while the reward model trains and the LoRA fine-tunes (each process on
+# one thread, so the numbers do not depend on the overlap). Starts from a clean outputs/demo.
 # The random tiny kit (hfpc tiny-models) stays for the unit tests.
 DEMO := outputs/demo
 WORLD := assets/mini_world
@@ -33,12 +35,15 @@ demo: venv
 	$(BIN)/hfpc world products $(DEMO)/products --split train --count 12
 	$(BIN)/hfpc world products $(DEMO)/products --split heldout --count 24 --scenes-per-product 1
 	$(BIN)/hfpc world label --pipeline $(WORLD)/pipeline --products $(DEMO)/products/train.jsonl --oracle $(DEMO)/oracle.json --out $(DEMO)/feedback --samples 4 --steps 10 --guidance 4
-	$(BIN)/hfpc world label --pipeline $(WORLD)/pipeline --products $(DEMO)/products/heldout.jsonl --oracle $(DEMO)/oracle.json --out $(DEMO)/feedback_heldout --samples 6 --steps 10 --guidance 4 --label-noise 0 --seed 1
-	$(BIN)/hfpc train-reward --config configs/world/reward.yaml model=$(WORLD)/blip
-	$(BIN)/hfpc train-reward --config configs/world/reward.yaml model=$(WORLD)/blip architecture.referenced=false training.out_dir=$(DEMO)/reward_unreferenced
+	@echo "held-out labels and the unreferenced ablation run beside training on the second core: $(DEMO)/ablation.log"
+	{ $(BIN)/hfpc world label --pipeline $(WORLD)/pipeline --products $(DEMO)/products/heldout.jsonl --oracle $(DEMO)/oracle.json --out $(DEMO)/feedback_heldout --samples 6 --steps 10 --guidance 4 --label-noise 0 --seed 1 && \
+	  $(BIN)/hfpc train-reward --config configs/world/reward.yaml model=$(WORLD)/blip architecture.referenced=false training.out_dir=$(DEMO)/reward_unreferenced && \
+	  $(BIN)/hfpc eval-reward --model $(DEMO)/reward_unreferenced/model --manifest $(DEMO)/feedback_heldout/manifest.jsonl --out $(DEMO)/reward_eval/unreferenced.json; \
+	} > $(DEMO)/ablation.log 2>&1 & ablation=$$!; trap 'pkill -P $$ablation 2>/dev/null; kill $$ablation 2>/dev/null' EXIT; \
+	$(BIN)/hfpc train-reward --config configs/world/reward.yaml model=$(WORLD)/blip && \
+	$(BIN)/hfpc finetune --config configs/world/finetune.yaml || exit 1; \
+	wait $$ablation || { tail -n 20 $(DEMO)/ablation.log; echo "the ablation branch failed: $(DEMO)/ablation.log"; exit 1; }
 	$(BIN)/hfpc eval-reward --model $(DEMO)/reward/model --manifest $(DEMO)/feedback_heldout/manifest.jsonl --out $(DEMO)/reward_eval/referenced.json
-	$(BIN)/hfpc eval-reward --model $(DEMO)/reward_unreferenced/model --manifest $(DEMO)/feedback_heldout/manifest.jsonl --out $(DEMO)/reward_eval/unreferenced.json
-	$(BIN)/hfpc finetune --config configs/world/finetune.yaml
 	$(BIN)/hfpc eval run --config configs/world/eval.yaml
 	$(BIN)/hfpc world summary $(DEMO)
 
