@@ -19,7 +19,9 @@ are checked in four variants: the exact product mask; the mask eroded or dilated
 segmenter's would be); every image downscaled to 128 px; no mask (the product is found in the studio
 original). Thresholds are then fitted (hfpc_reward.consistency.calibrate.fit_thresholds) on ONE family,
 all its variants pooled, and every family is reported with the default and with the fitted thresholds,
-per defect kind (share caught) and for consistent pairs (share rejected). Numbers on the fitted family
+per defect kind (share caught) and for consistent pairs (share rejected), and how often a caught pair's
+primary reason names its defect ("reason": over the kinds the judge names; a rescaled product is reported
+as truncated or expanded). Numbers on the fitted family
 are marked "fitted": they are not results.
 """
 
@@ -38,7 +40,7 @@ import numpy as np
 from hfpc_reward.consistency.calibrate import detection_metrics, fit_thresholds
 from hfpc_reward.consistency.checker import ProductConsistencyChecker
 from hfpc_reward.consistency.config import ConsistencyConfig
-from hfpc_reward.consistency.verdict import verdict
+from hfpc_reward.consistency.verdict import FAILURE_PRECEDENCE, verdict
 from hfpc_reward.data.manifest import read_manifest
 from hfpc_reward.images import load_mask, load_rgb
 from hfpc_reward.sample.families.base import DEFECTS, FamilyPair
@@ -162,7 +164,7 @@ def table(records: list[dict], thresholds, fitted_family: str | None, title: str
         title,
         f"{'family':9s} {'variant':16s} {'F1':>6s} {'rej.':>6s} {'err':>4s} "
         + " ".join(f"{kind[:8]:>8s}" for kind in DEFECTS)
-        + "   ms/pair",
+        + f" {'reason':>7s}   ms/pair",
     ]
     groups = defaultdict(list)
     for record in records:
@@ -175,11 +177,18 @@ def table(records: list[dict], thresholds, fitted_family: str | None, title: str
         for kind in DEFECTS:
             hits = [not p for p, r in zip(predicted, group) if r["defect"] == kind]
             caught.append(f"{np.mean(hits):8.0%}" if hits else f"{'-':>8s}")
+        # of the caught pairs whose defect the judge has a kind for, the share whose primary reason names it
+        named = [
+            verdict(r["metrics"], thresholds).failed_checks[0] == r["defect"]
+            for p, r in zip(predicted, group)
+            if not p and r["metrics"] is not None and r["defect"] in FAILURE_PRECEDENCE
+        ]
+        reason = f"{np.mean(named):7.0%}" if named else f"{'-':>7s}"
         unjudged = sum(r["metrics"] is None for r in group)
         mark = " (fitted)" if family == fitted_family else ""
         lines.append(
             f"{family:9s} {variant:16s} {m['f1']:6.3f} {m['false_rejection']:6.1%} "
-            f"{unjudged:4d} " + " ".join(caught) + f"   {1000 * group[0]['seconds']:.1f}{mark}"
+            f"{unjudged:4d} " + " ".join(caught) + f" {reason}   {1000 * group[0]['seconds']:.1f}{mark}"
         )
     return "\n".join(lines)
 

@@ -129,13 +129,16 @@ def test_truncation_is_found_and_measured(checker, scene):
     assert report.metrics["lost_area"] == pytest.approx(cut.sum() / mask.sum(), abs=0.06)
 
 
-def test_recolour_and_changed_label_are_appearance_failures(checker, scene):
+def test_recolour_and_changed_label_are_appearance_failures_each_with_its_own_reason(checker, scene):
     original, generated, mask = scene
     recoloured = generated.copy()
     recoloured[mask] = generated[mask][:, ::-1]  # RGB -> BGR: a blue can
     report = checker.check([original], [recoloured], masks=[mask])[0]
     assert not report.consistent and report.metrics["iou"] > 0.95
     assert any(reason.startswith("recoloured (ΔE") for reason in report.reasons)
+    # a colour map explains it all: recoloured, not also a melted outline or a changed label
+    assert report.metrics["mapped_delta_e"] < 2.5 < report.metrics["delta_e"]
+    assert report.failed_checks == ["recoloured"] and report.primary_reason == "recoloured"
 
     relabelled = generated.copy()
     relabelled[int(SIZE * 0.47) : int(SIZE * 0.62), int(SIZE * 0.38) : int(SIZE * 0.62)] = (
@@ -145,6 +148,8 @@ def test_recolour_and_changed_label_are_appearance_failures(checker, scene):
     )  # text gone
     report = checker.check([original], [relabelled], masks=[mask])[0]
     assert not report.consistent and report.metrics["ssim"] < 0.9
+    assert report.metrics["mapped_delta_e"] > 2.5  # no colour map brings the text back
+    assert report.primary_reason == "relabelled" and "recoloured" not in report.failed_checks
 
 
 def test_mask_from_alpha_and_from_studio_background(checker, scene):
@@ -280,6 +285,37 @@ def test_verdict_score_and_thresholds_from_config():
         load_config(ConsistencyConfig, None, ["thresholds.max_expansion=-1"])
     with pytest.raises(ConfigError, match="segment_size"):
         load_config(ConsistencyConfig, None, ["classic.segment_size=8"])
+
+
+def test_verdict_names_an_interior_change_by_its_kind_not_a_melted_outline():
+    good = dict.fromkeys(("expansion", "lost_area", "centroid_shift", "bleed", "reach", "halo"), 0.0)
+    good.update(iou=0.99, boundary_f=0.99, aspect_mismatch=0.0, delta_e=1.0, ssim=0.98)
+    changed = dict(good, delta_e=37.0, ssim=0.8, changed_area=1.0, edge_changed=1.0)
+    recoloured = verdict(dict(changed, mapped_delta_e=0.9), ThresholdConfig())
+    assert recoloured.failed_checks == ["recoloured"]  # the edge zone changed with the colour
+    relabelled = verdict(dict(changed, mapped_delta_e=12.0), ThresholdConfig())
+    assert relabelled.failed_checks == ["relabelled"]  # no colour map explains it
+    assert all(not line.startswith("recoloured") for line in relabelled.reasons)
+    # product colour past the outline (halo) is a bleed whatever happened inside
+    bled = verdict(dict(changed, mapped_delta_e=0.9, halo=0.5), ThresholdConfig())
+    assert bled.failed_checks[0] == "bled"
+    # a results row written before mapped_delta_e existed keeps the colour-first order
+    assert verdict(changed, ThresholdConfig()).failed_checks == ["recoloured"]
+
+
+def test_verdict_calls_a_product_found_intact_elsewhere_moved():
+    # the masks saw only the part it left (what a segmenter that missed the new place reports)
+    left = dict.fromkeys(("expansion", "bleed", "reach", "halo", "changed_area", "edge_changed"), 0.0)
+    left.update(iou=0.5, boundary_f=0.5, aspect_mismatch=0.0, lost_area=0.5, centroid_shift=0.03)
+    left.update(delta_e=25.0, ssim=0.5, mapped_delta_e=20.0)
+    assert verdict(dict(left, moved_by=0.0), ThresholdConfig()).failed_checks == ["truncated"]
+    moved = verdict(dict(left, moved_by=0.17), ThresholdConfig())
+    assert moved.failed_checks == ["moved"] and moved.reasons == ["moved (17% of its size)"]
+    # a consistent pair stays consistent whatever the search found
+    assert verdict(
+        dict(left, lost_area=0.0, iou=0.99, boundary_f=0.99, delta_e=1.0, ssim=0.98, moved_by=0.17),
+        ThresholdConfig(),
+    ).consistent
 
 
 def test_fit_thresholds_separates_labels_and_never_ends_worse():
@@ -491,3 +527,18 @@ def test_a_product_with_no_contrast_to_its_backdrop_gets_no_halo_verdict(checker
     generated[mask] = original[mask]
     report = checker.check([original], [generated], masks=[mask])[0]
     assert report.metrics["halo"] == 0.0
+
+
+def test_a_product_found_intact_elsewhere_is_moved_not_truncated(checker, scene):
+    original, _, mask = scene
+    shifted = np.roll(mask, SIZE // 10, axis=0)
+    generated = draw_product(textured_background(1), shifted)  # moved down on a new background
+    report = checker.check([original], [generated], masks=[mask])[0]
+    assert not report.consistent
+    assert report.metrics["moved_by"] == pytest.approx((SIZE // 10) / np.hypot(128, 77), abs=0.03)
+    assert report.primary_reason == "moved" and report.failed_checks == ["moved"]
+    # a product that lost its top is found nowhere else intact: truncated, not moved
+    cut = mask.copy()
+    cut[: int(SIZE * 0.45)] = False
+    report = checker.check([original], [draw_product(textured_background(1), cut)], masks=[mask])[0]
+    assert report.metrics["moved_by"] == 0.0 and report.primary_reason == "truncated"

@@ -46,6 +46,16 @@ Appearance metrics, measured on the original product's pixels (m_orig without a 
   generated image shares, so only a glow or a smear of the product into the new background remains.
 - `aspect_mismatch`: |log(aspect ratio of the generated image / aspect ratio of the original)|, set by the
   checker before alignment (0 when the sizes agree).
+- `mapped_delta_e`: the mean CIE76 difference left on the product pixels (at the coarse scale of `delta_e`)
+  after the best free affine colour map (RGB -> RGB, least squares) from the original to the generation, or
+  back, whichever leaves more. No threshold of its own: a recolour maps colours one to one and leaves
+  little; a changed label, print or pattern merges or splits colours and leaves the change, so it tells the
+  verdict which of the two a failed pair primarily is.
+- `moved_by`: how far (/ the product's box diagonal) the original product has to be shifted to match the
+  generated image best, searched within SHIFT_REACH of its size at SHIFT_WORK_SIZE, when it matches there
+  clearly better than where it was (SHIFT_RESIDUAL); else 0. No threshold of its own: a failed pair whose
+  product is found intact elsewhere (beyond `max_centroid_shift`) is "moved", even where the masks only
+  saw the part it left (a truncation) or the part it entered (an expansion).
 """
 
 from __future__ import annotations
@@ -66,6 +76,10 @@ GAIN_RIDGE = (
     100.0  # (0-255 levels)^2: below this channel variance the grading fit prefers an offset to a gain
 )
 GRADING_SAMPLE = 4096  # product pixels (evenly strided) the colour grading is fitted on
+SHIFT_WORK_SIZE = 64  # longest side (px) at which `moved_by` searches for the product
+SHIFT_REACH = 0.35  # x the product's box side: how far `moved_by` searches in every direction
+SHIFT_RESIDUAL = 0.5  # a shift counts when its RMS difference is at most this share of the one in place
+MAP_SAMPLE = 1024  # product pixels (evenly strided) the affine colour maps of `mapped_delta_e` are fitted on
 GRADING_INLIER_LEVELS = 24.0  # summed |RGB| residual (0-255 levels) a pixel may keep in the grading's refit
 SSIM_BLUR = (0.0, 1.0)  # px: SSIM against the original as is and slightly blurred (the better one counts)
 DRIFT_BLUR = (2.0, 3.0)  # px at the analysis size: colour is compared at this scale (structure: SSIM)
@@ -95,6 +109,8 @@ METRIC_NAMES = (
     "reach",
     "halo",
     "aspect_mismatch",
+    "mapped_delta_e",
+    "moved_by",
 )
 
 
@@ -244,6 +260,7 @@ class OriginalAppearance:
         tuple[np.ndarray, np.ndarray, np.ndarray]
     ]  # per SSIM_BLUR: greyscale original, local mean, variance
     halo_ring: HaloRing  # the ring outside the outline where `halo` is measured, with the original's alpha
+    shift: ShiftTemplate | None  # the product `moved_by` searches for in the generated image
 
 
 @dataclass
@@ -354,6 +371,7 @@ def original_appearance(
         blurred=[cv2.GaussianBlur(original_float, (0, 0), sigma) for sigma in DRIFT_BLUR],
         greys=greys,
         halo_ring=halo_ring(original, m_orig, depth, region, band),
+        shift=shift_template(original, m_orig),
     )
 
 
@@ -392,7 +410,84 @@ def appearance_metrics(
         "edge_changed": float((drift[zone] > config.edge_delta_e).mean()) if zone.any() else 0.0,
     }
     metrics["halo"], glow = halo(original, generated)
+    metrics["mapped_delta_e"] = mapped_delta_e(original.blurred[1], coarse, region)
+    metrics["moved_by"] = moved_by(original.shift, generated)
     return metrics, drift, glow
+
+
+@dataclass
+class ShiftTemplate:
+    """The original product `moved_by` searches for, at SHIFT_WORK_SIZE: computed once per original."""
+
+    size: tuple[int, int]  # (width, height) of the search image
+    box: tuple[int, int, int, int]  # y0, y1, x0, x1 of the product in it
+    reach: int  # px searched in every direction
+    template: np.ndarray  # (h,w,3) float32 product box of the original
+    weights: np.ndarray  # (h,w,3) float32 1 on the product's pixels, 0 on the backdrop
+
+
+def shift_template(original: np.ndarray, mask: np.ndarray) -> ShiftTemplate | None:
+    """The `moved_by` template of an original (uint8 RGB) and its mask; None for a product too small."""
+    height, width = mask.shape
+    scale = min(1.0, SHIFT_WORK_SIZE / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+    if small.sum() < 16:
+        return None
+    rows, cols = np.flatnonzero(small.any(axis=1)), np.flatnonzero(small.any(axis=0))
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1] + 1), int(cols[0]), int(cols[-1] + 1)
+    template = cv2.resize(original, size, interpolation=cv2.INTER_AREA)[y0:y1, x0:x1].astype(np.float32)
+    weights = np.repeat(small[y0:y1, x0:x1, None], 3, axis=2).astype(np.float32)
+    reach = max(2, round(SHIFT_REACH * max(y1 - y0, x1 - x0)))
+    return ShiftTemplate(size, (y0, y1, x0, x1), reach, template, weights)
+
+
+def moved_by(product: ShiftTemplate | None, generated: np.ndarray) -> float:
+    """The shift (/ box diagonal) at which the original's product pixels match `generated` (uint8 RGB) best
+    (mean squared RGB difference), when that match leaves at most SHIFT_RESIDUAL of the RMS difference in
+    place; else 0 (see the module docstring)."""
+    if product is None:
+        return 0.0
+    (y0, y1, x0, x1), reach = product.box, product.reach
+    padded = cv2.copyMakeBorder(
+        cv2.resize(generated, product.size, interpolation=cv2.INTER_AREA).astype(np.float32),
+        reach,
+        reach,
+        reach,
+        reach,
+        cv2.BORDER_REPLICATE,
+    )
+    squared = cv2.matchTemplate(
+        padded[y0 : y1 + 2 * reach, x0 : x1 + 2 * reach],
+        product.template,
+        cv2.TM_SQDIFF,
+        mask=product.weights,
+    )
+    dy, dx = np.unravel_index(int(np.argmin(squared)), squared.shape)
+    if squared[dy, dx] > SHIFT_RESIDUAL**2 * squared[reach, reach]:
+        return 0.0
+    return float(np.hypot(dy - reach, dx - reach) / np.hypot(y1 - y0, x1 - x0))
+
+
+def mapped_delta_e(original: np.ndarray, generated: np.ndarray, region: np.ndarray) -> float:
+    """How far the change on `region` is from a recolour: the mean CIE76 difference left after the affine
+    colour map (3x3 + offset, least squares on a sample) that best turns `original` into `generated`, or the
+    one back, whichever leaves more (float RGB, same scale). A recolour maps colours one to one both ways;
+    text that vanished merges two colours (no map back), new print splits one (no map forth)."""
+    pixels = np.flatnonzero(region)
+    pixels = pixels[:: max(1, len(pixels) // MAP_SAMPLE)]
+    if len(pixels) < 8:
+        return 0.0
+    src = original.reshape(-1, 3)[pixels].astype(np.float64)
+    dst = generated.reshape(-1, 3)[pixels].astype(np.float64)
+    return max(_affine_residual(src, dst), _affine_residual(dst, src))
+
+
+def _affine_residual(src: np.ndarray, dst: np.ndarray) -> float:
+    """Mean Lab distance between (N,3) RGB `dst` and the best affine map of `src`."""
+    design = np.hstack([src, np.ones((len(src), 1))])
+    coefficients, *_ = np.linalg.lstsq(design, dst, rcond=None)
+    return float(lab_norm(rgb_to_lab((design @ coefficients)[None]) - rgb_to_lab(dst[None])).mean())
 
 
 def _ssim_blur(image: np.ndarray) -> np.ndarray:

@@ -46,11 +46,15 @@ EXPLAINS: dict[str, frozenset[str]] = {
     EXPANDED: frozenset({RESHAPED, BLED}),
     BLED: frozenset({RESHAPED, APPEARANCE}),
     RESHAPED: frozenset(),
-    RELABELLED: frozenset({APPEARANCE}),
+    RELABELLED: frozenset({APPEARANCE, RECOLOURED}),  # only when it comes first (see `verdict`)
     RECOLOURED: frozenset({APPEARANCE, RELABELLED}),
     APPEARANCE: frozenset(),
 }
 
+
+# an outline melts at the edge: its edge zone changed more than EDGE_CONCENTRATION times the share of the
+# whole product that changed; a change spread wider (recolour, new print) only reaches the edge zone too
+EDGE_CONCENTRATION = 2.0
 
 # (metric, threshold field, "max" = upper bound | "min" = lower bound, failure kind, reason format)
 CHECKS: tuple[tuple[str, str, str, str, str], ...] = (
@@ -139,10 +143,16 @@ def verdict(metrics: dict[str, float], thresholds: ThresholdConfig) -> Verdict:
     """The verdict of a metrics dict under `thresholds` (scoring: the consistency.checker docstring).
 
     Failed kinds are ordered by FAILURE_PRECEDENCE; a kind explained by an earlier failed kind (EXPLAINS) is
-    dropped, so a moved product reports "moved" only, not also the colour drift its shift causes.
+    dropped, so a moved product reports "moved" only, not also the colour drift its shift causes (it is moved
+    when its centroid shifted, or when it is found intact elsewhere, `moved_by`). When the
+    colours and the structure both changed, the pair is recoloured if a colour map explains the change
+    (`mapped_delta_e` within `max_delta_e`), else relabelled; and an edge zone that changed with them (nothing
+    crossed the outline: neither bleed nor halo failed; the change not concentrated at the edge,
+    EDGE_CONCENTRATION) is their consequence, not a melted outline.
     """
     worst = 0.0
     failed: dict[str, list[str]] = {}
+    failed_metrics: dict[str, set[str]] = {}
     for name, field_name, kind, failure, reason in CHECKS:
         limit = getattr(thresholds, field_name)
         value = metrics[name]
@@ -150,11 +160,26 @@ def verdict(metrics: dict[str, float], thresholds: ThresholdConfig) -> Verdict:
         worst = max(worst, badness)
         if badness > 1.0:
             failed.setdefault(failure, []).append(reason.format(value))
-    if MOVED in failed and (TRUNCATED in failed) != (EXPANDED in failed):
+            failed_metrics.setdefault(failure, set()).add(name)
+    move = metrics.get("moved_by", 0.0)  # 0 in results written before it existed
+    if failed and move > thresholds.max_centroid_shift:  # found intact elsewhere: it moved
+        failed.setdefault(MOVED, [f"moved ({move:.0%} of its size)"])
+    elif MOVED in failed and (TRUNCATED in failed) != (EXPANDED in failed):
         del failed[MOVED]  # the shift of a product that only lost (or only gained) area
+    if (
+        failed_metrics.get(BLED) == {"edge_changed"}
+        and (RECOLOURED in failed or RELABELLED in failed)
+        and metrics["changed_area"] * EDGE_CONCENTRATION >= metrics["edge_changed"]
+    ):
+        del failed[BLED]  # the product's colour or print changed all over, its edge zone with it
+    precedence = list(FAILURE_PRECEDENCE)
+    # results written before mapped_delta_e existed keep the colour-first order
+    if metrics.get("mapped_delta_e", 0.0) > thresholds.max_delta_e:  # no colour map explains the change
+        first, second = precedence.index(RECOLOURED), precedence.index(RELABELLED)
+        precedence[first], precedence[second] = RELABELLED, RECOLOURED
     explained: set[str] = set()
     kinds = []
-    for failure in FAILURE_PRECEDENCE:
+    for failure in precedence:
         if failure in failed and failure not in explained:
             kinds.append(failure)
             explained |= EXPLAINS[failure]
