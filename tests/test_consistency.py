@@ -301,6 +301,11 @@ def test_verdict_names_an_interior_change_by_its_kind_not_a_melted_outline():
     assert bled.failed_checks[0] == "bled"
     # a results row written before mapped_delta_e existed keeps the colour-first order
     assert verdict(changed, ThresholdConfig()).failed_checks == ["recoloured"]
+    # a new colour partly mistaken for background is no truncation; a product that lost a part is one
+    partly_lost = dict(changed, mapped_delta_e=0.9, lost_area=0.05, iou=0.95)
+    assert verdict(partly_lost, ThresholdConfig()).failed_checks == ["recoloured"]
+    cut = dict(partly_lost, changed_area=0.06, edge_changed=0.1)
+    assert verdict(cut, ThresholdConfig()).failed_checks[0] == "truncated"
 
 
 def test_verdict_calls_a_product_found_intact_elsewhere_moved():

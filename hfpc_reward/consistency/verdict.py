@@ -55,6 +55,9 @@ EXPLAINS: dict[str, frozenset[str]] = {
 # an outline melts at the edge: its edge zone changed more than EDGE_CONCENTRATION times the share of the
 # whole product that changed; a change spread wider (recolour, new print) only reaches the edge zone too
 EDGE_CONCENTRATION = 2.0
+# a product cut off changes where it is missing; one whose colour or print changed over more than
+# LOSS_SIDE_EFFECT times the area the masks call lost was changed, not cut (the loss is a side effect)
+LOSS_SIDE_EFFECT = 4.0
 
 # (metric, threshold field, "max" = upper bound | "min" = lower bound, failure kind, reason format)
 CHECKS: tuple[tuple[str, str, str, str, str], ...] = (
@@ -148,7 +151,8 @@ def verdict(metrics: dict[str, float], thresholds: ThresholdConfig) -> Verdict:
     colours and the structure both changed, the pair is recoloured if a colour map explains the change
     (`mapped_delta_e` within `max_delta_e`), else relabelled; and an edge zone that changed with them (nothing
     crossed the outline: neither bleed nor halo failed; the change not concentrated at the edge,
-    EDGE_CONCENTRATION) is their consequence, not a melted outline.
+    EDGE_CONCENTRATION) is their consequence, not a melted outline; so is a small loss of area when the
+    product changed over far more of it (LOSS_SIDE_EFFECT).
     """
     worst = 0.0
     failed: dict[str, list[str]] = {}
@@ -172,6 +176,12 @@ def verdict(metrics: dict[str, float], thresholds: ThresholdConfig) -> Verdict:
         and metrics["changed_area"] * EDGE_CONCENTRATION >= metrics["edge_changed"]
     ):
         del failed[BLED]  # the product's colour or print changed all over, its edge zone with it
+    if (
+        failed_metrics.get(TRUNCATED) == {"lost_area"}
+        and (RECOLOURED in failed or RELABELLED in failed)
+        and metrics["lost_area"] * LOSS_SIDE_EFFECT <= metrics["changed_area"]
+    ):
+        del failed[TRUNCATED]  # some of the new colour or print looks like background: it is not lost
     precedence = list(FAILURE_PRECEDENCE)
     # results written before mapped_delta_e existed keep the colour-first order
     if metrics.get("mapped_delta_e", 0.0) > thresholds.max_delta_e:  # no colour map explains the change
