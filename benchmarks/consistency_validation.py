@@ -171,7 +171,8 @@ def table(records: list[dict], thresholds, fitted_family: str | None, title: str
         groups[(record["family"], record["variant"])].append(record)
     for (family, variant), group in groups.items():
         # an unjudged pair counts as rejected: the judge failed to pass it
-        predicted = [r["metrics"] is not None and verdict(r["metrics"], thresholds).consistent for r in group]
+        outcomes = [None if r["metrics"] is None else verdict(r["metrics"], thresholds) for r in group]
+        predicted = [outcome is not None and outcome.consistent for outcome in outcomes]
         m = detection_metrics([r["consistent"] for r in group], predicted)
         caught = []
         for kind in DEFECTS:
@@ -179,9 +180,9 @@ def table(records: list[dict], thresholds, fitted_family: str | None, title: str
             caught.append(f"{np.mean(hits):8.0%}" if hits else f"{'-':>8s}")
         # of the caught pairs whose defect the judge has a kind for, the share whose primary reason names it
         named = [
-            verdict(r["metrics"], thresholds).failed_checks[0] == r["defect"]
-            for p, r in zip(predicted, group)
-            if not p and r["metrics"] is not None and r["defect"] in FAILURE_PRECEDENCE
+            outcome.failed_checks[0] == r["defect"]
+            for outcome, r in zip(outcomes, group)
+            if outcome is not None and not outcome.consistent and r["defect"] in FAILURE_PRECEDENCE
         ]
         reason = f"{np.mean(named):7.0%}" if named else f"{'-':>7s}"
         unjudged = sum(r["metrics"] is None for r in group)

@@ -49,6 +49,7 @@ from hfpc_reward.consistency.config import ConsistencyConfig
 from hfpc_reward.consistency.metrics import (
     OriginalAppearance,
     appearance_metrics,
+    fitted_size,
     mask_metrics,
     original_appearance,
     quantisation_palette,
@@ -267,8 +268,7 @@ class ProductConsistencyChecker:
         return appearance
 
     def _analysis_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        scale = min(1.0, self.config.metrics.analysis_size / max(size))
-        return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+        return fitted_size(size[1], size[0], self.config.metrics.analysis_size)
 
     def _compare(
         self,

@@ -50,7 +50,7 @@ from hfpc_reward.consistency.colour import (
     shadow_like,
 )
 from hfpc_reward.consistency.config import ClassicConfig, ConsistencyConfig
-from hfpc_reward.consistency.metrics import box_diagonal, disk, fit_grading, undo_grading
+from hfpc_reward.consistency.metrics import box_diagonal, disk, fit_grading, fitted_size, undo_grading
 
 STUDIO_WORK_SIZE = 512  # longest side at which studio-background extraction runs
 REFINE_WORK_SIZE = 256  # longest side at which a mask is snapped to the original's edges
@@ -104,9 +104,7 @@ class ClassicMaskFinder:
         ]
 
     def _prepare(self, rgb: np.ndarray, mask: np.ndarray) -> dict:
-        height, width = mask.shape
-        scale = min(1.0, self.config.segment_size / max(height, width))
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        size = fitted_size(*mask.shape, self.config.segment_size)
         small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         m_small = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
         if not m_small.any():  # a product smaller than one reduced pixel: keep its brightest-overlap pixel
@@ -287,10 +285,7 @@ def studio_mask(rgb: np.ndarray, config: ClassicConfig) -> tuple[np.ndarray, lis
     Returns the (H,W) bool mask and notes (e.g. when the border is not a plain backdrop).
     """
     height, width = rgb.shape[:2]
-    scale = min(1.0, STUDIO_WORK_SIZE / max(height, width))
-    work = cv2.resize(
-        rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
-    )
+    work = cv2.resize(rgb, fitted_size(height, width, STUDIO_WORK_SIZE), interpolation=cv2.INTER_AREA)
     lab = fast_lab(cv2.GaussianBlur(work.astype(np.float32), (0, 0), 1.0))
     border = np.zeros(lab.shape[:2], bool)
     border[:2], border[-2:], border[:, :2], border[:, -2:] = True, True, True, True

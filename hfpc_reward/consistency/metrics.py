@@ -68,6 +68,7 @@ from PIL import Image
 
 from hfpc_reward.consistency.colour import colour_at_nearest, fast_lab, lab_norm, nearest_labels, shadow_like
 from hfpc_reward.consistency.config import MetricsConfig
+from hfpc_reward.consistency.geometry import mask_box
 
 MIN_IGNORE_PX = 3  # the ignored band is at least this wide: anti-aliasing, JPEG and blur at low resolution
 IGNORE_IMAGE_FRACTION = 0.01  # ... and at least this share of the image side
@@ -128,15 +129,27 @@ def fit_grading(original: np.ndarray, generated: np.ndarray, region: np.ndarray,
     Returns (g, o), each shape (3,), float32. Undo with (generated - o) / g. Clipped pixels (near 0 or 255
     in `generated`) are left out of the fit when enough others remain.
     """
-    stride = max(1, int(region.sum()) // GRADING_SAMPLE)  # a 2-parameter fit per channel: a sample will do
-    src = original[region][::stride].astype(np.float32)  # (N,3)
-    dst = generated[region][::stride].astype(np.float32)
+    pixels = strided_pixels(region, GRADING_SAMPLE)  # a 2-parameter fit per channel: a sample will do
+    src = original.reshape(-1, 3)[pixels].astype(np.float32)  # (N,3)
+    dst = generated.reshape(-1, 3)[pixels].astype(np.float32)
     g, o = _fit_channels(src, dst, gain, offset)
     if len(src) >= 32:
         residual = np.abs(src * g + o - dst).sum(axis=1)
         inliers = residual <= max(GRADING_INLIER_LEVELS, float(np.median(residual)))
         g, o = _fit_channels(src[inliers], dst[inliers], gain, offset)
     return g, o
+
+
+def strided_pixels(region: np.ndarray, count: int) -> np.ndarray:
+    """Flat indices of about `count` of the `region` pixels, evenly strided in raster order (all when fewer)."""
+    pixels = np.flatnonzero(region)
+    return pixels[:: max(1, len(pixels) // count)]
+
+
+def fitted_size(height: int, width: int, longest: int) -> tuple[int, int]:
+    """(width, height) of an image scaled down (never up) so that its longest side is at most `longest`."""
+    scale = min(1.0, longest / max(height, width))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def _fit_channels(src: np.ndarray, dst: np.ndarray, gain: float, offset: float):
@@ -428,14 +441,11 @@ class ShiftTemplate:
 
 def shift_template(original: np.ndarray, mask: np.ndarray) -> ShiftTemplate | None:
     """The `moved_by` template of an original (uint8 RGB) and its mask; None for a product too small."""
-    height, width = mask.shape
-    scale = min(1.0, SHIFT_WORK_SIZE / max(height, width))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    size = fitted_size(*mask.shape, SHIFT_WORK_SIZE)
     small = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
     if small.sum() < 16:
         return None
-    rows, cols = np.flatnonzero(small.any(axis=1)), np.flatnonzero(small.any(axis=0))
-    y0, y1, x0, x1 = int(rows[0]), int(rows[-1] + 1), int(cols[0]), int(cols[-1] + 1)
+    x0, y0, x1, y1 = (int(edge) for edge in mask_box(small))
     template = cv2.resize(original, size, interpolation=cv2.INTER_AREA)[y0:y1, x0:x1].astype(np.float32)
     weights = np.repeat(small[y0:y1, x0:x1, None], 3, axis=2).astype(np.float32)
     reach = max(2, round(SHIFT_REACH * max(y1 - y0, x1 - x0)))
@@ -474,8 +484,7 @@ def mapped_delta_e(original: np.ndarray, generated: np.ndarray, region: np.ndarr
     colour map (3x3 + offset, least squares on a sample) that best turns `original` into `generated`, or the
     one back, whichever leaves more (float RGB, same scale). A recolour maps colours one to one both ways;
     text that vanished merges two colours (no map back), new print splits one (no map forth)."""
-    pixels = np.flatnonzero(region)
-    pixels = pixels[:: max(1, len(pixels) // MAP_SAMPLE)]
+    pixels = strided_pixels(region, MAP_SAMPLE)
     if len(pixels) < 8:
         return 0.0
     src = original.reshape(-1, 3)[pixels].astype(np.float64)

@@ -59,6 +59,15 @@ EDGE_CONCENTRATION = 2.0
 # LOSS_SIDE_EFFECT times the area the masks call lost was changed, not cut (the loss is a side effect)
 LOSS_SIDE_EFFECT = 4.0
 
+# (kind, the only metric it failed on, test on the metrics): a kind that is then a side effect of the
+# product's colour or print changing (RECOLOURED or RELABELLED failed), not a failure of its own
+_SIDE_EFFECTS = (
+    # the edge zone changed with the whole product (an outline that melted changes mostly at the edge)
+    (BLED, "edge_changed", lambda m: m["changed_area"] * EDGE_CONCENTRATION >= m["edge_changed"]),
+    # some of the new colour or print looks like background (a cut-off product changes where it is missing)
+    (TRUNCATED, "lost_area", lambda m: m["lost_area"] * LOSS_SIDE_EFFECT <= m["changed_area"]),
+)
+
 # (metric, threshold field, "max" = upper bound | "min" = lower bound, failure kind, reason format)
 CHECKS: tuple[tuple[str, str, str, str, str], ...] = (
     ("expansion", "max_expansion", "max", EXPANDED, "expanded {:.0%}"),
@@ -155,33 +164,23 @@ def verdict(metrics: dict[str, float], thresholds: ThresholdConfig) -> Verdict:
     product changed over far more of it (LOSS_SIDE_EFFECT).
     """
     worst = 0.0
-    failed: dict[str, list[str]] = {}
-    failed_metrics: dict[str, set[str]] = {}
+    failed: dict[str, dict[str, str]] = {}  # failure kind -> {failed metric: reason line}
     for name, field_name, kind, failure, reason in CHECKS:
         limit = getattr(thresholds, field_name)
         value = metrics[name]
         badness = value / limit if kind == "max" else (1.0 - value) / (1.0 - limit)
         worst = max(worst, badness)
         if badness > 1.0:
-            failed.setdefault(failure, []).append(reason.format(value))
-            failed_metrics.setdefault(failure, set()).add(name)
+            failed.setdefault(failure, {})[name] = reason.format(value)
     move = metrics.get("moved_by", 0.0)  # 0 in results written before it existed
     if failed and move > thresholds.max_centroid_shift:  # found intact elsewhere: it moved
-        failed.setdefault(MOVED, [f"moved ({move:.0%} of its size)"])
+        failed.setdefault(MOVED, {"moved_by": f"moved ({move:.0%} of its size)"})
     elif MOVED in failed and (TRUNCATED in failed) != (EXPANDED in failed):
         del failed[MOVED]  # the shift of a product that only lost (or only gained) area
-    if (
-        failed_metrics.get(BLED) == {"edge_changed"}
-        and (RECOLOURED in failed or RELABELLED in failed)
-        and metrics["changed_area"] * EDGE_CONCENTRATION >= metrics["edge_changed"]
-    ):
-        del failed[BLED]  # the product's colour or print changed all over, its edge zone with it
-    if (
-        failed_metrics.get(TRUNCATED) == {"lost_area"}
-        and (RECOLOURED in failed or RELABELLED in failed)
-        and metrics["lost_area"] * LOSS_SIDE_EFFECT <= metrics["changed_area"]
-    ):
-        del failed[TRUNCATED]  # some of the new colour or print looks like background: it is not lost
+    if RECOLOURED in failed or RELABELLED in failed:
+        for kind, only_metric, side_effect in _SIDE_EFFECTS:
+            if set(failed.get(kind, ())) == {only_metric} and side_effect(metrics):
+                del failed[kind]
     precedence = list(FAILURE_PRECEDENCE)
     # results written before mapped_delta_e existed keep the colour-first order
     if metrics.get("mapped_delta_e", 0.0) > thresholds.max_delta_e:  # no colour map explains the change
@@ -193,5 +192,5 @@ def verdict(metrics: dict[str, float], thresholds: ThresholdConfig) -> Verdict:
         if failure in failed and failure not in explained:
             kinds.append(failure)
             explained |= EXPLAINS[failure]
-    reasons = [line for failure in kinds for line in failed[failure]]
+    reasons = [line for failure in kinds for line in failed[failure].values()]
     return Verdict(worst <= 1.0, float(0.5**worst), kinds, reasons)
