@@ -547,3 +547,38 @@ def test_a_product_found_intact_elsewhere_is_moved_not_truncated(checker, scene)
     cut[: int(SIZE * 0.45)] = False
     report = checker.check([original], [draw_product(textured_background(1), cut)], masks=[mask])[0]
     assert report.metrics["moved_by"] == 0.0 and report.primary_reason == "truncated"
+
+
+@pytest.mark.parametrize("corner", [False, True])
+def test_appearance_metrics_read_only_their_window(scene, monkeypatch, corner):
+    """The appearance metrics cut both images to the product's window: every value and map equals the one
+    computed on the whole image (a window cut too tight would change the blurs near its border)."""
+    from hfpc_reward.consistency import metrics
+
+    original, _, mask = scene
+    # a small product (in a corner: its window meets the image border), with a glow, a recolour and noise
+    size = SIZE // 3
+    small = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
+    m = np.zeros_like(mask)
+    at = (0, SIZE - size) if corner else (SIZE // 3, SIZE // 4)
+    m[at[0] : at[0] + size, at[1] : at[1] + size] = small
+    before = draw_product(np.full_like(original, 245), m)
+    after = draw_product(textured_background(3), m)
+    glow = (
+        np.clip(cv2.GaussianBlur(m.astype(np.float32), (0, 0), 2) * 2.0, 0, 0.9)[..., None] * (~m)[..., None]
+    )
+    after = np.clip(after * (1 - glow) + np.array([190, 30, 40]) * glow, 0, 255)
+    after[m & (after[..., 1] > 150)] = (60, 60, 200)  # the label recoloured
+    after = (after + np.random.default_rng(0).normal(0, 4, after.shape)).clip(0, 255).astype(np.uint8)
+    config = ConsistencyConfig().metrics
+    windowed = metrics.original_appearance(before, m, config)
+    assert windowed.region.size < 0.6 * m.size  # the window is a real cut
+    monkeypatch.setattr(metrics, "WINDOW_MARGIN", 10 * SIZE)  # the window becomes the whole image
+    whole = metrics.original_appearance(before, m, config)
+    assert whole.region.shape == m.shape
+    values, drift, glow_map = metrics.appearance_metrics(windowed, after, config)
+    expected, drift_whole, glow_whole = metrics.appearance_metrics(whole, after, config)
+    assert values["halo"] > 0 and values["changed_area"] > 0
+    assert values == expected
+    np.testing.assert_array_equal(drift, drift_whole)
+    np.testing.assert_array_equal(glow_map, glow_whole)

@@ -60,7 +60,7 @@ Appearance metrics, measured on the original product's pixels (m_orig without a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -94,6 +94,8 @@ HALO_MIN_DEFINED = 0.25  # share of the ring with alpha defined in both images b
 HALO_SHOWN = 0.3  # a ring pixel whose product share rose by more than this is drawn as bled in overlays
 HALO_SHADOW_CHROMA = 12.0  # a ring pixel darker than its background colour within this chroma is a shadow
 MAX_PALETTE = 256  # an image with at most this many distinct colours is quantised (palette PNG, GIF, ...)
+WINDOW_MARGIN = 16  # px past the halo ring's reference that the appearance metrics cut the images to: the
+# widest blur of the generated image (DRIFT_BLUR's 3 px: a 12 px kernel radius) and then some
 PALETTE_SAMPLE = 4096  # pixels (evenly strided) looked at first to rule quantisation out cheaply
 METRIC_NAMES = (
     "iou",
@@ -262,13 +264,16 @@ def boundary_f_score(m_a: np.ndarray, m_b: np.ndarray, tolerance_px: float) -> f
 
 @dataclass
 class OriginalAppearance:
-    """The original's side of the appearance metrics, at the analysis size: computed once per original."""
+    """The original's side of the appearance metrics, at the analysis size: computed once per original.
+
+    Everything but `rgb`, `mask` and `shift` covers only `window`, the part of the image the metrics read."""
 
     rgb: np.ndarray  # (H,W,3) uint8 original
     mask: np.ndarray  # (H,W) bool product mask
-    region: np.ndarray  # (H,W) bool product pixels compared (the mask without the ignored band)
-    edge_zone: np.ndarray  # (H,W) bool the region's part within EDGE_ZONE bands of the outline
-    blurred: list[np.ndarray]  # (H,W,3) float32 original blurred at each DRIFT_BLUR sigma
+    window: tuple[slice, slice]  # the product's box grown by every ring and blur the metrics use
+    region: np.ndarray  # (h,w) bool product pixels compared (the mask without the ignored band)
+    edge_zone: np.ndarray  # (h,w) bool the region's part within EDGE_ZONE bands of the outline
+    blurred: list[np.ndarray]  # (h,w,3) float32 original blurred at each DRIFT_BLUR sigma
     greys: list[
         tuple[np.ndarray, np.ndarray, np.ndarray]
     ]  # per SSIM_BLUR: greyscale original, local mean, variance
@@ -278,9 +283,11 @@ class OriginalAppearance:
 
 @dataclass
 class HaloRing:
-    """Where the `halo` metric looks (at the analysis size) and the original's side of it."""
+    """Where the `halo` metric looks (at the analysis size; in `OriginalAppearance`, its window) and the original's
+    side of it."""
 
     ring: np.ndarray  # (H,W) bool pixels just outside the outline (up to HALO_RING x the box diagonal)
+    width: float  # px: how far the ring reaches outside the outline
     near: (
         np.ndarray
     )  # (N,) bool ring pixels in the ring's inner half (a glow fades: more product colour there)
@@ -305,6 +312,7 @@ def halo_ring(
     ring = (dist_out > 0) & (dist_out <= width) & (to_outer <= width + band + 1)
     halo = HaloRing(
         ring=ring,
+        width=width,
         near=dist_out[ring] <= width / 2,
         inner=(nearest_labels(inner), inner),
         outer=(nearest_labels(outer), outer),
@@ -343,8 +351,8 @@ def _ring_alpha(halo: HaloRing, rgb: np.ndarray) -> np.ndarray:
 
 
 def halo(original: OriginalAppearance, generated: np.ndarray) -> tuple[float, np.ndarray]:
-    """The `halo` metric (module docstring) of `generated` (uint8 RGB at the analysis size), and the (H,W) bool
-    map of the ring pixels whose product share rose by more than HALO_SHOWN (drawn in overlays)."""
+    """The `halo` metric (module docstring) of `generated` (uint8 RGB, the original's window at the analysis
+    size), and the window's bool map of the ring pixels whose product share rose by more than HALO_SHOWN."""
     ring = original.halo_ring
     difference = _ring_alpha(ring, generated) - ring.alpha
     defined = ~np.isnan(difference)
@@ -371,21 +379,41 @@ def original_appearance(
         region = m_orig
     depth = cv2.distanceTransform(m_orig.astype(np.uint8), cv2.DIST_L2, 3)
     original_float = original.astype(np.float32)
+    ring = halo_ring(original, m_orig, depth, region, band)
+    # computed on the whole image, then cut to the window: the original's side is exact to the last bit
+    window = _window(m_orig, ring.width + 2 * band + 2)
     greys = []
     for sigma in SSIM_BLUR:
         grey = _grey(cv2.GaussianBlur(original_float, (0, 0), sigma) if sigma else original_float)
         grey_mean = _ssim_blur(grey)
-        greys.append((grey, grey_mean, _ssim_blur(grey * grey) - grey_mean * grey_mean))
+        variance = _ssim_blur(grey * grey) - grey_mean * grey_mean
+        greys.append((grey[window], grey_mean[window], variance[window]))
     return OriginalAppearance(
         rgb=original,
         mask=m_orig,
-        region=region,
-        edge_zone=region & (depth <= EDGE_ZONE * band),
-        blurred=[cv2.GaussianBlur(original_float, (0, 0), sigma) for sigma in DRIFT_BLUR],
+        window=window,
+        region=region[window],
+        edge_zone=(region & (depth <= EDGE_ZONE * band))[window],
+        blurred=[cv2.GaussianBlur(original_float, (0, 0), sigma)[window] for sigma in DRIFT_BLUR],
         greys=greys,
-        halo_ring=halo_ring(original, m_orig, depth, region, band),
+        halo_ring=replace(
+            ring,
+            ring=ring.ring[window],
+            inner=(ring.inner[0][window], ring.inner[1][window]),
+            outer=(ring.outer[0][window], ring.outer[1][window]),
+        ),
         shift=shift_template(original, m_orig),
     )
+
+
+def _window(mask: np.ndarray, reach: float) -> tuple[slice, slice]:
+    """The box of `mask` grown by `reach` px (the halo ring and its background reference) plus WINDOW_MARGIN
+    (the widest blur applied to the generated image), within the image: no metric reads a pixel outside it,
+    nor a blur of one, so cutting the generated image to it changes no value."""
+    x0, y0, x1, y1 = (int(edge) for edge in mask_box(mask))
+    grow = int(np.ceil(reach)) + WINDOW_MARGIN
+    height, width = mask.shape
+    return slice(max(0, y0 - grow), min(height, y1 + grow)), slice(max(0, x0 - grow), min(width, x1 + grow))
 
 
 def appearance_metrics(
@@ -397,15 +425,17 @@ def appearance_metrics(
     Returns the metrics, the drift map ((H,W) float32 CIE76 difference after compensation, 0 off-product)
     and the glow map ((H,W) bool ring pixels that took on product colour, see `halo`).
     """
-    inside, region = original.mask[..., None], original.region
+    full_generated, window = generated, original.window
+    generated, rgb, region = generated[window], original.rgb[window], original.region
+    inside = original.mask[window][..., None]
     # off the product, use the original's pixels: windows near the outline then see only product changes
-    composite = np.where(inside, generated, original.rgb).astype(np.float32)
+    composite = np.where(inside, generated, rgb).astype(np.float32)
     coarse = cv2.GaussianBlur(composite, (0, 0), DRIFT_BLUR[1])
     g, o = fit_grading(original.blurred[1], coarse, region, config.grading_gain, config.grading_offset)
-    corrected = np.where(inside, undo_grading(composite, g, o), original.rgb.astype(np.float32))
+    corrected = np.where(inside, undo_grading(composite, g, o), rgb.astype(np.float32))
     # colour: the original as the fitted grading renders it (clipping included) against the generation, the
     # original at two blur levels so that a slightly blurred generation is not "drift"
-    graded = np.clip(original.rgb.astype(np.float32) * g + o, 0, 255)
+    graded = np.clip(rgb.astype(np.float32) * g + o, 0, 255)
     generated_lab = rgb_to_lab(cv2.GaussianBlur(np.where(inside, generated, graded), (0, 0), DRIFT_BLUR[0]))
     drift = np.minimum(
         *(
@@ -424,8 +454,15 @@ def appearance_metrics(
     }
     metrics["halo"], glow = halo(original, generated)
     metrics["mapped_delta_e"] = mapped_delta_e(original.blurred[1], coarse, region)
-    metrics["moved_by"] = moved_by(original.shift, generated)
-    return metrics, drift, glow
+    metrics["moved_by"] = moved_by(original.shift, full_generated)
+    return metrics, _uncut(drift, original), _uncut(glow, original)
+
+
+def _uncut(values: np.ndarray, original: OriginalAppearance) -> np.ndarray:
+    """A map of the window placed in a zero map of the whole image."""
+    whole = np.zeros(original.mask.shape, values.dtype)
+    whole[original.window] = values
+    return whole
 
 
 @dataclass
