@@ -553,7 +553,7 @@ def test_a_product_found_intact_elsewhere_is_moved_not_truncated(checker, scene)
 def test_appearance_metrics_read_only_their_window(scene, monkeypatch, corner):
     """The appearance metrics cut both images to the product's window: every value and map equals the one
     computed on the whole image (a window cut too tight would change the blurs near its border)."""
-    from hfpc_reward.consistency import metrics
+    from hfpc_reward.consistency import appearance as metrics
 
     original, _, mask = scene
     # a small product (in a corner: its window meets the image border), with a glow, a recolour and noise

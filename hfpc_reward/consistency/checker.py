@@ -43,15 +43,13 @@ import numpy as np
 from PIL import Image
 
 from hfpc_reward import images
+from hfpc_reward.consistency.appearance import OriginalAppearance, appearance_metrics, original_appearance
 from hfpc_reward.consistency.backends import MaskFinder, OriginalProduct
 from hfpc_reward.consistency.classic import MIN_REFINE_PX, refine_mask
 from hfpc_reward.consistency.config import ConsistencyConfig
 from hfpc_reward.consistency.metrics import (
-    OriginalAppearance,
-    appearance_metrics,
     fitted_size,
     mask_metrics,
-    original_appearance,
     quantisation_palette,
     quantise_to_palette,
 )

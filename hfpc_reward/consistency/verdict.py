@@ -98,7 +98,7 @@ class ConsistencyReport:
 
     consistent: bool | None  # the product was kept (every check passed); None when it could not be checked
     score: float  # in [0, 1]; >= 0.5 exactly when consistent (see consistency.checker)
-    metrics: dict[str, float]  # the metrics of metrics.py (empty when `error` is set)
+    metrics: dict[str, float]  # the metrics of metrics.py and appearance.py (empty when `error` is set)
     reasons: list[str]  # human-readable: the failed checks not explained by the primary one, then notes
     error: str | None = None  # set when this item could not be checked (errors="report")
     failed_checks: list[str] = field(default_factory=list)  # failure kinds (module constants), primary first
