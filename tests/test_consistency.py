@@ -553,7 +553,7 @@ def test_a_product_found_intact_elsewhere_is_moved_not_truncated(checker, scene)
 def test_appearance_metrics_read_only_their_window(scene, monkeypatch, corner):
     """The appearance metrics cut both images to the product's window: every value and map equals the one
     computed on the whole image (a window cut too tight would change the blurs near its border)."""
-    from hfpc_reward.consistency import appearance as metrics
+    from hfpc_reward.consistency import appearance
 
     original, _, mask = scene
     # a small product (in a corner: its window meets the image border), with a glow, a recolour and noise
@@ -571,13 +571,13 @@ def test_appearance_metrics_read_only_their_window(scene, monkeypatch, corner):
     after[m & (after[..., 1] > 150)] = (60, 60, 200)  # the label recoloured
     after = (after + np.random.default_rng(0).normal(0, 4, after.shape)).clip(0, 255).astype(np.uint8)
     config = ConsistencyConfig().metrics
-    windowed = metrics.original_appearance(before, m, config)
+    windowed = appearance.original_appearance(before, m, config)
     assert windowed.region.size < 0.6 * m.size  # the window is a real cut
-    monkeypatch.setattr(metrics, "WINDOW_MARGIN", 10 * SIZE)  # the window becomes the whole image
-    whole = metrics.original_appearance(before, m, config)
+    monkeypatch.setattr(appearance, "WINDOW_MARGIN", 10 * SIZE)  # the window becomes the whole image
+    whole = appearance.original_appearance(before, m, config)
     assert whole.region.shape == m.shape
-    values, drift, glow_map = metrics.appearance_metrics(windowed, after, config)
-    expected, drift_whole, glow_whole = metrics.appearance_metrics(whole, after, config)
+    values, drift, glow_map = appearance.appearance_metrics(windowed, after, config)
+    expected, drift_whole, glow_whole = appearance.appearance_metrics(whole, after, config)
     assert values["halo"] > 0 and values["changed_area"] > 0
     assert values == expected
     np.testing.assert_array_equal(drift, drift_whole)
