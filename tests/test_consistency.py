@@ -409,13 +409,20 @@ def test_overlay_has_titled_panels_and_paints_expansion_in_its_own_colour(checke
     expected = 0.35 * np.array([190, 30, 40]) + 0.65 * np.array(EXPANDED_COLOUR)
     tinted = np.abs(picture.astype(int) - expected).sum(axis=2) < 40
     assert tinted[:, SIZE : 2 * SIZE].sum() > 0.5 * (grown & ~mask).sum()  # the bulge, in the generated panel
-    for width in (64, 1024):  # the caption fits whatever the size
+    from hfpc_reward.consistency.overlays import LEGEND, MIN_PANEL_WIDTH
+
+    for width in (64, 96, 1024):  # the caption and the whole legend fit whatever the size
         small = cv2.resize(original, (width, width))
         product = checker.prepare_originals([small], [cv2.resize(mask.astype(np.uint8), (width, width)) > 0])[
             0
         ]
         ((report, details),) = checker.inspect_prepared([product], [cv2.resize(expanded, (width, width))])
-        assert overlay_image(details, report, 2.5).shape[1] == 3 * details.original.shape[1]
+        picture = overlay_image(details, report, 2.5)
+        side = details.original.shape[1]
+        assert picture.shape[1] == 3 * side * -(-MIN_PANEL_WIDTH // side)  # small images: enlarged whole
+        legend = picture[-40:].reshape(-1, 3)
+        for name, colour in LEGEND:  # every swatch is drawn, none dropped for want of room
+            assert (legend == colour).all(axis=1).any(), name
 
 
 def test_a_mask_a_few_pixels_off_is_snapped_back_to_the_product(checker, scene):

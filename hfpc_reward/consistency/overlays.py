@@ -1,6 +1,7 @@
 """Overlay pictures of a consistency check: what the checker saw, for a person to look at.
 
-Three titled panels side by side at the analysis size, over a caption:
+Three titled panels side by side at the analysis size (a smaller image enlarged by a whole factor to at least
+MIN_PANEL_WIDTH, nearest-neighbour: its pixels stay visible and the titles and legend fit), over a caption:
 - "original": the original with its product outline (green);
 - "generated": the generated image with the original outline (green), the product found in it (white
   outline) and, filled in their own colours, what changed: expanded (magenta: product grown beyond the ring
@@ -9,7 +10,7 @@ Three titled panels side by side at the analysis size, over a caption:
 - "difference": the colour drift inside the product (CIE76 Lab difference, blue = 0 .. red = `2 x
   max_delta_e` or more) over the generated image in grey.
 The caption gives the verdict, the score, the primary reason and the other reasons, wrapped to the width,
-then a legend of the colours. Text is sized from the image width, so it fits at any size.
+then a legend of the colours. Text is sized from the overlay's width, so it fits at any size.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ LEGEND = (
     ("bled", BLED_COLOUR),
     ("lost", LOST_COLOUR),
 )
+MIN_PANEL_WIDTH = 160  # px: narrower panels are enlarged (a 64 px image 3x) so titles and legend fit in full
 BLEED_RING = 0.04  # x the product's box diagonal: added product nearer than this to the outline is "bled"
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -50,7 +52,13 @@ def overlay_image(details: PairDetails, report: ConsistencyReport, max_delta_e: 
     grey = cv2.cvtColor(cv2.cvtColor(details.generated, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
     inside = details.original_mask[..., None]
     drift_panel = np.where(inside, (0.65 * heat + 0.35 * grey), grey).astype(np.uint8)
-    width = details.original.shape[1]
+    factor = -(-MIN_PANEL_WIDTH // details.original.shape[1])
+    if factor > 1:
+        original, generated, drift_panel = (
+            cv2.resize(panel, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+            for panel in (original, generated, drift_panel)
+        )
+    width = original.shape[1]
     scale = _font_scale(3 * width)
     titled = [
         np.concatenate([_text_strip([title], width, scale), panel], axis=0)
