@@ -101,7 +101,6 @@ class OriginalAppearance:
 
 
 @dataclass
-@dataclass
 class HaloRing:
     """Where the `halo` metric looks (at the analysis size; in `OriginalAppearance`, its window) and the original's
     side of it."""
@@ -247,15 +246,15 @@ def appearance_metrics(
     """
     full_generated, window = generated, original.window
     generated, rgb, region = generated[window], original.rgb[window], original.region
-    inside = original.mask[window][..., None]
+    inside, rgb = original.mask[window][..., None], rgb.astype(np.float32)
     # off the product, use the original's pixels: windows near the outline then see only product changes
-    composite = np.where(inside, generated, rgb).astype(np.float32)
+    composite = np.where(inside, generated, rgb)  # float32, as rgb is
     coarse = cv2.GaussianBlur(composite, (0, 0), DRIFT_BLUR[1])
     g, o = fit_grading(original.blurred[1], coarse, region, config.grading_gain, config.grading_offset)
-    corrected = np.where(inside, undo_grading(composite, g, o), rgb.astype(np.float32))
+    corrected = np.where(inside, undo_grading(composite, g, o), rgb)
     # colour: the original as the fitted grading renders it (clipping included) against the generation, the
     # original at two blur levels so that a slightly blurred generation is not "drift"
-    graded = np.clip(rgb.astype(np.float32) * g + o, 0, 255)
+    graded = np.clip(rgb * g + o, 0, 255)
     generated_lab = rgb_to_lab(cv2.GaussianBlur(np.where(inside, generated, graded), (0, 0), DRIFT_BLUR[0]))
     drift = np.minimum(
         *(
@@ -285,7 +284,6 @@ def _uncut(values: np.ndarray, original: OriginalAppearance) -> np.ndarray:
     return whole
 
 
-@dataclass
 @dataclass
 class ShiftTemplate:
     """The original product `moved_by` searches for, at SHIFT_WORK_SIZE: computed once per original."""
