@@ -99,6 +99,11 @@ def test_bad_label_names_file_line_and_value(tmp_path, label):
         ('{"origin": "o.png", "generation": 3}', "'generation' must be a string"),
         ('{"https://o": {"generations": ["a"], "labels": []}}', "must be lists of equal length"),
         ('{"origin": "ftp://host/o.png"}', "unsupported URL scheme 'ftp'"),
+        # product ids name output files (eval images, labelled generations): none may leave the output folder
+        ('{"origin": "o.png", "product_id": "../../escaped"}', "product_id '../../escaped' names output files"),
+        ('{"origin": "o.png", "product_id": "/tmp/abs"}', "product_id '/tmp/abs' names output files"),
+        ('{"origin": "o.png", "product_id": "a\\\\b"}', "names output files"),
+        ('{"origin": "o.png", "product_id": ".."}', "names output files"),
     ],
 )
 def test_malformed_lines_name_file_and_line_number(tmp_path, bad_line, problem):

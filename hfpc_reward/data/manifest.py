@@ -133,6 +133,11 @@ def _row_from_record(obj: dict, base_dir: Path, path: Path, line_no: int) -> Man
     for name in ("prompt", "category", "product_id"):
         if obj.get(name) is not None:
             values[name] = str(obj[name])
+    if values.get("product_id") and not _safe_file_stem(values["product_id"]):
+        raise ManifestError(
+            f"{path}:{line_no}: product_id {values['product_id']!r} names output files: use no '/', '\\' "
+            "or NUL, and not '.' or '..'"
+        )
     extra = {key: value for key, value in obj.items() if key not in KNOWN_FIELDS}
     return ManifestRow(
         origin=_resolve(obj["origin"], base_dir, path, line_no),
@@ -141,6 +146,11 @@ def _row_from_record(obj: dict, base_dir: Path, path: Path, line_no: int) -> Man
         line=line_no,
         **values,
     )
+
+
+def _safe_file_stem(name: str) -> bool:
+    """Whether `name` can start a file name inside an output folder without leaving it."""
+    return name not in (".", "..") and not any(c in name for c in "/\\\0")
 
 
 def _rows_from_grouped(obj: dict, base_dir: Path, path: Path, line_no: int) -> Iterable[ManifestRow]:
