@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import logging
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ from hfpc_reward.runs import RunOutput, flatten_settings, is_safe_key, settings_
 from hfpc_reward.sample.oracle import held_out_check
 
 logger = logging.getLogger(__name__)
+
+IMAGE_FOLDERS = ("images", "thumbs")  # of a run folder: the judged samples and the report's thumbnails
 
 
 def run_eval(
@@ -121,9 +124,11 @@ def fill_run_folder(
     products, skipped = load_products(config.manifest, config.generation.default_prompt)
     with owned_output(config, processes, resume, overwrite, steps.inputs) as run:
         if processes.is_main:
-            if not run.resuming:
-                remove_samples(out)  # --overwrite: start from scratch (a fresh folder holds nothing)
+            if not run.resuming:  # --overwrite: start from scratch (a fresh folder holds nothing)
+                remove_samples(out)
                 (out / RESULTS_NAME).unlink(missing_ok=True)
+                for folder in IMAGE_FOLDERS:  # a re-judge links images only where none is (a resume)
+                    shutil.rmtree(out / folder, ignore_errors=True)
             save_resolved_config(config, out)
             steps.prepare(products)
         processes.wait_for_everyone()  # an --overwrite has removed the old samples
@@ -312,14 +317,14 @@ def _save_original_thumbs(config: EvalConfig, products: Sequence[Product]) -> No
 
 def _save_image(image: Image.Image, out_dir: str, version: str, product_id: str, k: int) -> str:
     """Save a judged sample under images/<version>/ (atomically); returns its path relative to out_dir."""
-    relative = Path("images") / version / f"{product_id}_{k}.png"
+    relative = Path(IMAGE_FOLDERS[0]) / version / f"{product_id}_{k}.png"
     _atomic_save(image, Path(out_dir) / relative, "PNG")
     return relative.as_posix()
 
 
 def _save_thumb(image: Image.Image, config: EvalConfig, stem: str, keep: bool = False) -> str:
     """Save a JPEG thumbnail under thumbs/ (`keep`: not again when it exists); returns its relative path."""
-    relative = Path("thumbs") / f"{stem}.jpg"
+    relative = Path(IMAGE_FOLDERS[1]) / f"{stem}.jpg"
     if keep and (Path(config.out_dir) / relative).is_file():
         return relative.as_posix()
     thumb = image.copy()

@@ -26,7 +26,7 @@ from typing import Any
 
 from hfpc_eval.config import EvalConfig
 from hfpc_eval.distributed import EvalProcesses
-from hfpc_eval.harness import RunSteps, Share, fill_run_folder, run_settings
+from hfpc_eval.harness import IMAGE_FOLDERS, RunSteps, Share, fill_run_folder, run_settings
 from hfpc_eval.judging import (
     JUDGED_FIELDS,
     SCORER_HELD_OUT_FIELDS,
@@ -56,7 +56,6 @@ JUDGE_KEYS = (
     "generation.batch_size",
     "held_out.itm_device",
 )
-COPIED_FOLDERS = ("images", "thumbs")  # of the source run, into the new one
 
 
 class RejudgeError(UsageError):
@@ -212,7 +211,7 @@ def rejudged_summary(results: dict[str, Any]) -> str:
 
 def _link_folders(source: Path, out: Path) -> None:
     """The source run's images and thumbnails, into the new run folder."""
-    for folder in COPIED_FOLDERS:
+    for folder in IMAGE_FOLDERS:
         _link_tree(source / folder, out / folder)
 
 

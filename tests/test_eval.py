@@ -446,3 +446,23 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(product
     with holder, pytest.raises(RunLockedError, match="another run is writing"):
         run_eval(_config(product_manifest, out), generators={}, scorer=DummyScorer(), resume=True)
     assert not (out / "samples.jsonl").exists()
+
+
+def test_rejudge_overwrite_judges_the_new_source_images(product_manifest, tmp_path):
+    """Re-judging run B into a folder that held a re-judge of run A (--overwrite) judges B's images, not A's
+    left in place (the linking skips files already there)."""
+    from hfpc_eval.rejudge import rejudge_config, rejudge_run
+
+    sources = {}
+    for name, rate in (("all_fail", 0.0), ("all_pass", 1.0)):
+        sources[name] = tmp_path / name
+        config = _config(product_manifest, sources[name], **{"generation.samples_per_product": 1})
+        run_eval(config, generators={n: DummyGenerator(rate) for n in TRUE_RATES}, scorer=DummyScorer())
+    out = tmp_path / "rejudged"
+    first = rejudge_run(sources["all_fail"], rejudge_config(sources["all_fail"], out), scorer=DummyScorer())
+    assert first["versions"]["base"]["pass_rate"]["estimate"] == 0.0
+    again = rejudge_run(
+        sources["all_pass"], rejudge_config(sources["all_pass"], out), scorer=DummyScorer(), overwrite=True
+    )
+    assert again["meta"]["judge"]["images_from"] == str(sources["all_pass"])
+    assert again["versions"]["base"]["pass_rate"]["estimate"] == 1.0
