@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from hfpc_reward.config import config_to_dict, save_resolved_config
 from hfpc_reward.data.manifest import append_jsonl
+from hfpc_reward.data.results import file_sha256
 from hfpc_reward.images import paste_product, resize_to
 from hfpc_reward.runs import RunOutput, flatten_settings, is_safe_key, settings_hash
 from hfpc_reward.sample.oracle import held_out_check
@@ -177,9 +178,12 @@ SAFE_KEYS = (
 
 
 def run_settings(config: EvalConfig) -> dict[str, Any]:
-    """The settings a run folder is stamped with (everything but the output folder itself)."""
+    """The settings a run folder is stamped with: everything but the output folder itself, and the manifest's
+    content hash (a manifest edited in place is another set of products, prompts or categories)."""
     values = config_to_dict(config)
     values.pop("out_dir")
+    if Path(config.manifest).is_file():
+        values["manifest_sha256"] = file_sha256(config.manifest)
     return values
 
 

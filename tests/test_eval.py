@@ -198,6 +198,19 @@ def test_resume_refuses_samples_made_with_other_settings(product_manifest, dummy
     assert generators["base"].calls == []
 
 
+def test_resume_refuses_a_manifest_edited_in_place(product_manifest, tmp_path):
+    """Same manifest path, another prompt for one product: resuming would mix samples of two product sets."""
+    manifest = tmp_path / "products.jsonl"
+    for name in ("p00.png", "p00_mask.png"):
+        (tmp_path / name).write_bytes((product_manifest.parent / name).read_bytes())
+    manifest.write_text(product_manifest.read_text().splitlines()[0] + "\n")
+    generators = {n: DummyGenerator(r) for n, r in TRUE_RATES.items()}
+    run_eval(_config(manifest, tmp_path / "out"), generators=generators, scorer=DummyScorer())
+    manifest.write_text(manifest.read_text().replace("on a wooden table", "on a beach"))
+    with pytest.raises(ResumeMismatchError, match="manifest_sha256"):
+        run_eval(_config(manifest, tmp_path / "out"), generators=generators, scorer=DummyScorer(), resume=True)
+
+
 def test_resume_refuses_a_version_redefined_under_its_old_name(product_manifest, tmp_path):
     """Versions may be added or dropped on resume (each version's rows carry its own settings hash), but a
     version whose definition changed under the same name is refused: its old rows came from another model."""
