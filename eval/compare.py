@@ -33,7 +33,18 @@ def _load_run(results_path: str | Path) -> tuple[dict, list[dict]]:
         raise FileNotFoundError(
             f"{samples_path} is missing: compare needs each run's samples.jsonl next to results.json"
         )
-    return json.loads(path.read_text()), latest_samples(samples_path)
+    results = json.loads(path.read_text())
+    counts = results["meta"]["counts"]
+    products = set(counts.get("product_ids") or ())  # empty: a results.json written before they were listed
+    # the rows results.json summarises: samples.jsonl also keeps those of dropped versions, products and k
+    rows = [
+        row
+        for row in latest_samples(samples_path)
+        if row["version"] in results["versions"]
+        and (not products or row["product_id"] in products)
+        and row["k"] < counts["samples_per_product"]
+    ]
+    return results, rows
 
 
 def compare_runs(

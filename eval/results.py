@@ -45,6 +45,7 @@ def write_results(
             "judge": judge,
             "counts": {
                 "products": len(products),
+                "product_ids": [product.product_id for product in products],
                 "skipped_products": skipped,
                 "samples_per_product": config.generation.samples_per_product,
                 "samples": {name: sum(row["version"] == name for row in samples) for name in names},

@@ -303,6 +303,21 @@ def test_compare_two_runs(dummy_run, product_manifest, tmp_path):
     assert "tuned" in comparison_table(comparison)
 
 
+def test_compare_uses_only_the_samples_each_results_json_summarises(product_manifest, tmp_path):
+    """A run extended to K=4 and reported again at K=1 keeps k=1..3 in samples.jsonl; compared with a K=1
+    run of the same generator and seeds, the difference is exactly 0, as the two pass rates say."""
+    one = {"generation.samples_per_product": 1}
+    extended, single = tmp_path / "extended", tmp_path / "single"
+    generators = {name: DummyGenerator(rate) for name, rate in TRUE_RATES.items()}
+    run_eval(_config(product_manifest, extended), generators=generators, scorer=DummyScorer())
+    run_eval(_config(product_manifest, extended, **one), generators={}, scorer=DummyScorer(), resume=True)
+    run_eval(_config(product_manifest, single, **one), generators=generators, scorer=DummyScorer())
+    comparison = compare_runs(extended / "results.json", single / "results.json")
+    for item in comparison["comparisons"]:
+        assert item["a_pass_rate"]["estimate"] == item["b_pass_rate"]["estimate"]
+        assert item["difference"]["estimate"] == 0.0 and item["difference"]["n_products"] == N_PRODUCTS
+
+
 def test_compare_command_prints_and_writes(dummy_run, capsys, tmp_path):
     from hfpc_eval.__main__ import main
 
