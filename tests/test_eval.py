@@ -494,3 +494,17 @@ def test_rejudge_overwrite_judges_the_new_source_images(product_manifest, tmp_pa
     )
     assert again["meta"]["judge"]["images_from"] == str(sources["all_pass"])
     assert again["versions"]["base"]["pass_rate"]["estimate"] == 1.0
+
+
+def test_rejudging_a_run_interrupted_before_its_second_version_writes_the_report(product_manifest, tmp_path):
+    """No product has samples of both versions: the paired difference is undefined, and the report says so
+    rather than failing to render (it read keys only a defined difference had)."""
+    from hfpc_eval.rejudge import rejudge_config, rejudge_run
+
+    source = tmp_path / "interrupted"
+    generators = {"base": DummyGenerator(0.5), "tuned": DummyGenerator(0.5, interrupt_after=0)}
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(_config(product_manifest, source), generators=generators, scorer=DummyScorer())
+    results = rejudge_run(source, rejudge_config(source, tmp_path / "rejudged"), scorer=DummyScorer())
+    assert results["paired"]["tuned - base"]["n_products"] == 0
+    assert (tmp_path / "rejudged" / "report.html").is_file()
