@@ -18,19 +18,24 @@ from hfpc_eval.samples import SAMPLES_NAME, latest_samples
 from hfpc_eval.stats import paired_difference
 
 from hfpc_reward.config import config_from_dict
+from hfpc_reward.errors import UsageError
 
 logger = logging.getLogger(__name__)
+
+
+class CompareError(UsageError):
+    """A run to compare is missing or has no such version; the message says which and what to pass."""
 
 
 def _load_run(results_path: str | Path) -> tuple[dict, list[dict]]:
     path = Path(results_path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise CompareError(
             f"{path} does not exist: pass the results.json of an `eval run` output folder"
         )
     samples_path = path.parent / SAMPLES_NAME
     if not samples_path.is_file():
-        raise FileNotFoundError(
+        raise CompareError(
             f"{samples_path} is missing: compare needs each run's samples.jsonl next to results.json"
         )
     results = json.loads(path.read_text())
@@ -67,7 +72,7 @@ def compare_runs(
     for a_name, b_name in pairs:
         for name, names, run in ((a_name, a_names, a_path), (b_name, b_names, b_path)):
             if name not in names:
-                raise ValueError(f"version {name!r} is not in {run} (it has {names})")
+                raise CompareError(f"version {name!r} is not in {run}: pass --pair with one of {names}")
         diff = paired_difference(
             [row for row in a_samples if row["version"] == a_name],
             [row for row in b_samples if row["version"] == b_name],

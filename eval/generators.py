@@ -30,6 +30,7 @@ from hfpc_eval.distributed import resolve_device
 from PIL import Image
 
 from hfpc_reward.data.manifest import ManifestError, _iter_json_lines, read_manifest, resolve_source
+from hfpc_reward.errors import UsageError
 from hfpc_reward.images import ImageLoadError, load_mask, load_rgb, open_image, resize_to
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class FolderGenerator:
         self.by_key: dict[tuple[str, int], str] = {}
         if manifest:
             if not Path(manifest).is_file():
-                raise FileNotFoundError(f"folder-version manifest {manifest} does not exist")
+                raise UsageError(f"folder-version manifest {manifest} does not exist: fix the version's `manifest`")
             base = Path(manifest).resolve().parent
             seen: dict[str, int] = {}
             for line, row in _iter_json_lines(Path(manifest)):  # numbered as in the file, blank lines too
@@ -157,7 +158,7 @@ class FolderGenerator:
                 seen[product_id] = k + 1
                 self.by_key[(product_id, k)] = resolve_source(row["generation"], base)
         elif self.folder is None or not self.folder.is_dir():
-            raise FileNotFoundError(f"image folder {folder} of a 'folder' version does not exist")
+            raise UsageError(f"image folder {folder} of a 'folder' version does not exist: fix the version's `path`")
 
     def path_of(self, product_id: str, k: int) -> str:
         """Where sample k of a product is, or FileNotFoundError naming the names that were tried."""

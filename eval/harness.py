@@ -75,6 +75,10 @@ def run_eval(
     `config.scorer`); `itm_judge` any object with `score(images, prompts)` (default: from held_out.itm_model).
     `processes` defaults to the ones torchrun / accelerate launched (see distributed.py).
     """
+    generators = dict(generators or {})
+    for version in config.versions:  # a folder version's folder or manifest is read before the run is stamped
+        if version.kind == "folder" and version.name not in generators:
+            generators[version.name] = build_generator(version, config.generation)
     steps = RunSteps(
         make=lambda share: _make_samples(share, generators, scorer, itm_judge),
         judge=lambda samples: judge_stamp(config.scorer),

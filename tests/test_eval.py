@@ -21,6 +21,7 @@ from PIL import Image
 
 from hfpc_reward.config import ConfigError, load_config
 from hfpc_reward.consistency.verdict import ConsistencyReport
+from hfpc_reward.errors import UsageError
 from hfpc_reward.runs import OutputExistsError, ResumeMismatchError
 from hfpc_reward.scorer import HFPCResult
 
@@ -272,13 +273,11 @@ def test_folder_version_by_manifest_and_clear_errors(tmp_path):
     assert generator.path_of("b", 5) == str(tmp_path / "y.png")
     with pytest.raises(FileNotFoundError, match="no row for product 'a', k=2"):
         generator.path_of("a", 2)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(UsageError, match="does not exist"):
         FolderGenerator(str(tmp_path / "nope"))
 
 
 def test_a_bad_folder_version_manifest_row_is_named_by_its_line_in_the_file(tmp_path):
-    from hfpc_reward.errors import UsageError
-
     manifest = tmp_path / "m.jsonl"
     good = json.dumps({"product_id": "a", "generation": "a.png"})
     for lines, problem in (

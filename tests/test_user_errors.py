@@ -138,3 +138,18 @@ def test_wrong_size_mask_is_resized_with_a_warning_or_refused(pair, tmp_path, ca
     Image.open(pair["mask"]).resize((64, 64), Image.NEAREST).save(square)
     message = refused([*check, str(square)], capsys, caplog)
     assert "another aspect ratio" in message and "give the product mask of this image" in message
+
+
+def test_eval_compare_and_folder_versions_name_the_mistake(pair, tmp_path, capsys, caplog):
+    missing = str(tmp_path / "nope" / "results.json")
+    assert "does not exist" in refused(["eval", "compare", missing, missing], capsys, caplog)
+    manifest = write_rows(
+        tmp_path / "products.jsonl", [{"origin": str(pair["original"]), "mask": str(pair["mask"])}]
+    )
+    out = tmp_path / "run"
+    versions = json.dumps([{"name": "theirs", "kind": "folder", "path": str(tmp_path / "no-such-folder")}])
+    message = refused(
+        ["eval", "run", f"manifest={manifest}", f"out_dir={out}", f"versions={versions}"], capsys, caplog
+    )
+    assert "no-such-folder" in message and "does not exist" in message
+    assert not out.exists()  # nothing stamped: the corrected command runs without --overwrite
