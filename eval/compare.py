@@ -30,9 +30,7 @@ class CompareError(UsageError):
 def _load_run(results_path: str | Path) -> tuple[dict, list[dict]]:
     path = Path(results_path)
     if not path.is_file():
-        raise CompareError(
-            f"{path} does not exist: pass the results.json of an `eval run` output folder"
-        )
+        raise CompareError(f"{path} does not exist: pass the results.json of an `eval run` output folder")
     samples_path = path.parent / SAMPLES_NAME
     if not samples_path.is_file():
         raise CompareError(

@@ -140,7 +140,9 @@ class FolderGenerator:
         self.by_key: dict[tuple[str, int], str] = {}
         if manifest:
             if not Path(manifest).is_file():
-                raise UsageError(f"folder-version manifest {manifest} does not exist: fix the version's `manifest`")
+                raise UsageError(
+                    f"folder-version manifest {manifest} does not exist: fix the version's `manifest`"
+                )
             base = Path(manifest).resolve().parent
             seen: dict[str, int] = {}
             for line, row in _iter_json_lines(Path(manifest)):  # numbered as in the file, blank lines too
@@ -158,7 +160,9 @@ class FolderGenerator:
                 seen[product_id] = k + 1
                 self.by_key[(product_id, k)] = resolve_source(row["generation"], base)
         elif self.folder is None or not self.folder.is_dir():
-            raise UsageError(f"image folder {folder} of a 'folder' version does not exist: fix the version's `path`")
+            raise UsageError(
+                f"image folder {folder} of a 'folder' version does not exist: fix the version's `path`"
+            )
 
     def path_of(self, product_id: str, k: int) -> str:
         """Where sample k of a product is, or FileNotFoundError naming the names that were tried."""

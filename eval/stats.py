@@ -183,7 +183,13 @@ def paired_difference(reference: list[dict], candidate: list[dict], cfg: StatsCo
     products = sorted(set(ref) & set(cand))
     if not products:  # the same keys as below: the report reads them
         undefined = {"estimate": math.nan, "low": math.nan, "high": math.nan, "p_value": math.nan}
-        return {"n_products": 0, **undefined, "test": cfg.paired_test, "products_better": 0, "products_worse": 0}
+        return {
+            "n_products": 0,
+            **undefined,
+            "test": cfg.paired_test,
+            "products_better": 0,
+            "products_worse": 0,
+        }
     test = paired_difference_test(
         [cand[p] - ref[p] for p in products],
         products,

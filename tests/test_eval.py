@@ -209,7 +209,9 @@ def test_resume_refuses_a_manifest_edited_in_place(product_manifest, tmp_path):
     run_eval(_config(manifest, tmp_path / "out"), generators=generators, scorer=DummyScorer())
     manifest.write_text(manifest.read_text().replace("on a wooden table", "on a beach"))
     with pytest.raises(ResumeMismatchError, match="manifest_sha256"):
-        run_eval(_config(manifest, tmp_path / "out"), generators=generators, scorer=DummyScorer(), resume=True)
+        run_eval(
+            _config(manifest, tmp_path / "out"), generators=generators, scorer=DummyScorer(), resume=True
+        )
 
 
 def test_resume_refuses_a_version_redefined_under_its_old_name(product_manifest, tmp_path):

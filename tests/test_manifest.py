@@ -100,7 +100,10 @@ def test_bad_label_names_file_line_and_value(tmp_path, label):
         ('{"https://o": {"generations": ["a"], "labels": []}}', "must be lists of equal length"),
         ('{"origin": "ftp://host/o.png"}', "unsupported URL scheme 'ftp'"),
         # product ids name output files (eval images, labelled generations): none may leave the output folder
-        ('{"origin": "o.png", "product_id": "../../escaped"}', "product_id '../../escaped' names output files"),
+        (
+            '{"origin": "o.png", "product_id": "../../escaped"}',
+            "product_id '../../escaped' names output files",
+        ),
         ('{"origin": "o.png", "product_id": "/tmp/abs"}', "product_id '/tmp/abs' names output files"),
         ('{"origin": "o.png", "product_id": "a\\\\b"}', "names output files"),
         ('{"origin": "o.png", "product_id": ".."}', "names output files"),
