@@ -17,8 +17,8 @@ import numpy as np
 from hfpc_finetune.config import DataConfig
 from PIL import Image
 
-from hfpc_reward.data.manifest import read_manifest
-from hfpc_reward.images import ImageLoadError, load_mask, open_image, resize_to
+from hfpc_reward.data.manifest import ManifestError, read_manifest
+from hfpc_reward.images import ImageLoadError, load_mask, open_image, refuse_inverted_mask, resize_to
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +40,25 @@ class ProductPrompt:
 
 
 def load_products(config: DataConfig) -> list[ProductPrompt]:
-    """Every (row, prompt) of the manifest; unreadable rows are logged and skipped, none readable is an error."""
+    """Every (row, prompt) of the manifest; unreadable rows are logged and skipped, none readable is an error.
+
+    Refused with the row's line: a mask that looks inverted (white = background: every epoch would train on
+    repainting the product), and a product_id (default: the origin's file name) naming two origins (their
+    samples would share one group key, so advantages would compare different photos)."""
     if not config.manifest:
         raise ValueError(
             "data.manifest is not set: give a JSON Lines manifest with origin, mask and prompt fields"
         )
     size = (config.resolution, config.resolution)
     items: list[ProductPrompt] = []
+    origins: dict[str, str] = {}  # product_id -> its origin
     for row in read_manifest(config.manifest):
+        product_id = row.product_id or Path(row.origin).stem
+        if origins.setdefault(product_id, row.origin) != row.origin:
+            raise ManifestError(
+                f"{config.manifest}:{row.line}: product_id {product_id!r} names two originals "
+                f"({origins[product_id]} and {row.origin}); give each original its own product_id"
+            )
         try:
             loaded = open_image(row.origin)
             if row.mask is not None:
@@ -64,9 +75,9 @@ def load_products(config: DataConfig) -> list[ProductPrompt]:
                 "skipping manifest line %d: product mask is empty or covers the whole image", row.line
             )
             continue
+        refuse_inverted_mask(mask, loaded.rgb, f"{config.manifest}:{row.line}")
         image = resize_to(loaded.rgb, size)
         mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST)).astype(bool)
-        product_id = row.product_id or Path(row.origin).stem
         for prompt in config.prompts or [row.prompt or config.default_prompt]:
             items.append(
                 ProductPrompt(f"{product_id}|{prompt}", image, mask, prompt, product_id, row.category)

@@ -119,6 +119,29 @@ def test_products_use_the_background_as_inpainting_mask_and_skip_bad_rows(tiny_k
     assert np.array_equal(inpaint, ~items[0].product_mask) and items[0].product_mask.any()
 
 
+def test_products_refuse_an_inverted_mask_and_a_product_id_naming_two_photos(tiny_kit, tmp_path):
+    from hfpc_reward.data.manifest import ManifestError
+    from hfpc_reward.images import InvertedMaskError
+
+    base = tiny_kit[0] / "products"
+    first, second = (json.loads(line) for line in (base / "manifest.jsonl").read_text().splitlines()[:2])
+    rows = [
+        {**row, "origin": str(base / row["origin"]), "mask": str(base / row["mask"])}
+        for row in (first, second)
+    ]
+    inverted = tmp_path / "inverted.png"
+    Image.fromarray(~(np.asarray(Image.open(rows[1]["mask"]).convert("L")) > 127)).save(inverted)
+    manifest = tmp_path / "manifest.jsonl"
+    cfg = load_config(FinetuneConfig, None, [f"data.manifest={manifest}", "data.resolution=32"])
+    for bad_row, error, problem in (
+        ({**rows[1], "mask": str(inverted)}, InvertedMaskError, "manifest.jsonl:2: product_mask covers"),
+        ({**rows[1], "product_id": rows[0]["product_id"]}, ManifestError, "manifest.jsonl:2: product_id"),
+    ):
+        manifest.write_text("".join(json.dumps(row) + "\n" for row in (rows[0], bad_row)))
+        with pytest.raises(error, match=problem):
+            load_products(cfg.data)
+
+
 def test_toy_rewards_score_the_background_and_abstain_on_bad_masks():
     mask = np.zeros((8, 8), bool)
     mask[2:5, 2:5] = True
