@@ -255,6 +255,8 @@ class RunConfig:
             )
         if self.grid_every < 0 or self.save_every < 1:
             raise ValueError("run.grid_every must be >= 0 and run.save_every >= 1")
+        if self.seed < 0:
+            raise ValueError(f"run.seed must be >= 0 (it seeds numpy's generators), got {self.seed}")
         if self.resume not in RESUME_CHOICES:
             raise ValueError(f"run.resume must be one of {RESUME_CHOICES}, got {self.resume!r}")
         if self.report_to not in TRACKERS:

@@ -23,6 +23,7 @@ def load_lora_pipeline(config: FinetuneConfig, device):
     from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
+    from peft.utils.error import NoMatchingPeftModuleError
 
     try:  # its loading bars are off unless -v (hfpc_reward.cli.configure_logging)
         pipe = StableDiffusionInpaintPipeline.from_pretrained(
@@ -44,20 +45,31 @@ def load_lora_pipeline(config: FinetuneConfig, device):
             f"needs an inpainting UNet with {INPAINT_UNET_CHANNELS} (latents + mask + masked image)"
         )
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    if config.sample.num_steps > pipe.scheduler.config.num_train_timesteps:
+        raise UsageError(
+            f"sample.num_steps={config.sample.num_steps} exceeds the scheduler's "
+            f"{pipe.scheduler.config.num_train_timesteps} training timesteps: use at most that many"
+        )
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
     pipe.to(device)
     with torch.random.fork_rng(devices=[]):  # the same LoRA init on every process and every run of a seed
         torch.manual_seed(config.run.seed)
-        pipe.unet.add_adapter(
-            LoraConfig(
-                r=config.model.lora_rank,
-                lora_alpha=config.model.lora_alpha,
-                target_modules=list(config.model.lora_targets),
-                init_lora_weights="gaussian",
+        try:
+            pipe.unet.add_adapter(
+                LoraConfig(
+                    r=config.model.lora_rank,
+                    lora_alpha=config.model.lora_alpha,
+                    target_modules=list(config.model.lora_targets),
+                    init_lora_weights="gaussian",
+                )
             )
-        )
+        except NoMatchingPeftModuleError as exc:
+            raise UsageError(
+                f"model.lora_targets={list(config.model.lora_targets)} match no module of the UNet "
+                f"({str(exc).splitlines()[0]}): name its layers, e.g. [to_q, to_k, to_v, to_out.0]"
+            ) from None
     cast_training_params(pipe.unet, dtype=torch.float32)
     if config.model.gradient_checkpointing:  # only when asked: less memory, ~30% slower training
         pipe.unet.enable_gradient_checkpointing()

@@ -68,6 +68,21 @@ def test_a_missing_reward_model_folder_stops_before_any_model_loads(tiny_kit, tm
 
 
 @pytest.mark.parametrize(
+    "override, message",
+    [
+        ("run.seed=-1", "run.seed must be >= 0"),
+        ("sample.num_steps=2000", "sample.num_steps=2000 exceeds the scheduler's 1000 training timesteps"),
+        ("model.lora_targets=[to_qq]", "model.lora_targets=['to_qq'] match no module of the UNet"),
+    ],
+)
+def test_a_setting_the_run_cannot_use_is_one_line_exit_2(tiny_kit, tmp_path, caplog, override, message):  # noqa: F811
+    config = write_config(tiny_kit, tmp_path, {"name": "background_brightness"})
+    assert finetune(["--config", config, override]) == 2
+    assert message in caplog.text and "Traceback" not in caplog.text
+    assert not (tmp_path / "out").exists()  # the corrected command runs without --overwrite
+
+
+@pytest.mark.parametrize(
     "name, message",
     [
         ("hfcp", "unknown reward 'hfcp'"),
