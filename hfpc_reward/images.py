@@ -114,8 +114,7 @@ def to_unit_range(pixels: Any, value_range: str = "0,1", name: str = "pixels") -
     tensor = is_tensor(pixels)
     if not is_floating(pixels if tensor else np.asarray(pixels)):
         return (pixels.float() if tensor else np.asarray(pixels, dtype=np.float32)) / 255.0
-    finite = bool(pixels.isfinite().all()) if tensor else bool(np.isfinite(pixels).all())
-    if not finite:
+    if not all_finite(pixels):
         raise ImageLoadError(f"{name} of shape {tuple(pixels.shape)} contain NaN or infinite values")
     low, high = VALUE_RANGES[value_range]
     seen_low, seen_high = float(pixels.min()), float(pixels.max())
@@ -127,6 +126,11 @@ def to_unit_range(pixels: Any, value_range: str = "0,1", name: str = "pixels") -
         )
     unit = (pixels - low) / (high - low)
     return unit.clamp(0.0, 1.0) if tensor else np.clip(unit, 0.0, 1.0)
+
+
+def all_finite(pixels: Any) -> bool:
+    """Whether float pixels (tensor or array) hold no NaN or infinity."""
+    return bool(pixels.isfinite().all()) if is_tensor(pixels) else bool(np.isfinite(pixels).all())
 
 
 def _range_hint(seen_low: float, seen_high: float) -> str:

@@ -175,7 +175,7 @@ class HFPCScorer:
         inverted (`images.refuse_inverted_mask`) errors its item, or raises with `inverted_masks="raise"`.
         """
         originals = _unit_batch(originals, value_range, "originals")
-        generated = _unit_batch(generated, value_range, "generated images")
+        generated = _unit_batch(generated, value_range, "generated images", per_item=True)
         count = len(generated)
         masks = [None] * count if masks is None else images.as_batch(masks, masks=True)
         prompts = _per_item(prompts, count)
@@ -360,12 +360,19 @@ class _LRU(OrderedDict):
             self.popitem(last=False)
 
 
-def _unit_batch(batch: Any, value_range: str, name: str) -> list[Any]:
-    """A batch (or one image) as a list of items; float tensors / arrays rescaled into [0,1] where they are."""
-    return [
-        images.to_unit_range(item, value_range, name=name) if images.is_floating(item) else item
-        for item in images.as_batch(batch)
-    ]
+def _unit_batch(batch: Any, value_range: str, name: str, per_item: bool = False) -> list[Any]:
+    """A batch (or one image) as a list of items; float tensors / arrays rescaled into [0,1] where they are.
+    `per_item`: an item with NaN or infinite values (a diverged decode) becomes an ImageLoadError in its
+    place, for that item alone to fail; values outside the declared range still raise (a wrong declaration)."""
+    items = []
+    for item in images.as_batch(batch):
+        if not images.is_floating(item):
+            items.append(item)
+        elif per_item and not images.all_finite(item):
+            items.append(images.ImageLoadError(f"pixels of shape {tuple(item.shape)} are NaN or infinite"))
+        else:
+            items.append(images.to_unit_range(item, value_range, name=name))
+    return items
 
 
 def _per_item(values: Sequence[str | None] | str | None, count: int) -> list[str | None]:
@@ -390,6 +397,8 @@ def _refusing_inverted(product: Any, original: Any, inverted_masks: str) -> Any:
 
 def _load_or_error(source: Any, result: HFPCResult):
     try:
+        if isinstance(source, images.ImageLoadError):  # refused by _unit_batch
+            raise source
         return images.load_rgb(source)
     except images.ImageLoadError as exc:
         result.error = f"generated: {exc}"

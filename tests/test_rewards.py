@@ -9,7 +9,7 @@ import torch
 from hfpc_reward.best_of_n import select_best
 from hfpc_reward.config import load_config
 from hfpc_reward.data.manifest import read_manifest
-from hfpc_reward.images import load_mask, load_rgb, pil_to_tensor
+from hfpc_reward.images import ImageLoadError, load_mask, load_rgb, pil_to_tensor
 from hfpc_reward.rewards import (
     BackgroundReward,
     ConsistencyReward,
@@ -274,6 +274,23 @@ def test_tensors_reach_the_reward_model_as_they_are(kit):
     with torch.no_grad():
         direct = model(originals, generated, ["a", "b"])
     assert values == pytest.approx(direct.tolist(), abs=1e-6)
+
+
+def test_one_nan_image_in_a_tensor_batch_abstains_alone(kit):
+    """A diverged decode (NaN pixels) in one completion: that item abstains, the others keep their rewards;
+    a batch outside the declared value range is still refused whole (a wrong declaration, not a bad image)."""
+    reward = HFPCReward(kit["config"])
+    torch.manual_seed(0)
+    originals, generated = torch.rand(3, 3, 40, 40), torch.rand(3, 3, 40, 40)
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 12:28] = True
+    clean = reward(prompts=["a", "b", "c"], completions=generated, image=originals, product_mask=mask)
+    broken = generated.clone()
+    broken[1, :, :8, :8] = float("nan")
+    values = reward(prompts=["a", "b", "c"], completions=broken, image=originals, product_mask=mask)
+    assert values[1] is None and values[0] == pytest.approx(clean[0]) and values[2] == pytest.approx(clean[2])
+    with pytest.raises(ImageLoadError, match="outside the declared value_range"):
+        reward(prompts=["a", "b", "c"], completions=generated * 255, image=originals, product_mask=mask)
 
 
 def test_a_nan_score_abstains_instead_of_being_reported(kit):
