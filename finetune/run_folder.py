@@ -15,6 +15,7 @@ from pathlib import Path
 from hfpc_finetune.config import SAFE_RESUME_KEYS, FinetuneConfig
 
 from hfpc_reward.data.manifest import read_jsonl, write_jsonl
+from hfpc_reward.data.results import file_sha256
 from hfpc_reward.runs import RunOutput
 
 RUN_FILES = (
@@ -59,6 +60,17 @@ def own_run_folder(
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     return run
+
+
+def input_hashes(config: FinetuneConfig) -> dict[str, str]:
+    """sha256 of the files the settings name: the manifest and every reward keyword that is a file (a scorer
+    YAML). Stamped with the settings, so a resume refuses them edited in place (their paths stay the same)."""
+    files = {"data.manifest": config.data.manifest}
+    for index, term in enumerate(config.reward.terms()):
+        files |= {
+            f"reward.{index}.{key}": value for key, value in term.kwargs.items() if isinstance(value, str)
+        }
+    return {name: file_sha256(path) for name, path in files.items() if path and Path(path).is_file()}
 
 
 def local_folders(pretrained: str) -> list[str]:

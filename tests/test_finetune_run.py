@@ -185,6 +185,22 @@ def test_the_run_owns_its_folder_and_resume_refuses_changed_settings_by_name(tin
     assert fresh.epochs == 1 and [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [0]
 
 
+def test_resume_refuses_a_manifest_edited_in_place(tiny_kit, tmp_path):  # noqa: F811
+    """Same manifest path, other prompts: the settings alone are equal, the stamped content hash is not."""
+    from hfpc_finetune import train
+
+    source = tiny_kit[0] / "products"
+    rows = [json.loads(line) for line in (source / "manifest.jsonl").read_text().splitlines()]
+    rows = [{**row, "origin": str(source / row["origin"]), "mask": str(source / row["mask"])} for row in rows]
+    manifest = tmp_path / "products.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = make_config(tiny_kit, tmp_path / "out", **QUICK, data={"manifest": str(manifest)})
+    train(config)
+    manifest.write_text("".join(json.dumps({**row, "prompt": "on the moon"}) + "\n" for row in rows))
+    with pytest.raises(ResumeMismatchError, match="input_sha256.data.manifest"):
+        train(config, resume=True)
+
+
 def test_a_run_leaves_a_tracker_log_captioned_grids_and_a_model_card(tiny_kit, tmp_path):  # noqa: F811
     from hfpc_finetune import train
 
