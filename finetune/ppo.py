@@ -2,9 +2,11 @@
 
 For every minibatch of samples and each trained denoising step, the current policy rescores the stored
 step x_t -> x_{t-1}; the loss is PPO's clipped surrogate on exp(logp_new - logp_old) times the sample's
-advantage. Gradients accumulate over `train.samples_per_step` samples (global) per optimizer step. The UNet
-is not wrapped in DDP (no `module.` prefixes, adapters and checkpointing work as in one process), so the
-LoRA gradients are averaged across processes by one flat all-reduce per step (`sync_gradients`).
+advantage. Each inner epoch draws one order of the epoch's global samples, the same on every process; each
+optimizer step takes the next `train.samples_per_step` of them, and every process trains those it holds, so
+a step's samples, and the LoRA, do not depend on the number of processes. The UNet is not wrapped in DDP
+(no `module.` prefixes, adapters and checkpointing work as in one process), so the LoRA gradients are summed
+across processes by one flat all-reduce per step (`sync_gradients`).
 """
 
 from __future__ import annotations
@@ -96,9 +98,12 @@ class PPOUpdate:
         stats: dict[str, list[float]] = {k: [] for k in ("approx_kl", "clipfrac", "loss", "grad_norm", "kl")}
         first_deviation = 0.0
         self.policy.unet.train()
+        position = {g: i for i, g in enumerate(indices)}  # global sample index -> row of this process
         for inner in range(cfg.inner_epochs):
+            # one global order on every process: optimizer step s trains the global samples in chunk s, each
+            # process those it holds, so the steps are the same on 1 or N processes
             order = torch.randperm(
-                len(indices), generator=torch.Generator().manual_seed(seed_of(inner, acc.process_index))
+                len(indices) * acc.num_processes, generator=torch.Generator().manual_seed(seed_of(inner))
             )
             steps = step_choice(
                 num_steps,
@@ -106,38 +111,38 @@ class PPOUpdate:
                 lambda g, inner=inner: seed_of(inner, STEP_CHOICE_SEED_OFFSET + g),
                 indices,
             )
-            minibatches = order.split(cfg.train_batch_size)
-            updates_done = 0
-            for mb_index, mb in enumerate(minibatches):
-                mb_dev = mb.to(device)
-                sub = cond.select(mb_dev)
-                for j in range(trained_steps):
-                    k = steps[mb, j].to(device)  # (b,) step index of each sample
-                    x_t, x_prev = trajectory.latents[mb_dev, k], trajectory.latents[mb_dev, k + 1]
-                    t = trajectory.timesteps[k]
-                    step = self.policy.step(x_t, t, sub, x_prev, acc.autocast)
-                    loss, ratio, log_ratio = clipped_surrogate(
-                        step.log_prob, trajectory.log_probs[mb_dev, k], advantages[mb_dev], cfg.clip_range
-                    )
-                    if cfg.kl_coef > 0:
-                        kl = self.policy.reference_kl(x_t, t, sub, step, acc.autocast)
-                        loss = loss + cfg.kl_coef * kl
-                        stats["kl"].append(kl.item())
-                    acc.backward(loss / (trained_steps * self.accumulation))
-                    stats["approx_kl"].append(0.5 * (log_ratio.detach() ** 2).mean().item())
-                    stats["clipfrac"].append(
-                        ((ratio.detach() - 1).abs() > cfg.clip_range).float().mean().item()
-                    )
-                    stats["loss"].append(loss.item())
-                    if inner == 0 and updates_done == 0:
-                        first_deviation = max(first_deviation, (ratio.detach() - 1).abs().max().item())
-                if (mb_index + 1) % self.accumulation == 0 or mb_index == len(minibatches) - 1:
-                    self.sync_gradients()
-                    stats["grad_norm"].append(float(acc.clip_grad_norm_(self.lora_params, cfg.max_grad_norm)))
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    updates_done += 1
-                on_minibatch()
+            for updates_done, chunk in enumerate(order.split(cfg.samples_per_step)):
+                mine = torch.tensor([position[g] for g in chunk.tolist() if g in position], dtype=torch.long)
+                for mb in mine.split(cfg.train_batch_size):
+                    mb_dev = mb.to(device)
+                    sub = cond.select(mb_dev)
+                    for j in range(trained_steps):
+                        k = steps[mb, j].to(device)  # (b,) step index of each sample
+                        x_t, x_prev = trajectory.latents[mb_dev, k], trajectory.latents[mb_dev, k + 1]
+                        t = trajectory.timesteps[k]
+                        step = self.policy.step(x_t, t, sub, x_prev, acc.autocast)
+                        loss, ratio, log_ratio = clipped_surrogate(
+                            step.log_prob, trajectory.log_probs[mb_dev, k], advantages[mb_dev], cfg.clip_range
+                        )
+                        if cfg.kl_coef > 0:
+                            kl = self.policy.reference_kl(x_t, t, sub, step, acc.autocast)
+                            loss = loss + cfg.kl_coef * kl
+                            stats["kl"].append(kl.item())
+                        # the step's gradient is the mean over its samples (summed over processes below)
+                        acc.backward(loss * len(mb) / (trained_steps * len(chunk)))
+                        stats["approx_kl"].append(0.5 * (log_ratio.detach() ** 2).mean().item())
+                        stats["clipfrac"].append(
+                            ((ratio.detach() - 1).abs() > cfg.clip_range).float().mean().item()
+                        )
+                        stats["loss"].append(loss.item())
+                        if inner == 0 and updates_done == 0:
+                            first_deviation = max(first_deviation, (ratio.detach() - 1).abs().max().item())
+                self.sync_gradients()
+                stats["grad_norm"].append(float(acc.clip_grad_norm_(self.lora_params, cfg.max_grad_norm)))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                for _ in range(self.accumulation):  # progress counts this process's share of minibatches
+                    on_minibatch()
         means = torch.tensor(
             [np.mean(v) if v else 0.0 for v in stats.values()] + [first_deviation], device=device
         )
@@ -148,11 +153,12 @@ class PPOUpdate:
         return result
 
     def sync_gradients(self) -> None:
-        """Average the LoRA gradients over processes (one flat all-reduce; the UNet is not DDP-wrapped)."""
+        """Sum the LoRA gradients over processes (one flat all-reduce; the UNet is not DDP-wrapped): each holds
+        its samples' share of the step's mean."""
         if self.accelerator.num_processes == 1:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.lora_params]
-        flat = self.accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+        flat = self.accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="sum")
         offset = 0
         for p, g in zip(self.lora_params, grads):
             p.grad = flat[offset : offset + g.numel()].view_as(g).clone()

@@ -361,7 +361,8 @@ def test_learning_is_real_on_the_tiny_pipeline(tiny_kit, tmp_path):
 
 
 def test_two_processes_give_the_same_lora_update_as_one(tiny_kit, tmp_path):
-    """Two CPU processes (gloo) == one process with the same global batch: LoRA gradients are synchronised."""
+    """Two CPU processes (gloo) == one process: the same samples in each of an epoch's two optimizer steps
+    (one global order, whichever process holds a sample) and LoRA gradients summed across processes."""
     import os
     import socket
     import subprocess
@@ -372,7 +373,8 @@ def test_two_processes_give_the_same_lora_update_as_one(tiny_kit, tmp_path):
     from hfpc_finetune import train
     from safetensors.torch import load_file
 
-    settings = {**SMALL, "train": {**SMALL["train"], "epochs": 1}}
+    two_steps = {"epochs": 1, "train_batch_size": 2, "samples_per_step": 4}  # 8 samples: 2 steps of 4
+    settings = {**SMALL, "train": {**SMALL["train"], **two_steps}}
     config = make_config(tiny_kit, tmp_path / "one", **settings)
     train(config)
     values = json.loads(json.dumps(tiny_kit[1]))
