@@ -301,3 +301,23 @@ def test_fetch_command(server, tmp_path, capsys):
 def test_fetch_config_validation():
     with pytest.raises(ValueError, match="workers must be >= 1"):
         FetchConfig(workers=0)
+
+
+def test_fetch_refuses_to_write_over_its_manifest(tmp_path):
+    """--out (or --failures) naming the input manifest would rewrite it from the first row: the labels of the
+    rows not fetched yet would be lost. Refused before anything is read from the network."""
+    rows = [{"origin": "http://127.0.0.1:9/o.png", "generation": "http://127.0.0.1:9/g.png", "label": 1}]
+    manifest = _write_manifest(tmp_path / "m.jsonl", rows)
+    before = manifest.read_text()
+    for flag in ("--out", "--failures"):
+        argv = [
+            "data",
+            "fetch",
+            str(manifest),
+            "--cache",
+            str(tmp_path / "c"),
+            "--out",
+            str(tmp_path / "o.jsonl"),
+        ]
+        assert hfpc_main([*argv, flag, str(manifest)]) == 2
+        assert manifest.read_text() == before

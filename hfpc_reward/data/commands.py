@@ -159,6 +159,9 @@ def _fetch(args: argparse.Namespace) -> int:
         redirects=args.redirects,
         redirect_allow=args.redirect_allow,
     )
+    for written in (args.out, args.failures):  # rewritten from the first row on: the input would be lost
+        if written:
+            refuse_output_over_inputs(written, [args.manifest], "hfpc data fetch")
     try:
         summary = fetch_manifest(read_manifest(args.manifest), args.cache, args.out, config, args.failures)
     except FetchInterrupted as interrupted:
