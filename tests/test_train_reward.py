@@ -12,7 +12,7 @@ from launch import torchrun
 
 from hfpc_reward.cli import main as cli_main
 from hfpc_reward.config import load_config
-from hfpc_reward.data.manifest import read_jsonl, read_manifest
+from hfpc_reward.data.manifest import ManifestError, read_jsonl, read_manifest
 from hfpc_reward.reward.model import HFPCRewardModel
 from hfpc_reward.reward.rows import score_rows
 from hfpc_reward.reward.train import TrainRewardConfig, train_reward_model
@@ -243,6 +243,41 @@ def test_frozen_backbone_trains_head_on_cached_features_identically(tiny_config,
 def test_train_reward_cli_rejects_missing_manifest(tiny_config, tmp_path, caplog):
     assert cli_main(["train-reward", "--config", str(tiny_config), f"training.out_dir={tmp_path}"]) == 2
     assert "data.train_manifest is not set" in caplog.text
+
+
+@pytest.mark.parametrize("freeze", ["0.0", "1.0"])  # pixel path, cached-feature path
+def test_no_readable_training_pair_is_refused(tiny_config, colour_task, tmp_path, freeze):
+    """A manifest copied away from its images: the cached path span forever with no step per epoch, the pixel
+    path saved a model whose score mean was NaN (exit 0). Both now stop with the manifest named."""
+    moved = tmp_path / "moved.jsonl"
+    moved.write_text(colour_task["small"].read_text())  # its relative image paths now point nowhere
+    with pytest.raises(ManifestError, match="no training pair of .*moved.jsonl has readable images"):
+        _train(
+            tiny_config, moved, tmp_path / "run", [f"training.freeze_fraction={freeze}", "training.epochs=1"]
+        )
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_continuing_without_both_labels_in_validation_drops_the_old_calibration(
+    tiny_config, referenced_run, colour_task, tmp_path
+):
+    """Training on from a calibrated model re-standardises its scores: the old threshold and probabilities
+    belong to the old scale, so with nothing to calibrate on they are reset, not kept."""
+    passes = tmp_path / "passes.jsonl"
+    rows = [json.loads(line) for line in colour_task["small"].read_text().splitlines()]
+    base = colour_task["small"].parent
+    rows = [
+        {**row, "origin": str(base / row["origin"]), "generation": str(base / row["generation"])}
+        for row in rows
+    ]
+    passes.write_text("".join(json.dumps(row) + "\n" for row in rows if row["label"] == 1))
+    source = HFPCRewardModel.from_pretrained(referenced_run["model_dir"])
+    assert source.threshold != 0.0 and source.probability_calibration is not None
+    overrides = [f"model={referenced_run['model_dir']}", f"data.valid_manifest={passes}", "training.epochs=1"]
+    continued = HFPCRewardModel.from_pretrained(
+        _train(tiny_config, colour_task["small"], tmp_path / "more", overrides)["model_dir"]
+    )
+    assert continued.threshold == 0.0 and continued.probability_calibration is None
 
 
 def test_cluster_assignment_balances_the_pairs_drawn(tiny_config, colour_task, tmp_path):

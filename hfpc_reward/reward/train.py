@@ -199,8 +199,12 @@ def _finalise(out_dir: Path, cfg: TrainRewardConfig, train_rows, valid_rows, dev
     labels = [row.label for row in valid_rows]
     if 0 < sum(labels) < len(labels):
         calibrate(model, valid_rows, target_precision=None, batch_size=cfg.training.eval_batch_size)
-    else:
-        logger.warning("validation rows lack both labels: threshold left at 0 (the training mean)")
+    else:  # a calibration loaded with a trained model belongs to its old score scale
+        model.threshold, model.probability_calibration = 0.0, None
+        logger.warning(
+            "validation rows lack both labels: threshold set to 0 (the training mean), no probabilities; "
+            "run `hfpc calibrate-reward` on labelled rows"
+        )
     target = model.save_pretrained(out_dir / "model")
     logger.info(
         "final model (score mean %.4f, std %.4f, threshold %.3f) -> %s",

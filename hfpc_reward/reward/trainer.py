@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hfpc_reward.data.manifest import append_jsonl, read_jsonl, write_jsonl
+from hfpc_reward.data.manifest import ManifestError, append_jsonl, read_jsonl, write_jsonl
 from hfpc_reward.reward.pair_sources import PairBatch, epoch_order, micro_batches
 from hfpc_reward.reward.train_config import TrainRewardConfig
 from hfpc_reward.runs import CheckpointFolder
@@ -71,6 +71,12 @@ class MetricsLog:
             self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
 
+UNREADABLE_PAIRS = (
+    "no training pair of {manifest} has readable images: check its origin / generation paths (relative ones "
+    "resolve against the manifest's folder)"
+)
+
+
 class RewardTrainer:
     """The accelerate loop over one pair source: micro-batches -> compute_loss -> accumulated AdamW steps,
     with validation, best-model keeping and checkpoints."""
@@ -84,6 +90,8 @@ class RewardTrainer:
         self.checkpoints = CheckpointFolder(out_dir / "checkpoints", self.tcfg.keep_checkpoints)
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.trainable = [p for p in source.trained_module.parameters() if p.requires_grad]
+        if not source.train_pairs:  # every pair had an unreadable image: an epoch would have no step
+            raise ManifestError(UNREADABLE_PAIRS.format(manifest=cfg.data.train_manifest))
         micro_per_epoch = math.ceil(len(source.train_pairs) / (self.tcfg.batch_size * self.world))
         self.steps_per_epoch = math.ceil(micro_per_epoch / self.tcfg.gradient_accumulation_steps)
         schedule_steps = self.steps_per_epoch * (self.tcfg.schedule_epochs or self.tcfg.epochs)
@@ -133,10 +141,16 @@ class RewardTrainer:
                     self.source.train_pairs, self.state.epoch, self.tcfg.seed, self.assignment
                 )
                 batches = micro_batches(order, self.tcfg.batch_size, self.rank, self.world)
+                self.readable = torch.zeros(
+                    2, device=self.accelerator.device
+                )  # micro-batches: readable, seen
                 for step in self._epoch(batches):
                     bar.update(1)
                     if on_step is not None:
                         on_step(step)
+                readable, seen = self.accelerator.reduce(self.readable, reduction="sum").tolist()
+                if seen and not readable:  # the pixel path finds unreadable images only as it goes
+                    raise ManifestError(UNREADABLE_PAIRS.format(manifest=self.cfg.data.train_manifest))
 
     def _epoch(self, batches: list[list[int]]):
         """Train the rest of the current epoch; yields the global step after each optimizer step."""
@@ -147,7 +161,9 @@ class RewardTrainer:
             group_start = position - position % accumulation
             group_size = min(accumulation, len(batches) - group_start)
             last_in_group = position - group_start == group_size - 1
+            self.readable[1] += 1
             if batch is not None:  # None: every pair of the micro-batch had an unreadable image
+                self.readable[0] += 1
                 with self.accelerator.autocast():
                     loss = compute_loss(
                         self.wrapped, batch, self.tcfg.pointwise_weight, self.accelerator.device
