@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from hfpc_reward.config import config_to_dict, save_resolved_config
 from hfpc_reward.data.manifest import append_jsonl
-from hfpc_reward.data.results import file_sha256
+from hfpc_reward.data.results import input_hashes
 from hfpc_reward.images import paste_product, resize_to
 from hfpc_reward.runs import RunOutput, flatten_settings, is_safe_key, settings_hash
 from hfpc_reward.sample.oracle import held_out_check
@@ -186,8 +186,7 @@ def run_settings(config: EvalConfig) -> dict[str, Any]:
     content hash (a manifest edited in place is another set of products, prompts or categories)."""
     values = config_to_dict(config)
     values.pop("out_dir")
-    if Path(config.manifest).is_file():
-        values["manifest_sha256"] = file_sha256(config.manifest)
+    values["input_sha256"] = input_hashes({"manifest": config.manifest})
     return values
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from hfpc_finetune.config import SAFE_RESUME_KEYS, FinetuneConfig
 
 from hfpc_reward.data.manifest import read_jsonl, write_jsonl
-from hfpc_reward.data.results import file_sha256
+from hfpc_reward.data.results import input_hashes
 from hfpc_reward.runs import RunOutput
 
 RUN_FILES = (
@@ -62,7 +62,7 @@ def own_run_folder(
     return run
 
 
-def input_hashes(config: FinetuneConfig) -> dict[str, str]:
+def run_input_hashes(config: FinetuneConfig) -> dict[str, str]:
     """sha256 of the files the settings name: the manifest and every reward keyword that is a file (a scorer
     YAML). Stamped with the settings, so a resume refuses them edited in place (their paths stay the same)."""
     files = {"data.manifest": config.data.manifest}
@@ -70,7 +70,7 @@ def input_hashes(config: FinetuneConfig) -> dict[str, str]:
         files |= {
             f"reward.{index}.{key}": value for key, value in term.kwargs.items() if isinstance(value, str)
         }
-    return {name: file_sha256(path) for name, path in files.items() if path and Path(path).is_file()}
+    return input_hashes(files)
 
 
 def local_folders(pretrained: str) -> list[str]:

@@ -30,7 +30,7 @@ from hfpc_finetune.rewards import (
     probe_reward,
     resolve_reward,
 )
-from hfpc_finetune.run_folder import METRICS_FILE, input_hashes, keep_epochs_before, own_run_folder
+from hfpc_finetune.run_folder import METRICS_FILE, keep_epochs_before, own_run_folder, run_input_hashes
 from hfpc_finetune.tracking import (
     TRACKER_PROJECT,
     model_card,
@@ -114,7 +114,7 @@ class Trainer:
         self.pipe, optimizer = load_lora_pipeline(config, self.device)
         self.optimizer = self.accelerator.prepare(optimizer)
         # the run takes its folder only now: a run that cannot start leaves nothing behind
-        self.settings = {**config_to_dict(config), "input_sha256": input_hashes(config)}
+        self.settings = {**config_to_dict(config), "input_sha256": run_input_hashes(config)}
         self._closing = contextlib.ExitStack()
         self.run = own_run_folder(
             config,

@@ -145,6 +145,7 @@ class HFPCScorer:
                 config.reward_model.path,
                 device=resolve_device(config.reward_model.device),
                 dtype=getattr(torch, config.reward_model.dtype),
+                trained=True,
             )
         return cls(reward_model, ProductConsistencyChecker.from_config(config.consistency), config)
 

@@ -208,7 +208,7 @@ def test_resume_refuses_a_manifest_edited_in_place(product_manifest, tmp_path):
     generators = {n: DummyGenerator(r) for n, r in TRUE_RATES.items()}
     run_eval(_config(manifest, tmp_path / "out"), generators=generators, scorer=DummyScorer())
     manifest.write_text(manifest.read_text().replace("on a wooden table", "on a beach"))
-    with pytest.raises(ResumeMismatchError, match="manifest_sha256"):
+    with pytest.raises(ResumeMismatchError, match=r"input_sha256\.manifest"):
         run_eval(
             _config(manifest, tmp_path / "out"), generators=generators, scorer=DummyScorer(), resume=True
         )

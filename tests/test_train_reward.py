@@ -302,6 +302,17 @@ def test_cluster_assignment_balances_the_pairs_drawn(tiny_config, colour_task, t
         ["training.epochs=1", "training.freeze_fraction=1.0", f"data.cluster_assignment={path}"],
     )
     assert summary["global_step"] >= 1
+    # the clusters recomputed into the same file (6 + 6) draw other pairs: a resume is refused, naming it
+    half = {origin: int(i >= 6) for i, origin in enumerate(origins)}
+    ClusterAssignment(half, {o: 0.0 for o in origins}, k=2).save(path)
+    with pytest.raises(ResumeMismatchError, match=r"input_sha256\.cluster_assignment"):
+        _train(
+            tiny_config,
+            colour_task["small"],
+            tmp_path / "run",
+            ["training.epochs=2", "training.freeze_fraction=1.0", f"data.cluster_assignment={path}"],
+            resume=True,
+        )
 
 
 def test_url_manifest_is_refused_with_the_fetch_hint(tiny_config, tmp_path, caplog):

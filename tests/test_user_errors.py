@@ -153,3 +153,30 @@ def test_eval_compare_and_folder_versions_name_the_mistake(pair, tmp_path, capsy
     )
     assert "no-such-folder" in message and "does not exist" in message
     assert not out.exists()  # nothing stamped: the corrected command runs without --overwrite
+
+
+def test_a_plain_blip_folder_is_no_trained_reward_model(tiny_reward_kit, pair, tmp_path, capsys, caplog):
+    """calibrate-reward on the BLIP folder (the training config's `model=`) wrote a reward-model config.json
+    over BLIP's, so the folder then loaded as neither; eval-reward scored with a random head. Both exit 2."""
+    import shutil
+
+    blip = tmp_path / "blip"
+    shutil.copytree(tiny_reward_kit["blip"], blip)
+    before = (blip / "config.json").read_text()
+    rows = [{"origin": str(pair["original"]), "generation": str(pair["generated"]), "label": 1}]
+    manifest = write_rows(tmp_path / "labelled.jsonl", rows)
+    for argv in (
+        ["calibrate-reward", "--model", str(blip), "--manifest", str(manifest)],
+        ["eval-reward", "--model", str(blip), "--manifest", str(manifest), "--out", str(tmp_path / "m.json")],
+        [
+            "feedback",
+            "select",
+            str(manifest),
+            "--out",
+            str(tmp_path / "p.jsonl"),
+            "--reward-model",
+            str(blip),
+        ],
+    ):
+        assert "not a trained reward model" in refused(argv, capsys, caplog)
+    assert (blip / "config.json").read_text() == before

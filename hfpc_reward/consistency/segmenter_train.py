@@ -45,7 +45,7 @@ from hfpc_reward.consistency.segmenter_config import (
 )
 from hfpc_reward.consistency.segmenter_models import load_trainable
 from hfpc_reward.data.manifest import ManifestError, append_jsonl, read_jsonl, read_manifest, write_jsonl
-from hfpc_reward.data.results import file_sha256
+from hfpc_reward.data.results import input_hashes
 from hfpc_reward.data.splits import split_by_original
 from hfpc_reward.images import ImageLoadError, load_mask, load_rgb
 from hfpc_reward.runs import RunOutput, replace_directory
@@ -213,8 +213,9 @@ def finetune_segmenter(
     accelerator = Accelerator(mixed_precision=config.train.mixed_precision, cpu=config.train.cpu)
     train_rows, val_rows = _split(config.data)
     settings = config_to_dict(config)
-    manifests = {"train_manifest": config.data.train_manifest, "val_manifest": config.data.val_manifest}
-    settings["manifest_sha256"] = {name: file_sha256(path) for name, path in manifests.items() if path}
+    settings["input_sha256"] = input_hashes(
+        {"train_manifest": config.data.train_manifest, "val_manifest": config.data.val_manifest}
+    )
     with RunOutput(
         out,
         settings,

@@ -41,6 +41,12 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def input_hashes(files: dict[str, str | Path | None]) -> dict[str, str]:
+    """{name: sha256} of the named input files that exist: what a run stamp records besides their paths,
+    so that a resume notices an input (a manifest, a config file it names) edited in place."""
+    return {name: file_sha256(path) for name, path in files.items() if path and Path(path).is_file()}
+
+
 def manifest_run(
     manifest: str | Path,
     out: str | Path,

@@ -105,7 +105,12 @@ def _select(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"{args.reward_model} has no config.json: give a reward-model folder (train-reward's model/)"
             )
-        threshold = json.loads(stored.read_text())["threshold"]
+        threshold = json.loads(stored.read_text()).get("threshold")
+        if threshold is None:
+            raise UsageError(
+                f"{args.reward_model} is not a trained reward model (its config.json has no threshold): "
+                "give train-reward's model/ folder"
+            )
     if threshold is None:
         raise UsageError("give the reward model's pass threshold: --threshold T or --reward-model FOLDER")
     clusters = ClusterAssignment.load(args.clusters).assignment if args.clusters else None

@@ -50,7 +50,7 @@ def run_eval_reward(args: argparse.Namespace) -> int:
     refuse_output_over_inputs(Path(args.out), [args.manifest, args.model], "hfpc eval-reward")
     rows = read_manifest(args.manifest)
     require_local_images(rows, args.manifest)
-    model = HFPCRewardModel.from_pretrained(args.model, device=args.device)
+    model = HFPCRewardModel.from_pretrained(args.model, device=args.device, trained=True)
     report, scores = evaluate_model(model, rows, args.batch_size, args.bootstrap, args.seed)
     report.update(
         {
@@ -98,7 +98,7 @@ def add_calibrate_reward_arguments(parser: argparse.ArgumentParser) -> None:
 def run_calibrate_reward(args: argparse.Namespace) -> int:
     rows = read_manifest(args.manifest)
     require_local_images(rows, args.manifest)
-    model = HFPCRewardModel.from_pretrained(args.model, device=args.device)
+    model = HFPCRewardModel.from_pretrained(args.model, device=args.device, trained=True)
     calibrate(model, rows, args.target_precision, args.batch_size)
     model.write_checkpoint_config(args.model)
     logger.info("wrote threshold %.4f into %s/config.json", model.threshold, args.model)

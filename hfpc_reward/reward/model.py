@@ -185,12 +185,14 @@ class HFPCRewardModel(nn.Module):
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         config: RewardModelConfig | None = None,
+        trained: bool = False,
     ) -> HFPCRewardModel:
         """Load a reward-model checkpoint, or start a new head on a plain BLIP ITM checkpoint.
 
         `config` is only used for a new head (a plain BLIP checkpoint); a reward-model checkpoint carries
-        its own and passing a different one raises. Loading is strict: missing or unexpected weights
-        raise RewardModelLoadError naming them.
+        its own and passing a different one raises. `trained`: a plain BLIP checkpoint raises instead (for
+        scoring, evaluating and calibrating, where a random head would give meaningless numbers). Loading is
+        strict: missing or unexpected weights raise RewardModelLoadError naming them.
         """
         from transformers import BlipConfig, BlipForImageTextRetrieval, BlipProcessor
         from transformers.models.blip.modeling_blip import BlipVisionModel
@@ -199,6 +201,11 @@ class HFPCRewardModel(nn.Module):
         source = str(path_or_hub_id)
         stored = json.loads(resolve_model_file(source, CONFIG_NAME).read_text())
         processor = BlipProcessor.from_pretrained(source)
+        if CONFIG_KEY not in stored and trained:
+            raise RewardModelLoadError(
+                f"{source} is a plain BLIP checkpoint, not a trained reward model: train one with "
+                "`hfpc train-reward` and give its model/ folder"
+            )
         if CONFIG_KEY not in stored:
             blip = BlipForImageTextRetrieval.from_pretrained(source)
             model = cls(

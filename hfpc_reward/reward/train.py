@@ -35,7 +35,7 @@ import torch
 
 from hfpc_reward.config import config_to_dict
 from hfpc_reward.data.manifest import ManifestError, ManifestRow, comparison_pairs, read_manifest
-from hfpc_reward.data.results import file_sha256
+from hfpc_reward.data.results import input_hashes
 from hfpc_reward.data.splits import split_by_original
 from hfpc_reward.reward.model import HFPCRewardModel, RewardModelConfig
 from hfpc_reward.reward.pair_sources import CachedFeaturePairs, PixelPairs
@@ -65,13 +65,18 @@ SCHEDULE_HINT = (
 
 
 def run_settings(cfg: TrainRewardConfig) -> dict[str, Any]:
-    """What the run stamp records: the config with the schedule's length resolved, and the manifests' hashes."""
+    """What the run stamp records: the config with the schedule's length resolved, and the hashes of the files
+    it names (the manifests, and the cluster assignment that draws every epoch's pairs)."""
     settings = config_to_dict(cfg)
     settings["training"]["schedule_epochs"] = cfg.training.schedule_epochs or cfg.training.epochs
-    manifests = {"train_manifest": cfg.data.train_manifest, "valid_manifest": cfg.data.valid_manifest}
-    settings["manifest_sha256"] = {
-        name: file_sha256(path) for name, path in manifests.items() if path and Path(path).is_file()
-    }
+    data = cfg.data
+    settings["input_sha256"] = input_hashes(
+        {
+            "train_manifest": data.train_manifest,
+            "valid_manifest": data.valid_manifest,
+            "cluster_assignment": data.cluster_assignment,
+        }
+    )
     return settings
 
 
