@@ -98,6 +98,7 @@ def test_bad_label_names_file_line_and_value(tmp_path, label):
         ('{"origin": ""}', "'origin' must be a non-empty string"),
         ('{"origin": "o.png", "generation": 3}', "'generation' must be a string"),
         ('{"https://o": {"generations": ["a"], "labels": []}}', "must be lists of equal length"),
+        ('{"https://o": {"generations": [1, 2], "labels": [1, 0]}}', "must be non-empty path or URL strings"),
         ('{"origin": "ftp://host/o.png"}', "unsupported URL scheme 'ftp'"),
         # product ids name output files (eval images, labelled generations): none may leave the output folder
         (

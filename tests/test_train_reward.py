@@ -315,6 +315,25 @@ def test_cluster_assignment_balances_the_pairs_drawn(tiny_config, colour_task, t
         )
 
 
+def test_a_bad_cluster_file_stops_before_the_run_takes_its_folder(tiny_config, colour_task, tmp_path, caplog):
+    from hfpc_reward.data.clusters import ClusterAssignment
+
+    origins = list(dict.fromkeys(row.origin for row in read_manifest(colour_task["small"])))
+    partial = ClusterAssignment({origins[0]: 0}, {origins[0]: 0.0}, k=1).save(tmp_path / "partial.json")
+    for clusters, problem in (
+        (tmp_path / "missing.json", "is not a cluster assignment"),
+        (partial, "pairs have an original without a cluster"),
+    ):
+        argv = ["train-reward", "--config", str(tiny_config), f"data.train_manifest={colour_task['small']}"]
+        argv += [f"training.out_dir={tmp_path / 'run'}", f"data.cluster_assignment={clusters}"]
+        caplog.clear()
+        assert cli_main(argv) == 2
+        assert problem in caplog.text and "Traceback" not in caplog.text
+        assert not (tmp_path / "run").exists()  # the corrected command runs without --overwrite
+    split = ["data", "split", str(colour_task["small"]), "--out", str(tmp_path / "split")]
+    assert cli_main([*split, "--stratify-clusters", str(tmp_path / "missing.json")]) == 2
+
+
 def test_url_manifest_is_refused_with_the_fetch_hint(tiny_config, tmp_path, caplog):
     manifest = tmp_path / "remote.jsonl"
     manifest.write_text(

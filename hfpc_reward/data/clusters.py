@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 
 from hfpc_reward.config import resolve_device
 from hfpc_reward.data.manifest import ManifestRow
+from hfpc_reward.errors import UsageError
 from hfpc_reward.images import ImageLoadError, load_rgb
 from hfpc_reward.runs import write_json_atomic
 
@@ -51,6 +52,10 @@ class ClusterConfig:
             raise ValueError("batch_size and sheet_thumbnails must be >= 1 and thumbnail_px >= 8")
 
 
+class ClusterFileError(UsageError):
+    """A cluster assignment file is missing, not one `hfpc data clusters` wrote, or misses originals."""
+
+
 @dataclass
 class ClusterAssignment:
     """Which cluster each original belongs to, and how far it lies from its cluster's centre."""
@@ -77,14 +82,20 @@ class ClusterAssignment:
 
     @classmethod
     def load(cls, path: str | Path) -> ClusterAssignment:
-        record = json.loads(Path(path).read_text())
-        return cls(
-            assignment={origin: int(label) for origin, label in record["assignment"].items()},
-            distances=record["distances"],
-            k=record["k"],
-            skipped=record.get("skipped", {}),
-            meta=record.get("meta", {}),
-        )
+        try:
+            record = json.loads(Path(path).read_text())
+            return cls(
+                assignment={origin: int(label) for origin, label in record["assignment"].items()},
+                distances=record["distances"],
+                k=record["k"],
+                skipped=record.get("skipped", {}),
+                meta=record.get("meta", {}),
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ClusterFileError(
+                f"{path} is not a cluster assignment ({type(exc).__name__}: {exc}); make one with "
+                "`hfpc data clusters`"
+            ) from None
 
 
 class BlipImageFeatures:
@@ -247,7 +258,7 @@ def pair_weights(
         )
     missing = [pos.origin for pos, _ in pairs if pos.origin not in assignment]
     if missing:
-        raise ValueError(
+        raise ClusterFileError(
             f"{len(missing)} pairs have an original without a cluster (e.g. {missing[0]}); run "
             "`hfpc data clusters` on the manifest these pairs come from"
         )

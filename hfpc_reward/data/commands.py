@@ -131,7 +131,9 @@ def _split(args: argparse.Namespace) -> int:
         raise CommandLineError("hfpc data split: give --stratify or --stratify-clusters, not both")
     stratify_by = args.stratify
     if args.stratify_clusters:
-        stratify_by = json.loads(args.stratify_clusters.read_text())["assignment"]
+        from hfpc_reward.data.clusters import ClusterAssignment
+
+        stratify_by = ClusterAssignment.load(args.stratify_clusters).assignment
     parts = split_by_original(read_manifest(args.manifest), args.fractions, args.seed, stratify_by)
     for name in parts:
         refuse_output_over_inputs(args.out / f"{name}.jsonl", [args.manifest], "hfpc data split")

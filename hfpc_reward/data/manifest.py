@@ -158,6 +158,8 @@ def _rows_from_grouped(obj: dict, base_dir: Path, path: Path, line_no: int) -> I
     generations, labels = group.get("generations"), group.get("labels")
     if not isinstance(generations, list) or not isinstance(labels, list) or len(generations) != len(labels):
         raise ManifestError(f"{path}:{line_no}: 'generations' and 'labels' must be lists of equal length")
+    if not all(isinstance(generation, str) and generation for generation in generations):
+        raise ManifestError(f"{path}:{line_no}: 'generations' must be non-empty path or URL strings")
     origin = _resolve(origin, base_dir, path, line_no)
     for generation, label in zip(generations, labels):
         yield ManifestRow(

@@ -102,6 +102,11 @@ def train_reward_model(
         cpu=not torch.cuda.is_available(),  # CPU processes under torchrun: gloo, each its own shard
     )
     train_rows, valid_rows = _split_rows(cfg.data)
+    pairs = comparison_pairs(train_rows)
+    if cfg.data.cluster_assignment and pairs:  # a bad or stale cluster file stops the run before it starts
+        from hfpc_reward.data.clusters import ClusterAssignment, pair_weights
+
+        pair_weights(pairs, ClusterAssignment.load(cfg.data.cluster_assignment).assignment)
     with RunOutput(
         out_dir,
         run_settings(cfg),
@@ -120,7 +125,7 @@ def train_reward_model(
             shutil.rmtree(checkpoints.root)  # a fresh start (or nothing to resume): no stale checkpoints
         accelerator.wait_for_everyone()
         set_seed(tcfg.seed)
-        train_pairs, valid_pairs = comparison_pairs(train_rows), comparison_pairs(valid_rows)
+        train_pairs, valid_pairs = pairs, comparison_pairs(valid_rows)
         if not train_pairs:
             raise ManifestError(
                 f"{cfg.data.train_manifest} has no (label 1, label 0) pairs within an original to train on"
