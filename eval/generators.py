@@ -29,7 +29,13 @@ from hfpc_eval.config import GenerationConfig, VersionConfig
 from hfpc_eval.distributed import resolve_device
 from PIL import Image
 
-from hfpc_reward.data.manifest import ManifestError, _iter_json_lines, read_manifest, resolve_source
+from hfpc_reward.data.manifest import (
+    ManifestError,
+    _iter_json_lines,
+    file_safe_product_id,
+    read_manifest,
+    resolve_source,
+)
 from hfpc_reward.errors import UsageError
 from hfpc_reward.images import ImageLoadError, load_mask, load_rgb, open_image, resize_to
 
@@ -207,7 +213,7 @@ def load_products(manifest: str | Path, default_prompt: str) -> tuple[list[Produ
     """
     products, skipped, seen = [], {}, {}
     for row in read_manifest(manifest):
-        product_id = row.product_id or Path(row.origin).stem
+        product_id = file_safe_product_id(row, manifest)  # names the run's image files
         if product_id in seen:
             if seen[product_id] != row.origin:
                 raise ManifestError(

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from hfpc_finetune.config import DataConfig
 from PIL import Image
 
-from hfpc_reward.data.manifest import ManifestError, read_manifest
+from hfpc_reward.data.manifest import ManifestError, product_id_of, read_manifest
 from hfpc_reward.images import ImageLoadError, load_mask, open_image, refuse_inverted_mask, resize_to
 
 logger = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ def load_products(config: DataConfig) -> list[ProductPrompt]:
     items: list[ProductPrompt] = []
     origins: dict[str, str] = {}  # product_id -> its origin
     for row in read_manifest(config.manifest):
-        product_id = row.product_id or Path(row.origin).stem
+        product_id = product_id_of(row)
         if origins.setdefault(product_id, row.origin) != row.origin:
             raise ManifestError(
                 f"{config.manifest}:{row.line}: product_id {product_id!r} names two originals "

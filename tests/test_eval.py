@@ -509,3 +509,20 @@ def test_rejudging_a_run_interrupted_before_its_second_version_writes_the_report
     results = rejudge_run(source, rejudge_config(source, tmp_path / "rejudged"), scorer=DummyScorer())
     assert results["paired"]["tuned - base"]["n_products"] == 0
     assert (tmp_path / "rejudged" / "report.html").is_file()
+
+
+def test_a_product_id_leaving_the_output_folder_is_refused(product_manifest, tmp_path):
+    """Images are saved as images/<version>/<product_id>_<k>.png: '../../x' would write outside out_dir."""
+    row = json.loads(product_manifest.read_text().splitlines()[0])
+    folder = product_manifest.parent
+    row = {
+        **row,
+        "origin": str(folder / row["origin"]),
+        "mask": str(folder / row["mask"]),
+        "product_id": "../../x",
+    }
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps(row) + "\n")
+    with pytest.raises(UsageError, match=r"m.jsonl:1: product_id '../../x' names output files"):
+        run_eval(_config(manifest, tmp_path / "out"), generators={}, scorer=DummyScorer())
+    assert not (tmp_path / "out").exists() and not list(tmp_path.parent.glob("x_*"))

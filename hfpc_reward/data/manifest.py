@@ -133,11 +133,6 @@ def _row_from_record(obj: dict, base_dir: Path, path: Path, line_no: int) -> Man
     for name in ("prompt", "category", "product_id"):
         if obj.get(name) is not None:
             values[name] = str(obj[name])
-    if values.get("product_id") and not _safe_file_stem(values["product_id"]):
-        raise ManifestError(
-            f"{path}:{line_no}: product_id {values['product_id']!r} names output files: use no '/', '\\' "
-            "or NUL, and not '.' or '..'"
-        )
     extra = {key: value for key, value in obj.items() if key not in KNOWN_FIELDS}
     return ManifestRow(
         origin=_resolve(obj["origin"], base_dir, path, line_no),
@@ -148,9 +143,21 @@ def _row_from_record(obj: dict, base_dir: Path, path: Path, line_no: int) -> Man
     )
 
 
-def _safe_file_stem(name: str) -> bool:
-    """Whether `name` can start a file name inside an output folder without leaving it."""
-    return name not in (".", "..") and not any(c in name for c in "/\\\0")
+def product_id_of(row: ManifestRow) -> str:
+    """A row's product: its product_id, else its origin's file name without the extension."""
+    return row.product_id or Path(row.origin).stem
+
+
+def file_safe_product_id(row: ManifestRow, manifest: str | Path) -> str:
+    """`product_id_of(row)` for a caller that names output files with it: refused (ManifestError naming the
+    line) when it could leave the output folder or collide there ('/', '\\', NUL, '.' or '..')."""
+    product_id = product_id_of(row)
+    if product_id in (".", "..") or any(c in product_id for c in "/\\\0"):
+        raise ManifestError(
+            f"{manifest}:{row.line}: product_id {product_id!r} names output files: use no '/', '\\' or NUL, "
+            "and not '.' or '..'"
+        )
+    return product_id
 
 
 def _rows_from_grouped(obj: dict, base_dir: Path, path: Path, line_no: int) -> Iterable[ManifestRow]:

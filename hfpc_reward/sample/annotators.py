@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from hfpc_reward.data.manifest import read_manifest, write_jsonl
+from hfpc_reward.data.manifest import file_safe_product_id, read_manifest, write_jsonl
 from hfpc_reward.images import load_mask, load_rgb
 from hfpc_reward.sample.oracle import Oracle
 from hfpc_reward.sample.products import draw_product
@@ -120,7 +120,7 @@ def label_generations(
         pipe, read_manifest(products_manifest), samples, seed, steps, guidance
     ):
         final = paste_product(image, original, mask)  # resizes to the original
-        name = f"generations/{row.product_id}_{k}.png"
+        name = f"generations/{file_safe_product_id(row, products_manifest)}_{k}.png"
         _save(np.asarray(final), out / name)
         verdict = oracle.judge(np.asarray(final), np.asarray(original), mask, row.prompt)
         flipped = bool(rng.random() < label_noise)
