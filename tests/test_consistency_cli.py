@@ -269,6 +269,35 @@ def test_out_equal_to_the_manifest_is_refused(good_manifest, capsys, caplog):
     assert good_manifest.read_text() == before
 
 
+def test_outputs_over_inputs_are_refused_for_overlays_and_calibration(
+    pairs, good_manifest, tmp_path, capsys, caplog
+):
+    """Overlays are named by row index (000000.png...): a folder holding the images would have them replaced;
+    calibrate-consistency's --out would replace its manifest. Both exit 2 and leave the inputs as they were."""
+    images = {path: path.read_bytes() for path in pairs.glob("*.png")}
+    argv = check_args(good_manifest, tmp_path / "results.jsonl", "--overlays", str(pairs))
+    assert main(argv) == 2 and "choose an --out outside the inputs" in one_line_error(capsys, caplog)
+    assert {path: path.read_bytes() for path in pairs.glob("*.png")} == images
+    caplog.clear()
+    before = good_manifest.read_text()
+    assert main(["calibrate-consistency", "--manifest", str(good_manifest), "--out", str(good_manifest)]) == 2
+    assert "choose an --out outside the inputs" in one_line_error(capsys, caplog)
+    assert good_manifest.read_text() == before
+
+
+def test_a_manifest_made_from_results_keeps_every_row(good_manifest, tmp_path, capsys):
+    """Results rows carry manifest_index; checked again as a manifest (here twice over), every row is one
+    record with its own index: the input's index no longer overwrote it (rows were dropped, resume broke)."""
+    first = tmp_path / "first.jsonl"
+    assert main(check_args(good_manifest, first)) == 0
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text(first.read_text() * 2)
+    again = tmp_path / "again.jsonl"
+    assert main(check_args(twice, again)) == 0
+    records = [json.loads(line) for line in again.read_text().splitlines()]
+    assert [record["manifest_index"] for record in records] == [0, 1, 2, 3]
+
+
 def test_a_manifest_run_in_which_every_row_failed_exits_2(pairs, tmp_path, capsys, caplog):
     manifest = write_manifest(
         tmp_path / "bad.jsonl",

@@ -46,10 +46,10 @@ from hfpc_reward.consistency.calibrate import (
     split_for_calibration,
 )
 from hfpc_reward.consistency.config import BACKEND_NAMES, ConsistencyConfig
-from hfpc_reward.data.manifest import ManifestRow, read_manifest, remote_source_problem
+from hfpc_reward.data.manifest import ManifestRow, is_url, read_manifest, remote_source_problem
 from hfpc_reward.data.results import INDEX_FIELD, ManifestResults, manifest_run, require_some_rows_judged
 from hfpc_reward.errors import CommandLineError
-from hfpc_reward.runs import add_run_arguments
+from hfpc_reward.runs import add_run_arguments, refuse_output_over_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,14 @@ def _check_manifest_run(args: argparse.Namespace, config: ConsistencyConfig) -> 
     if args.workers < 1:
         raise CommandLineError(f"--workers must be >= 1, got {args.workers}")
     rows = read_manifest(args.manifest)
+    if args.overlays:  # overlays are named by row index: a folder holding inputs would have them overwritten
+        local = [
+            path
+            for row in rows
+            for path in (row.origin, row.generation, row.mask)
+            if path and not is_url(path)
+        ]
+        refuse_output_over_inputs(args.overlays, [args.manifest, *local], "hfpc check --overlays")
     settings = {
         "consistency": config_to_dict(config),
         "workers": args.workers,
@@ -232,7 +240,8 @@ def _check_group(job: tuple[list[tuple[int, ManifestRow]], str | None]) -> list[
 
 
 def _result_record(index: int, row: ManifestRow, report) -> dict[str, Any]:
-    record = {INDEX_FIELD: index, **row.to_record()}
+    # the row's own fields may hold a manifest_index (a manifest made from results): the index is ours
+    record = {INDEX_FIELD: index, **{k: v for k, v in row.to_record().items() if k != INDEX_FIELD}}
     if "consistent" in record:  # the input's ground truth; `consistent` becomes the checker's verdict
         record[TRUTH_FIELD] = record.pop("consistent")
     return {**record, **report.to_record()}
@@ -309,6 +318,7 @@ def run_calibrate_consistency(args: argparse.Namespace) -> int:
         raise CommandLineError(f"--holdout must be in [0, 1), got {args.holdout}")
     config = load_config(ConsistencyConfig, args.config, args.overrides)
     results = args.results or args.out.with_name(args.out.name + ".results.jsonl")
+    refuse_output_over_inputs(args.out, [args.manifest, args.config], "hfpc calibrate-consistency")
     rows = read_manifest(args.manifest)
     # the checked rows are cached in `results` for this manifest and check config (thresholds aside: only
     # the metrics are used); another manifest or config is refused, naming what changed
