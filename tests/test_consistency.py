@@ -589,3 +589,14 @@ def test_appearance_metrics_read_only_their_window(scene, monkeypatch, corner):
     assert values == expected
     np.testing.assert_array_equal(drift, drift_whole)
     np.testing.assert_array_equal(glow_map, glow_whole)
+
+
+def test_a_product_thinner_than_an_analysis_pixel_is_judged_not_crashed(checker):
+    """A 3 px needle in a 2048 px image covers under half of every pixel at the analysis size: its mask kept
+    the pixels it covers most instead of vanishing (it raised TypeError in the appearance window)."""
+    mask = np.zeros((2048, 2048), bool)
+    mask[200:1800, 1000:1003] = True
+    original = np.full((2048, 2048, 3), 245, np.uint8)
+    original[mask] = (20, 20, 20)
+    report = checker.check([original], [original.copy()], masks=[mask])[0]
+    assert report.consistent and report.error is None

@@ -52,6 +52,7 @@ from hfpc_reward.consistency.metrics import (
     mask_metrics,
     quantisation_palette,
     quantise_to_palette,
+    reduced_mask,
 )
 from hfpc_reward.consistency.verdict import ConsistencyReport, PairDetails, error_report, verdict
 from hfpc_reward.errors import UsageError
@@ -260,7 +261,7 @@ class ProductConsistencyChecker:
         if palette is not None:
             rgb = quantise_to_palette(rgb, palette)
         small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        appearance = original_appearance(small, _resize_mask(product.mask, size), self.config.metrics)
+        appearance = original_appearance(small, reduced_mask(product.mask, size), self.config.metrics)
         if palette is None:
             product.cache[ANALYSIS_KEY] = appearance
         return appearance
@@ -278,7 +279,7 @@ class ProductConsistencyChecker:
         (gen_image, aspect_mismatch, _), (gen_mask, gen_notes) = aligned, mask_and_notes
         size = (original.rgb.shape[1], original.rgb.shape[0])
         gen_rgb = cv2.resize(np.asarray(gen_image.convert("RGB")), size, interpolation=cv2.INTER_AREA)
-        m_gen = _resize_mask(gen_mask, size)
+        m_gen = reduced_mask(gen_mask, size)
         metrics = mask_metrics(
             original.mask, m_gen, self.config.metrics.boundary_tolerance, self.config.metrics.ignore_band
         )
@@ -295,12 +296,6 @@ class ProductConsistencyChecker:
             primary_reason=outcome.failed_checks[0] if outcome.failed_checks else None,
         )
         return report, PairDetails(original.rgb, gen_rgb, original.mask, m_gen, drift, glow)
-
-
-def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if (mask.shape[1], mask.shape[0]) == size:
-        return mask.astype(bool)
-    return cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
 
 
 def _original_key(source: Any, mask: Any, prompt: str | None) -> tuple:

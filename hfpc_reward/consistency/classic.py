@@ -50,7 +50,14 @@ from hfpc_reward.consistency.colour import (
     shadow_like,
 )
 from hfpc_reward.consistency.config import ClassicConfig, ConsistencyConfig
-from hfpc_reward.consistency.metrics import box_diagonal, disk, fit_grading, fitted_size, undo_grading
+from hfpc_reward.consistency.metrics import (
+    box_diagonal,
+    disk,
+    fit_grading,
+    fitted_size,
+    reduced_mask,
+    undo_grading,
+)
 
 STUDIO_WORK_SIZE = 512  # longest side at which studio-background extraction runs
 REFINE_WORK_SIZE = 256  # longest side at which a mask is snapped to the original's edges
@@ -106,11 +113,7 @@ class ClassicMaskFinder:
     def _prepare(self, rgb: np.ndarray, mask: np.ndarray) -> dict:
         size = fitted_size(*mask.shape, self.config.segment_size)
         small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        m_small = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
-        if not m_small.any():  # a product smaller than one reduced pixel: keep its brightest-overlap pixel
-            m_small[np.unravel_index(np.argmax(cv2.resize(mask.astype(np.float32), size)), m_small.shape)] = (
-                True
-            )
+        m_small = reduced_mask(mask, size)
         product_size = box_diagonal(m_small)
         band = max(
             1,

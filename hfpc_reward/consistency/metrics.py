@@ -96,6 +96,19 @@ def fitted_size(height: int, width: int, longest: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def reduced_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`mask` (bool) at `size` (width, height): the pixels more than half covered. A product thinner than
+    that at the reduced size (a needle, a strap) keeps the pixels at least half as covered as the most
+    covered one instead of vanishing; an empty mask stays empty."""
+    if (mask.shape[1], mask.shape[0]) == size:
+        return mask.astype(bool)
+    coverage = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    reduced = coverage > 0.5
+    if not reduced.any() and coverage.max() > 0:
+        reduced = coverage >= coverage.max() / 2
+    return reduced
+
+
 def _fit_channels(src: np.ndarray, dst: np.ndarray, gain: float, offset: float):
     """The per-channel ridge least-squares fit of fit_grading on (N,3) pixels, all channels at once."""
     if len(src) < 2:
