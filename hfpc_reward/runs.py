@@ -65,6 +65,12 @@ class RunLockedError(UsageError):
     """Another run holds this output."""
 
 
+RESUME_ADVICE = (
+    "resume with the original settings, or start a new run with another --out (or drop --resume and pass "
+    "--overwrite)"
+)
+
+
 class ResumeMismatchError(UsageError):
     """--resume with settings that change results, or nothing to compare with."""
 
@@ -166,6 +172,7 @@ class RunOutput:
         name: str = "run",
         folder: bool | None = None,
         hints: Mapping[str, str] | None = None,
+        advice: str = RESUME_ADVICE,
     ):
         self.out = Path(out)
         self.settings = dict(settings)
@@ -177,6 +184,7 @@ class RunOutput:
         self.name = name
         self.folder = _is_folder(self.out, folder)
         self.hints = dict(hints or {})  # dotted key -> what to do instead, added to a mismatch message
+        self.advice = advice  # how to go on, ending a mismatch message
         self.stamp = stamp_path(self.out, self.folder)
         self.resuming = False
         self.previous: dict[str, Any] | None = None
@@ -273,8 +281,7 @@ class RunOutput:
             hints = "".join(f"; {self.hints[key]}" for key in unsafe if key in self.hints)
             raise ResumeMismatchError(
                 f"{self.name}: cannot --resume {self.out}: settings that change results differ from the "
-                f"run's stamp: {shown}{hints}; resume with the original settings, or start a new run with "
-                "another --out (or drop --resume and pass --overwrite)"
+                f"run's stamp: {shown}{hints}; {self.advice}"
             )
         for key, (old, new) in changes.items():
             logger.info("%s: resuming with %s changed (%s -> %s)", self.name, key, _shown(old), _shown(new))

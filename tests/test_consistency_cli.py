@@ -228,6 +228,36 @@ def good_manifest(pairs, tmp_path) -> Path:
     )
 
 
+def test_calibration_that_cannot_give_what_was_asked_says_so(pairs, tmp_path, capsys, caplog):
+    """An unreachable target, a target out of range or fitted rows of one label: exit 2 with one line and no
+    config written (an unreachable precision was written silently; one label was a ValueError traceback)."""
+    row = {"origin": "original.png", "generation": "good1.png", "mask": "mask.png"}
+    contradictory = [{**row, "consistent": True}, {**row, "consistent": False}]  # same pair, both labels
+    contradictory.append({**row, "generation": "good2.png", "consistent": True})
+    one_label = [{**row, "generation": f"good{k}.png", "consistent": True} for k in (1, 2)]
+    out = tmp_path / "fitted.yaml"
+    for rows, extra, problem in (
+        (contradictory, ["--target-precision", "1.0"], "no thresholds reach precision 1.000"),
+        (contradictory, ["--target-precision", "5"], "--target-precision must be in (0, 1]"),
+        (one_label, ["--best-f1"], "the rows to fit on are all consistent"),
+    ):
+        manifest = write_manifest(pairs / f"calibration_{len(rows)}.jsonl", rows)
+        caplog.clear()
+        argv = ["calibrate-consistency", "--manifest", str(manifest), "--out", str(out), *extra]
+        argv += ["--results", str(tmp_path / f"{manifest.stem}.results.jsonl")]
+        assert main(argv) == 2
+        assert problem in one_line_error(capsys, caplog)
+        assert not out.exists()
+    # the default cache of `out` holds another manifest's rows: the advice fits calibrate (no --overwrite)
+    manifest = write_manifest(pairs / "calibration_other.jsonl", contradictory[::-1])
+    for rows_manifest in (pairs / "calibration_3.jsonl", manifest):
+        caplog.clear()
+        code = main(
+            ["calibrate-consistency", "--manifest", str(rows_manifest), "--out", str(out), "--best-f1"]
+        )
+    assert code == 2 and "delete it or give another --results" in one_line_error(capsys, caplog)
+
+
 def test_a_second_check_on_the_same_out_is_refused_while_the_first_runs(
     good_manifest, tmp_path, capsys, caplog
 ):
@@ -310,3 +340,10 @@ def test_a_manifest_run_in_which_every_row_failed_exits_2(pairs, tmp_path, capsy
     assert main(check_args(manifest, out)) == 2
     assert "every one of the 2 rows failed" in one_line_error(capsys, caplog)
     assert [r["consistent"] for r in read_jsonl(out)] == [None, None]  # the error rows are still written
+
+
+def test_results_without_an_extension_are_a_file(good_manifest, tmp_path):
+    """--out r/results was taken for a folder: run.json went inside it, then writing the results raised."""
+    out = tmp_path / "r" / "results"
+    assert main(check_args(good_manifest, out)) == 0
+    assert out.is_file() and len(read_jsonl(out)) == 2

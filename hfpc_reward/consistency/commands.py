@@ -48,7 +48,7 @@ from hfpc_reward.consistency.calibrate import (
 from hfpc_reward.consistency.config import BACKEND_NAMES, ConsistencyConfig
 from hfpc_reward.data.manifest import ManifestRow, is_url, read_manifest, remote_source_problem
 from hfpc_reward.data.results import INDEX_FIELD, ManifestResults, manifest_run, require_some_rows_judged
-from hfpc_reward.errors import CommandLineError
+from hfpc_reward.errors import CommandLineError, UsageError
 from hfpc_reward.runs import add_run_arguments, refuse_output_over_inputs
 
 logger = logging.getLogger(__name__)
@@ -311,11 +311,19 @@ def add_calibrate_consistency_arguments(parser: argparse.ArgumentParser) -> None
     parser.add_argument("--workers", type=int, default=1, help="worker processes for checking")
 
 
+class CalibrationError(UsageError):
+    """The labelled rows cannot give the thresholds asked for; the message says what to change."""
+
+
 def run_calibrate_consistency(args: argparse.Namespace) -> int:
     from hfpc_reward.consistency.verdict import verdict
 
     if not 0.0 <= args.holdout < 1.0:
         raise CommandLineError(f"--holdout must be in [0, 1), got {args.holdout}")
+    if args.target_precision is not None and not 0.0 < args.target_precision <= 1.0:
+        raise CommandLineError(f"--target-precision must be in (0, 1], got {args.target_precision}")
+    if args.max_rejection is not None and not 0.0 <= args.max_rejection < 1.0:
+        raise CommandLineError(f"--max-rejection must be in [0, 1), got {args.max_rejection}")
     config = load_config(ConsistencyConfig, args.config, args.overrides)
     results = args.results or args.out.with_name(args.out.name + ".results.jsonl")
     refuse_output_over_inputs(args.out, [args.manifest, args.config], "hfpc calibrate-consistency")
@@ -330,6 +338,7 @@ def run_calibrate_consistency(args: argparse.Namespace) -> int:
         resume=True,
         safe_keys=CALIBRATION_CACHE_SAFE_KEYS,
         name="calibrate-consistency",
+        advice="it caches the checked rows of another manifest or check config: delete it or give another --results",
     ) as cache:
         records = check_manifest(rows, config, results, workers=args.workers, resuming=cache.resuming)
     labelled = [
@@ -342,9 +351,25 @@ def run_calibrate_consistency(args: argparse.Namespace) -> int:
         [row for row, _ in labelled], [r for _, r in labelled], args.holdout, args.seed
     )
     metrics, truth = [r["metrics"] for r in fit_part], [ground_truth(r) for r in fit_part]
+    if all(truth) or not any(truth):
+        raise CalibrationError(
+            f"the rows to fit on are all {'consistent' if all(truth) else 'inconsistent'}: calibration needs "
+            "both (label more rows, or lower --holdout so more originals are fitted on)"
+        )
     thresholds = fit_thresholds(
         metrics, truth, config.thresholds, args.target_precision, max_rejection=args.max_rejection
     )
+    reached = detection_metrics(truth, [verdict(m, thresholds).consistent for m in metrics])
+    if args.target_precision is not None and reached["precision"] < args.target_precision:
+        raise CalibrationError(
+            f"no thresholds reach precision {args.target_precision:.3f} on the fitted rows (best found "
+            f"{reached['precision']:.3f}): lower --target-precision"
+        )
+    if args.max_rejection is not None and reached["false_rejection"] > args.max_rejection:
+        raise CalibrationError(
+            f"no thresholds reject at most {args.max_rejection:.1%} of the consistent fitted rows (best found "
+            f"{reached['false_rejection']:.1%}): raise --max-rejection"
+        )
     fitted = replace(config, thresholds=thresholds)
     delta = (yaml.safe_load(args.config.read_text()) if args.config else None) or {}
     delta["thresholds"] = config_to_dict(fitted)["thresholds"]

@@ -19,7 +19,7 @@ from typing import Any
 
 from hfpc_reward.data.manifest import ManifestRow, append_jsonl, read_jsonl, write_jsonl
 from hfpc_reward.errors import UsageError
-from hfpc_reward.runs import RunOutput
+from hfpc_reward.runs import RESUME_ADVICE, RunOutput
 
 INDEX_FIELD = "manifest_index"
 VERDICT_FIELDS = ("consistent", "passed")  # null in error rows
@@ -58,6 +58,7 @@ def manifest_run(
     name: str,
     inputs: Sequence[str | Path | None] = (),
     is_main_process: bool = True,
+    advice: str = RESUME_ADVICE,
 ) -> RunOutput:
     """The run contract of a manifest command (`--manifest M --out RESULTS [--resume] [--overwrite]`): the
     stamped settings gain the manifest's path and content hash (a resume notices an edit in place), and the
@@ -73,6 +74,8 @@ def manifest_run(
         inputs=[manifest, *inputs],
         is_main_process=is_main_process,
         name=name,
+        folder=False,  # RESULTS is a file, with or without an extension
+        advice=advice,
     )
 
 
