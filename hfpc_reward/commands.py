@@ -35,9 +35,10 @@ from tqdm import tqdm
 from hfpc_reward.config import add_config_arguments, config_to_dict, load_config
 from hfpc_reward.data.manifest import ManifestRow, read_manifest, remote_source_problem
 from hfpc_reward.data.results import (
-    INDEX_FIELD,
     ManifestResults,
     failure_kinds,
+    indexed_record,
+    input_hashes,
     manifest_run,
     require_some_rows_judged,
 )
@@ -75,6 +76,9 @@ def run_score(args: argparse.Namespace) -> int:
     rows = read_manifest(args.manifest)
     rank, world = _process_rank()
     settings = {"scorer": config_to_dict(config), "batch_size": args.batch_size}
+    # a reward model folder rewritten in place (calibrate-reward, training into it) changes its config.json
+    model = config.reward_model.path
+    settings["input_sha256"] = input_hashes({"reward_model": model and Path(model) / "config.json"})
     with manifest_run(
         args.manifest,
         args.out,
@@ -148,7 +152,7 @@ def _score_rows(scorer: HFPCScorer, batch: list[tuple[int, ManifestRow]]) -> lis
 
 
 def _record(index: int, row: ManifestRow, result: HFPCResult) -> dict[str, Any]:
-    return {INDEX_FIELD: index, **row.to_record(), **result.to_record()}
+    return {**indexed_record(index, row), **result.to_record()}
 
 
 def _process_rank() -> tuple[int, int]:

@@ -166,6 +166,34 @@ def test_score_command_writes_rows_summary_and_resumes(kit, tmp_path, capsys):
     assert main([*args, "--resume", "--batch-size", "4"]) == 0  # a safe change
 
 
+def test_score_results_survive_stale_parts_results_as_manifests_and_a_model_changed_in_place(kit, tmp_path):
+    """Three ways `hfpc score` lost or mixed rows: part files of an older multi-process run were merged over
+    a fresh run's records; a manifest made from results (each row carries manifest_index) kept one record
+    per old index; a reward model recalibrated in place was accepted on --resume."""
+    import shutil
+
+    from hfpc_reward.cli import main
+    from hfpc_reward.data.manifest import read_jsonl
+
+    manifest = kit["root"] / "pairs" / "manifest.jsonl"
+    model = tmp_path / "model"
+    shutil.copytree(kit["reward_path"], model)
+    out = tmp_path / "results.jsonl"
+    stale = tmp_path / "results.part-0-of-2.jsonl"
+    stale.write_text(json.dumps({"manifest_index": 0, "passed": "stale"}) + "\n")
+    args = ["score", "--manifest", str(manifest), "--out", str(out), f"reward_model.path={model}"]
+    assert main([*args, "--overwrite"]) == 0
+    assert not stale.exists() and all(r["passed"] != "stale" for r in read_jsonl(out))
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text(out.read_text() * 2)
+    again = tmp_path / "again.jsonl"
+    assert main(["score", "--manifest", str(twice), "--out", str(again), f"reward_model.path={model}"]) == 0
+    assert [r["manifest_index"] for r in read_jsonl(again)] == list(range(2 * len(kit["rows"])))
+    stored = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**stored, "threshold": stored["threshold"] + 0.5}))
+    assert main([*args, "--resume"]) == 2  # the model's config changed: its verdicts would mix two thresholds
+
+
 def test_tensor_batches_of_images_and_masks_score_like_files(kit):
     import torch
 

@@ -47,7 +47,12 @@ from hfpc_reward.consistency.calibrate import (
 )
 from hfpc_reward.consistency.config import BACKEND_NAMES, ConsistencyConfig
 from hfpc_reward.data.manifest import ManifestRow, is_url, read_manifest, remote_source_problem
-from hfpc_reward.data.results import INDEX_FIELD, ManifestResults, manifest_run, require_some_rows_judged
+from hfpc_reward.data.results import (
+    ManifestResults,
+    indexed_record,
+    manifest_run,
+    require_some_rows_judged,
+)
 from hfpc_reward.errors import CommandLineError, UsageError
 from hfpc_reward.runs import add_run_arguments, refuse_output_over_inputs
 
@@ -240,8 +245,7 @@ def _check_group(job: tuple[list[tuple[int, ManifestRow]], str | None]) -> list[
 
 
 def _result_record(index: int, row: ManifestRow, report) -> dict[str, Any]:
-    # the row's own fields may hold a manifest_index (a manifest made from results): the index is ours
-    record = {INDEX_FIELD: index, **{k: v for k, v in row.to_record().items() if k != INDEX_FIELD}}
+    record = indexed_record(index, row)
     if "consistent" in record:  # the input's ground truth; `consistent` becomes the checker's verdict
         record[TRUTH_FIELD] = record.pop("consistent")
     return {**record, **report.to_record()}

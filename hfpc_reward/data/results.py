@@ -80,7 +80,10 @@ def manifest_run(
 
 
 class ManifestResults:
-    """The results file `out` of `rows`; `resuming=False` starts it empty (the run contract decided)."""
+    """The results file `out` of `rows`; `resuming=False` starts it empty (the run contract decided).
+
+    Under W processes each appends to its part file (`<stem>.part-R-of-W.jsonl`); a resume counts the records
+    of every part file there, whatever number of processes wrote it, and `finish` merges them all."""
 
     def __init__(
         self, out: Path, rows: Sequence[ManifestRow], *, resuming: bool, rank: int = 0, world: int = 1
@@ -92,16 +95,20 @@ class ManifestResults:
             self.out if world == 1 else self.out.with_name(f"{self.out.stem}.part-{rank}-of-{world}.jsonl")
         )
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        if not resuming:
+        if not resuming:  # every process removes its own part; the main one the rest (of other runs)
             self.part.unlink(missing_ok=True)
             if rank == 0:
                 self.out.unlink(missing_ok=True)
+                for path in self._parts():
+                    if not path.name.endswith(f"-of-{world}.jsonl"):
+                        path.unlink(missing_ok=True)
+
+    def _parts(self) -> list[Path]:
+        return sorted(self.out.parent.glob(f"{self.out.stem}.part-*-of-*.jsonl"))
 
     def pending(self) -> list[tuple[int, ManifestRow]]:
         """(manifest index, row) of this process's share of the rows that have no record yet."""
-        done = {record.get(INDEX_FIELD) for record in read_jsonl(self.out)}
-        if self.part != self.out:
-            done |= {record.get(INDEX_FIELD) for record in read_jsonl(self.part)}
+        done = {record.get(INDEX_FIELD) for path in [self.out, *self._parts()] for record in read_jsonl(path)}
         return [
             (index, row)
             for index, row in enumerate(self.rows)
@@ -120,23 +127,25 @@ class ManifestResults:
             state = PartialState()
             state.wait_for_everyone()
         if self.rank == 0:
-            parts = [
-                self.out.with_name(f"{self.out.stem}.part-{r}-of-{self.world}.jsonl")
-                for r in range(self.world)
-            ]
+            parts = self._parts()
             by_index = {
                 record[INDEX_FIELD]: record
-                for path in [self.out, *(p for p in parts if p != self.out)]
+                for path in [self.out, *parts]
                 for record in read_jsonl(path)
                 if INDEX_FIELD in record
             }
             write_jsonl(self.out, [by_index[i] for i in sorted(by_index)])
             for path in parts:
-                if path != self.out:
-                    path.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
         if self.world > 1:
             state.wait_for_everyone()
         return read_jsonl(self.out) if self.rank == 0 else []
+
+
+def indexed_record(index: int, row: ManifestRow) -> dict[str, Any]:
+    """A results record's start: the row's manifest index, then its fields. A row read from an earlier results
+    file carries a manifest_index of its own: the index is this run's (records are keyed by it)."""
+    return {INDEX_FIELD: index, **{key: value for key, value in row.to_record().items() if key != INDEX_FIELD}}
 
 
 def error_row_verdicts_null(record: dict[str, Any]) -> dict[str, Any]:
