@@ -155,3 +155,21 @@ def test_training_inputs_reach_the_unet_in_the_order_the_pipeline_uses():
     latents, repaint, masked = inputs
     assert repaint.shape[1] == 1 and masked.shape[1] == 4
     assert loss(inputs) < 0.7 * loss((latents, masked, repaint))  # the earlier, wrong layout
+
+
+def test_labelling_refuses_rows_whose_generations_would_share_file_names(oracle, tmp_path):
+    """Without product_id (default: the origin's name) or with one repeated, every row's generations were
+    saved under one name, each overwriting the last while the labels described other images."""
+    from hfpc_reward.data.manifest import ManifestError
+    from hfpc_reward.sample.annotators import label_generations
+
+    manifest = tmp_path / "products.jsonl"
+    rows = [
+        {"origin": "t0.png", "mask": "m0.png", "prompt": f"a bottle on a {scene}"}
+        for scene in ("lawn", "beach")
+    ]
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(
+        ManifestError, match=r"products.jsonl:2: product_id 't0' also names line 1's generations"
+    ):
+        label_generations(tmp_path / "no-pipeline-needed", manifest, oracle, tmp_path / "out")

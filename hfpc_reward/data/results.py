@@ -145,7 +145,10 @@ class ManifestResults:
 def indexed_record(index: int, row: ManifestRow) -> dict[str, Any]:
     """A results record's start: the row's manifest index, then its fields. A row read from an earlier results
     file carries a manifest_index of its own: the index is this run's (records are keyed by it)."""
-    return {INDEX_FIELD: index, **{key: value for key, value in row.to_record().items() if key != INDEX_FIELD}}
+    return {
+        INDEX_FIELD: index,
+        **{key: value for key, value in row.to_record().items() if key != INDEX_FIELD},
+    }
 
 
 def error_row_verdicts_null(record: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from hfpc_reward.data.manifest import file_safe_product_id, read_manifest, write_jsonl
+from hfpc_reward.data.manifest import ManifestError, file_safe_product_id, read_manifest, write_jsonl
+from hfpc_reward.errors import UsageError
 from hfpc_reward.images import load_mask, load_rgb
 from hfpc_reward.sample.oracle import Oracle
 from hfpc_reward.sample.products import draw_product
@@ -93,6 +94,21 @@ def sample_pipeline(pipe, rows, samples: int, seed: int, steps: int, guidance: f
         )
 
 
+def _generation_stems(rows: list, manifest: str | Path) -> dict[int, str]:
+    """{id(row): the stem of its generations' file names}: its product id, one per row (a repeated or missing
+    product_id, whose default is the origin's name, would have rows overwrite each other's images)."""
+    stems, lines = {}, {}
+    for row in rows:
+        stem = file_safe_product_id(row, manifest)
+        if stem in lines:
+            raise ManifestError(
+                f"{manifest}:{row.line}: product_id {stem!r} also names line {lines[stem]}'s generations; "
+                "give every (product, prompt) row its own product_id"
+            )
+        stems[id(row)], lines[stem] = stem, row.line
+    return stems
+
+
 def label_generations(
     pipeline: str | Path,
     products_manifest: str | Path,
@@ -110,17 +126,17 @@ def label_generations(
     from hfpc_reward.images import paste_product
 
     if not 0.0 <= label_noise < 0.5:
-        raise ValueError(f"label_noise must be in [0, 0.5), got {label_noise}")
+        raise UsageError(f"label_noise must be in [0, 0.5), got {label_noise}")
+    rows = read_manifest(products_manifest)
+    names = _generation_stems(rows, products_manifest)  # checked before any model loads
     pipe = StableDiffusionInpaintPipeline.from_pretrained(str(pipeline), safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
     out = Path(out_dir)
     rng = np.random.default_rng([seed, 4099])
     records = []
-    for row, k, original, mask, image in sample_pipeline(
-        pipe, read_manifest(products_manifest), samples, seed, steps, guidance
-    ):
+    for row, k, original, mask, image in sample_pipeline(pipe, rows, samples, seed, steps, guidance):
         final = paste_product(image, original, mask)  # resizes to the original
-        name = f"generations/{file_safe_product_id(row, products_manifest)}_{k}.png"
+        name = f"generations/{names[id(row)]}_{k}.png"
         _save(np.asarray(final), out / name)
         verdict = oracle.judge(np.asarray(final), np.asarray(original), mask, row.prompt)
         flipped = bool(rng.random() < label_noise)
