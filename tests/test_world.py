@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from hfpc_reward.sample.oracle import Oracle, validate
 from hfpc_reward.sample.world import (
@@ -173,3 +174,38 @@ def test_labelling_refuses_rows_whose_generations_would_share_file_names(oracle,
         ManifestError, match=r"products.jsonl:2: product_id 't0' also names line 1's generations"
     ):
         label_generations(tmp_path / "no-pipeline-needed", manifest, oracle, tmp_path / "out")
+
+
+def test_generator_resumed_in_its_vae_stage_equals_an_uninterrupted_run_and_other_settings_are_refused(
+    tmp_path, monkeypatch
+):
+    """The VAE's posterior draws come from torch's global generator: its state is saved with the checkpoint
+    (a resume drew other noise and trained other weights). A resume with other settings is refused (it
+    returned the old run's pipeline)."""
+    from safetensors.torch import load_file
+
+    from hfpc_reward.runs import ResumeMismatchError
+    from hfpc_reward.sample.generator import GeneratorConfig, GeneratorTrainer, train_generator
+
+    sizes = {"renders": 16, "vae_steps": 6, "vae_batch_size": 4, "unet_steps": 2, "unet_batch_size": 4}
+    sizes |= {"train_products": 4, "save_every": 3, "log_every": 1}
+    whole = train_generator(GeneratorConfig(out_dir=str(tmp_path / "whole"), **sizes))
+    log = GeneratorTrainer._log
+
+    def interrupt_at_vae_step_5(self, record):
+        if record == {**record, "stage": "vae", "step": 5}:
+            raise KeyboardInterrupt
+        log(self, record)
+
+    config = GeneratorConfig(out_dir=str(tmp_path / "resumed"), **sizes)
+    with monkeypatch.context() as patch:
+        patch.setattr(GeneratorTrainer, "_log", interrupt_at_vae_step_5)
+        with pytest.raises(KeyboardInterrupt):
+            train_generator(config)
+    with pytest.raises(ResumeMismatchError, match=r"seed \(0 -> 1\)"):
+        train_generator(GeneratorConfig(out_dir=str(tmp_path / "resumed"), **{**sizes, "seed": 1}))
+    resumed = train_generator(config)
+    for part in ("vae", "unet"):
+        a = load_file(next((Path(whole) / part).glob("*.safetensors")))
+        b = load_file(next((Path(resumed) / part).glob("*.safetensors")))
+        assert all(torch.equal(a[key], b[key]) for key in a), part

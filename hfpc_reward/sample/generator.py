@@ -26,7 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hfpc_reward.config import config_to_dict
 from hfpc_reward.data.manifest import append_jsonl
+from hfpc_reward.runs import ResumeMismatchError, changed_settings, is_safe_key
 from hfpc_reward.sample.world import FLAWS, SCENE_KINDS, WORLD_SIZE, render, world_products
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,18 @@ class GeneratorConfig:
             raise ValueError(f"flaw_mix must give shares of {FLAWS} that sum to 1, got {self.flaw_mix}")
         if min(self.vae_steps, self.unet_steps, self.renders, self.train_products) < 1:
             raise ValueError("vae_steps, unet_steps, renders and train_products must be >= 1")
+        if min(self.save_every, self.log_every) < 1:
+            raise ValueError(
+                f"save_every and log_every must be >= 1, got {self.save_every}, {self.log_every}"
+            )
+
+
+RESUME_SAFE_KEYS = (
+    "out_dir",
+    "save_every",
+    "log_every",
+    "unet_steps",
+)  # a finished run extends its UNet steps
 
 
 def world_tokenizer():
@@ -182,12 +196,25 @@ class GeneratorTrainer:
         for name in ("unet", "vae", "text_encoder"):
             save_model(self.accelerator.unwrap_model(getattr(self, name)), str(state / f"{name}.safetensors"))
         torch.save(optimizer.state_dict(), state / "optimizer.pt")
+        torch.save(torch.get_rng_state(), state / "rng.pt")  # the VAE's posterior draws continue from here
         progress = {"stage": stage, "step": step, "scaling_factor": self.vae.config.scaling_factor}
-        (state / "progress.json").write_text(json.dumps(progress))
+        (state / "progress.json").write_text(
+            json.dumps({**progress, "settings": config_to_dict(self.config)})
+        )
 
     def _progress(self) -> dict:
         path = self.out / "state" / "progress.json"
         return json.loads(path.read_text()) if path.is_file() else {"stage": 1, "step": 0}
+
+    def _refuse_changed_settings(self, saved: dict) -> None:
+        changed = changed_settings(saved, config_to_dict(self.config))
+        unsafe = {key: change for key, change in changed.items() if not is_safe_key(key, RESUME_SAFE_KEYS)}
+        if unsafe:
+            shown = ", ".join(f"{key} ({old} -> {new})" for key, (old, new) in unsafe.items())
+            raise ResumeMismatchError(
+                f"{self.out} holds a run with other settings: {shown}; resume with them, or train into "
+                "another out_dir"
+            )
 
     def _restore_models(self, scaling_factor: float) -> None:
         from safetensors.torch import load_model
@@ -213,7 +240,9 @@ class GeneratorTrainer:
         if not resume and self.metrics_path.exists():
             self.metrics_path.unlink()
         if stage > 1 or step > 0:
+            self._refuse_changed_settings(progress["settings"])
             self._restore_models(progress["scaling_factor"])
+            torch.set_rng_state(torch.load(self.out / "state" / "rng.pt", weights_only=True))
             logger.info("resuming the mini generator at stage %d, step %d", stage, step)
         if stage == 1:
             self.train_vae(step)
