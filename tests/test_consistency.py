@@ -390,6 +390,16 @@ def test_a_palette_png_of_a_consistent_image_stays_consistent(tmp_path):
     recoloured = np.where(mask[..., None], original[..., ::-1], original)
     Image.fromarray(recoloured).quantize(32).save(palette_png)
     assert not checker.check([original], [palette_png], masks=[mask])[0].consistent
+    # a flat three-colour generation whose can turned orange: mapping the red original onto its palette
+    # gave orange, so the recolour vanished (consistent, ΔE 0); that palette cannot draw the product
+    flat = np.full_like(original, (170, 200, 230))
+    flat[SIZE * 3 // 4 :] = (120, 120, 120)
+    red, orange = (
+        np.where(mask[..., None], (190, 30, 40), original),
+        np.where(mask[..., None], (240, 140, 20), flat),
+    )
+    report = checker.check([red.astype(np.uint8)], [orange.astype(np.uint8)], masks=[mask])[0]
+    assert not report.consistent and report.primary_reason == "recoloured"
 
 
 def test_overlay_has_titled_panels_and_paints_expansion_in_its_own_colour(checker, scene):

@@ -46,6 +46,7 @@ from hfpc_reward import images
 from hfpc_reward.consistency.appearance import OriginalAppearance, appearance_metrics, original_appearance
 from hfpc_reward.consistency.backends import MaskFinder, OriginalProduct
 from hfpc_reward.consistency.classic import MIN_REFINE_PX, refine_mask
+from hfpc_reward.consistency.colour import lab_norm
 from hfpc_reward.consistency.config import ConsistencyConfig
 from hfpc_reward.consistency.metrics import (
     fitted_size,
@@ -53,6 +54,7 @@ from hfpc_reward.consistency.metrics import (
     quantisation_palette,
     quantise_to_palette,
     reduced_mask,
+    rgb_to_lab,
 )
 from hfpc_reward.consistency.verdict import ConsistencyReport, PairDetails, error_report, verdict
 from hfpc_reward.errors import UsageError
@@ -66,6 +68,8 @@ BACKENDS: dict[str, str] = {
     "grounded-efficientsam": "hfpc_reward.consistency.grounded_sam:GroundedMaskFinder",
 }
 
+PALETTE_FAITHFUL_DELTA_E = 10.0  # mean CIE76 of the product mapped onto a quantised generation's palette
+# up to which that palette draws the unchanged product (quantisation error), beyond it a recolour
 ANALYSIS_KEY = "checker.original_appearance"  # the checker's entry in OriginalProduct.cache
 
 
@@ -253,13 +257,19 @@ class ProductConsistencyChecker:
         """The original's appearance arrays, kept in the product's cache (reused by every later call).
 
         Against a quantised generation (`palette`), the original is first mapped onto that palette, so the
-        comparison sees what the quantisation would have made of the unchanged product (not cached)."""
+        comparison sees what the quantisation would have made of the unchanged product (not cached), when
+        the palette can draw the product: a few flat colours with none near it (the product's new colour
+        among them) would turn a recolour into no change, so the original is then compared as it is."""
+        rgb = np.asarray(product.image.convert("RGB"))
+        if palette is not None:
+            mapped = quantise_to_palette(rgb, palette)
+            drawn = lab_norm(
+                rgb_to_lab(rgb[product.mask][None]) - rgb_to_lab(mapped[product.mask][None])
+            ).mean()
+            rgb, palette = (mapped, palette) if drawn <= PALETTE_FAITHFUL_DELTA_E else (rgb, None)
         if palette is None and ANALYSIS_KEY in product.cache:
             return product.cache[ANALYSIS_KEY]
         size = self._analysis_size(product.image.size)
-        rgb = np.asarray(product.image.convert("RGB"))
-        if palette is not None:
-            rgb = quantise_to_palette(rgb, palette)
         small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         appearance = original_appearance(small, reduced_mask(product.mask, size), self.config.metrics)
         if palette is None:
