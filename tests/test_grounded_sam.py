@@ -89,10 +89,14 @@ def test_sam_hq_checkpoints_segment_through_the_same_path(grounded_yaml):
     assert finder.segmenter.model.config.model_type == "sam_hq"
     originals = [photo(96, 128, 21), photo(60, 40, 22)]
     products = finder.original_products(originals, [None, None], [None, None])
+    # the random tiny detector's best box may hold nothing SAM-HQ segments (then: studio extraction)
+    assert "detected" in [product.source for product in products]
     for image, product, (mask, notes) in zip(
         originals, products, finder.generated_masks(originals, products)
     ):
-        assert product.source == "detected" and product.cache["image_embedding"].intermediate is not None
+        if product.source != "detected":
+            continue
+        assert product.cache["image_embedding"].intermediate is not None
         # generated == original: same detections, same box, and the cached embedding gives the same mask
         np.testing.assert_array_equal(mask, product.mask)
         assert mask.shape == (image.height, image.width) and notes == []
@@ -105,24 +109,29 @@ def test_a_segmenter_id_that_is_not_sam_is_refused_with_the_fix(grounded_yaml):
 
 
 def test_detector_boxes_are_pixels_of_each_image_in_a_batch_of_different_sizes(detect_all):
+    """Each image's boxes are the model's on that image alone, whatever else is in the batch (padding a batch
+    to its largest image and longest text changed them), scaled to that image's pixels."""
     detector = detect_all.detector
-    images = [photo(300, 200, 1), photo(90, 160, 2)]
-    detections = detector.detect(images, ["Bottle", "red shoe"])
-    # reference: the model's normalised (cx, cy, w, h) boxes scaled by each image's own size
-    inputs = detector.processor(
-        images=images, text=["bottle.", "red shoe."], padding=True, return_tensors="pt"
-    )
-    with torch.inference_mode():
-        outputs = detector.model(**inputs)
-    for index, (image, found) in enumerate(zip(images, detections)):
+    images = [photo(300, 200, 1), photo(90, 160, 2), photo(300, 200, 3)]
+    prompts = ["Bottle", "red shoe", "Bottle"]
+    detections = detector.detect(images, prompts)
+    alone = [detector.detect([image], [prompt])[0] for image, prompt in zip(images, prompts)]
+    for found, single in zip(detections, alone):
+        np.testing.assert_allclose(found.boxes, single.boxes, atol=1e-4)
+    for image, prompt, found in zip(images, prompts, detections):
+        # reference: the model's normalised (cx, cy, w, h) boxes scaled by the image's own size
+        text = "bottle." if prompt == "Bottle" else "red shoe."
+        inputs = detector.processor(images=[image], text=[text], padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            outputs = detector.model(**inputs)
         assert len(found.boxes) == detector.model.config.num_queries  # threshold 0 keeps every query
         assert found.boxes.dtype == np.float32 and found.boxes.shape == (len(found.scores), 4)
         assert np.all(np.diff(found.scores) <= 0), "detections must be sorted best first"
-        cx, cy, w, h = outputs.pred_boxes[index].unbind(-1)
+        cx, cy, w, h = outputs.pred_boxes[0].unbind(-1)
         expected = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1).numpy()
         size = np.array([image.width, image.height] * 2, dtype=np.float32)
         expected = np.clip(expected * size, 0, size)
-        scores = torch.sigmoid(outputs.logits[index]).max(-1).values.numpy()
+        scores = torch.sigmoid(outputs.logits[0]).max(-1).values.numpy()
         np.testing.assert_allclose(found.boxes, expected[np.argsort(-scores, kind="stable")], atol=1e-3)
         assert np.all(found.boxes[:, 2] <= image.width) and np.all(found.boxes[:, 3] <= image.height)
         assert len(found.labels) == len(found.boxes)

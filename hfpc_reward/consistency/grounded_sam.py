@@ -72,28 +72,39 @@ class GroundingDinoDetector:
 
     @torch.inference_mode()
     def detect(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[Detections]:
-        """One `Detections` per image, best score first, boxes in pixels of that image (clipped to it)."""
+        """One `Detections` per image, best score first, boxes in pixels of that image (clipped to it).
+
+        Batches hold images of one size and one prompt only: the processor pads a batch to its largest image
+        and longest text, and the padding changed the boxes, so a verdict depended on the rest of the batch."""
         if len(images) != len(prompts):
             raise ValueError(f"detect() got {len(images)} images but {len(prompts)} prompts")
-        results: list[Detections] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = list(images[start : start + self.batch_size])
-            texts = [detection_text(prompt) for prompt in prompts[start : start + self.batch_size]]
-            # a prompt longer than the model's text length is cut to it
-            inputs = self.processor(
-                images=chunk, text=texts, padding=True, truncation=True,
-                max_length=self.model.config.max_text_len, return_tensors="pt",
-            )  # fmt: skip
-            inputs = inputs.to(self.model.device)
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-            outputs = self.model(**inputs)
-            outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
-            sizes = [(image.height, image.width) for image in chunk]
-            found = self.processor.post_process_grounded_object_detection(
-                outputs, threshold=self.box_threshold, text_threshold=self.text_threshold, target_sizes=sizes
-            )
-            results.extend(_to_detections(item, size) for item, size in zip(found, sizes))
-        return results
+        groups: dict[tuple, list[int]] = {}
+        for index, (image, prompt) in enumerate(zip(images, prompts)):
+            groups.setdefault((image.size, detection_text(prompt)), []).append(index)
+        results: dict[int, Detections] = {}
+        for (_, text), members in groups.items():
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start : start + self.batch_size]
+                found = self._detect_batch([images[i] for i in chunk], [text] * len(chunk))
+                results.update(zip(chunk, found))
+        return [results[index] for index in range(len(images))]
+
+    def _detect_batch(self, chunk: list[Image.Image], texts: list[str]) -> list[Detections]:
+        """Detections of a batch of same-size images with the same text."""
+        # a prompt longer than the model's text length is cut to it
+        inputs = self.processor(
+            images=chunk, text=texts, padding=True, truncation=True,
+            max_length=self.model.config.max_text_len, return_tensors="pt",
+        )  # fmt: skip
+        inputs = inputs.to(self.model.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        outputs = self.model(**inputs)
+        outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
+        sizes = [(image.height, image.width) for image in chunk]
+        found = self.processor.post_process_grounded_object_detection(
+            outputs, threshold=self.box_threshold, text_threshold=self.text_threshold, target_sizes=sizes
+        )
+        return [_to_detections(item, size) for item, size in zip(found, sizes)]
 
 
 @dataclass
