@@ -125,6 +125,20 @@ def test_split_errors_say_the_fix():
     mixed = [ManifestRow("a", "g1", 1, category="x", line=1), ManifestRow("a", "g2", 0, category="y", line=2)]
     with pytest.raises(ValueError, match="several 'category' values"):
         split_by_original(mixed, stratify_by="category")
+    with pytest.raises(ValueError, match="must be numbers >= 0"):  # NaN passed the sum check
+        split_by_original(rows, fractions={"train": float("nan"), "test": float("nan")})
+
+
+def test_split_names_stay_file_names_in_the_output_folder(tmp_path):
+    """--fractions names the files <out>/<name>.jsonl: '../escaped' wrote outside --out."""
+    from hfpc_reward.cli import main
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"origin": "a.png", "generation": "g.png", "label": 1}\n')
+    argv = ["data", "split", str(manifest), "--out", str(tmp_path / "out"), "--fractions", "../escaped=1.0"]
+    with pytest.raises(SystemExit) as refused:  # argparse's usage error: one line, exit 2
+        main(argv)
+    assert refused.value.code == 2 and not (tmp_path / "escaped.jsonl").exists()
 
 
 def test_real_manifest_counts(hfpc44k_dir):

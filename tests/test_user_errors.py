@@ -180,3 +180,28 @@ def test_a_plain_blip_folder_is_no_trained_reward_model(tiny_reward_kit, pair, t
     ):
         assert "not a trained reward model" in refused(argv, capsys, caplog)
     assert (blip / "config.json").read_text() == before
+
+
+def test_world_commands_name_the_mistake(tmp_path, capsys, caplog):
+    for argv, problem in (
+        (["world", "summary", str(tmp_path)], "holds no eval/results.json"),
+        (["world", "products", str(tmp_path / "p"), "--split", "train", "--count", "2", "--scenes-per-product", "7"],
+         "scenes_per_product must be in 1.."),
+        (["world", "oracle", str(tmp_path / "o.json"), "--renders-per-kind", "0"], "renders_per_kind must be >= 1"),
+    ):  # fmt: skip
+        assert problem in refused(argv, capsys, caplog)
+    products = tmp_path / "products.jsonl"
+    products.write_text(
+        '{"origin": "t.png", "mask": "m.png", "prompt": "a jar on a lawn", "product_id": "t"}\n'
+    )
+    label = [
+        "world",
+        "label",
+        "--pipeline",
+        str(tmp_path),
+        "--products",
+        str(products),
+        "--out",
+        str(tmp_path / "l"),
+    ]
+    assert "does not exist" in refused([*label, "--oracle", str(tmp_path / "none.json")], capsys, caplog)

@@ -224,6 +224,8 @@ def _parse_fractions(text: str) -> dict[str, float]:
     fractions = {}
     for item in text.split(","):
         name, _, value = item.partition("=")
+        if not name.strip().replace("-", "").replace("_", "").isalnum():  # names the file <out>/<name>.jsonl
+            raise argparse.ArgumentTypeError(f"split name {name.strip()!r} must be letters, digits, - or _")
         try:
             fractions[name.strip()] = float(value)
         except ValueError:

@@ -63,8 +63,8 @@ def split_by_original(
 def _check_fractions(fractions: dict[str, float]) -> None:
     if not fractions:
         raise SplitError("split fractions are empty; pass e.g. {'train': 0.8, 'valid': 0.1, 'test': 0.1}")
-    if any(value < 0 for value in fractions.values()):
-        raise SplitError(f"split fractions must be >= 0, got {fractions}")
+    if not all(value >= 0 for value in fractions.values()):  # NaN too: it compares False
+        raise SplitError(f"split fractions must be numbers >= 0, got {fractions}")
     if abs(sum(fractions.values()) - 1.0) > 1e-6:
         raise SplitError(f"split fractions must sum to 1, got {fractions} (sum {sum(fractions.values()):g})")
 

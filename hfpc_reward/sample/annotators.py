@@ -40,7 +40,7 @@ def write_world_products(out_dir: str | Path, split: str, count: int, scenes_per
     Returns out_dir/<split>.jsonl.
     """
     if not 1 <= scenes_per_product <= len(SCENE_KINDS):
-        raise ValueError(f"scenes_per_product must be in 1..{len(SCENE_KINDS)}, got {scenes_per_product}")
+        raise UsageError(f"scenes_per_product must be in 1..{len(SCENE_KINDS)}, got {scenes_per_product}")
     out = Path(out_dir)
     rows = []
     for index, product in enumerate(world_products(split, count)):
@@ -259,6 +259,8 @@ def demo_summary(demo: str | Path) -> str:
     import json
 
     demo = Path(demo)
+    if not (demo / "eval" / "results.json").is_file():
+        raise UsageError(f"{demo} holds no eval/results.json: give the demo's folder after `make demo` ran")
     results = json.loads((demo / "eval" / "results.json").read_text())
 
     def rate(value: dict | None, sign: str = "") -> str:

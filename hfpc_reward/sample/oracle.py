@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from hfpc_reward.errors import UsageError
 from hfpc_reward.sample.world import FLAWS, SCENE_KINDS, WORLD_SIZE, render, scene_of_prompt, world_products
 
 logger = logging.getLogger(__name__)
@@ -165,6 +166,8 @@ class Oracle:
     @classmethod
     def fit(cls, renders_per_kind: int = 120, seed: int = 0, size: int = WORLD_SIZE) -> Oracle:
         """Fit on clean renders of train products (each kind `renders_per_kind` times)."""
+        if renders_per_kind < 1:
+            raise UsageError(f"renders_per_kind must be >= 1, got {renders_per_kind}")
         from sklearn.cluster import KMeans
         from sklearn.linear_model import LogisticRegression
 
@@ -220,6 +223,8 @@ class Oracle:
 
     @classmethod
     def load(cls, path: str | Path) -> Oracle:
+        if not Path(path).is_file():
+            raise UsageError(f"oracle {path} does not exist: write one with `hfpc world oracle {path}`")
         return cls(json.loads(Path(path).read_text()))
 
 
