@@ -205,3 +205,13 @@ def test_world_commands_name_the_mistake(tmp_path, capsys, caplog):
         str(tmp_path / "l"),
     ]
     assert "does not exist" in refused([*label, "--oracle", str(tmp_path / "none.json")], capsys, caplog)
+
+
+def test_data_clusters_names_the_mistake(pair, tmp_path, capsys, caplog):
+    manifest = write_rows(
+        tmp_path / "m.jsonl",
+        [{"origin": str(pair["original"]), "generation": str(pair["generated"]), "label": 1}],
+    )
+    clusters = ["data", "clusters", str(manifest), "--out", str(tmp_path / "c")]
+    assert "k must be >= 1" in refused([*clusters, "--k", "0"], capsys, caplog)
+    assert "has no config.json" in refused([*clusters, "--backbone", str(tmp_path)], capsys, caplog)

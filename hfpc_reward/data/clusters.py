@@ -47,9 +47,9 @@ class ClusterConfig:
 
     def __post_init__(self):
         if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
+            raise UsageError(f"k must be >= 1, got {self.k}")
         if self.batch_size < 1 or self.sheet_thumbnails < 1 or self.thumbnail_px < 8:
-            raise ValueError("batch_size and sheet_thumbnails must be >= 1 and thumbnail_px >= 8")
+            raise UsageError("batch_size and sheet_thumbnails must be >= 1 and thumbnail_px >= 8")
 
 
 class ClusterFileError(UsageError):
@@ -125,11 +125,10 @@ def load_blip_vision(source: str):
     """(vision encoder, image processor) of a BLIP checkpoint, strictly: missing vision weights raise."""
     from transformers import BlipForImageTextRetrieval, BlipVisionModel
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
-    from transformers.utils import cached_file
 
-    from hfpc_reward.reward.model import CONFIG_KEY, HFPCRewardModel
+    from hfpc_reward.reward.model import CONFIG_KEY, HFPCRewardModel, resolve_model_file
 
-    stored = json.loads(Path(cached_file(source, "config.json")).read_text())
+    stored = json.loads(resolve_model_file(source, "config.json").read_text())  # a bad source: one line
     if CONFIG_KEY in stored:
         model = HFPCRewardModel.from_pretrained(source)
         return model.vision, model.processor.image_processor
@@ -195,7 +194,7 @@ def cluster_originals(
 
     kept, features, skipped = original_features(list(dict.fromkeys(originals)), features_fn, batch_size)
     if not kept:
-        raise ValueError("no original could be opened as an image; nothing to cluster (see the warnings)")
+        raise UsageError("no original could be opened as an image; nothing to cluster (see the warnings)")
     k_requested = k
     if k > len(kept):
         logger.warning(
