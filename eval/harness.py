@@ -158,7 +158,7 @@ def fill_run_folder(
             return None
         samples = merge_samples(out, names, product_ids, config.generation.samples_per_product)
         generated = sum(len(unit.ks) for unit in pending) if steps.generates else 0
-        results = write_results(config, out, products, skipped, samples, generated, steps.judge(samples))
+        results = write_results(config, out, product_ids, skipped, samples, generated, steps.judge(samples))
         run.update_stamp(finished=True, samples=len(samples), **steps.stamp)
         return results
 

@@ -28,7 +28,7 @@ PACKAGES = ("hfpc-reward", "torch", "transformers", "diffusers", "peft", "numpy"
 def write_results(
     config: EvalConfig,
     out: Path,
-    products: list,
+    product_ids: list[str],
     skipped: dict[str, str],
     samples: list[dict],
     generated: int,
@@ -44,8 +44,8 @@ def write_results(
             "config": config_to_dict(config),
             "judge": judge,
             "counts": {
-                "products": len(products),
-                "product_ids": [product.product_id for product in products],
+                "products": len(product_ids),
+                "product_ids": list(product_ids),
                 "skipped_products": skipped,
                 "samples_per_product": config.generation.samples_per_product,
                 "samples": {name: sum(row["version"] == name for row in samples) for name in names},
