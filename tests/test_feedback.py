@@ -39,7 +39,7 @@ def test_selection_prefers_disagreement_then_uncertainty_spreads_and_caps():
     rows = _pool({"shoe": [0.05, -2.0, 3.0, -0.1, 0.3, -1.0, 2.0, 0.0], "can": [1.5, -0.2, 2.5, -3.0]})
     pool, skipped = candidates(rows, threshold=0.0)
     picks = select(pool, n=6, strategy="uncertainty+disagreement", seed=0, per_original=2)
-    assert len(picks) == 6 and skipped == {"error": 0, "unscored": 0, "already labelled": 0}
+    assert len(picks) == 6 and skipped == {"error": 0, "unscored": 0, "already labelled": 0, "duplicate": 0}
     assert [p["group"] for p in picks[:2]] in (["shoe", "can"], ["can", "shoe"])  # one per group per round
     by_origin = {}
     for pick in picks:
@@ -60,9 +60,10 @@ def test_selection_is_seeded_skips_labelled_and_bad_rows():
     rows = _pool({"jar": [0.0] * 12}, per_original=2)
     rows.append(ManifestRow(origin="/pool/x.png", generation="/pool/x_g.png", extra={"error": "unreadable"}))
     rows.append(ManifestRow(origin="/pool/y.png", generation="/pool/y_g.png"))
+    rows.append(rows[5])  # the same pair twice (score files concatenated): picked at most once
     labelled = {pair_id(rows[0].origin, rows[0].generation)}
     pool, skipped = candidates(rows, 0.0, exclude=labelled)
-    assert skipped == {"error": 1, "unscored": 1, "already labelled": 1} and len(pool) == 11
+    assert skipped == {"error": 1, "unscored": 1, "already labelled": 1, "duplicate": 1} and len(pool) == 11
     first = select(pool, 5, "random", seed=3)
     assert first == select(pool, 5, "random", seed=3)
     assert [p["generation"] for p in first] != [p["generation"] for p in select(pool, 5, "random", seed=4)]
@@ -188,6 +189,22 @@ def test_agreement_matches_hand_computed_kappa_and_alpha():
     assert figures["percent_agreement"] == pytest.approx(0.8)
     assert figures["krippendorff_alpha_per_reason"]["product moved"] < 0  # only annotator a ever ticks it
     assert figures["krippendorff_alpha_per_reason"]["background artefacts"] is None  # never ticked: undefined
+    # the pairs rated twice all agree, a pair rated once differs: alpha is 0/0, None (it was NaN in the JSON)
+    early = [{"pair_id": "p0", "annotator": a, "label": 1, "annotated_at": "t", "reasons": []} for a in "ab"]
+    early.append({"pair_id": "p1", "annotator": "a", "label": 0, "annotated_at": "t", "reasons": []})
+    assert agreement(early)["krippendorff_alpha"] is None
+
+
+def test_an_edited_annotation_replaces_its_earlier_version_whatever_name_it_came_under(tmp_path):
+    """An export names the annotator by user id, the server pull by email: the edit of annotation 50 counted
+    as a second annotator, the pair became a tie and left the manifest."""
+    base = {"pair_id": "p0", "annotation_id": 50, "origin": "/o.png", "generation": "/g.png", "reasons": []}
+    first = {**base, "annotator": "7", "label": 1, "annotated_at": "2026-01-01T10:00:00"}
+    edited = {**base, "annotator": "ann@x", "label": 0, "annotated_at": "2026-01-02T10:00:00"}
+    import_annotations(tmp_path, [first], [])
+    counts = import_annotations(tmp_path, [edited], [])
+    assert counts["labelled_pairs"] == 1 and counts["contested_pairs"] == 0
+    assert [row["label"] for row in read_jsonl(tmp_path / "manifest.jsonl")] == [0]
 
 
 def test_labelling_config_has_images_prompt_verdict_reasons_and_hotkeys():

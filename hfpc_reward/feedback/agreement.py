@@ -55,9 +55,9 @@ def _alpha(votes: dict[str, dict[str, dict]], annotators: list[str], value) -> f
     for column, by in enumerate(votes.values()):
         for name, row in by.items():
             matrix[annotators.index(name), column] = value(row)
-    pairable = (np.isfinite(matrix).sum(axis=0) >= 2).any()
-    if not pairable or len(np.unique(matrix[np.isfinite(matrix)])) < 2:
-        return None  # alpha is undefined without two ratings of a pair or with one value only
+    pairable = matrix[:, np.isfinite(matrix).sum(axis=0) >= 2]  # alpha counts only pairs rated twice or more
+    if not pairable.size or len(np.unique(pairable[np.isfinite(pairable)])) < 2:
+        return None  # alpha is undefined without two ratings of a pair or with one value among them
     return float(krippendorff.alpha(reliability_data=matrix, level_of_measurement="nominal"))
 
 

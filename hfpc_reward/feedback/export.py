@@ -160,9 +160,16 @@ def import_annotations(folder: str | os.PathLike, rows: list[dict], problems: li
 
 
 def latest_votes(labels: Iterable[dict]) -> dict[str, dict[str, dict]]:
-    """pair id -> annotator -> that annotator's latest label row (edits replace earlier versions)."""
-    votes: dict[str, dict[str, dict]] = {}
+    """pair id -> annotator -> that annotator's latest label row (edits replace earlier versions).
+
+    An edit is a newer row of the same annotation id: it replaces the older one whatever name it came in
+    under (an export names the annotator by user id, the server pull by email)."""
+    latest: dict[Any, dict] = {}
     for row in sorted(labels, key=lambda r: str(r.get("annotated_at") or "")):
+        identity = row.get("annotation_id")
+        latest[("annotation", identity) if identity is not None else ("row", id(row))] = row
+    votes: dict[str, dict[str, dict]] = {}
+    for row in latest.values():
         votes.setdefault(row["pair_id"], {})[row["annotator"]] = row
     return votes
 

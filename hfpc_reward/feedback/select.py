@@ -71,8 +71,8 @@ def candidates(
 ) -> tuple[list[Candidate], dict[str, int]]:
     """The pool's selectable pairs and counts of the rows left out, by reason."""
     excluded = set(exclude)
-    skipped = {"error": 0, "unscored": 0, "already labelled": 0}
-    found = []
+    skipped = {"error": 0, "unscored": 0, "already labelled": 0, "duplicate": 0}
+    found, seen = [], set()
     for row in rows:
         extra = row.extra
         if extra.get("error") or row.generation is None:
@@ -81,7 +81,10 @@ def candidates(
             skipped["unscored"] += 1
         elif pair_id(row.origin, row.generation) in excluded:
             skipped["already labelled"] += 1
+        elif pair_id(row.origin, row.generation) in seen:  # a pool of concatenated score files
+            skipped["duplicate"] += 1
         else:
+            seen.add(pair_id(row.origin, row.generation))
             score = float(extra["background_score"])
             itm = next((extra[name] for name in ITM_FIELDS if extra.get(name) is not None), None)
             group = f"cluster {clusters[row.origin]}" if clusters and row.origin in clusters else None
