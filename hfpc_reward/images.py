@@ -149,8 +149,9 @@ def load_mask(source: ImageSource, size: tuple[int, int] | None = None) -> np.nd
     is resized with nearest-neighbour sampling and a logged warning; one of another aspect ratio belongs
     to another image and is refused (ImageLoadError).
     """
-    if isinstance(source, np.ndarray) and source.ndim == 2:
-        mask = source.astype(np.float32) > (0.5 if source.dtype != np.uint8 else 127)
+    values = _mask_values(source)
+    if values is not None:
+        mask = _binary(values)
     else:
         loaded = open_image(source)
         if loaded.alpha is not None and not loaded.alpha.all():
@@ -167,6 +168,28 @@ def load_mask(source: ImageSource, size: tuple[int, int] | None = None) -> np.nd
         logger.warning("resizing a %dx%d mask to its %dx%d image", width, height, target_w, target_h)
         mask = np.asarray(Image.fromarray(mask).resize(tuple(size), Image.NEAREST))
     return mask.astype(bool)
+
+
+def _mask_values(source: Any) -> np.ndarray | None:
+    """An array or tensor mask as a numpy (H,W) array ((H,W,1) and (1,H,W) squeezed); None for a file, an
+    image or a multi-channel array (decoded as an image)."""
+    if not (is_tensor(source) or isinstance(source, np.ndarray)):
+        return None
+    values = _tensor_to_numpy(source) if is_tensor(source) else np.asarray(source)
+    if values.ndim == 3 and 1 in (values.shape[0], values.shape[-1]):
+        values = values.reshape(values.shape[:2] if values.shape[-1] == 1 else values.shape[1:])
+    return values if values.ndim == 2 else None
+
+
+def _binary(values: np.ndarray) -> np.ndarray:
+    """Product pixels of a mask array: floats above 0.5; integers 0/1 as they are, 0..255 above 127, 16-bit
+    above 32767 (a 0/1 uint8 mask, the usual segmenter output, was read as empty)."""
+    if values.dtype == bool:
+        return values
+    if not np.issubdtype(values.dtype, np.integer):
+        return values.astype(np.float32) > 0.5
+    top = int(values.max()) if values.size else 0
+    return values > (0 if top <= 1 else 127 if top <= 255 else 32767)
 
 
 def split_batch(batch: Sequence[ImageSource] | Any, masks: bool = False) -> list[Any]:
@@ -189,7 +212,10 @@ def as_batch(source_or_batch: ImageSource | Sequence[ImageSource] | Any, masks: 
     if is_tensor(source_or_batch) or isinstance(source_or_batch, np.ndarray):
         shape = tuple(source_or_batch.shape)
         channels = shape[0] if is_tensor(source_or_batch) else shape[-1]
-        single = len(shape) == 2 if masks else len(shape) == 3 and channels in (1, 3, 4)
+        one_mask = len(shape) == 2 or (
+            len(shape) == 3 and 1 in (shape[0], shape[-1])
+        )  # (H,W), (H,W,1), (1,H,W)
+        single = one_mask if masks else len(shape) == 3 and channels in (1, 3, 4)
         if single:
             return [source_or_batch]
     return split_batch(source_or_batch, masks=masks)

@@ -367,7 +367,7 @@ def _unit_batch(batch: Any, value_range: str, name: str, per_item: bool = False)
     place, for that item alone to fail; values outside the declared range still raise (a wrong declaration)."""
     items = []
     for item in images.as_batch(batch):
-        if not images.is_floating(item):
+        if not (images.is_floating(item) or images.is_tensor(item)):  # an integer tensor is 0..255 as well
             items.append(item)
         elif per_item and not images.all_finite(item):
             items.append(images.ImageLoadError(f"pixels of shape {tuple(item.shape)} are NaN or infinite"))

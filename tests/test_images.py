@@ -11,6 +11,7 @@ from PIL import Image
 
 from hfpc_reward.images import (
     ImageLoadError,
+    as_batch,
     load_batch,
     load_mask,
     load_rgb,
@@ -271,6 +272,20 @@ def test_a_single_image_is_a_batch_of_one_where_asked():
     assert len(as_batch(np.zeros((2, 6, 8), bool), masks=True)) == 2
     with pytest.raises(ImageLoadError, match=r"\(B,3,H,W\)"):
         as_batch(torch.zeros(2, 6, 8))
+
+
+def test_mask_arrays_and_tensors_of_every_common_encoding_give_the_same_mask():
+    """0/1 uint8 (a segmenter's usual output) read as empty before; (H,W,1) and (1,H,W) were refused or split
+    into H masks by as_batch."""
+    truth = np.zeros((8, 6), bool)
+    truth[2:6, 1:4] = True
+    encodings = [truth, truth.astype(np.uint8), truth.astype(np.uint8) * 255, truth.astype(np.int64),
+                 truth.astype(np.float32), truth.astype(np.uint16) * 65535, truth[..., None].astype(np.uint8),
+                 truth[None].astype(np.uint8)]  # fmt: skip
+    encodings += [torch.from_numpy(array) for array in encodings]
+    for encoding in encodings:
+        np.testing.assert_array_equal(load_mask(encoding), truth)
+        assert len(as_batch(encoding, masks=True)) == 1
 
 
 def test_an_inverted_product_mask_is_refused_with_the_fix():

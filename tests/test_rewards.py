@@ -276,6 +276,21 @@ def test_tensors_reach_the_reward_model_as_they_are(kit):
     assert values == pytest.approx(direct.tolist(), abs=1e-6)
 
 
+def test_8_bit_tensors_score_like_the_same_pixels_as_floats(kit):
+    """uint8 tensors are 0..255: the consistency judge read them so, the reward model took 200 for 200.0."""
+    reward = BackgroundReward(kit["config"])
+    torch.manual_seed(0)
+    originals = (torch.rand(2, 3, 40, 40) * 255).round().to(torch.uint8)
+    generated = (torch.rand(2, 3, 40, 40) * 255).round().to(torch.uint8)
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 12:28] = True
+    as_bytes = reward(prompts=["a", "b"], completions=generated, image=originals, product_mask=mask)
+    as_floats = reward(
+        prompts=["a", "b"], completions=generated / 255.0, image=originals / 255.0, product_mask=mask
+    )
+    assert as_bytes == pytest.approx(as_floats, abs=1e-5)
+
+
 def test_one_nan_image_in_a_tensor_batch_abstains_alone(kit):
     """A diverged decode (NaN pixels) in one completion: that item abstains, the others keep their rewards;
     a batch outside the declared value range is still refused whole (a wrong declaration, not a bad image)."""
