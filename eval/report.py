@@ -45,7 +45,7 @@ def _interval_cell(ci: dict | None, signed: bool = False, digits: int = 2) -> st
     if not ci:
         return "-"
     estimate = ci.get("estimate")
-    head = f"{estimate:+.3f}" if signed and estimate is not None else format_number(estimate)
+    head = format_number(estimate, 3, signed)
     return f"{head} [{format_number(ci.get('low'), digits)}, {format_number(ci.get('high'), digits)}]"
 
 
@@ -434,13 +434,13 @@ def reward_histogram(samples: list[dict], names: list[str]) -> str:
     return _svg(fig, "reward-hist")
 
 
-def format_number(value: Any, digits: int = 3) -> str:
-    """A float for tables: fixed digits, '-' for missing/NaN."""
+def format_number(value: Any, digits: int = 3, signed: bool = False) -> str:
+    """A float for tables: fixed digits (`signed`: with its sign, for differences), '-' for missing/NaN."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if isinstance(value, bool):
         return str(value)
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    return f"{value:{'+' if signed else ''}.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def format_p_value(value: float | None) -> str:

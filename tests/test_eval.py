@@ -508,7 +508,8 @@ def test_rejudging_a_run_interrupted_before_its_second_version_writes_the_report
         run_eval(_config(product_manifest, source), generators=generators, scorer=DummyScorer())
     results = rejudge_run(source, rejudge_config(source, tmp_path / "rejudged"), scorer=DummyScorer())
     assert results["paired"]["tuned - base"]["n_products"] == 0
-    assert (tmp_path / "rejudged" / "report.html").is_file()
+    html = (tmp_path / "rejudged" / "report.html").read_text()
+    assert "<b>+nan</b>" not in html and "<b>-</b>" in html  # the undefined difference shows as '-'
 
 
 def test_a_product_id_leaving_the_output_folder_is_refused(product_manifest, tmp_path):
