@@ -400,7 +400,9 @@ def _array_to_pil(array: Any, value_range: str = "0,1") -> Image.Image:
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.integer) and array.dtype != np.uint8:
-        array = array.astype(np.float64) / (65535.0 if array.max() > 255 else 255.0)
+        # 16-bit by its type (a dark 16-bit photo stays dark, as its PNG does); wider integers by their values
+        sixteen = array.dtype == np.uint16 or array.max() > 255
+        array = array.astype(np.float64) / (65535.0 if sixteen else 255.0)
         value_range = "0,1"
     if array.dtype != np.uint8:
         unit = to_unit_range(

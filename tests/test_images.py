@@ -97,6 +97,8 @@ def test_dark_16bit_png_stays_dark(tmp_path):
     path = tmp_path / "dark.png"
     Image.fromarray(np.array([[0, 128, 255]], dtype=np.uint16)).save(path)  # all values <= 255
     assert np.asarray(load_rgb(path))[0, :, 0].tolist() == [0, 0, 1]
+    # the same pixels as a uint16 array: 16-bit by their type too (they were brightened 256 times)
+    assert np.asarray(load_rgb(np.array([[0, 128, 255]], dtype=np.uint16)))[0, :, 0].tolist() == [0, 0, 1]
 
 
 def test_cmyk_jpeg_file_opens(tmp_path):
