@@ -215,3 +215,25 @@ def test_data_clusters_names_the_mistake(pair, tmp_path, capsys, caplog):
     clusters = ["data", "clusters", str(manifest), "--out", str(tmp_path / "c")]
     assert "k must be >= 1" in refused([*clusters, "--k", "0"], capsys, caplog)
     assert "has no config.json" in refused([*clusters, "--backbone", str(tmp_path)], capsys, caplog)
+
+
+def test_feedback_push_and_pull_name_bad_inputs(pair, tmp_path, capsys, caplog):
+    """Picks that are no picks, images on no common folder, a malformed export or receipt, a missing --picks
+    file: one line each (tracebacks before; a missing --picks silently turned deleted-task checks off)."""
+    server = ["--url", "http://127.0.0.1:9", "--document-root", str(tmp_path)]
+    manifest_row = {"origin": str(pair["original"]), "generation": str(pair["generated"]), "label": 1}
+    picks = write_rows(tmp_path / "manifest.jsonl", [manifest_row])
+    assert "a pick needs origin, generation and pair_id" in refused(
+        ["feedback", "push", str(picks), *server], capsys, caplog
+    )
+    mixed = [{"origin": "o.png", "generation": str(pair["generated"]), "pair_id": "p0"}]
+    picks = write_rows(tmp_path / "mixed.jsonl", mixed)
+    assert "pass --images-root" in refused(["feedback", "push", str(picks), *server], capsys, caplog)
+    export = tmp_path / "export.json"
+    export.write_text('["a"]')
+    pull = ["feedback", "pull", str(tmp_path / "fb"), "--export", str(export)]
+    assert "not a Label Studio JSON export" in refused(pull, capsys, caplog)
+    export.write_text("[]")
+    assert "does not exist" in refused([*pull, "--picks", str(tmp_path / "nope.jsonl")], capsys, caplog)
+    (tmp_path / "mixed.pushed.json").write_text('{"url": 1}')
+    assert "is not a push receipt" in refused([*pull, "--picks", str(picks)], capsys, caplog)

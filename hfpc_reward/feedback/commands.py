@@ -138,9 +138,22 @@ def _push(args: argparse.Namespace) -> int:
     picks = read_jsonl(args.picks)
     if not picks:
         raise UsageError(f"{args.picks} holds no picks; run `hfpc feedback select` first")
-    images_root = args.images_root or Path(
-        os.path.commonpath([p[k] for p in picks for k in ("origin", "generation")])
-    )
+    broken = [
+        n
+        for n, pick in enumerate(picks, 1)
+        if not all(pick.get(k) for k in ("origin", "generation", "pair_id"))
+    ]
+    if broken:
+        raise UsageError(
+            f"{args.picks}:{broken[0]}: a pick needs origin, generation and pair_id; give the output of "
+            "`hfpc feedback select`"
+        )
+    try:
+        images_root = args.images_root or Path(
+            os.path.commonpath([p[k] for p in picks for k in ("origin", "generation")])
+        )
+    except ValueError as exc:  # absolute and relative paths mixed, or on other drives
+        raise UsageError(f"{args.picks}: no folder holds every image ({exc}); pass --images-root") from None
     check_images_root(args.document_root, images_root)
     tasks, pushed = [], []
     for pick in picks:
@@ -180,10 +193,15 @@ def _receipt(picks: Path) -> Path:
 
 def _pushed_pairs(picks: Path) -> list[str]:
     """The pair ids of the picks that push sent (from its receipt; all picks when there is none)."""
+    if not picks.is_file():
+        raise UsageError(f"--picks {picks} does not exist: give the picks file that `feedback push` sent")
     receipt = _receipt(picks)
     if receipt.is_file():
-        return list(json.loads(receipt.read_text())["tasks"])
-    return [pick["pair_id"] for pick in read_jsonl(picks)]
+        try:
+            return list(json.loads(receipt.read_text())["tasks"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{receipt} is not a push receipt ({type(exc).__name__}: {exc})") from None
+    return [pick.get("pair_id") for pick in read_jsonl(picks) if pick.get("pair_id")]
 
 
 def _pull(args: argparse.Namespace) -> int:

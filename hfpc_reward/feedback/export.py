@@ -46,8 +46,10 @@ def read_export(path: str | os.PathLike) -> list[dict]:
         tasks = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise UsageError(f"cannot read the Label Studio export {path}: {exc}") from None
-    if not isinstance(tasks, list):
-        raise UsageError(f"{path} is not a Label Studio JSON export (expected a list of tasks)")
+    if not isinstance(tasks, list) or not all(
+        isinstance(task, dict) and isinstance(task.get("data") or {}, dict) for task in tasks
+    ):
+        raise UsageError(f"{path} is not a Label Studio JSON export (expected a list of task objects)")
     return tasks
 
 
