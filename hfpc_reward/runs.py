@@ -143,6 +143,30 @@ def _is_folder(out: Path, folder: bool | None) -> bool:
     return folder if folder is not None else (out.is_dir() or not out.suffix)
 
 
+def check_resume(
+    name: str,
+    out: Path,
+    previous: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    safe_keys: Iterable[str],
+    hints: Mapping[str, str] | None = None,
+    advice: str = RESUME_ADVICE,
+) -> None:
+    """ResumeMismatchError naming every setting outside `safe_keys` that differs from the stamped `previous`
+    (with its hint, then `advice`); the safe changes are logged."""
+    changes = changed_settings(previous, settings)
+    unsafe = {key: change for key, change in changes.items() if not is_safe_key(key, safe_keys)}
+    if unsafe:
+        shown = ", ".join(f"{key} ({_shown(a)} -> {_shown(b)})" for key, (a, b) in unsafe.items())
+        hinted = "".join(f"; {(hints or {})[key]}" for key in unsafe if key in (hints or {}))
+        raise ResumeMismatchError(
+            f"{name}: cannot --resume {out}: settings that change results differ from the run's stamp: "
+            f"{shown}{hinted}; {advice}"
+        )
+    for key, (old, new) in changes.items():
+        logger.info("%s: resuming with %s changed (%s -> %s)", name, key, _shown(old), _shown(new))
+
+
 def _shown(value: Any) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= MAX_SHOWN_VALUE_CHARS else text[: MAX_SHOWN_VALUE_CHARS - 3] + "..."
@@ -274,17 +298,7 @@ class RunOutput:
             )
 
     def _check_resume(self, previous: Mapping[str, Any]) -> None:
-        changes = changed_settings(previous, self.settings)
-        unsafe = {key: change for key, change in changes.items() if not is_safe_key(key, self.safe_keys)}
-        if unsafe:
-            shown = ", ".join(f"{key} ({_shown(a)} -> {_shown(b)})" for key, (a, b) in unsafe.items())
-            hints = "".join(f"; {self.hints[key]}" for key in unsafe if key in self.hints)
-            raise ResumeMismatchError(
-                f"{self.name}: cannot --resume {self.out}: settings that change results differ from the "
-                f"run's stamp: {shown}{hints}; {self.advice}"
-            )
-        for key, (old, new) in changes.items():
-            logger.info("%s: resuming with %s changed (%s -> %s)", self.name, key, _shown(old), _shown(new))
+        check_resume(self.name, self.out, previous, self.settings, self.safe_keys, self.hints, self.advice)
 
     def _write_stamp(self, data: Mapping[str, Any]) -> None:
         write_json_atomic(self.stamp, data, default=str)

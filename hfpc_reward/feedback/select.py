@@ -79,12 +79,12 @@ def candidates(
             skipped["error"] += 1
         elif extra.get("background_score") is None:
             skipped["unscored"] += 1
-        elif pair_id(row.origin, row.generation) in excluded:
+        elif (pair := pair_id(row.origin, row.generation)) in excluded:
             skipped["already labelled"] += 1
-        elif pair_id(row.origin, row.generation) in seen:  # a pool of concatenated score files
+        elif pair in seen:  # a pool of concatenated score files
             skipped["duplicate"] += 1
         else:
-            seen.add(pair_id(row.origin, row.generation))
+            seen.add(pair)
             score = float(extra["background_score"])
             itm = next((extra[name] for name in ITM_FIELDS if extra.get(name) is not None), None)
             group = f"cluster {clusters[row.origin]}" if clusters and row.origin in clusters else None

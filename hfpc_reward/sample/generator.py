@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from hfpc_reward.config import config_to_dict
 from hfpc_reward.data.manifest import append_jsonl
-from hfpc_reward.runs import ResumeMismatchError, changed_settings, is_safe_key
+from hfpc_reward.runs import check_resume
 from hfpc_reward.sample.world import FLAWS, SCENE_KINDS, WORLD_SIZE, render, world_products
 
 logger = logging.getLogger(__name__)
@@ -206,16 +206,6 @@ class GeneratorTrainer:
         path = self.out / "state" / "progress.json"
         return json.loads(path.read_text()) if path.is_file() else {"stage": 1, "step": 0}
 
-    def _refuse_changed_settings(self, saved: dict) -> None:
-        changed = changed_settings(saved, config_to_dict(self.config))
-        unsafe = {key: change for key, change in changed.items() if not is_safe_key(key, RESUME_SAFE_KEYS)}
-        if unsafe:
-            shown = ", ".join(f"{key} ({old} -> {new})" for key, (old, new) in unsafe.items())
-            raise ResumeMismatchError(
-                f"{self.out} holds a run with other settings: {shown}; resume with them, or train into "
-                "another out_dir"
-            )
-
     def _restore_models(self, scaling_factor: float) -> None:
         from safetensors.torch import load_model
 
@@ -240,7 +230,14 @@ class GeneratorTrainer:
         if not resume and self.metrics_path.exists():
             self.metrics_path.unlink()
         if stage > 1 or step > 0:
-            self._refuse_changed_settings(progress["settings"])
+            check_resume(
+                "train-generator",
+                self.out,
+                progress["settings"],
+                config_to_dict(self.config),
+                RESUME_SAFE_KEYS,
+                advice="resume with them, or train into another out_dir (or pass --restart)",
+            )
             self._restore_models(progress["scaling_factor"])
             torch.set_rng_state(torch.load(self.out / "state" / "rng.pt", weights_only=True))
             logger.info("resuming the mini generator at stage %d, step %d", stage, step)
