@@ -10,8 +10,9 @@ the declared range are refused with a message naming the likely range, never cli
 Policies (documented because users rely on them):
 - EXIF orientation is applied, so a phone photo is upright.
 - Palette, greyscale, CMYK, 16-bit and float images become 8-bit RGB.
-- Transparent images (RGBA, LA, palette with transparency) are composited over white; the alpha channel
-  is kept as `ImageWithAlpha.alpha` so a product cut-out doubles as its own product mask.
+- Transparent images (RGBA, LA, palette with transparency, greyscale or RGB with a PNG tRNS colour key)
+  are composited over white; the alpha channel is kept as `ImageWithAlpha.alpha` so a product cut-out
+  doubles as its own product mask.
 - Images above `max_pixels` (default 64 MP) are refused before decoding (decompression bombs).
 - Anything unreadable raises `ImageLoadError` whose message names the file and what was wrong.
 - A product mask is white where the PRODUCT is (the opposite of diffusers' `mask_image`, white = repaint);
@@ -352,9 +353,17 @@ def _check_pixels(image: Image.Image, max_pixels: int, name: str) -> None:
         )
 
 
+# modes whose transparency lives in info["transparency"] (a palette's, or a PNG tRNS colour key: an int for
+# 1 / L, an (r, g, b) tuple for RGB) rather than in an alpha channel
+_KEYED_TRANSPARENCY_MODES = ("P", "1", "L", "RGB")
+
+
 def _normalise_mode(image: Image.Image) -> ImageWithAlpha:
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in _KEYED_TRANSPARENCY_MODES and "transparency" in image.info:
+        # PIL turns the palette's or the tRNS colour key's transparency into an alpha channel
+        image = image.convert("RGBA")
+    elif image.mode == "P":
+        image = image.convert("RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
         # I;16 is 16-bit by definition (a dark 16-bit photo must stay dark); plain I may hold 8-bit values

@@ -131,6 +131,29 @@ def test_palette_with_transparency_gives_a_mask():
     assert np.asarray(loaded.rgb)[0, 0].tolist() == [255, 255, 255]
 
 
+@pytest.mark.parametrize(
+    ("mode", "background", "product", "key"),
+    [("L", 0, 180, 0), ("RGB", (0, 0, 0), (200, 10, 10), (0, 0, 0))],
+    ids=["greyscale", "rgb"],
+)
+def test_png_transparency_key_gives_a_mask_like_a_palette(tmp_path, mode, background, product, key):
+    # a greyscale / RGB PNG with a tRNS colour key is transparent where its pixels equal the key
+    image = Image.new(mode, (4, 4), background)
+    image.putpixel((1, 1), product)
+    path = tmp_path / f"{mode}_trns.png"
+    image.save(path, transparency=key)
+    assert Image.open(path).info["transparency"] == key
+    loaded = open_image(path)
+    assert loaded.alpha is not None and loaded.alpha.sum() == 1 and loaded.alpha[1, 1]
+    # the keyed backdrop is composited over white, the product keeps its colour
+    assert np.asarray(loaded.rgb)[0, 0].tolist() == [255, 255, 255]
+    expected = list(product) if mode == "RGB" else [product] * 3
+    assert np.asarray(loaded.rgb)[1, 1].tolist() == expected
+    assert (load_mask(path) == loaded.alpha).all()
+    image.save(tmp_path / "opaque.png")  # the same pixels without the key stay opaque
+    assert open_image(tmp_path / "opaque.png").alpha is None
+
+
 def test_load_mask_thresholds_and_resizes_nearest(tmp_path):
     grey = np.zeros((4, 6), np.uint8)
     grey[:, 3:] = 200
