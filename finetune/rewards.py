@@ -186,11 +186,13 @@ def call_reward(
 
 
 def probe_reward(reward: Callable, items: Sequence[Any]) -> None:
-    """Score the first products' own photos (as if generated) so a broken reward fails before any model loads.
+    """Score PROBE_ITEMS products' own photos (as if generated) so a broken reward fails before any model loads.
 
-    Raises RewardError with the reward's first error, or when it abstains on every probe item.
+    The items come from `probe_items`: as many distinct products as the probe holds, not just the first
+    rows (a product crossed with several prompts fills them). Raises RewardError with the reward's first
+    error, or when it abstains on every probe item.
     """
-    batch = list(items[:PROBE_ITEMS])
+    batch = probe_items(items)
     try:
         values = reward(
             prompts=[item.prompt for item in batch],
@@ -211,6 +213,24 @@ def probe_reward(reward: Callable, items: Sequence[Any]) -> None:
             "inputs and settings (reward.kwargs)"
         )
     logger.info("reward probe: %s", ", ".join("abstain" if v is None else f"{v:.4f}" for v in values))
+
+
+def probe_items(items: Sequence[Any], size: int = PROBE_ITEMS) -> list[Any]:
+    """The `size` items the probe scores, covering as many distinct products (`product_id`) as it can:
+    each product's first item in manifest order, then the remaining items in manifest order. Deterministic;
+    always min(size, len(items)) items, so the probe costs the same whatever the manifest holds."""
+    firsts: list[Any] = []
+    repeats: list[Any] = []
+    seen: set[str] = set()
+    for item in items:
+        if item.product_id in seen:
+            repeats.append(item)
+        else:
+            seen.add(item.product_id)
+            firsts.append(item)
+            if len(firsts) == size:
+                break
+    return (firsts + repeats)[:size]
 
 
 def _first_line(exc: BaseException) -> str:

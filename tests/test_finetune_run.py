@@ -111,6 +111,36 @@ def test_the_probe_reports_the_rewards_first_error_and_refuses_a_reward_that_alw
         probe_reward(lambda prompts, **kwargs: [None] * len(prompts), products)
 
 
+def test_the_probe_covers_distinct_products_not_just_the_first_rows(tmp_path):
+    from hfpc_finetune.config import DataConfig
+    from hfpc_finetune.data import load_products
+    from hfpc_finetune.rewards import PROBE_ITEMS
+
+    rows = []
+    for product_id, category in [("mug", "kitchen"), ("lamp", "home"), ("boot", "shoes")]:
+        cutout = np.zeros((16, 16, 4), np.uint8)
+        cutout[5:11, 5:11] = (200, 40, 40, 255)  # the product; the transparent rest is the background
+        Image.fromarray(cutout).save(tmp_path / f"{product_id}.png")
+        rows.append({"origin": f"{product_id}.png", "product_id": product_id, "category": category})
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    # two prompts per product: the first 4 (product, prompt) items are only mug and lamp
+    products = load_products(DataConfig(manifest=str(manifest), prompts=["a", "b"], resolution=16))
+    assert [item.product_id for item in products[:PROBE_ITEMS]] == ["mug", "mug", "lamp", "lamp"]
+
+    def no_settings_for_shoes(*, prompts, category, **kwargs):
+        thresholds = {"kitchen": 0.5, "home": 0.5}  # a per-category setting the user forgot for shoes
+        return [thresholds[c] for c in category]
+
+    with pytest.raises(ValueError, match="probe batch of 4 product photos.*KeyError: 'shoes'"):
+        probe_reward(no_settings_for_shoes, products)
+    # every product first, in manifest order, then the rest in order; the probe's size stays PROBE_ITEMS
+    from hfpc_finetune.rewards import probe_items
+
+    assert [item.key for item in probe_items(products)] == ["mug|a", "lamp|a", "boot|a", "mug|b"]
+    assert [item.key for item in probe_items(products[:3])] == ["mug|a", "lamp|a", "mug|b"]
+
+
 def test_an_epoch_of_abstentions_stops_the_run_with_the_first_error(tiny_kit, tmp_path, caplog):  # noqa: F811
     config = write_config(tiny_kit, tmp_path, {"name": f"{__name__}:crashes_on_generated_images"})
     code = finetune(["--config", config])
