@@ -115,12 +115,17 @@ def oracle_verdicts(samples: list[dict]) -> list[dict]:
 
 def paired_with_oracle(reference: list[dict], candidate: list[dict], cfg: StatsConfig) -> dict[str, Any]:
     """The paired HFPC difference; with oracle verdicts also the oracle's, and `hacking`: True when the
-    HFPC pass rate rises (paired interval above 0) while the oracle's does not (its interval reaches 0)."""
+    HFPC pass rate rises (paired interval above 0) while the oracle's does not (its interval reaches 0).
+
+    `hacking` is always a bool: False when the oracle's paired interval is undefined (no product has oracle
+    verdicts under both versions; `oracle` then has n_products 0 and NaN bounds), since an oracle that
+    says nothing is no evidence that it does not rise. Without oracle verdicts the keys are absent."""
     result = paired_difference(reference, candidate, cfg)
     ref_oracle, cand_oracle = oracle_verdicts(reference), oracle_verdicts(candidate)
     if ref_oracle and cand_oracle:
-        result["oracle"] = paired_difference(ref_oracle, cand_oracle, cfg)
-        result["hacking"] = bool(result["low"] > 0 and not result["oracle"]["low"] > 0)
+        oracle = result["oracle"] = paired_difference(ref_oracle, cand_oracle, cfg)
+        oracle_defined = math.isfinite(oracle["low"])
+        result["hacking"] = bool(result["low"] > 0 and oracle_defined and not oracle["low"] > 0)
     return result
 
 

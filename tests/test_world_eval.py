@@ -99,6 +99,22 @@ def test_the_demo_summary_prints_both_judges_and_the_best_of_n_gain(tmp_path):
     assert lines[-1].endswith("report.html")
 
 
+def test_an_undefined_oracle_difference_is_not_flagged_as_hacking():
+    # HFPC rises significantly, but the oracle judged base only on p00-p05 and the candidate only on
+    # p06-p11: no product is paired, so the oracle's difference is undefined, not "does not rise"
+    def judged_on(rows: list[dict], products: set[str]) -> list[dict]:
+        return [row if row["product_id"] in products else {**row, "held_out": {}} for row in rows]
+
+    first, second = {f"p{p:02d}" for p in range(6)}, {f"p{p:02d}" for p in range(6, 12)}
+    samples = judged_on(_rows("base", 12, 12), first) + judged_on(_rows("tuned", 40, 12), second)
+    results = summarise(samples, ["base", "tuned"], StatsConfig(n_resamples=500))
+    paired = results["paired"]["tuned - base"]
+    assert paired["low"] > 0 and paired["oracle"]["n_products"] == 0
+    assert paired["oracle"]["low"] != paired["oracle"]["low"]  # NaN: undefined
+    assert paired["hacking"] is False
+    assert HACKING_MARK not in terminal_table(results)
+
+
 def test_without_oracle_verdicts_nothing_changes():
     samples = [{**row, "held_out": {}} for row in _rows("base", 12, 12) + _rows("tuned", 36, 36)]
     results = summarise(samples, ["base", "tuned"], StatsConfig(n_resamples=500))
