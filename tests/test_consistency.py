@@ -402,6 +402,20 @@ def test_a_palette_png_of_a_consistent_image_stays_consistent(tmp_path):
     assert not report.consistent and report.primary_reason == "recoloured"
 
 
+def test_a_dithered_palette_png_is_judged_as_the_eye_sees_it(tmp_path):
+    mask = product_mask()
+    original = draw_product(textured_background(3), mask)
+    checker = ProductConsistencyChecker.from_config(ConsistencyConfig())
+    dithered = tmp_path / "generated.png"
+    Image.fromarray(original).convert("P").save(dithered)  # PIL's default: web palette, Floyd-Steinberg
+    report = checker.check([original], [dithered], masks=[mask])[0]
+    assert report.consistent, report.reasons  # before: "recoloured" with SSIM 0.4 from the dither pattern
+    recoloured = np.where(mask[..., None], original[..., ::-1], original)
+    Image.fromarray(recoloured).convert("P").save(dithered)
+    report = checker.check([original], [dithered], masks=[mask])[0]
+    assert not report.consistent and report.primary_reason == "recoloured"
+
+
 def test_overlay_has_titled_panels_and_paints_expansion_in_its_own_colour(checker, scene):
     from hfpc_reward.consistency.overlays import EXPANDED_COLOUR, overlay_image
 

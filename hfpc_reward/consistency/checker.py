@@ -50,6 +50,7 @@ from hfpc_reward.consistency.colour import lab_norm
 from hfpc_reward.consistency.config import ConsistencyConfig
 from hfpc_reward.consistency.metrics import (
     fitted_size,
+    isolated_share,
     mask_metrics,
     quantisation_palette,
     quantise_to_palette,
@@ -68,6 +69,9 @@ BACKENDS: dict[str, str] = {
     "grounded-efficientsam": "hfpc_reward.consistency.grounded_sam:GroundedMaskFinder",
 }
 
+DITHER_MARGIN = 0.3  # share of product pixels isolated from both row neighbours that a dithered
+# generation has beyond the original mapped onto its palette without dithering (measured: 0.4-0.8 more)
+DITHER_SMOOTHING = 1.0  # Gaussian sigma (px) that averages a dithered generation's pattern away
 PALETTE_FAITHFUL_DELTA_E = 10.0  # mean CIE76 of the product mapped onto a quantised generation's palette
 # up to which that palette draws the unchanged product (quantisation error), beyond it a recolour
 ANALYSIS_KEY = "checker.original_appearance"  # the checker's entry in OriginalProduct.cache
@@ -244,35 +248,48 @@ class ProductConsistencyChecker:
             )
 
     def _align(self, source: Any, product: OriginalProduct) -> tuple[Image.Image, float, np.ndarray | None]:
-        """The generated image at the original's size, its aspect mismatch and its palette if quantised."""
+        """The generated image at the original's size, its aspect mismatch and, when the generation is
+        quantised (palette PNG, GIF) without dithering, the original mapped onto its palette.
+
+        A dithered generation (its product scattered into more isolated pixels than the mapped original
+        has) is smoothed instead, as the eye sees it, and compared like any other."""
         image = images.load_rgb(source)
         self._check_size(image, "generated", source)
         (w, h), (ow, oh) = image.size, product.image.size
         mismatch = abs(float(np.log((w / h) / (ow / oh))))
-        return images.resize_to(image, (ow, oh)), mismatch, quantisation_palette(np.asarray(image))
+        palette = quantisation_palette(np.asarray(image))
+        image = images.resize_to(image, (ow, oh))
+        if palette is None:
+            return image, mismatch, None
+        mapped = quantise_to_palette(np.asarray(product.image.convert("RGB")), palette)
+        rgb = np.asarray(image)
+        if isolated_share(rgb, product.mask) > isolated_share(mapped, product.mask) + DITHER_MARGIN:
+            return Image.fromarray(cv2.GaussianBlur(rgb, (0, 0), DITHER_SMOOTHING)), mismatch, None
+        return image, mismatch, mapped
 
     def _analysis_original(
-        self, product: OriginalProduct, palette: np.ndarray | None = None
+        self, product: OriginalProduct, mapped: np.ndarray | None = None
     ) -> OriginalAppearance:
         """The original's appearance arrays, kept in the product's cache (reused by every later call).
 
-        Against a quantised generation (`palette`), the original is first mapped onto that palette, so the
+        Against a quantised generation, the original `mapped` onto its palette is compared instead, so the
         comparison sees what the quantisation would have made of the unchanged product (not cached), when
         the palette can draw the product: a few flat colours with none near it (the product's new colour
         among them) would turn a recolour into no change, so the original is then compared as it is."""
         rgb = np.asarray(product.image.convert("RGB"))
-        if palette is not None:
-            mapped = quantise_to_palette(rgb, palette)
+        if mapped is not None:
             drawn = lab_norm(
                 rgb_to_lab(rgb[product.mask][None]) - rgb_to_lab(mapped[product.mask][None])
             ).mean()
-            rgb, palette = (mapped, palette) if drawn <= PALETTE_FAITHFUL_DELTA_E else (rgb, None)
-        if palette is None and ANALYSIS_KEY in product.cache:
+            if drawn > PALETTE_FAITHFUL_DELTA_E:
+                mapped = None
+        rgb = rgb if mapped is None else mapped
+        if mapped is None and ANALYSIS_KEY in product.cache:
             return product.cache[ANALYSIS_KEY]
         size = self._analysis_size(product.image.size)
         small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         appearance = original_appearance(small, reduced_mask(product.mask, size), self.config.metrics)
-        if palette is None:
+        if mapped is None:
             product.cache[ANALYSIS_KEY] = appearance
         return appearance
 

@@ -145,6 +145,16 @@ def quantise_to_palette(rgb: np.ndarray, palette: np.ndarray) -> np.ndarray:
     return np.asarray(mapped.convert("RGB"))
 
 
+def isolated_share(rgb: np.ndarray, region: np.ndarray) -> float:
+    """The share of `region`'s pixels (bool H,W) whose colour differs from both row neighbours: the
+    pattern of a dithered image, rare where quantisation keeps flat areas flat."""
+    packed = rgb[..., 0].astype(np.int32) << 16 | rgb[..., 1].astype(np.int32) << 8 | rgb[..., 2]
+    middle = packed[:, 1:-1]
+    isolated = (middle != packed[:, :-2]) & (middle != packed[:, 2:])
+    inner = region[:, 1:-1]
+    return float(isolated[inner].mean()) if inner.any() else 0.0
+
+
 def undo_grading(generated: np.ndarray, g: np.ndarray, o: np.ndarray) -> np.ndarray:
     return (generated.astype(np.float32) - o) / g
 
