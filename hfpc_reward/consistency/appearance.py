@@ -9,7 +9,7 @@ only within the product's window (`_window`: no value depends on a pixel outside
   are not "drift"), after compensating a *mild* global colour grading: a per-channel gain/offset fitted on
   the product, clamped to 1 +- `grading_gain` and +- `grading_offset`, so a real recolour is not absorbed.
 - `ssim`: mean structural similarity (Gaussian window, sigma 1.5, greyscale) over the product pixels, after
-  the same compensation, per pixel the better of the original as is or blurred (sigma 1 px); a changed label
+  the same compensation, per pixel the best of the original as is or blurred (sigma 1 or 2 px); a changed label
   or texture lowers it.
 - `changed_area`: fraction of the product pixels whose local colour difference exceeds `changed_delta_e`
   (catches a recoloured part or a replaced label that is too small to move the mean).
@@ -66,7 +66,8 @@ SHIFT_WORK_SIZE = 64  # longest side (px) at which `moved_by` searches for the p
 SHIFT_REACH = 0.35  # x the product's box side: how far `moved_by` searches in every direction
 SHIFT_RESIDUAL = 0.5  # a shift counts when its RMS difference is at most this share of the one in place
 MAP_SAMPLE = 1024  # product pixels (evenly strided) the affine colour maps of `mapped_delta_e` are fitted on
-SSIM_BLUR = (0.0, 1.0)  # px: SSIM against the original as is and slightly blurred (the better one counts)
+SSIM_BLUR = (0.0, 1.0, 2.0)  # px: SSIM against the original as is and blurred (per pixel the best counts), so
+# a generation softened as a VAE round trip softens it (labels and fine print included) is no relabel
 DRIFT_BLUR = (2.0, 3.0)  # px at the analysis size: colour is compared at this scale (structure: SSIM)
 HALO_RING = 0.04  # x box diagonal: the ring of `halo` reaches this far outside the outline (at least 2 px)
 HALO_MIN_CONTRAST = 12.0  # Lab distance between product and background colour below which alpha is undefined
@@ -370,7 +371,7 @@ def _ssim_map(original: OriginalAppearance, y: np.ndarray) -> np.ndarray:
         maps.append(
             ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
         )
-    return np.maximum(*maps)
+    return np.max(np.stack(maps), axis=0)
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:
