@@ -102,7 +102,14 @@ def test_ctrl_c_stops_within_seconds_and_a_rerun_completes(server, tmp_path):
     command = [sys.executable, "-m", "hfpc_reward", "data", "fetch", str(manifest), "--cache", str(cache),
                "--out", str(out), "--workers", "2", "--deadline", "60"]  # fmt: skip
     with log.open("w") as stderr:
-        process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=stderr)
+        # Ctrl-C as in a terminal even when the tests run as a background job: that ignores SIGINT and its
+        # children inherit the ignoring (the fetch would never see the signal); a handled signal is reset
+        # to the default in a child at exec
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=stderr)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         try:
             polls = 0
             while len(read_jsonl(out)) < len(routes) - 1 or not server.hits["trickle.png"]:
