@@ -177,9 +177,16 @@ def _mask_values(source: Any) -> np.ndarray | None:
     if not (is_tensor(source) or isinstance(source, np.ndarray)):
         return None
     values = _tensor_to_numpy(source) if is_tensor(source) else np.asarray(source)
-    if values.ndim == 3 and 1 in (values.shape[0], values.shape[-1]):
-        values = values.reshape(values.shape[:2] if values.shape[-1] == 1 else values.shape[1:])
-    return values if values.ndim == 2 else None
+    if not _one_mask(values.shape):
+        return None
+    if values.ndim == 2:
+        return values
+    return values.reshape(values.shape[:2] if values.shape[-1] == 1 else values.shape[1:])
+
+
+def _one_mask(shape: Sequence[int]) -> bool:
+    """Whether an array of `shape` is one mask, not a batch: (H,W), (H,W,1) or (1,H,W)."""
+    return len(shape) == 2 or (len(shape) == 3 and 1 in (shape[0], shape[-1]))
 
 
 def _binary(values: np.ndarray) -> np.ndarray:
@@ -213,10 +220,7 @@ def as_batch(source_or_batch: ImageSource | Sequence[ImageSource] | Any, masks: 
     if is_tensor(source_or_batch) or isinstance(source_or_batch, np.ndarray):
         shape = tuple(source_or_batch.shape)
         channels = shape[0] if is_tensor(source_or_batch) else shape[-1]
-        one_mask = len(shape) == 2 or (
-            len(shape) == 3 and 1 in (shape[0], shape[-1])
-        )  # (H,W), (H,W,1), (1,H,W)
-        single = one_mask if masks else len(shape) == 3 and channels in (1, 3, 4)
+        single = _one_mask(shape) if masks else len(shape) == 3 and channels in (1, 3, 4)
         if single:
             return [source_or_batch]
     return split_batch(source_or_batch, masks=masks)
