@@ -8,6 +8,7 @@ optimisation on 1 or N processes; sizes marked *per process* are what fits in on
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +142,9 @@ class TrainConfig:
     )
     candidates: int = 16  # reward_filtered: generations per (product, prompt) per epoch
     keep: int = 1  # reward_filtered: highest-reward generations kept per (product, prompt) per epoch
+    min_reward: float | None = (
+        None  # reward_filtered: keep only generations whose reward reaches this (None: the best ones)
+    )
     steps_per_epoch: int = 200  # reward_filtered: optimizer steps (of samples_per_step rows) on the kept ones
     prompt_dropout: float = 0.1  # reward_filtered: share of rows trained with the negative prompt (keeps CFG)
 
@@ -151,6 +155,8 @@ class TrainConfig:
             raise ValueError(
                 f"train.keep must be in [1, train.candidates], got keep={self.keep}, candidates={self.candidates}"
             )
+        if self.min_reward is not None and not math.isfinite(self.min_reward):
+            raise ValueError(f"train.min_reward must be a finite number or null, got {self.min_reward}")
         if self.steps_per_epoch < 1 or not 0.0 <= self.prompt_dropout < 1.0:
             raise ValueError("train.steps_per_epoch must be >= 1 and train.prompt_dropout in [0, 1)")
         if self.group_size < 1 or self.min_group_count < 1:

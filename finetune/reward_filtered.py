@@ -3,7 +3,8 @@
 Every epoch, the pipeline with the current LoRA paints `train.candidates` backgrounds per (product, prompt)
 (the pipeline's own call, DDIM with `sample.eta`, as the eval harness and production best-of-N sample;
 every sample seeded by (run.seed, epoch, item, candidate)); the reward judges them with the product pasted
-back; the `train.keep` highest-reward ones per (product, prompt) are kept (abstentions never are); the LoRA
+back; the `train.keep` highest-reward ones per (product, prompt) are kept (abstentions never are, nor, with
+`train.min_reward`, a generation scoring below it: an epoch that keeps none does not train); the LoRA
 then takes `train.steps_per_epoch` optimizer steps of the denoising loss on those (noise prediction on the
 inpainting input, `train.prompt_dropout` of the rows with the negative prompt so guidance keeps working).
 The next epoch samples from the updated generator. Candidates are judged while the next batch samples and
@@ -12,6 +13,7 @@ only the kept ones stay in memory. One process only.
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,10 +43,11 @@ class Kept:
     """The best generations of one (product, prompt) so far: (reward, candidate index, image), best first."""
 
     limit: int
+    floor: float = -math.inf  # a reward below this is not kept
     entries: list[tuple[float, int, Image.Image]] = field(default_factory=list)
 
     def offer(self, reward: float | None, candidate: int, image: Image.Image) -> None:
-        if reward is None or not np.isfinite(reward):
+        if reward is None or not np.isfinite(reward) or reward < self.floor:
             return
         self.entries.append((float(reward), candidate, image))
         self.entries.sort(key=lambda entry: (-entry[0], entry[1]))  # ties: the lower candidate index
@@ -72,6 +75,8 @@ class RewardFilteredTrainer(Trainer):
         return -(-jobs // self.config.sample.batch_size) + self.config.train.steps_per_epoch
 
     def _describe(self, record: dict) -> str:
+        if not record["kept"]:
+            return f"nothing reached train.min_reward={self.config.train.min_reward}: no training this epoch"
         return f"kept reward {record['kept_reward_mean']:.4f}, loss {record['loss']:.4f}"
 
     # ---- sampling and selection ------------------------------------------------------------------------
@@ -101,7 +106,8 @@ class RewardFilteredTrainer(Trainer):
         the best per item: (kept per item, every reward (nan = abstained), reward results, product drifts)."""
         cfg = self.config
         jobs = [(i, c) for i in range(len(self.products)) for c in range(cfg.train.candidates)]
-        kept = [Kept(cfg.train.keep) for _ in self.products]
+        floor = -math.inf if cfg.train.min_reward is None else cfg.train.min_reward
+        kept = [Kept(cfg.train.keep, floor) for _ in self.products]
         pending: list[tuple[list[tuple[int, int]], list[Image.Image], Future]] = []
         results, rewards, drifts = [], [], []
 
@@ -203,24 +209,29 @@ class RewardFilteredTrainer(Trainer):
         rewarded = time.perf_counter()
         reward_stats = self._reward_record(epoch, rewards, results)  # refuses an epoch of abstentions
         kept_rewards = [reward for k in kept for reward, _, _ in k.entries]
-        latents, cond = self._training_rows(kept)
-        losses = self._train(epoch, latents, cond, on_step=lambda: progress.update(1))
+        losses = []
+        if kept_rewards:
+            latents, cond = self._training_rows(kept)
+            losses = self._train(epoch, latents, cond, on_step=lambda: progress.update(1))
+        else:
+            progress.update(self.config.train.steps_per_epoch)
         finished = time.perf_counter()
-        tenth = max(1, len(losses) // 10)
         best = [
             (item.image, k.entries[0][2], k.entries[0][0], None)
             for item, k in zip(self.products, kept)
             if k.entries
         ]
-        self._save_grid(epoch, best)  # the best generation of the first products
+        if best:
+            self._save_grid(epoch, best)  # the best generation of the first products
+        record = {"epoch": epoch, **reward_stats, "kept": len(kept_rewards)}
+        if kept_rewards:  # an epoch that kept nothing has no kept reward or loss to report
+            tenth = max(1, len(losses) // 10)
+            record["kept_reward_mean"] = float(np.mean(kept_rewards))
+            record["loss"] = float(np.mean(losses[-tenth:]))
+            record["loss_first"] = float(np.mean(losses[:tenth]))
         return {
-            "epoch": epoch,
-            **reward_stats,
-            "kept": len(kept_rewards),
-            "kept_reward_mean": float(np.mean(kept_rewards)),
+            **record,
             "product_drift": float(np.mean(drifts)),
-            "loss": float(np.mean(losses[-tenth:])),
-            "loss_first": float(np.mean(losses[:tenth])),
             "time_sample_and_reward": rewarded - started,
             "time_train": finished - rewarded,
         }

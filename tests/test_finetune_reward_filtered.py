@@ -56,6 +56,32 @@ def test_kept_holds_the_highest_rewards_and_never_an_abstention():
     assert [(reward, candidate) for reward, candidate, _ in kept.entries] == [(0.7, 2), (0.7, 4)]
 
 
+def test_kept_drops_rewards_below_its_floor():
+    kept = Kept(limit=2, floor=0.5)
+    image = Image.new("RGB", (4, 4))
+    for candidate, reward in enumerate([0.4, 0.5, 0.2]):
+        kept.offer(reward, candidate, image)
+    assert [(reward, candidate) for reward, candidate, _ in kept.entries] == [(0.5, 1)]
+
+
+def test_an_epoch_where_nothing_reaches_min_reward_keeps_nothing_and_does_not_train(tiny_kit, tmp_path):
+    from hfpc_finetune import train
+    from safetensors.torch import load_file
+
+    summary = train(make_config(tiny_kit, tmp_path, epochs=1, min_reward=1e6))
+    (record,) = read_jsonl(tmp_path / "metrics.jsonl")
+    assert summary.epochs == 1 and record["kept"] == 0 and "loss" not in record
+    lora = load_file(tmp_path / "lora" / "pytorch_lora_weights.safetensors")
+    up = [value for key, value in lora.items() if "lora_B" in key or "lora.up" in key]
+    assert up and all(not value.any() for value in up)  # the LoRA's zero-initialised half never moved
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_min_reward_must_be_finite(tiny_kit, tmp_path, value):
+    with pytest.raises(ValueError, match="train.min_reward must be a finite number"):
+        make_config(tiny_kit, tmp_path, min_reward=value)
+
+
 @pytest.fixture(scope="module")
 def learnt(tiny_kit, tmp_path_factory):
     from hfpc_finetune import train
